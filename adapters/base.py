@@ -1,0 +1,143 @@
+"""The adapter interface: one class per backend kind, a small surface.
+
+An adapter opens a pool lazily, describes its tables, translates a :class:`Fragment` into a
+:class:`NativeRequest` (a pure function: what EXPLAIN prints) and executes a request as a
+stream of Arrow record batches.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from federator.config import SourceConfig
+from federator.rules import RuleSet, rule_set_for
+
+if TYPE_CHECKING:
+    from federator.plan.model import Fragment
+
+DEFAULT_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table inside one source: ``schema`` is the namespace (PostgreSQL schema, MySQL database)."""
+
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass
+class TableInfo:
+    """What the catalog knows of one table."""
+
+    source: str
+    ref: TableRef
+    schema: pa.Schema
+    rows: int | None = None
+
+
+@dataclass
+class NativeRequest:
+    """A backend request ready to send: native text, bound parameters, and how keys bind.
+
+    ``text`` is shown by EXPLAIN verbatim; ``params`` are positional driver parameters.
+    ``bind`` is set for a bind join: the request takes the producer's key values in
+    ``bind.batch_size`` batches.
+    """
+
+    source: str
+    text: str
+    param_names: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    schema: pa.Schema | None = None
+    bind: BindSpec | None = None
+    payload: Any = None  # adapter-private: an AST or pipeline to re-render per bind batch
+
+    def with_params(self, values: Mapping[str, Any]) -> NativeRequest:
+        """This request with its ``:name`` parameters bound from ``values``, in driver order."""
+        return replace(
+            self, params=[None if n.startswith("__bind") else values[n] for n in self.param_names]
+        )
+
+    def render_params(self) -> str:
+        return ", ".join(f"${i} = {_short(v)}" for i, v in enumerate(self.params, 1))
+
+
+@dataclass
+class BindSpec:
+    """How a request receives bind-join keys."""
+
+    column: str  # native name of the key column in this source
+    style: str  # "array" (one array parameter) or "in_list" (batched IN lists)
+    batch_size: int
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Adapter(abc.ABC):
+    """Base of every backend adapter.
+
+    Subclasses set ``kind`` and implement the abstract methods. ``rules`` is a per-source copy
+    of the kind's rule set, so rules added for one source stay with it.
+    """
+
+    kind: ClassVar[str]
+    dialect: ClassVar[str | None] = None
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self.name = config.name
+        self.rules: RuleSet = rule_set_for(self.kind)
+        self.max_concurrency: int = int(config.options.get("max_concurrency", 4))
+        self.batch_rows: int = int(config.options.get("batch_rows", DEFAULT_BATCH_ROWS))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.where}>"
+
+    @property
+    def where(self) -> str:
+        """Where the source lives, for messages: host:port or a path, never a password."""
+        return "(embedded)"
+
+    async def open(self) -> None:  # noqa: B027  (optional hook)
+        """Open the connection pool; called lazily before the first request."""
+
+    async def close(self) -> None:  # noqa: B027  (optional hook)
+        """Close the pool; safe to call twice."""
+
+    @abc.abstractmethod
+    async def tables(self) -> list[TableInfo]:
+        """Every table with its Arrow schema and row estimate."""
+
+    async def schema(self, table: TableRef) -> pa.Schema:
+        for info in await self.tables():
+            if info.ref == table:
+                return info.schema
+        raise KeyError(str(table))
+
+    async def estimate(self, table: TableRef) -> int | None:
+        for info in await self.tables():
+            if info.ref == table:
+                return info.rows
+        return None
+
+    @abc.abstractmethod
+    def translate(self, fragment: Fragment) -> NativeRequest:
+        """The native request for a fragment (pure; no I/O)."""
+
+    @abc.abstractmethod
+    def execute(
+        self, request: NativeRequest, bind_values: Sequence[Any] | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """Stream the request's result. Stops cleanly when the consumer is cancelled."""

@@ -1,0 +1,86 @@
+"""One exception family for everything a user can cause.
+
+Every message names what to fix. Secrets never appear: sources are described by name and
+host:port only.
+
+>>> import federator
+>>> issubclass(federator.UnknownTableError, federator.FederatorError)
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FederatorError(Exception):
+    """Root of every error federator raises on purpose."""
+
+
+class CatalogError(FederatorError):
+    """The catalog (TOML or dict) is malformed or names something impossible."""
+
+
+class SQLSyntaxError(FederatorError):
+    """The query text does not parse; carries line and column of the problem."""
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None):
+        where = f" (line {line}, column {col})" if line is not None else ""
+        super().__init__(f"SQL syntax error{where}: {message}")
+        self.line = line
+        self.col = col
+
+
+class BindError(FederatorError):
+    """A name in the query does not resolve."""
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class UnknownSourceError(BindError):
+    def __init__(self, name: str, known: Iterable[str]):
+        known = sorted(known)
+        super().__init__(
+            f"unknown source {name!r}{_suggest(name, known)} (sources: {', '.join(known) or 'none'})"
+        )
+
+
+class UnknownTableError(BindError):
+    def __init__(self, name: str, known: Iterable[str]):
+        super().__init__(f"unknown table {name!r}{_suggest(name, known)}")
+
+
+class UnknownColumnError(BindError):
+    def __init__(self, name: str, known: Iterable[str]):
+        super().__init__(f"unknown column {name!r}{_suggest(name, known)}")
+
+
+class UnsupportedError(FederatorError):
+    """A construct the planner cannot handle; the message names it."""
+
+
+class ParameterError(FederatorError):
+    """A :name parameter is missing from params, or a value cannot be bound."""
+
+
+class SourceError(FederatorError):
+    """A source failed while running a request."""
+
+
+class SourceUnreachableError(SourceError):
+    def __init__(self, source: str, where: str, reason: str):
+        super().__init__(f"source {source!r} unreachable at {where}: {reason}")
+        self.source = source
+
+
+class QueryTimeoutError(FederatorError):
+    def __init__(self, seconds: float, what: str):
+        super().__init__(f"query timed out after {seconds:g}s while running {what}")
+
+
+class JoinKeyTypeError(FederatorError):
+    """The two sides of a cross-source join have incompatible key types."""

@@ -1,0 +1,152 @@
+"""Run a plan: independent fragments at once, bound fragments after their producers, then the
+residual on DuckDB over the fragments' Arrow data. Batches stream to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from federator.catalog import Catalog
+from federator.errors import FederatorError, QueryTimeoutError, SourceError
+from federator.plan.model import Fragment, FragmentStats, Plan
+
+RESIDUAL_BATCH_ROWS = 65_536
+
+
+class Execution:
+    """One run of a plan. ``stats`` fills in as fragments finish (EXPLAIN ANALYZE reads it)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        catalog: Catalog,
+        params: Mapping[str, Any],
+        timeout: float | None = None,
+        bind_fallback_keys: int = 200_000,
+    ):
+        self.plan = plan
+        self.catalog = catalog
+        self.params = dict(params)
+        self.timeout = timeout
+        self.bind_fallback_keys = bind_fallback_keys
+        self.stats: dict[str, FragmentStats] = {f.id: FragmentStats() for f in plan.fragments}
+        self.residual_stats = FragmentStats()
+        self._running: set[str] = set()
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    async def stream(self) -> AsyncIterator[pa.RecordBatch]:
+        """Every batch of the answer; the first batch carries the schema (it may be empty)."""
+        deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self.plan.residual is None:
+                    async for batch in self._fragment_batches(self.plan.fragments[0], None):
+                        yield batch
+                else:
+                    tables = await self._fetch_all()
+                    async for batch in self._residual(tables):
+                        yield batch
+        except TimeoutError:
+            running = ", ".join(sorted(self._running)) or "the residual"
+            raise QueryTimeoutError(self.timeout or 0, running) from None
+
+    async def to_table(self) -> pa.Table:
+        batches = [b async for b in self.stream()]
+        return pa.Table.from_batches(batches)
+
+    # ---- fragments ---------------------------------------------------------------------
+    async def _fetch_all(self) -> dict[str, pa.Table]:
+        tasks: dict[str, asyncio.Task[pa.Table]] = {}
+        async with asyncio.TaskGroup() as group:
+            for frag in self.plan.fragments:
+                tasks[frag.id] = group.create_task(self._fetch(frag, tasks), name=frag.id)
+        return {fid: t.result() for fid, t in tasks.items()}
+
+    async def _fetch(self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]) -> pa.Table:
+        keys = None
+        if frag.bind is not None:
+            produced = await asyncio.shield(tasks[frag.bind.producer])
+            keys = self._bind_keys(frag, produced)
+        batches = [b async for b in self._fragment_batches(frag, keys)]
+        return pa.Table.from_batches(batches)
+
+    def _bind_keys(self, frag: Fragment, produced: pa.Table) -> list[Any] | None:
+        assert frag.bind is not None
+        column = produced.column(frag.bind.producer_column)
+        keys = pc.unique(column.combine_chunks()).drop_null()
+        stats = self.stats[frag.id]
+        if len(keys) > self.bind_fallback_keys:
+            stats.note = f"bind join dropped at run time: {len(keys):,} keys; fetched in full"
+            return None
+        stats.bound_keys = len(keys)
+        return keys.to_pylist()
+
+    async def _fragment_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        adapter = self.catalog.adapter(frag.source)
+        request = self.plan.requests[frag.id]  # with keys None, a bound request runs in full
+        sem = self._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
+        stats = self.stats[frag.id]
+        label = f"fragment {frag.id} on source {frag.source!r}"
+        async with sem:
+            self._running.add(label)
+            started = time.perf_counter()
+            try:
+                async for batch in adapter.execute(request, keys):
+                    stats.rows += batch.num_rows
+                    stats.bytes += batch.nbytes
+                    yield batch
+            except FederatorError:
+                raise
+            except (asyncio.CancelledError, TimeoutError):
+                raise
+            except Exception as e:  # a driver error: name the fragment and the source
+                raise SourceError(f"{label} failed: {type(e).__name__}: {e}") from e
+            finally:
+                stats.ms += (time.perf_counter() - started) * 1000
+                self._running.discard(label)
+
+    # ---- residual ----------------------------------------------------------------------
+    async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
+        assert self.plan.residual_sql is not None
+        started = time.perf_counter()
+        con = duckdb.connect()
+        try:
+            for fid, table in tables.items():
+                con.register(fid, table)
+            params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
+            reader = await asyncio.to_thread(self._start_residual, con, params)
+            empty = True
+            while (batch := await asyncio.to_thread(_next_batch, reader)) is not None:
+                self.residual_stats.rows += batch.num_rows
+                self.residual_stats.bytes += batch.nbytes
+                empty = False
+                yield batch
+            if empty:
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+        finally:
+            self.residual_stats.ms += (time.perf_counter() - started) * 1000
+            con.close()
+
+    def _start_residual(self, con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> pa.RecordBatchReader:
+        try:
+            relation = con.sql(self.plan.residual_sql, params=params or None)
+            if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
+                return relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)
+            return relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
+        except duckdb.Error as e:
+            raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None

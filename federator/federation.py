@@ -1,0 +1,185 @@
+"""The entry object: a catalog of sources, planning, and running queries."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from federator._loop import LoopThread
+from federator.adapters.base import TableInfo
+from federator.catalog import Catalog
+from federator.config import CatalogConfig, load_catalog
+from federator.errors import ParameterError, UnknownTableError
+from federator.execute import Execution
+from federator.plan.model import Plan
+from federator.plan.planner import PlannerSettings, Splitter, optimize, sqlglot_schema
+from federator.result import Result
+from federator.sql.dialect import Federated, parse
+
+
+def connect(
+    catalog: str | os.PathLike[str] | dict[str, Any], *, timeout: float | None = None
+) -> Federation:
+    """Open a federation over the sources a catalog names (a TOML path or a dict).
+
+    >>> fed = connect({"sources": {"demo": {"kind": "sqlite", "path": ":memory:"}}})
+    >>> fed.close()
+    """
+    config = load_catalog(catalog)
+    return Federation(config, timeout=timeout)
+
+
+class Federation:
+    """Runs federated SQL over the catalog's sources. Sync and async context manager."""
+
+    def __init__(self, config: CatalogConfig, *, timeout: float | None = None):
+        self.config = config
+        settings = config.settings.get("planner", {})
+        self.planner_settings = PlannerSettings(**settings)
+        self.timeout = timeout if timeout is not None else config.settings.get("timeout")
+        self.catalog = Catalog(config)
+        self._loop = LoopThread()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<federator.Federation sources={sorted(self.catalog.adapters)}>"
+
+    # ---- queries ---------------------------------------------------------------------
+    def sql(
+        self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Result:
+        """Plan a query now (errors surface here) and return a lazy :class:`Result`."""
+        params = dict(params or {})
+        plan = self._loop.run(self.plan_async(query, params))
+        return Result(self, plan, params, timeout if timeout is not None else self.timeout)
+
+    async def sql_async(
+        self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Result:
+        params = dict(params or {})
+        plan = await self._loop.run_async(self.plan_async(query, params))
+        return Result(self, plan, params, timeout if timeout is not None else self.timeout)
+
+    def explain(
+        self, query: str, params: Mapping[str, Any] | None = None, *, analyze: bool = False
+    ) -> str:
+        """The plan as text: each fragment's native request, then the residual."""
+        return self.sql(query, params).explain(analyze=analyze)
+
+    def sources(self) -> dict[str, str]:
+        """Source name → kind and location (never a password)."""
+        return {name: f"{a.kind} at {a.where}" for name, a in self.catalog.adapters.items()}
+
+    def _execution(self, plan: Plan, params: dict[str, Any], timeout: float | None) -> Execution:
+        return Execution(plan, self.catalog, params, timeout)
+
+    # ---- planning --------------------------------------------------------------------
+    async def plan_async(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
+        tree = parse(query) if isinstance(query, str) else query.copy()
+        _check_params(tree, params)
+        tree = normalize_identifiers(tree, dialect=Federated)
+        infos = await self._bind(tree)
+        tree = optimize(tree, sqlglot_schema(infos), infos)
+        splitter = Splitter(
+            {name: a.rules for name, a in self.catalog.adapters.items()},
+            {(i.source, i.ref.schema, i.ref.name): i for i in infos},
+            self.planner_settings,
+        )
+        split = splitter.split(tree)
+        requests = {
+            f.id: self.catalog.adapter(f.source).translate(f).with_params(params)
+            for f in split.fragments
+        }
+        residual_sql = None
+        if split.residual is not None:
+            residual_sql = _residual_sql(split.residual)
+        return Plan(
+            fragments=split.fragments, requests=requests, residual=split.residual,
+            residual_sql=residual_sql, notes=split.notes,
+            source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
+        )
+
+    async def _bind(self, tree: exp.Query) -> list[TableInfo]:
+        """Resolve every source table to the catalog's exact names; return their infos."""
+        ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+        infos: dict[tuple[str, str, str], TableInfo] = {}
+        for table in list(tree.find_all(exp.Table)):
+            if not table.name or (not table.db and table.name in ctes):
+                continue
+            if table.catalog:
+                source, schema = table.catalog, table.db
+            elif table.db:
+                source, schema = table.db, None
+            else:
+                raise UnknownTableError(
+                    f"{table.name} (write it as source.{table.name})",
+                    [f"{s}.{table.name}" for s in self.catalog.adapters],
+                )
+            info = await self.catalog.resolve(source, schema, table.name)
+            alias = table.alias_or_name
+            table.set("catalog", exp.to_identifier(source))
+            table.set("db", exp.to_identifier(info.ref.schema, quoted=True))
+            table.set("this", exp.to_identifier(info.ref.name, quoted=True))
+            if not table.alias:
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            infos[(source, info.ref.schema, info.ref.name)] = info
+        return list(infos.values())
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every pool and stop the background loop; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.run(self.catalog.close())
+        finally:
+            self._loop.stop()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._loop.run_async(self.catalog.close())
+        self._loop.stop()
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Federation:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
+    names = {p.name for p in tree.find_all(exp.Placeholder)}
+    if any(not n for n in names):
+        raise ParameterError("use named parameters (:name), not positional '?'")
+    missing = sorted(n for n in names if n not in params)
+    if missing:
+        raise ParameterError(f"missing value for parameter(s): {', '.join(':' + m for m in missing)}")
+
+
+def _residual_sql(residual: exp.Query) -> str:
+    def to_duckdb_param(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Placeholder):
+            return exp.Parameter(this=exp.var(node.name))
+        return node
+
+    return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)

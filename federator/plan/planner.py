@@ -1,0 +1,748 @@
+"""The planner: bind → optimize → split into single-source fragments plus a residual.
+
+Passes follow sqlglot's convention: the tree is copied once when planning starts, and every
+pass after that mutates it in place and returns it.
+
+Splitting works scope by scope. A query (or subquery, CTE, derived table) whose every table
+is on one source, that references nothing outside itself, and that the source's rule set
+accepts whole, becomes one fragment. Otherwise, within a SELECT, the tables of one source are
+grouped by the conjuncts that join them (inner joins only), each group becomes a fragment with
+the filters that touch only its tables, and what is left is the residual run on DuckDB.
+
+>>> from federator.plan.planner import pass_names
+>>> pass_names()[:2]
+('qualify', 'pushdown_projections')
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
+from sqlglot.optimizer.eliminate_joins import eliminate_joins
+from sqlglot.optimizer.merge_subqueries import merge_subqueries
+from sqlglot.optimizer.normalize import normalize
+from sqlglot.optimizer.optimize_joins import optimize_joins
+from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
+from sqlglot.optimizer.pushdown_projections import pushdown_projections
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.simplify import simplify
+from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
+
+from federator.adapters.base import TableInfo
+from federator.catalog import arrow_to_sql_type
+from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
+from federator.plan.model import BindJoin, Fragment
+from federator.rules import RuleSet
+from federator.sql.dialect import Federated
+
+
+def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
+    return qualify(
+        expression, schema=kwargs["schema"], dialect=Federated, validate_qualify_columns=True,
+        quote_identifiers=False, identify=False,
+    )
+
+
+# eliminate_subqueries is left out on purpose: it turns derived tables into CTEs, and derived
+# tables are what the splitter pushes down whole.
+PASSES: tuple[Callable[..., exp.Expression], ...] = (
+    _qualify,
+    lambda e, **k: pushdown_projections(e),
+    lambda e, **k: normalize(e),
+    lambda e, **k: unnest_subqueries(e),
+    lambda e, **k: pushdown_predicates(e, dialect=Federated),
+    lambda e, **k: optimize_joins(e),
+    lambda e, **k: merge_subqueries(e),
+    lambda e, **k: eliminate_joins(e),
+    lambda e, **k: eliminate_ctes(e),
+    lambda e, **k: simplify(e, dialect=Federated),
+)
+PASS_NAMES = (
+    "qualify", "pushdown_projections", "normalize", "unnest_subqueries", "pushdown_predicates",
+    "optimize_joins", "merge_subqueries", "eliminate_joins", "eliminate_ctes", "simplify",
+)
+
+
+def pass_names() -> tuple[str, ...]:
+    return PASS_NAMES
+
+
+@dataclass
+class PlannerSettings:
+    """Knobs of the split; the defaults suit loopback servers."""
+
+    bind_max_keys: int = 50_000  # a producer estimated above this is never bound
+    bind_ratio: float = 4.0  # the consumer must be estimated this many times larger
+    bind_batch_size: int = 10_000  # keys per request (PostgreSQL array / MySQL IN list)
+
+
+@dataclass
+class SplitResult:
+    fragments: list[Fragment]
+    residual: exp.Query | None
+    notes: list[str] = field(default_factory=list)
+
+
+def optimize(tree: exp.Query, schema: dict[str, object], tables: Iterable[TableInfo]) -> exp.Query:
+    """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`."""
+    try:
+        for run in PASSES:
+            tree = run(tree, schema=schema)  # type: ignore[assignment]
+    except OptimizeError as e:
+        message = str(e)
+        if "could not be resolved" in message or "Unknown column" in message:
+            name = message.split("'")[1] if "'" in message else message
+            known = sorted({f.name for info in tables for f in info.schema})
+            raise UnknownColumnError(name, known) from None
+        raise UnsupportedError(f"cannot plan this query: {message}") from None
+    return tree
+
+
+def sqlglot_schema(tables: Iterable[TableInfo]) -> dict[str, object]:
+    """{source: {schema: {table: {column: type}}}} for sqlglot's qualify and annotate passes."""
+    out: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+    for info in tables:
+        cols = {f.name: arrow_to_sql_type(f.type) for f in info.schema}
+        out.setdefault(info.source, {}).setdefault(info.ref.schema, {})[info.ref.name] = cols
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class _Item:
+    """One thing in a FROM clause: its alias, its source (None: residual-only), its node."""
+
+    alias: str
+    source: str | None
+    node: exp.Expression
+    rows: int | None = None
+
+
+class Splitter:
+    """Cuts an optimized, qualified tree into fragments and a residual (mutates the tree)."""
+
+    def __init__(
+        self,
+        rules: dict[str, RuleSet],
+        tables: dict[tuple[str, str, str], TableInfo],
+        settings: PlannerSettings | None = None,
+    ):
+        self.rules = rules
+        self.tables = tables
+        self.settings = settings or PlannerSettings()
+        self.fragments: list[Fragment] = []
+        self.notes: list[str] = []
+        self._ids = itertools.count()
+        self._ctes: dict[str, exp.Query] = {}
+
+    # ---- entry -------------------------------------------------------------------------
+    def split(self, tree: exp.Query) -> SplitResult:
+        self._ctes = {cte.alias_or_name: cte.this for cte in tree.find_all(exp.CTE)}
+        source = self.pushable_source(tree)
+        if source is not None:
+            self._fragment_from_query(tree, source)
+            return SplitResult(self.fragments, None, self.notes)
+        refusal = self._whole_refusal(tree)
+        if refusal:
+            self.notes.append(f"not pushed whole: {refusal}")
+        residual = self.split_query(tree)
+        return SplitResult(self.fragments, residual, self.notes)
+
+    def _whole_refusal(self, tree: exp.Query) -> str | None:
+        sources = self.sources_in(tree)
+        if len(sources) == 1 and None not in sources:
+            return self.rules[next(iter(sources))].refusal(tree)  # type: ignore[index]
+        return None
+
+    # ---- classification ----------------------------------------------------------------
+    def table_source(self, table: exp.Table) -> str | None:
+        return table.catalog or None if table.catalog in self.rules else None
+
+    def sources_in(self, node: exp.Expression) -> set[str | None]:
+        """Sources of every table under ``node``; None stands for anything not on a source."""
+        found: set[str | None] = set()
+        for table in node.find_all(exp.Table):
+            if table.catalog in self.rules:
+                found.add(table.catalog)
+            elif table.name in self._ctes and not table.db:
+                body = self._ctes[table.name]
+                found |= self.sources_in(body) if body is not node else {None}
+            else:
+                found.add(None)
+        return found
+
+    def pushable_source(self, query: exp.Expression) -> str | None:
+        """The one source that can run ``query`` whole, or None."""
+        sources = self.sources_in(query)
+        if len(sources) != 1 or None in sources:
+            return None
+        if free_aliases(query):
+            return None
+        source = next(iter(sources))
+        assert source is not None
+        if self.rules[source].refusal(self._inline_ctes(query.copy())) is not None:
+            return None
+        return source
+
+    # ---- recursion ---------------------------------------------------------------------
+    def split_query(self, query: exp.Query) -> exp.Query:
+        """Return the residual replacement of ``query``; registers fragments on the way."""
+        if isinstance(query, exp.Subquery):
+            query.set("this", self.split_query(query.this))
+            return query
+        source = self.pushable_source(query)
+        if source is not None:
+            frag = self._fragment_from_query(query, source)
+            return exp.select("*").from_(exp.to_table(frag.id))
+        if isinstance(query, exp.SetOperation):
+            query.set("this", self.split_query(query.this))
+            query.set("expression", self.split_query(query.expression))
+            return query
+        if isinstance(query, exp.Select):
+            self._split_select(query)
+            return query
+        raise UnsupportedError(f"cannot split a {type(query).__name__} across sources")
+
+    def _split_select(self, select: exp.Select) -> None:
+        items = self._items(select)
+        joins = select.args.get("joins") or []
+        all_inner = all(_is_inner(j) for j in joins)
+        if all_inner:
+            self._split_inner(select, items)
+        else:
+            self._split_outer(select, items)
+        self._split_nested_queries(select)
+        self._split_ctes(select)
+
+    def _items(self, select: exp.Select) -> list[_Item]:
+        nodes = []
+        if select.args.get("from_"):
+            nodes.append(select.args["from_"].this)
+        nodes += [j.this for j in select.args.get("joins") or []]
+        items = []
+        for node in nodes:
+            alias = node.alias_or_name
+            if isinstance(node, exp.Table) and node.catalog in self.rules:
+                info = self.tables[(node.catalog, node.db, node.name)]
+                items.append(_Item(alias, node.catalog, node, info.rows))
+            elif isinstance(node, exp.Table) and node.name in self._ctes and not node.db:
+                body = self._ctes[node.name]
+                source = self.pushable_source(body)
+                inlined = exp.Subquery(this=body.copy(), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+                items.append(_Item(alias, source, inlined if source else node, self._estimate_query(body)))
+            elif isinstance(node, exp.Subquery):
+                source = self.pushable_source(node.this)
+                if source is None:
+                    node.set("this", self.split_query(node.this))
+                items.append(_Item(alias, source, node, self._estimate_query(node.this)))
+            else:
+                items.append(_Item(alias, None, node))
+        return items
+
+    # ---- inner joins: group tables of one source by the conjuncts joining them ---------
+    def _split_inner(self, select: exp.Select, items: list[_Item]) -> None:
+        by_alias = {it.alias: it for it in items}
+        conjuncts = list(_conjuncts(select.args.get("where")))
+        for join in select.args.get("joins") or []:
+            conjuncts += _conjuncts(join.args.get("on"))
+        pushed: dict[int, str] = {}  # conjunct index -> source
+        parent = {it.alias: it.alias for it in items}
+
+        def find(a: str) -> str:
+            while parent[a] != a:
+                a = parent[a]
+            return a
+
+        for i, c in enumerate(conjuncts):
+            target = self._conjunct_source(c, by_alias)
+            if target is None:
+                continue
+            pushed[i] = target
+            aliases = sorted(free_aliases(c) & by_alias.keys())
+            for a, b in itertools.pairwise(aliases):
+                parent[find(a)] = find(b)
+
+        groups: dict[str, list[_Item]] = defaultdict(list)
+        for it in items:
+            if it.source is not None:
+                groups[find(it.alias)].append(it)
+        if not groups:
+            return
+        residual_conj = [c for i, c in enumerate(conjuncts) if i not in pushed]
+        comp_conj: dict[str, list[exp.Expression]] = defaultdict(list)
+        for i in pushed:
+            comp_conj[find(next(iter(free_aliases(conjuncts[i]) & by_alias.keys())))].append(conjuncts[i])
+
+        # Detach pushed conjuncts and rebuild FROM as fragments cross joined, WHERE = the rest.
+        select.set("where", None)
+        select.set("joins", None)
+        frags: dict[str, Fragment] = {}
+        renames: dict[tuple[str, str], tuple[str, str]] = {}
+        new_from: list[exp.Expression] = []
+        for root, members in groups.items():
+            frag, ren = self._fragment_from_items(select, members, comp_conj[root], residual_conj)
+            for it in members:
+                frags[it.alias] = frag
+            renames.update(ren)
+            if ren:
+                new_from.append(exp.to_table(frag.id).as_(frag.id))
+            else:
+                new_from.append(exp.to_table(frag.id).as_(members[0].alias))
+        for it in items:
+            if it.source is None:
+                new_from.append(it.node)
+        select.set("from_", exp.From(this=new_from[0]))
+        select.set("joins", [exp.Join(this=n, kind="CROSS") for n in new_from[1:]] or None)
+        if residual_conj:
+            select.set("where", exp.Where(this=exp.and_(*residual_conj, copy=False)))
+        if renames:
+            rename_columns(select, renames)
+        self._plan_bind_joins(residual_conj, frags, renames)
+
+    def _conjunct_source(self, c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:
+        aliases = free_aliases(c)
+        if not aliases or not aliases <= by_alias.keys():
+            return None
+        sources = {by_alias[a].source for a in aliases}
+        nested = self.sources_in(c)
+        if len(sources) != 1 or None in sources or not nested <= sources:
+            return None
+        source = next(iter(sources))
+        assert source is not None
+        if self.rules[source].refusal(self._inline_ctes(c.copy())) is not None:
+            return None
+        return source
+
+    # ---- outer joins: each table its own fragment; push only null-safe filters ---------
+    def _split_outer(self, select: exp.Select, items: list[_Item]) -> None:
+        by_alias = {it.alias: it for it in items}
+        nullable: set[str] = set()
+        seen: list[str] = [items[0].alias] if items else []
+        for join, it in zip(select.args.get("joins") or [], items[1:], strict=False):
+            side = join.side.upper()
+            if side in ("LEFT", "FULL"):
+                nullable.add(it.alias)
+            if side in ("RIGHT", "FULL"):
+                nullable.update(seen)
+            seen.append(it.alias)
+        pushed: dict[str, list[exp.Expression]] = defaultdict(list)
+
+        where = list(_conjuncts(select.args.get("where")))
+        kept_where = []
+        for c in where:
+            alias = _single_alias(c, by_alias)
+            if alias and alias not in nullable and self._conjunct_source(c, by_alias):
+                pushed[alias].append(c)
+            else:
+                kept_where.append(c)
+        select.set("where", exp.Where(this=exp.and_(*kept_where, copy=False)) if kept_where else None)
+        for join, it in zip(select.args.get("joins") or [], items[1:], strict=False):
+            if join.side.upper() != "LEFT" or not join.args.get("on"):
+                continue
+            kept_on = []
+            for c in _conjuncts(join.args["on"]):
+                if _single_alias(c, by_alias) == it.alias and self._conjunct_source(c, by_alias):
+                    pushed[it.alias].append(c)
+                else:
+                    kept_on.append(c)
+            join.set("on", exp.and_(*kept_on, copy=False) if kept_on else exp.true())
+        for it in items:
+            if it.source is None:
+                continue
+            frag, _ = self._fragment_from_items(select, [it], pushed[it.alias], [], rename=False)
+            it.node.replace(exp.to_table(frag.id).as_(it.alias))
+
+    # ---- nested queries and CTEs left in the residual ----------------------------------
+    def _split_nested_queries(self, select: exp.Select) -> None:
+        nested = [
+            q for q in _direct_queries(select)
+            if not isinstance(q.parent, (exp.From, exp.Join, exp.CTE))
+            and not (isinstance(q.parent, exp.Subquery) and isinstance(q.parent.parent, (exp.From, exp.Join)))
+        ]
+        for q in nested:
+            replacement = self.split_query(q)
+            if replacement is not q:
+                q.replace(replacement)
+
+    def _split_ctes(self, select: exp.Select) -> None:
+        with_ = select.args.get("with")
+        if not with_:
+            return
+        referenced = {t.name for t in select.find_all(exp.Table) if not t.db}
+        kept = []
+        for cte in with_.expressions:
+            if cte.alias_or_name not in referenced:
+                continue
+            cte.set("this", self.split_query(cte.this))
+            kept.append(cte)
+        select.set("with", exp.With(expressions=kept) if kept else None)
+
+    # ---- fragments ---------------------------------------------------------------------
+    def _new_id(self) -> str:
+        return f"f{next(self._ids)}"
+
+    def _fragment_from_query(self, query: exp.Query, source: str) -> Fragment:
+        body = self._inline_ctes(query.copy())
+        columns = [s.alias_or_name for s in body.selects] if isinstance(body, exp.Query) else []
+        frag = Fragment(
+            id=self._new_id(), source=source, query=body, columns=columns,
+            estimated_rows=self._estimate_query(query), params=_params(body),
+            types=self._output_types(body),
+        )
+        self.fragments.append(frag)
+        return frag
+
+    def _fragment_from_items(
+        self,
+        select: exp.Select,
+        members: list[_Item],
+        conjuncts: list[exp.Expression],
+        residual_conj: list[exp.Expression],
+        rename: bool | None = None,
+    ) -> tuple[Fragment, dict[tuple[str, str], tuple[str, str]]]:
+        """One fragment for ``members`` (all on one source); columns the residual still needs."""
+        source = members[0].source
+        assert source is not None
+        aliases = {m.alias for m in members}
+        needed: dict[str, set[str]] = defaultdict(set)
+        collect_columns(select, aliases, needed)
+        for c in residual_conj:
+            collect_columns(c, aliases, needed)
+        fid = self._new_id()
+        rename = len(members) > 1 if rename is None else rename
+        outputs: list[tuple[str, str, str]] = []  # (alias, column, output name)
+        taken: set[str] = set()
+        for m in members:
+            for col in sorted(needed.get(m.alias, ())):
+                name = col if col not in taken else f"{m.alias}_{col}"
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                outputs.append((m.alias, col, name))
+        projections: list[exp.Expression] = [
+            exp.column(col, table=alias, quoted=True).as_(name, quoted=True) for alias, col, name in outputs
+        ] or [exp.Literal.number(1).as_("_one")]
+        query = exp.select(*projections).from_(members[0].node.copy())
+        for m in members[1:]:
+            query = query.join(m.node.copy(), join_type="CROSS")
+        if conjuncts:
+            query = query.where(exp.and_(*(c.copy() for c in conjuncts)))
+        query = self._inline_ctes(query)
+        frag = Fragment(
+            id=fid, source=source, query=query, columns=[o[2] for o in outputs] or ["_one"],
+            estimated_rows=self._estimate_items(members, conjuncts), params=_params(query),
+            types=self._output_types(query),
+        )
+        self.fragments.append(frag)
+        renames = {(a, c): (fid, n) for a, c, n in outputs} if rename else {}
+        return frag, renames
+
+    def _output_types(self, query: exp.Expression) -> dict[str, pa.DataType]:
+        """Exact Arrow types of outputs that are plain base-table columns or simple aggregates."""
+        if not isinstance(query, exp.Select):
+            return {}
+        tables = {}
+        for t in query.find_all(exp.Table):
+            info = self.tables.get((t.catalog, t.db, t.name))
+            if info is not None and t.parent_select is query:
+                tables[t.alias_or_name] = info
+        out: dict[str, pa.DataType] = {}
+        for proj in query.selects:
+            node = proj.unalias()
+            agg = None
+            if isinstance(node, (exp.Sum, exp.Min, exp.Max)) and isinstance(node.this, exp.Column):
+                agg, node = type(node), node.this
+            elif isinstance(node, exp.Count):
+                out[proj.alias_or_name] = pa.int64()
+                continue
+            if not isinstance(node, exp.Column) or node.table not in tables:
+                continue
+            schema = tables[node.table].schema
+            if node.name not in schema.names:
+                continue
+            t = schema.field(node.name).type
+            if agg is exp.Sum:
+                if pa.types.is_decimal(t):
+                    t = pa.decimal128(38, t.scale)
+                elif pa.types.is_integer(t):
+                    continue  # PostgreSQL sums bigint as numeric; let the driver say
+            out[proj.alias_or_name] = t
+        return out
+
+    def _inline_ctes(self, query: exp.Expression) -> exp.Expression:
+        """Replace references to outer CTEs by their bodies, so a fragment stands on its own."""
+        own = {c.alias_or_name for c in query.find_all(exp.CTE)}
+        for _ in range(8):
+            refs = [
+                t for t in query.find_all(exp.Table)
+                if not t.db and t.name in self._ctes and t.name not in own
+            ]
+            if not refs:
+                break
+            for t in refs:
+                body = self._ctes[t.name].copy()
+                t.replace(exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier(t.alias_or_name))))
+        return query
+
+    # ---- estimates ---------------------------------------------------------------------
+    def _estimate_items(self, members: list[_Item], conjuncts: list[exp.Expression]) -> int | None:
+        sizes = [m.rows for m in members if m.rows is not None]
+        if not sizes:
+            return None
+        rows = float(max(sizes))
+        for c in conjuncts:
+            if len(free_aliases(c)) == 1:
+                rows *= _selectivity(c)
+        return max(1, int(rows))
+
+    def _estimate_query(self, query: exp.Expression) -> int | None:
+        sizes = []
+        for t in query.find_all(exp.Table):
+            info = self.tables.get((t.catalog, t.db, t.name))
+            if info is not None and info.rows is not None:
+                sizes.append(info.rows)
+        if not sizes:
+            return None
+        rows = float(max(sizes))
+        if isinstance(query, exp.Select):
+            where = query.args.get("where")
+            for c in _conjuncts(where):
+                rows *= _selectivity(c)
+            if query.args.get("group"):
+                rows = max(1.0, rows / 10)
+            elif any(isinstance(s.unalias(), exp.AggFunc) for s in query.selects):
+                rows = 1
+            limit = query.args.get("limit")
+            if limit is not None and isinstance(limit.expression, exp.Literal):
+                rows = min(rows, float(limit.expression.this))
+        return max(1, int(rows))
+
+    # ---- bind joins --------------------------------------------------------------------
+    def _plan_bind_joins(
+        self,
+        residual_conj: list[exp.Expression],
+        frags: dict[str, Fragment],
+        renames: dict[tuple[str, str], tuple[str, str]],
+    ) -> None:
+        reverse = {v: k for k, v in renames.items()}
+        candidates = []
+        for c in residual_conj:
+            if not (isinstance(c, exp.EQ) and isinstance(c.this, exp.Column) and isinstance(c.expression, exp.Column)):
+                continue
+            left, right = (self._origin(col, frags, reverse) for col in (c.this, c.expression))
+            if left is None or right is None or left[0] is right[0]:
+                continue
+            self._check_key_types(left, right)
+            candidates.append((left, right))
+        for left, right in candidates:
+            for producer, consumer in ((left, right), (right, left)):
+                reason = self._bind_refusal(producer[0], consumer[0])
+                if reason is None:
+                    self._bind(producer, consumer)
+                    break
+
+    def _origin(
+        self, col: exp.Column, frags: dict[str, Fragment], reverse: dict[tuple[str, str], tuple[str, str]]
+    ) -> tuple[Fragment, str, str, str] | None:
+        """(fragment, table alias, source column, fragment output name) for a residual column."""
+        table, name = col.table, col.name
+        if (table, name) in reverse:
+            alias, source_col = reverse[(table, name)]
+            return frags[alias], alias, source_col, name
+        if table in frags:
+            return frags[table], table, name, name
+        return None
+
+    def _bind_refusal(self, producer: Fragment, consumer: Fragment) -> str | None:
+        s = self.settings
+        if consumer.bind is not None:
+            return "already bound"
+        if not self.rules[consumer.source].can("bind_join"):
+            return f"source {consumer.source} takes no bind joins"
+        if producer.estimated_rows is None or consumer.estimated_rows is None:
+            return "no estimate"
+        if producer.estimated_rows > s.bind_max_keys:
+            return "producer too large"
+        if consumer.estimated_rows < s.bind_ratio * producer.estimated_rows:
+            return "consumer not much larger"
+        if self._depends_on(producer, consumer):
+            return "cycle"
+        return None
+
+    def _depends_on(self, frag: Fragment, other: Fragment) -> bool:
+        while frag.bind is not None:
+            if frag.bind.producer == other.id:
+                return True
+            frag = next(f for f in self.fragments if f.id == frag.bind.producer)
+        return False
+
+    def _bind(self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]) -> None:
+        pfrag, _, _, pname = producer
+        cfrag, calias, ccol, cname = consumer
+        reason = (
+            f"{pfrag.id} estimated {pfrag.estimated_rows:,} rows <= {self.settings.bind_max_keys:,} keys, "
+            f"{cfrag.id} estimated {cfrag.estimated_rows:,} rows"
+        )
+        cfrag.bind = BindJoin(
+            producer=pfrag.id, producer_column=pname,
+            key=exp.column(ccol, table=calias, quoted=True), key_output=cname, reason=reason,
+        )
+
+    def _check_key_types(self, left: tuple[Fragment, str, str, str], right: tuple[Fragment, str, str, str]) -> None:
+        lt, rt = self._column_type(left), self._column_type(right)
+        if lt is None or rt is None:
+            return
+        if _type_family(lt) != _type_family(rt):
+            raise JoinKeyTypeError(
+                f"join key types differ: {left[0].source}.{left[1]}.{left[2]} is {lt} but "
+                f"{right[0].source}.{right[1]}.{right[2]} is {rt}; cast one side"
+            )
+
+    def _column_type(self, origin: tuple[Fragment, str, str, str]) -> pa.DataType | None:
+        frag, alias, col, _ = origin
+        for t in frag.query.find_all(exp.Table):
+            if t.alias_or_name == alias:
+                info = self.tables.get((t.catalog, t.db, t.name))
+                if info is not None and col in info.schema.names:
+                    return info.schema.field(col).type
+        return None
+
+
+# ---- tree helpers -------------------------------------------------------------------------
+def _is_inner(join: exp.Join) -> bool:
+    return not join.side and join.kind.upper() in ("", "INNER", "CROSS")
+
+
+def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        node = node.this
+    return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _single_alias(c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:
+    aliases = free_aliases(c)
+    return next(iter(aliases)) if len(aliases) == 1 and aliases <= by_alias.keys() else None
+
+
+def _params(node: exp.Expression) -> list[str]:
+    return sorted({p.name for p in node.find_all(exp.Placeholder) if p.name})
+
+
+def defined_aliases(query: exp.Expression) -> set[str]:
+    """Aliases a query defines for its own scope: FROM/JOIN items and CTE names."""
+    out: set[str] = set()
+    if isinstance(query, exp.Select):
+        if query.args.get("from_"):
+            out.add(query.args["from_"].this.alias_or_name)
+        out.update(j.this.alias_or_name for j in query.args.get("joins") or [])
+    with_ = query.args.get("with")
+    if with_:
+        out.update(c.alias_or_name for c in with_.expressions)
+    return out
+
+
+def free_aliases(node: exp.Expression) -> set[str]:
+    """Table aliases that columns under ``node`` reference but ``node`` does not define."""
+    out: set[str] = set()
+    _free(node, set(), out)
+    return out
+
+
+def _free(node: exp.Expression, bound: set[str], out: set[str]) -> None:
+    if isinstance(node, exp.Column):
+        if node.table and node.table not in bound:
+            out.add(node.table)
+        return
+    if isinstance(node, exp.Query):
+        bound = bound | defined_aliases(node)
+    for child in node.iter_expressions():
+        _free(child, bound, out)
+
+
+def collect_columns(
+    node: exp.Expression, aliases: set[str], out: dict[str, set[str]], top: bool = True
+) -> None:
+    """Columns of ``aliases`` referenced under ``node``, respecting shadowing by nested scopes."""
+    if isinstance(node, exp.Column):
+        if node.table in aliases:
+            out[node.table].add(node.name)
+        return
+    if isinstance(node, exp.Query) and not top:
+        aliases = aliases - defined_aliases(node)
+        if not aliases:
+            return
+    for child in node.iter_expressions():
+        collect_columns(child, aliases, out, top=False)
+
+
+def rename_columns(node: exp.Expression, renames: dict[tuple[str, str], tuple[str, str]]) -> None:
+    """Point residual columns at fragment outputs, respecting shadowing by nested scopes."""
+    aliases = {a for a, _ in renames}
+    _rename(node, aliases, renames, top=True)
+
+
+def _rename(node: exp.Expression, aliases: set[str], renames: dict, top: bool) -> None:
+    if isinstance(node, exp.Column):
+        key = (node.table, node.name)
+        if node.table in aliases and key in renames:
+            table, name = renames[key]
+            node.set("table", exp.to_identifier(table, quoted=True))
+            node.set("this", exp.to_identifier(name, quoted=True))
+        return
+    if isinstance(node, exp.Query) and not top:
+        aliases = aliases - defined_aliases(node)
+        if not aliases:
+            return
+    for child in list(node.iter_expressions()):
+        _rename(child, aliases, renames, top=False)
+
+
+def _direct_queries(select: exp.Select) -> list[exp.Query]:
+    """Queries nested in ``select``'s expressions, not inside another nested query."""
+    found: list[exp.Query] = []
+
+    def walk(node: exp.Expression) -> None:
+        for child in node.iter_expressions():
+            if isinstance(child, exp.Query):
+                found.append(child)
+            elif not isinstance(child, exp.With):
+                walk(child)
+
+    walk(select)
+    return found
+
+
+def _selectivity(c: exp.Expression) -> float:
+    if isinstance(c, exp.EQ):
+        return 0.1
+    if isinstance(c, exp.In):
+        return min(0.5, 0.05 * max(1, len(c.expressions)))
+    if isinstance(c, (exp.Like, exp.ILike)):
+        return 0.25
+    if isinstance(c, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
+        return 0.4
+    if isinstance(c, exp.Between):
+        return 0.25
+    if isinstance(c, exp.Or):
+        return 0.6
+    return 0.5
+
+
+def _type_family(t: pa.DataType) -> str:
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_temporal(t):
+        return "time"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return str(t)

@@ -1,0 +1,103 @@
+"""Lazy results: nothing runs until a terminal call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from federator.execute import Execution
+from federator.plan.model import Plan
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from federator.federation import Federation
+
+
+class Result:
+    """The answer of one federated query, planned but not yet run.
+
+    >>> import federator, pyarrow as pa  # doctest: +SKIP
+    >>> fed.sql("SELECT 1 AS x FROM files.t").to_arrow()  # doctest: +SKIP
+    pyarrow.Table
+    """
+
+    def __init__(self, fed: Federation, plan: Plan, params: dict[str, Any], timeout: float | None):
+        self._fed = fed
+        self.plan = plan
+        self._params = params
+        self._timeout = timeout
+        self.last_execution: Execution | None = None
+
+    def __repr__(self) -> str:
+        return f"<federator.Result: {len(self.plan.fragments)} fragment(s)>"
+
+    def _execution(self) -> Execution:
+        self.last_execution = self._fed._execution(self.plan, self._params, self._timeout)
+        return self.last_execution
+
+    # ---- sync terminals --------------------------------------------------------------
+    def to_arrow(self) -> pa.Table:
+        """Run the query and return the whole answer as one Arrow table."""
+        return self._fed._loop.run(self._execution().to_table())
+
+    def to_batches(self) -> pa.RecordBatchReader:
+        """Run the query and stream the answer as a RecordBatchReader."""
+        stream = self._execution().stream()
+        loop = self._fed._loop
+        try:
+            first = loop.run(anext(stream))
+        except BaseException:
+            loop.run(stream.aclose())
+            raise
+
+        def rest() -> Iterator[pa.RecordBatch]:
+            try:
+                yield first
+                while True:
+                    try:
+                        batch = loop.run(anext(stream))
+                    except StopAsyncIteration:
+                        return
+                    yield batch
+            finally:
+                if not loop.loop.is_closed():
+                    loop.run(stream.aclose())
+
+        return pa.RecordBatchReader.from_batches(first.schema, rest())
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return iter(self.to_batches())
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self.to_batches().__arrow_c_stream__(requested_schema)
+
+    def explain(self, analyze: bool = False) -> str:
+        if not analyze:
+            return self.plan.explain()
+        self.to_arrow()
+        assert self.last_execution is not None
+        ex = self.last_execution
+        return self.plan.explain(ex.stats, ex.residual_stats if self.plan.residual is not None else None)
+
+    # ---- async terminals -------------------------------------------------------------
+    async def to_arrow_async(self) -> pa.Table:
+        return await self._fed._loop.run_async(self._execution().to_table())
+
+    async def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
+        stream = self._execution().stream()
+        loop = self._fed._loop
+        try:
+            while True:
+                try:
+                    batch = await loop.run_async(anext(stream))
+                except StopAsyncIteration:
+                    return
+                yield batch
+        finally:
+            await loop.run_async(stream.aclose())
