@@ -80,6 +80,12 @@ class BindSpec:
     batch_size: int
 
 
+def failure_reason(error: BaseException, password: str | None) -> str:
+    """A driver's error as one line for a message, with the password masked if it shows."""
+    text = f"{type(error).__name__}: {error}".strip()
+    return text.replace(password, "***") if password else text
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

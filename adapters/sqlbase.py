@@ -60,7 +60,7 @@ class SQLAdapter(Adapter):
                             batch_size=self.bind_batch_size)
             request.bind = spec
             if self.bind_style == "array":
-                bound = tree.copy().where(exp.EQ(this=key, expression=exp.Any(this=exp.Placeholder(this=BIND_PARAM))))
+                bound = tree.copy().where(exp.EQ(this=key, expression=exp.Any(this=exp.Paren(this=exp.Placeholder(this=BIND_PARAM)))))
                 request.text, request.param_names = self.render(bound)
             else:
                 request.payload.bound_tree = tree

@@ -63,9 +63,13 @@ class Execution:
     # ---- fragments ---------------------------------------------------------------------
     async def _fetch_all(self) -> dict[str, pa.Table]:
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
-        async with asyncio.TaskGroup() as group:
-            for frag in self.plan.fragments:
-                tasks[frag.id] = group.create_task(self._fetch(frag, tasks), name=frag.id)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for frag in self.plan.fragments:
+                    tasks[frag.id] = group.create_task(self._fetch(frag, tasks), name=frag.id)
+        except BaseExceptionGroup as group_error:
+            # The first failure is the cause; the other fragments were cancelled because of it.
+            raise _first_cause(group_error) from None
         return {fid: t.result() for fid, t in tasks.items()}
 
     async def _fetch(self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]) -> pa.Table:
@@ -143,6 +147,11 @@ class Execution:
             return relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_cause(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

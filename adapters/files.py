@@ -1,0 +1,248 @@
+"""Files: Parquet, CSV and Arrow IPC files in a folder, queried with an in-process DuckDB.
+
+Every ``*.parquet``, ``*.csv``, ``*.arrow``, ``*.feather`` and ``*.ipc`` file directly in the
+folder is a table named by its stem, in schema ``main``. Each request gets its own DuckDB
+connection in which the tables it names are views over the files, and streams Arrow batches.
+
+>>> import os, tempfile, pyarrow as pa, pyarrow.parquet as pq, federator
+>>> folder = tempfile.mkdtemp()
+>>> pq.write_table(pa.table({"id": [1, 2, 3]}), os.path.join(folder, "t.parquet"))
+>>> with federator.connect({"sources": {"f": {"kind": "files", "path": folder}}}) as fed:
+...     fed.sql("SELECT count(*) AS n, max(id) AS m FROM f.t").to_arrow().to_pylist()
+[{'n': 3, 'm': 3}]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from federator.adapters.base import TableInfo, TableRef
+from federator.adapters.sqlbase import SQLAdapter
+from federator.config import SourceConfig
+from federator.errors import CatalogError
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "ipc",
+    ".feather": "ipc",
+    ".ipc": "ipc",
+}
+_CSV_COUNT_LIMIT = 64 * 1024 * 1024  # count CSV lines exactly below this size, else estimate
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One table's file: where it is and how to read it."""
+
+    name: str
+    path: Path
+    format: str  # "parquet" | "csv" | "ipc"
+
+
+class FilesAdapter(SQLAdapter):
+    """``{"kind": "files", "path": "data/"}``"""
+
+    kind = "files"
+    dialect = "duckdb"
+    param_style = "qmark"
+    bind_style = "array"  # DuckDB takes a list parameter: key = ANY(?)
+    keep_schema = False
+    default_schema = "main"
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        if "path" not in config.options:
+            raise CatalogError(f"source {config.name!r} (files) needs a 'path' to a folder")
+        self.path = Path(str(config.options["path"])).expanduser()
+        self._files: dict[str, DataFile] | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    # ---- discovery -------------------------------------------------------------------
+    def scan(self) -> dict[str, DataFile]:
+        """The data files of the folder by table name (re-reads the folder every call)."""
+        if not self.path.is_dir():
+            what = "is not a folder" if self.path.exists() else "does not exist"
+            raise CatalogError(f"source {self.name!r}: files folder {str(self.path)!r} {what}")
+        found: dict[str, DataFile] = {}
+        for p in sorted(self.path.iterdir()):
+            fmt = FORMATS.get(p.suffix.lower())
+            if fmt is None or not p.is_file():
+                continue
+            if p.stem in found:
+                raise CatalogError(
+                    f"source {self.name!r}: two files make table {p.stem!r} "
+                    f"({found[p.stem].path.name}, {p.name}); rename one"
+                )
+            found[p.stem] = DataFile(p.stem, p, fmt)
+        return found
+
+    async def tables(self) -> list[TableInfo]:
+        return await asyncio.to_thread(self._tables)
+
+    def _tables(self) -> list[TableInfo]:
+        self._files = self.scan()
+        return [
+            TableInfo(self.name, TableRef("main", f.name), *self._describe(f))
+            for f in self._files.values()
+        ]
+
+    def _describe(self, f: DataFile) -> tuple[pa.Schema, int | None]:
+        try:
+            if f.format == "parquet":
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(f.path)
+                return _plain(meta.schema_arrow), meta.metadata.num_rows
+            if f.format == "ipc":
+                return _describe_ipc(f.path)
+            con = _duckdb().connect()
+            try:
+                schema = con.read_csv(str(f.path)).limit(0).to_arrow_table().schema
+            finally:
+                con.close()
+            return _plain(schema), _count_csv_rows(f.path)
+        except CatalogError:
+            raise
+        except Exception as e:
+            raise CatalogError(
+                f"source {self.name!r}: cannot read {f.format} file {f.path.name!r}: {e}"
+            ) from None
+
+    # ---- execute ---------------------------------------------------------------------
+    async def run(
+        self, text: str, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        con = await asyncio.to_thread(self._connect, text)
+        try:
+            reader = await asyncio.to_thread(self._start, con, text, params)
+            empty = True
+            while (batch := await asyncio.to_thread(_next_batch, reader)) is not None:
+                empty = False
+                yield _conform(batch, schema)
+            if empty:
+                yield _conform(pa.RecordBatch.from_pylist([], schema=reader.schema), schema)
+        finally:
+            with contextlib.suppress(Exception):
+                con.interrupt()
+            con.close()
+
+    def _connect(self, text: str) -> Any:
+        """A fresh in-memory DuckDB with a view for every table the request names."""
+        if self._files is None:
+            self._files = self.scan()
+        duckdb = _duckdb()
+        con = duckdb.connect()
+        try:
+            for f in self._files.values():
+                if f'"{f.name}"' not in text:
+                    continue
+                if not f.path.exists():
+                    raise CatalogError(
+                        f"source {self.name!r}: file {f.path.name!r} disappeared from {str(self.path)!r}"
+                    )
+                if f.format == "parquet":
+                    con.read_parquet(str(f.path)).create_view(f.name)
+                elif f.format == "csv":
+                    con.read_csv(str(f.path)).create_view(f.name)
+                else:
+                    con.register(f.name, _ipc_dataset(f.path))
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _start(self, con: Any, text: str, params: list[Any]) -> pa.RecordBatchReader:
+        relation = con.sql(text, params=params or None)
+        if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
+            return relation.to_arrow_reader(self.batch_rows)
+        return relation.fetch_arrow_reader(self.batch_rows)
+
+
+def _duckdb() -> Any:
+    import duckdb
+
+    return duckdb
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema | None) -> pa.RecordBatch:
+    """Cast columns to the exact types the catalog reported, where DuckDB chose another."""
+    if schema is None:
+        return batch
+    arrays = []
+    changed = False
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if name in schema.names and schema.field(name).type != column.type:
+            try:
+                column = column.cast(schema.field(name).type)
+                changed = True
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names) if changed else batch
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """Dictionary columns as their value type; no writer metadata."""
+    fields = [
+        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type, f.nullable)
+        for f in schema
+    ]
+    return pa.schema(fields)
+
+
+def _ipc_dataset(path: Path) -> Any:
+    import pyarrow.dataset as ds
+
+    try:
+        return ds.dataset(str(path), format="ipc")
+    except (pa.ArrowInvalid, OSError):  # an IPC stream rather than a file: read it whole
+        with pa.OSFile(str(path)) as source:
+            return pa.ipc.open_stream(source).read_all()
+
+
+def _describe_ipc(path: Path) -> tuple[pa.Schema, int | None]:
+    with pa.memory_map(str(path)) as source:
+        try:
+            reader = pa.ipc.open_file(source)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            table = pa.ipc.open_stream(source).read_all()
+            return _plain(table.schema), table.num_rows
+        rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return _plain(reader.schema), rows
+
+
+def _count_csv_rows(path: Path) -> int:
+    """Data rows of a CSV: exact for small files, else extrapolated from the first MiB."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if size <= _CSV_COUNT_LIMIT:
+            lines = 0
+            last = b"\n"
+            while chunk := fh.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+            if last != b"\n":
+                lines += 1
+            return max(0, lines - 1)
+        head = fh.read(1 << 20)
+    per_line = len(head) / max(1, head.count(b"\n"))
+    return max(0, int(size / per_line) - 1)

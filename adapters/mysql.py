@@ -1,0 +1,196 @@
+"""MySQL and MariaDB through aiomysql: a lazy pool and unbuffered (server-side) cursors.
+
+``{"kind": "mysql", "dsn": "mysql://user:${MYSQL_PASSWORD}@host:3306/shop"}``
+
+The DSN's database is the default namespace (``my.orders`` means ``shop.orders``); other
+databases are reached as ``my.otherdb.table``. Sessions run with ``time_zone = '+00:00'`` so
+TIMESTAMP columns arrive as UTC. TINYINT(1) is MySQL's BOOLEAN and comes back as bool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomysql
+import pyarrow as pa
+import pymysql
+
+from federator.adapters.arrowconv import rows_to_batch
+from federator.adapters.base import TableInfo, TableRef, failure_reason
+from federator.adapters.sqlbase import SQLAdapter
+from federator.config import SourceConfig, parse_dsn
+from federator.errors import CatalogError, SourceUnreachableError
+
+_SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
+_CATALOG_SQL = """
+SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, t.TABLE_ROWS
+FROM information_schema.COLUMNS c
+JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
+WHERE c.TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys')
+ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION
+"""
+
+_INTEGERS = {
+    "tinyint": (pa.int8(), pa.uint8()), "smallint": (pa.int16(), pa.uint16()),
+    "mediumint": (pa.int32(), pa.uint32()), "int": (pa.int32(), pa.uint32()),
+    "integer": (pa.int32(), pa.uint32()), "bigint": (pa.int64(), pa.uint64()),
+}
+_OTHERS: dict[str, pa.DataType] = {
+    "float": pa.float32(), "double": pa.float64(), "real": pa.float64(),
+    "date": pa.date32(), "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
+    "time": pa.duration("us"), "year": pa.int16(), "bit": pa.binary(),
+    "binary": pa.binary(), "varbinary": pa.binary(), "tinyblob": pa.binary(), "blob": pa.binary(),
+    "mediumblob": pa.binary(), "longblob": pa.binary(),
+}
+
+
+def mysql_arrow_type(data_type: str, column_type: str) -> pa.DataType:
+    """Arrow type of a column from information_schema's DATA_TYPE and COLUMN_TYPE.
+
+    >>> mysql_arrow_type("tinyint", "tinyint(1)")
+    DataType(bool)
+    >>> mysql_arrow_type("decimal", "decimal(12,2)")
+    Decimal128Type(decimal128(12, 2))
+    """
+    data_type, column_type = data_type.lower(), column_type.lower()
+    if data_type == "tinyint" and column_type.startswith("tinyint(1)"):
+        return pa.bool_()
+    if data_type in _INTEGERS:
+        signed, unsigned = _INTEGERS[data_type]
+        return unsigned if "unsigned" in column_type else signed
+    if data_type in ("decimal", "numeric"):
+        m = re.search(r"\((\d+)(?:,(\d+))?\)", column_type)
+        precision, scale = (int(m.group(1)), int(m.group(2) or 0)) if m else (10, 0)
+        return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+    return _OTHERS.get(data_type, pa.string())
+
+
+_FT = pymysql.constants.FIELD_TYPE
+_RESULT_TYPES: dict[int, pa.DataType] = {
+    _FT.TINY: pa.int8(), _FT.SHORT: pa.int16(), _FT.INT24: pa.int32(), _FT.LONG: pa.int64(),
+    _FT.LONGLONG: pa.int64(), _FT.FLOAT: pa.float32(), _FT.DOUBLE: pa.float64(),
+    _FT.DATE: pa.date32(), _FT.NEWDATE: pa.date32(), _FT.DATETIME: pa.timestamp("us"),
+    _FT.TIMESTAMP: pa.timestamp("us", tz="UTC"), _FT.TIME: pa.duration("us"),
+    _FT.YEAR: pa.int16(), _FT.JSON: pa.string(), _FT.ENUM: pa.string(), _FT.SET: pa.string(),
+    _FT.VARCHAR: pa.string(), _FT.BIT: pa.binary(),
+}
+
+
+def result_type(description: tuple[Any, ...]) -> pa.DataType | None:
+    """Arrow type of a result column from the cursor description; None: infer from values."""
+    _, code, _, internal_size, _, scale, _ = description
+    if code in (_FT.DECIMAL, _FT.NEWDECIMAL):
+        digits = max(1, (internal_size or 0) - 1 - (1 if scale else 0))
+        return pa.decimal128(min(38, max(digits, scale or 0)), min(scale or 0, 38))
+    if code == _FT.TINY and internal_size == 1:
+        return pa.bool_()
+    return _RESULT_TYPES.get(code)
+
+
+class MySQLAdapter(SQLAdapter):
+    """MySQL/MariaDB source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``."""
+
+    kind = "mysql"
+    dialect = "mysql"
+    param_style = "format"
+    bind_style = "in_list"
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        if "dsn" not in config.options:
+            raise CatalogError(f"source {config.name!r} (mysql) needs a 'dsn'")
+        self.dsn = parse_dsn(str(config.options["dsn"]), default_port=3306)
+        self.default_schema = self.dsn.database or ""
+        self.connect_timeout = float(config.options.get("connect_timeout", 10))
+        self._pool: aiomysql.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    @property
+    def where(self) -> str:
+        return self.dsn.where
+
+    # ---- pool ------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._get_pool()
+
+    async def _get_pool(self) -> aiomysql.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await self._create_pool()
+        return self._pool
+
+    async def _create_pool(self) -> aiomysql.Pool:
+        d = self.dsn
+        try:
+            pool = await aiomysql.create_pool(
+                host=d.host, port=d.port or 3306, user=d.user or "root", password=d.password or "",
+                db=d.database, minsize=0, maxsize=self.max_concurrency, autocommit=True,
+                connect_timeout=self.connect_timeout, charset="utf8mb4",
+                init_command="SET time_zone = '+00:00'",
+            )
+            async with pool.acquire() as conn:  # fail here, not in the middle of a query
+                await conn.ping()
+            return pool
+        except (OSError, pymysql.err.MySQLError, TimeoutError) as e:
+            raise SourceUnreachableError(self.name, self.where, failure_reason(e, d.password)) from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    # ---- catalog ---------------------------------------------------------------------
+    async def tables(self) -> list[TableInfo]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(_CATALOG_SQL)
+            rows = await cur.fetchall()
+        grouped: dict[tuple[str, str], list[Any]] = {}
+        for r in rows:
+            grouped.setdefault((r[0], r[1]), []).append(r)
+        return [
+            TableInfo(
+                self.name, TableRef(schema, name),
+                pa.schema([pa.field(c[2], mysql_arrow_type(c[3], c[4])) for c in cols]),
+                int(cols[0][5]) if cols[0][5] is not None else None,
+            )
+            for (schema, name), cols in grouped.items()
+        ]
+
+    # ---- execution -------------------------------------------------------------------
+    async def run(
+        self, text: str, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        pool = await self._get_pool()
+        conn = await pool.acquire()
+        finished = False
+        try:
+            cur = await conn.cursor(aiomysql.SSCursor)
+            await cur.execute(text, params or None)
+            names = [d[0] for d in cur.description]
+            types = [
+                schema.field(d[0]).type if schema is not None and d[0] in schema.names else result_type(d)
+                for d in cur.description
+            ]
+            first = True
+            while True:
+                rows = await cur.fetchmany(self.batch_rows)
+                if rows or first:
+                    yield rows_to_batch(rows, names, types)
+                first = False
+                if len(rows) < self.batch_rows:
+                    break
+            await cur.close()
+            finished = True
+        finally:
+            if not finished:
+                # An unbuffered result left unread poisons the connection: drop it.
+                conn.close()
+            pool.release(conn)
+

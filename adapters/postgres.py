@@ -1,0 +1,226 @@
+"""PostgreSQL through asyncpg: a lazy pool, prepared statements, server-side cursors.
+
+``{"kind": "postgres", "dsn": "postgresql://user:${PGPASSWORD}@host:5432/db"}``
+
+Rows stream from a cursor inside a read-only transaction, ``batch_rows`` at a time, and turn
+into Arrow columns with exact types: NUMERIC(p, s) → decimal128(p, s), TIMESTAMPTZ → UTC,
+CHAR(n) without its blank padding (PostgreSQL ignores it in comparisons, so joins elsewhere
+must too), JSON as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pyarrow as pa
+
+from federator.adapters.arrowconv import rows_to_batch
+from federator.adapters.base import TableInfo, TableRef, failure_reason
+from federator.adapters.sqlbase import SQLAdapter
+from federator.config import SourceConfig, parse_dsn
+from federator.errors import CatalogError, SourceError, SourceUnreachableError
+
+_CATALOG_SQL = """
+SELECT n.nspname, c.relname, a.attname, t.typname, a.atttypmod,
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE s.n_live_tup END AS rows
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND has_schema_privilege(n.oid, 'USAGE')
+ORDER BY n.nspname, c.relname, a.attnum
+"""
+
+_SIMPLE_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(), "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(),
+    "oid": pa.int64(), "float4": pa.float32(), "float8": pa.float64(),
+    "text": pa.string(), "varchar": pa.string(), "bpchar": pa.string(), "name": pa.string(),
+    "char": pa.string(), "uuid": pa.string(), "json": pa.string(), "jsonb": pa.string(),
+    "xml": pa.string(), "inet": pa.string(), "cidr": pa.string(), "citext": pa.string(),
+    "bytea": pa.binary(), "date": pa.date32(), "time": pa.time64("us"),
+    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
+    "interval": pa.month_day_nano_interval(),
+}
+_ARRAYS = {f"_{name}": pa.list_(t) for name, t in _SIMPLE_TYPES.items()}
+
+
+def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
+    """Arrow type of a PostgreSQL type; None where only the values can tell (bare NUMERIC).
+
+    >>> pg_arrow_type("numeric", (15 << 16) + 2 + 4)
+    Decimal128Type(decimal128(15, 2))
+    """
+    if typname == "numeric":
+        if typmod < 4:
+            return None
+        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+    return _SIMPLE_TYPES.get(typname) or _ARRAYS.get(typname) or pa.string()
+
+
+class PostgresAdapter(SQLAdapter):
+    """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``."""
+
+    kind = "postgres"
+    dialect = "postgres"
+    param_style = "dollar"
+    bind_style = "array"
+    default_schema = "public"
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        if "dsn" not in config.options:
+            raise CatalogError(f"source {config.name!r} (postgres) needs a 'dsn'")
+        self.dsn = parse_dsn(str(config.options["dsn"]), default_port=5432)
+        self.default_schema = str(config.options.get("schema", "public"))
+        self.connect_timeout = float(config.options.get("connect_timeout", 10))
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    @property
+    def where(self) -> str:
+        return self.dsn.where
+
+    # ---- pool ------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._get_pool()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await self._create_pool()
+        return self._pool
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        d = self.dsn
+        try:
+            pool = await asyncpg.create_pool(
+                host=d.host, port=d.port, user=d.user, password=d.password,
+                database=d.database, min_size=0, max_size=self.max_concurrency,
+                timeout=self.connect_timeout, statement_cache_size=256,
+                server_settings={"application_name": "federator"},
+            )
+            async with pool.acquire() as conn:  # fail here, not in the middle of a query
+                await conn.execute("SELECT 1")
+            return pool
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            raise SourceUnreachableError(self.name, self.where, failure_reason(e, d.password)) from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # ---- catalog ---------------------------------------------------------------------
+    async def tables(self) -> list[TableInfo]:
+        pool = await self._get_pool()
+        rows = await pool.fetch(_CATALOG_SQL)
+        grouped: dict[tuple[str, str], list[Any]] = {}
+        for r in rows:
+            grouped.setdefault((r["nspname"], r["relname"]), []).append(r)
+        infos = []
+        for (schema, name), cols in grouped.items():
+            fields = [
+                pa.field(c["attname"], pg_arrow_type(c["typname"], c["atttypmod"]) or pa.decimal128(38, 10))
+                for c in cols
+            ]
+            infos.append(TableInfo(self.name, TableRef(schema, name), pa.schema(fields), cols[0]["rows"]))
+        return infos
+
+    # ---- execution -------------------------------------------------------------------
+    async def run(
+        self, text: str, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            stmt = await conn.prepare(text)
+            params = _coerce_params(params, [p.name for p in stmt.get_parameters()])
+            attrs = stmt.get_attributes()
+            names = [a.name for a in attrs]
+            types = [_output_type(a.name, a.type.name, schema) for a in attrs]
+            padded = [a.type.name == "bpchar" for a in attrs]
+            cursor = await stmt.cursor(*params)
+            first = True
+            while True:
+                rows = await cursor.fetch(self.batch_rows)
+                if rows or first:
+                    yield _to_batch(rows, names, types, padded)
+                first = False
+                if len(rows) < self.batch_rows:
+                    break
+
+
+def _output_type(name: str, typname: str, schema: pa.Schema | None) -> pa.DataType | None:
+    if schema is not None and name in schema.names:
+        return schema.field(name).type
+    return pg_arrow_type(typname)
+
+
+def _to_batch(
+    rows: list[Any], names: list[str], types: list[pa.DataType | None], padded: list[bool]
+) -> pa.RecordBatch:
+    if any(padded) and rows:
+        rows = [
+            tuple(v.rstrip(" ") if p and v is not None else v for v, p in zip(r, padded, strict=True))
+            for r in rows
+        ]
+    for i, t in enumerate(types):
+        if t is not None and pa.types.is_decimal(t) and rows:
+            _check_finite_decimals(rows, i, names[i])
+    return rows_to_batch(rows, names, types)
+
+
+def _check_finite_decimals(rows: list[Any], i: int, name: str) -> None:
+    for r in rows:
+        v = r[i]
+        if v is not None and not v.is_finite():
+            raise SourceError(
+                f"column {name!r} holds NUMERIC {v}, which decimal128 cannot hold; "
+                f"cast it to double precision in the query"
+            )
+
+
+def _coerce_params(params: list[Any], types: list[str]) -> list[Any]:
+    """asyncpg wants Python values of the parameter's server type; accept text for dates,
+    timestamps and numbers as PostgreSQL itself would."""
+    return [_coerce(v, t) for v, t in zip(params, types, strict=False)]
+
+
+def _coerce(value: Any, typname: str) -> Any:
+    if not isinstance(value, str):
+        if typname == "numeric" and isinstance(value, (int, float)):
+            return decimal.Decimal(str(value))
+        if typname in ("float4", "float8") and isinstance(value, decimal.Decimal):
+            return float(value)
+        return value
+    try:
+        if typname == "date":
+            return dt.date.fromisoformat(value)
+        if typname in ("timestamp", "timestamptz"):
+            parsed = dt.datetime.fromisoformat(value)
+            if typname == "timestamptz" and parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            return parsed
+        if typname in ("int2", "int4", "int8"):
+            return int(value)
+        if typname in ("float4", "float8"):
+            return float(value)
+        if typname == "numeric":
+            return decimal.Decimal(value)
+    except (ValueError, decimal.InvalidOperation):
+        from federator.errors import ParameterError
+
+        raise ParameterError(f"parameter value {value!r} is not a valid {typname}") from None
+    return value
+
