@@ -36,7 +36,9 @@ def to_array(values: list[Any], type_: pa.DataType | None) -> pa.Array:
     ):
         return pa.array(values, type=pa.string()).cast(type_)
     elif pa.types.is_timestamp(type_) and type_.tz:
-        values = [v.astimezone(dt.UTC) if isinstance(v, dt.datetime) and v.tzinfo else v for v in values]
+        values = [
+            v.astimezone(dt.UTC) if isinstance(v, dt.datetime) and v.tzinfo else v for v in values
+        ]
     return pa.array(values, type=type_)
 
 
@@ -63,8 +65,10 @@ def _infer(values: list[Any]) -> pa.Array:
     if isinstance(sample, (dict, list)):
         return pa.array([_text(v) for v in values], type=pa.string())
     if isinstance(sample, dt.datetime) and sample.tzinfo is not None:
-        return pa.array([v.astimezone(dt.UTC) if v is not None else None for v in values],
-                        type=pa.timestamp("us", tz="UTC"))
+        return pa.array(
+            [v.astimezone(dt.UTC) if v is not None else None for v in values],
+            type=pa.timestamp("us", tz="UTC"),
+        )
     if sample is None:
         return pa.nulls(len(values))
     return pa.array(values)
@@ -77,8 +81,10 @@ def infer_decimal(values: list[Any]) -> pa.DataType:
     for v in values:
         if v is None or not v.is_finite():
             continue
-        sign, digits, exponent = v.as_tuple()
+        _, digits, exponent = v.as_tuple()
         scale = max(scale, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
-        integer_digits = max(integer_digits, len(digits) + (exponent if isinstance(exponent, int) else 0))
+        integer_digits = max(
+            integer_digits, len(digits) + (exponent if isinstance(exponent, int) else 0)
+        )
     scale = min(scale, 38 - integer_digits)
     return pa.decimal128(38, max(scale, 0))

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
+from federator.rules import RuleSet, rule_set_for
 
 from federator.config import SourceConfig
-from federator.rules import RuleSet, rule_set_for
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -25,7 +25,7 @@ DEFAULT_BATCH_ROWS = 65_536
 
 @dataclass(frozen=True)
 class TableRef:
-    """A table inside one source: ``schema`` is the namespace (PostgreSQL schema, MySQL database)."""
+    """A table in one source; ``schema`` is its namespace (PostgreSQL schema, MySQL database)."""
 
     schema: str
     name: str

@@ -17,10 +17,10 @@ from typing import Any
 import aiomysql
 import pyarrow as pa
 import pymysql
-
 from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import TableInfo, TableRef, failure_reason
 from federator.adapters.sqlbase import SQLAdapter
+
 from federator.config import SourceConfig, parse_dsn
 from federator.errors import CatalogError, SourceUnreachableError
 
@@ -34,16 +34,29 @@ ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION
 """
 
 _INTEGERS = {
-    "tinyint": (pa.int8(), pa.uint8()), "smallint": (pa.int16(), pa.uint16()),
-    "mediumint": (pa.int32(), pa.uint32()), "int": (pa.int32(), pa.uint32()),
-    "integer": (pa.int32(), pa.uint32()), "bigint": (pa.int64(), pa.uint64()),
+    "tinyint": (pa.int8(), pa.uint8()),
+    "smallint": (pa.int16(), pa.uint16()),
+    "mediumint": (pa.int32(), pa.uint32()),
+    "int": (pa.int32(), pa.uint32()),
+    "integer": (pa.int32(), pa.uint32()),
+    "bigint": (pa.int64(), pa.uint64()),
 }
 _OTHERS: dict[str, pa.DataType] = {
-    "float": pa.float32(), "double": pa.float64(), "real": pa.float64(),
-    "date": pa.date32(), "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
-    "time": pa.duration("us"), "year": pa.int16(), "bit": pa.binary(),
-    "binary": pa.binary(), "varbinary": pa.binary(), "tinyblob": pa.binary(), "blob": pa.binary(),
-    "mediumblob": pa.binary(), "longblob": pa.binary(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "real": pa.float64(),
+    "date": pa.date32(),
+    "datetime": pa.timestamp("us"),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "time": pa.duration("us"),
+    "year": pa.int16(),
+    "bit": pa.binary(),
+    "binary": pa.binary(),
+    "varbinary": pa.binary(),
+    "tinyblob": pa.binary(),
+    "blob": pa.binary(),
+    "mediumblob": pa.binary(),
+    "longblob": pa.binary(),
 }
 
 
@@ -64,18 +77,32 @@ def mysql_arrow_type(data_type: str, column_type: str) -> pa.DataType:
     if data_type in ("decimal", "numeric"):
         m = re.search(r"\((\d+)(?:,(\d+))?\)", column_type)
         precision, scale = (int(m.group(1)), int(m.group(2) or 0)) if m else (10, 0)
-        return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+        return (
+            pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+        )
     return _OTHERS.get(data_type, pa.string())
 
 
 _FT = pymysql.constants.FIELD_TYPE
 _RESULT_TYPES: dict[int, pa.DataType] = {
-    _FT.TINY: pa.int8(), _FT.SHORT: pa.int16(), _FT.INT24: pa.int32(), _FT.LONG: pa.int64(),
-    _FT.LONGLONG: pa.int64(), _FT.FLOAT: pa.float32(), _FT.DOUBLE: pa.float64(),
-    _FT.DATE: pa.date32(), _FT.NEWDATE: pa.date32(), _FT.DATETIME: pa.timestamp("us"),
-    _FT.TIMESTAMP: pa.timestamp("us", tz="UTC"), _FT.TIME: pa.duration("us"),
-    _FT.YEAR: pa.int16(), _FT.JSON: pa.string(), _FT.ENUM: pa.string(), _FT.SET: pa.string(),
-    _FT.VARCHAR: pa.string(), _FT.BIT: pa.binary(),
+    _FT.TINY: pa.int8(),
+    _FT.SHORT: pa.int16(),
+    _FT.INT24: pa.int32(),
+    _FT.LONG: pa.int64(),
+    _FT.LONGLONG: pa.int64(),
+    _FT.FLOAT: pa.float32(),
+    _FT.DOUBLE: pa.float64(),
+    _FT.DATE: pa.date32(),
+    _FT.NEWDATE: pa.date32(),
+    _FT.DATETIME: pa.timestamp("us"),
+    _FT.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    _FT.TIME: pa.duration("us"),
+    _FT.YEAR: pa.int16(),
+    _FT.JSON: pa.string(),
+    _FT.ENUM: pa.string(),
+    _FT.SET: pa.string(),
+    _FT.VARCHAR: pa.string(),
+    _FT.BIT: pa.binary(),
 }
 
 
@@ -128,16 +155,25 @@ class MySQLAdapter(SQLAdapter):
         d = self.dsn
         try:
             pool = await aiomysql.create_pool(
-                host=d.host, port=d.port or 3306, user=d.user or "root", password=d.password or "",
-                db=d.database, minsize=0, maxsize=self.max_concurrency, autocommit=True,
-                connect_timeout=self.connect_timeout, charset="utf8mb4",
+                host=d.host,
+                port=d.port or 3306,
+                user=d.user or "root",
+                password=d.password or "",
+                db=d.database,
+                minsize=0,
+                maxsize=self.max_concurrency,
+                autocommit=True,
+                connect_timeout=self.connect_timeout,
+                charset="utf8mb4",
                 init_command="SET time_zone = '+00:00'",
             )
             async with pool.acquire() as conn:  # fail here, not in the middle of a query
                 await conn.ping()
             return pool
         except (OSError, pymysql.err.MySQLError, TimeoutError) as e:
-            raise SourceUnreachableError(self.name, self.where, failure_reason(e, d.password)) from None
+            raise SourceUnreachableError(
+                self.name, self.where, failure_reason(e, d.password)
+            ) from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -156,7 +192,8 @@ class MySQLAdapter(SQLAdapter):
             grouped.setdefault((r[0], r[1]), []).append(r)
         return [
             TableInfo(
-                self.name, TableRef(schema, name),
+                self.name,
+                TableRef(schema, name),
                 pa.schema([pa.field(c[2], mysql_arrow_type(c[3], c[4])) for c in cols]),
                 int(cols[0][5]) if cols[0][5] is not None else None,
             )
@@ -175,7 +212,9 @@ class MySQLAdapter(SQLAdapter):
             await cur.execute(text, params or None)
             names = [d[0] for d in cur.description]
             types = [
-                schema.field(d[0]).type if schema is not None and d[0] in schema.names else result_type(d)
+                schema.field(d[0]).type
+                if schema is not None and d[0] in schema.names
+                else result_type(d)
                 for d in cur.description
             ]
             first = True
@@ -193,4 +232,3 @@ class MySQLAdapter(SQLAdapter):
                 # An unbuffered result left unread poisons the connection: drop it.
                 conn.close()
             pool.release(conn)
-

@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 import pyarrow as pa
-
 from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import TableInfo, TableRef, failure_reason
 from federator.adapters.sqlbase import SQLAdapter
+
 from federator.config import SourceConfig, parse_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError
 
@@ -41,13 +41,30 @@ ORDER BY n.nspname, c.relname, a.attnum
 """
 
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "bool": pa.bool_(), "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(),
-    "oid": pa.int64(), "float4": pa.float32(), "float8": pa.float64(),
-    "text": pa.string(), "varchar": pa.string(), "bpchar": pa.string(), "name": pa.string(),
-    "char": pa.string(), "uuid": pa.string(), "json": pa.string(), "jsonb": pa.string(),
-    "xml": pa.string(), "inet": pa.string(), "cidr": pa.string(), "citext": pa.string(),
-    "bytea": pa.binary(), "date": pa.date32(), "time": pa.time64("us"),
-    "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
+    "bool": pa.bool_(),
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "oid": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "text": pa.string(),
+    "varchar": pa.string(),
+    "bpchar": pa.string(),
+    "name": pa.string(),
+    "char": pa.string(),
+    "uuid": pa.string(),
+    "json": pa.string(),
+    "jsonb": pa.string(),
+    "xml": pa.string(),
+    "inet": pa.string(),
+    "cidr": pa.string(),
+    "citext": pa.string(),
+    "bytea": pa.binary(),
+    "date": pa.date32(),
+    "time": pa.time64("us"),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
     "interval": pa.month_day_nano_interval(),
 }
 _ARRAYS = {f"_{name}": pa.list_(t) for name, t in _SIMPLE_TYPES.items()}
@@ -63,7 +80,9 @@ def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
         if typmod < 4:
             return None
         precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-        return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+        return (
+            pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+        )
     return _SIMPLE_TYPES.get(typname) or _ARRAYS.get(typname) or pa.string()
 
 
@@ -106,16 +125,24 @@ class PostgresAdapter(SQLAdapter):
         d = self.dsn
         try:
             pool = await asyncpg.create_pool(
-                host=d.host, port=d.port, user=d.user, password=d.password,
-                database=d.database, min_size=0, max_size=self.max_concurrency,
-                timeout=self.connect_timeout, statement_cache_size=256,
+                host=d.host,
+                port=d.port,
+                user=d.user,
+                password=d.password,
+                database=d.database,
+                min_size=0,
+                max_size=self.max_concurrency,
+                timeout=self.connect_timeout,
+                statement_cache_size=256,
                 server_settings={"application_name": "federator"},
             )
             async with pool.acquire() as conn:  # fail here, not in the middle of a query
                 await conn.execute("SELECT 1")
             return pool
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            raise SourceUnreachableError(self.name, self.where, failure_reason(e, d.password)) from None
+            raise SourceUnreachableError(
+                self.name, self.where, failure_reason(e, d.password)
+            ) from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -132,10 +159,15 @@ class PostgresAdapter(SQLAdapter):
         infos = []
         for (schema, name), cols in grouped.items():
             fields = [
-                pa.field(c["attname"], pg_arrow_type(c["typname"], c["atttypmod"]) or pa.decimal128(38, 10))
+                pa.field(
+                    c["attname"],
+                    pg_arrow_type(c["typname"], c["atttypmod"]) or pa.decimal128(38, 10),
+                )
                 for c in cols
             ]
-            infos.append(TableInfo(self.name, TableRef(schema, name), pa.schema(fields), cols[0]["rows"]))
+            infos.append(
+                TableInfo(self.name, TableRef(schema, name), pa.schema(fields), cols[0]["rows"])
+            )
         return infos
 
     # ---- execution -------------------------------------------------------------------
@@ -172,7 +204,9 @@ def _to_batch(
 ) -> pa.RecordBatch:
     if any(padded) and rows:
         rows = [
-            tuple(v.rstrip(" ") if p and v is not None else v for v, p in zip(r, padded, strict=True))
+            tuple(
+                v.rstrip(" ") if p and v is not None else v for v, p in zip(r, padded, strict=True)
+            )
             for r in rows
         ]
     for i, t in enumerate(types):
@@ -223,4 +257,3 @@ def _coerce(value: Any, typname: str) -> Any:
 
         raise ParameterError(f"parameter value {value!r} is not a valid {typname}") from None
     return value
-

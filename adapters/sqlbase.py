@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
+from federator.adapters.base import Adapter, BindSpec, NativeRequest
 from sqlglot import exp
 
-from federator.adapters.base import Adapter, BindSpec, NativeRequest
 from federator.plan.model import Fragment
 
 BIND_PARAM = "__bind__"
@@ -45,7 +45,11 @@ class SQLAdapter(Adapter):
 
     @property
     def bind_batch_size(self) -> int:
-        return int(self.config.options.get("bind_batch_size", 10_000 if self.bind_style == "array" else 1_000))
+        return int(
+            self.config.options.get(
+                "bind_batch_size", 10_000 if self.bind_style == "array" else 1_000
+            )
+        )
 
     # ---- translate (pure) ------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
@@ -56,23 +60,36 @@ class SQLAdapter(Adapter):
         request.payload = SQLPayload(unbound_text=text, unbound_names=names)
         if fragment.bind is not None:
             key = fragment.bind.key.copy()
-            spec = BindSpec(column=key.sql(dialect=self.dialect), style=self.bind_style,
-                            batch_size=self.bind_batch_size)
+            spec = BindSpec(
+                column=key.sql(dialect=self.dialect),
+                style=self.bind_style,
+                batch_size=self.bind_batch_size,
+            )
             request.bind = spec
             if self.bind_style == "array":
-                bound = tree.copy().where(exp.EQ(this=key, expression=exp.Any(this=exp.Paren(this=exp.Placeholder(this=BIND_PARAM)))))
+                bound = tree.copy().where(
+                    exp.EQ(
+                        this=key,
+                        expression=exp.Any(this=exp.Paren(this=exp.Placeholder(this=BIND_PARAM))),
+                    )
+                )
                 request.text, request.param_names = self.render(bound)
             else:
                 request.payload.bound_tree = tree
-                shown = tree.copy().where(exp.In(this=key, expressions=[exp.Placeholder(this=f"{BIND_PARAM}0")]))
+                shown = tree.copy().where(
+                    exp.In(this=key, expressions=[exp.Placeholder(this=f"{BIND_PARAM}0")])
+                )
                 text, _ = self.render(shown)
                 request.text = _annotate_in_list(text, spec.batch_size)
         if fragment.types:
-            request.schema = pa.schema([(c, fragment.types[c]) for c in fragment.columns if c in fragment.types])
+            request.schema = pa.schema(
+                [(c, fragment.types[c]) for c in fragment.columns if c in fragment.types]
+            )
         return request
 
     def localize(self, tree: exp.Expression) -> exp.Expression:
         """Drop the source name from table references (and the schema where implicit)."""
+
         def strip(node: exp.Expression) -> exp.Expression:
             if isinstance(node, exp.Table) and node.catalog == self.name:
                 node = node.copy()
@@ -125,7 +142,7 @@ class SQLAdapter(Adapter):
         size = request.bind.batch_size
         key_col = exp.to_column(request.bind.column, dialect=self.dialect)
         for start in range(0, len(keys), size):
-            chunk = keys[start:start + size]
+            chunk = keys[start : start + size]
             if request.bind.style == "array":
                 params = [chunk if n == BIND_PARAM else values[n] for n in request.param_names]
                 text = request.text

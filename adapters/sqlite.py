@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
 from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.sqlbase import SQLAdapter
+
 from federator.config import SourceConfig
 from federator.errors import CatalogError
 
@@ -77,13 +77,22 @@ class SQLiteAdapter(SQLAdapter):
     def _tables(self) -> list[TableInfo]:
         con = self._connect()
         try:
-            names = [r[0] for r in con.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table','view') AND name NOT LIKE 'sqlite_%'")]
+            names = [
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM sqlite_master"
+                    " WHERE type IN ('table','view') AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
             infos = []
             for name in names:
-                cols = con.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
+                cols = con.execute(
+                    "SELECT name, type FROM pragma_table_info(?)", (name,)
+                ).fetchall()
                 schema = pa.schema([(c, sqlite_type(t or "")) for c, t in cols])
-                rows = con.execute(f'SELECT count(*) FROM "{name.replace(chr(34), chr(34) * 2)}"').fetchone()[0]
+                rows = con.execute(
+                    f'SELECT count(*) FROM "{name.replace(chr(34), chr(34) * 2)}"'
+                ).fetchone()[0]
                 infos.append(TableInfo(self.name, TableRef("main", name), schema, rows))
             return infos
         finally:
@@ -97,7 +106,10 @@ class SQLiteAdapter(SQLAdapter):
         try:
             cur = await asyncio.to_thread(con.execute, text, params)
             names = [d[0] for d in cur.description]
-            types = [schema.field(n).type if schema is not None and n in schema.names else None for n in names]
+            types = [
+                schema.field(n).type if schema is not None and n in schema.names else None
+                for n in names
+            ]
             first = True
             while True:
                 rows = await asyncio.to_thread(cur.fetchmany, self.batch_rows)

@@ -1,4 +1,4 @@
-"""The catalog: sources, their tables and Arrow schemas, name resolution with each backend's case rules."""
+"""The catalog: sources, their tables and Arrow schemas, and name resolution."""
 
 from __future__ import annotations
 
@@ -55,10 +55,12 @@ class Catalog:
         default_schema = getattr(adapter, "default_schema", "")
         wanted_schema = schema if schema is not None else default_schema
         candidates = [
-            info for ref, info in tables.items()
+            info
+            for ref, info in tables.items()
             if ref.schema == wanted_schema and ref.name == table
         ] or [
-            info for ref, info in tables.items()
+            info
+            for ref, info in tables.items()
             if ref.schema.lower() == wanted_schema.lower() and ref.name.lower() == table.lower()
         ]
         if len(candidates) == 1:
@@ -67,7 +69,9 @@ class Catalog:
         if len(candidates) > 1:
             raise SourceError(f"table name {shown!r} is ambiguous by case; quote it exactly")
         names = [
-            f"{source}.{ref.name}" if ref.schema == default_schema else f"{source}.{ref.schema}.{ref.name}"
+            f"{source}.{ref.name}"
+            if ref.schema == default_schema
+            else f"{source}.{ref.schema}.{ref.name}"
             for ref in tables
         ]
         raise UnknownTableError(shown, names)

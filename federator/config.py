@@ -71,11 +71,14 @@ def _source(name: str, spec: Any) -> SourceConfig:
         raise CatalogError(f"source {name!r} needs a 'kind' (for example 'postgres')")
     secrets: set[str] = set()
     options = {k: _substitute(v, name, k, secrets) for k, v in spec.items() if k != "kind"}
-    return SourceConfig(name=name, kind=str(spec["kind"]), options=options, secrets=frozenset(secrets))
+    return SourceConfig(
+        name=name, kind=str(spec["kind"]), options=options, secrets=frozenset(secrets)
+    )
 
 
 def _substitute(value: Any, source: str, key: str, secrets: set[str]) -> Any:
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             var = m.group(1)
             if var not in os.environ:

@@ -45,7 +45,8 @@ class UnknownSourceError(BindError):
     def __init__(self, name: str, known: Iterable[str]):
         known = sorted(known)
         super().__init__(
-            f"unknown source {name!r}{_suggest(name, known)} (sources: {', '.join(known) or 'none'})"
+            f"unknown source {name!r}{_suggest(name, known)}"
+            f" (sources: {', '.join(known) or 'none'})"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -98,8 +99,11 @@ class Federation:
         if split.residual is not None:
             residual_sql = _residual_sql(split.residual)
         return Plan(
-            fragments=split.fragments, requests=requests, residual=split.residual,
-            residual_sql=residual_sql, notes=split.notes,
+            fragments=split.fragments,
+            requests=requests,
+            residual=split.residual,
+            residual_sql=residual_sql,
+            notes=split.notes,
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
         )
 
@@ -161,10 +165,8 @@ class Federation:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
 
 def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
@@ -173,7 +175,9 @@ def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
         raise ParameterError("use named parameters (:name), not positional '?'")
     missing = sorted(n for n in names if n not in params)
     if missing:
-        raise ParameterError(f"missing value for parameter(s): {', '.join(':' + m for m in missing)}")
+        raise ParameterError(
+            f"missing value for parameter(s): {', '.join(':' + m for m in missing)}"
+        )
 
 
 def _residual_sql(residual: exp.Query) -> str:

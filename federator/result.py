@@ -83,7 +83,9 @@ class Result:
         self.to_arrow()
         assert self.last_execution is not None
         ex = self.last_execution
-        return self.plan.explain(ex.stats, ex.residual_stats if self.plan.residual is not None else None)
+        return self.plan.explain(
+            ex.stats, ex.residual_stats if self.plan.residual is not None else None
+        )
 
     # ---- async terminals -------------------------------------------------------------
     async def to_arrow_async(self) -> pa.Table:

@@ -82,7 +82,9 @@ class RuleSet:
         self.rules[:0] = rules
         return self
 
-    def extend(self, name: str, rules: Iterable[Rule] = (), capabilities: Iterable[str] = ()) -> RuleSet:
+    def extend(
+        self, name: str, rules: Iterable[Rule] = (), capabilities: Iterable[str] = ()
+    ) -> RuleSet:
         """A new rule set with these rules on top of this one's."""
         return RuleSet(name, [*rules, *self.rules], self.capabilities | frozenset(capabilities))
 
@@ -108,11 +110,14 @@ class RuleSet:
         if len(text) > 60:
             text = text[:57] + "..."
         if refused:
-            return f"rule {refused[0].label!r} of {self.name!r} refuses {type(node).__name__} ({text})"
+            return (
+                f"rule {refused[0].label!r} of {self.name!r} refuses {type(node).__name__} ({text})"
+            )
         return f"no rule of {self.name!r} pushes {type(node).__name__} ({text})"
 
     def rewrite(self, tree: exp.Expression) -> exp.Expression:
         """Apply the ``write`` of every matching rule, bottom up."""
+
         def visit(node: exp.Expression) -> exp.Expression:
             rule = self.rule_for(node)
             if rule is not None and rule.write is not None:

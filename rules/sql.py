@@ -7,27 +7,92 @@ no FULL OUTER JOIN, and so on.
 
 from __future__ import annotations
 
+from federator.rules import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
-
 STRUCTURE = (
-    exp.Select, exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
-    exp.Limit, exp.Offset, exp.Table, exp.TableAlias, exp.Identifier, exp.Column, exp.Alias,
-    exp.Subquery, exp.With, exp.CTE, exp.Paren, exp.Star, exp.Distinct, exp.Union,
-    exp.Intersect, exp.Except, exp.Tuple, exp.DataType, exp.DataTypeParam, exp.Var,
-    exp.Placeholder, exp.Parameter,
+    exp.Select,
+    exp.From,
+    exp.Join,
+    exp.Where,
+    exp.Group,
+    exp.Having,
+    exp.Order,
+    exp.Ordered,
+    exp.Limit,
+    exp.Offset,
+    exp.Table,
+    exp.TableAlias,
+    exp.Identifier,
+    exp.Column,
+    exp.Alias,
+    exp.Subquery,
+    exp.With,
+    exp.CTE,
+    exp.Paren,
+    exp.Star,
+    exp.Distinct,
+    exp.Union,
+    exp.Intersect,
+    exp.Except,
+    exp.Tuple,
+    exp.DataType,
+    exp.DataTypeParam,
+    exp.Var,
+    exp.Placeholder,
+    exp.Parameter,
 )
 PREDICATES = (
-    exp.Literal, exp.Null, exp.Boolean, exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ, exp.GT,
-    exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Like, exp.Exists, exp.Any,
+    exp.Literal,
+    exp.Null,
+    exp.Boolean,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.Is,
+    exp.In,
+    exp.Between,
+    exp.Like,
+    exp.Exists,
+    exp.Any,
     exp.All,
 )
 SCALARS = (
-    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Case, exp.If, exp.Coalesce,
-    exp.Cast, exp.Nullif, exp.Greatest, exp.Least, exp.Abs, exp.Round, exp.Floor, exp.Ceil,
-    exp.Extract, exp.Interval, exp.Upper, exp.Lower, exp.Length, exp.Substring, exp.Trim,
-    exp.Concat, exp.DPipe, exp.CurrentDate, exp.CurrentTimestamp, exp.StrPosition,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+    exp.Neg,
+    exp.Case,
+    exp.If,
+    exp.Coalesce,
+    exp.Cast,
+    exp.Nullif,
+    exp.Greatest,
+    exp.Least,
+    exp.Abs,
+    exp.Round,
+    exp.Floor,
+    exp.Ceil,
+    exp.Extract,
+    exp.Interval,
+    exp.Upper,
+    exp.Lower,
+    exp.Length,
+    exp.Substring,
+    exp.Trim,
+    exp.Concat,
+    exp.DPipe,
+    exp.CurrentDate,
+    exp.CurrentTimestamp,
+    exp.StrPosition,
 )
 AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 WINDOWS = (exp.Window, exp.WindowSpec, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Lag, exp.Lead)
@@ -50,8 +115,12 @@ POSTGRES = RELATIONAL.extend(
 )
 MYSQL = RELATIONAL.extend(
     "mysql",
-    [Rule(exp.Join, guard=_not_full_join, name="join without FULL", note="MySQL has no FULL JOIN"),
-     *rules_for_classes(*WINDOWS)],
+    [
+        Rule(
+            exp.Join, guard=_not_full_join, name="join without FULL", note="MySQL has no FULL JOIN"
+        ),
+        *rules_for_classes(*WINDOWS),
+    ],
     {"window", "bind_join"},
 )
 SQLITE = RELATIONAL.extend(
@@ -66,6 +135,9 @@ DUCKDB_FILES = RELATIONAL.extend(
 )
 
 for _kind, _rules in {
-    "postgres": POSTGRES, "mysql": MYSQL, "sqlite": SQLITE, "files": DUCKDB_FILES,
+    "postgres": POSTGRES,
+    "mysql": MYSQL,
+    "sqlite": SQLITE,
+    "files": DUCKDB_FILES,
 }.items():
     register(_kind, _rules)

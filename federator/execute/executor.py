@@ -42,7 +42,9 @@ class Execution:
 
     async def stream(self) -> AsyncIterator[pa.RecordBatch]:
         """Every batch of the answer; the first batch carries the schema (it may be empty)."""
-        deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+        deadline = (
+            None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+        )
         try:
             async with asyncio.timeout_at(deadline):
                 if self.plan.residual is None:
@@ -139,7 +141,9 @@ class Execution:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
             con.close()
 
-    def _start_residual(self, con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> pa.RecordBatchReader:
+    def _start_residual(
+        self, con: duckdb.DuckDBPyConnection, params: dict[str, Any]
+    ) -> pa.RecordBatchReader:
         try:
             relation = con.sql(self.plan.residual_sql, params=params or None)
             if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class BindJoin:
-    """This fragment's ``key`` column is restricted to the values of ``producer.producer_column``."""
+    """This fragment's ``key`` is restricted to the values of ``producer.producer_column``."""
 
     producer: str
     producer_column: str

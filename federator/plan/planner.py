@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+from federator.adapters.base import TableInfo
+from federator.rules import RuleSet
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
@@ -35,18 +37,20 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.simplify import simplify
 from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
 
-from federator.adapters.base import TableInfo
 from federator.catalog import arrow_to_sql_type
 from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
 from federator.plan.model import BindJoin, Fragment
-from federator.rules import RuleSet
 from federator.sql.dialect import Federated
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
     return qualify(
-        expression, schema=kwargs["schema"], dialect=Federated, validate_qualify_columns=True,
-        quote_identifiers=False, identify=False,
+        expression,
+        schema=kwargs["schema"],
+        dialect=Federated,
+        validate_qualify_columns=True,
+        quote_identifiers=False,
+        identify=False,
     )
 
 
@@ -65,8 +69,16 @@ PASSES: tuple[Callable[..., exp.Expression], ...] = (
     lambda e, **k: simplify(e, dialect=Federated),
 )
 PASS_NAMES = (
-    "qualify", "pushdown_projections", "normalize", "unnest_subqueries", "pushdown_predicates",
-    "optimize_joins", "merge_subqueries", "eliminate_joins", "eliminate_ctes", "simplify",
+    "qualify",
+    "pushdown_projections",
+    "normalize",
+    "unnest_subqueries",
+    "pushdown_predicates",
+    "optimize_joins",
+    "merge_subqueries",
+    "eliminate_joins",
+    "eliminate_ctes",
+    "simplify",
 )
 
 
@@ -234,8 +246,12 @@ class Splitter:
             elif isinstance(node, exp.Table) and node.name in self._ctes and not node.db:
                 body = self._ctes[node.name]
                 source = self.pushable_source(body)
-                inlined = exp.Subquery(this=body.copy(), alias=exp.TableAlias(this=exp.to_identifier(alias)))
-                items.append(_Item(alias, source, inlined if source else node, self._estimate_query(body)))
+                inlined = exp.Subquery(
+                    this=body.copy(), alias=exp.TableAlias(this=exp.to_identifier(alias))
+                )
+                items.append(
+                    _Item(alias, source, inlined if source else node, self._estimate_query(body))
+                )
             elif isinstance(node, exp.Subquery):
                 source = self.pushable_source(node.this)
                 if source is None:
@@ -277,7 +293,9 @@ class Splitter:
         residual_conj = [c for i, c in enumerate(conjuncts) if i not in pushed]
         comp_conj: dict[str, list[exp.Expression]] = defaultdict(list)
         for i in pushed:
-            comp_conj[find(next(iter(free_aliases(conjuncts[i]) & by_alias.keys())))].append(conjuncts[i])
+            comp_conj[find(next(iter(free_aliases(conjuncts[i]) & by_alias.keys())))].append(
+                conjuncts[i]
+            )
 
         # Detach pushed conjuncts and rebuild FROM as fragments cross joined, WHERE = the rest.
         select.set("where", None)
@@ -341,7 +359,9 @@ class Splitter:
                 pushed[alias].append(c)
             else:
                 kept_where.append(c)
-        select.set("where", exp.Where(this=exp.and_(*kept_where, copy=False)) if kept_where else None)
+        select.set(
+            "where", exp.Where(this=exp.and_(*kept_where, copy=False)) if kept_where else None
+        )
         for join, it in zip(select.args.get("joins") or [], items[1:], strict=False):
             if join.side.upper() != "LEFT" or not join.args.get("on"):
                 continue
@@ -361,9 +381,13 @@ class Splitter:
     # ---- nested queries and CTEs left in the residual ----------------------------------
     def _split_nested_queries(self, select: exp.Select) -> None:
         nested = [
-            q for q in _direct_queries(select)
+            q
+            for q in _direct_queries(select)
             if not isinstance(q.parent, (exp.From, exp.Join, exp.CTE))
-            and not (isinstance(q.parent, exp.Subquery) and isinstance(q.parent.parent, (exp.From, exp.Join)))
+            and not (
+                isinstance(q.parent, exp.Subquery)
+                and isinstance(q.parent.parent, (exp.From, exp.Join))
+            )
         ]
         for q in nested:
             replacement = self.split_query(q)
@@ -391,8 +415,12 @@ class Splitter:
         body = self._inline_ctes(query.copy())
         columns = [s.alias_or_name for s in body.selects] if isinstance(body, exp.Query) else []
         frag = Fragment(
-            id=self._new_id(), source=source, query=body, columns=columns,
-            estimated_rows=self._estimate_query(query), params=_params(body),
+            id=self._new_id(),
+            source=source,
+            query=body,
+            columns=columns,
+            estimated_rows=self._estimate_query(query),
+            params=_params(body),
             types=self._output_types(body),
         )
         self.fragments.append(frag)
@@ -426,7 +454,8 @@ class Splitter:
                 taken.add(name)
                 outputs.append((m.alias, col, name))
         projections: list[exp.Expression] = [
-            exp.column(col, table=alias, quoted=True).as_(name, quoted=True) for alias, col, name in outputs
+            exp.column(col, table=alias, quoted=True).as_(name, quoted=True)
+            for alias, col, name in outputs
         ] or [exp.Literal.number(1).as_("_one")]
         query = exp.select(*projections).from_(members[0].node.copy())
         for m in members[1:]:
@@ -435,8 +464,12 @@ class Splitter:
             query = query.where(exp.and_(*(c.copy() for c in conjuncts)))
         query = self._inline_ctes(query)
         frag = Fragment(
-            id=fid, source=source, query=query, columns=[o[2] for o in outputs] or ["_one"],
-            estimated_rows=self._estimate_items(members, conjuncts), params=_params(query),
+            id=fid,
+            source=source,
+            query=query,
+            columns=[o[2] for o in outputs] or ["_one"],
+            estimated_rows=self._estimate_items(members, conjuncts),
+            params=_params(query),
             types=self._output_types(query),
         )
         self.fragments.append(frag)
@@ -480,14 +513,19 @@ class Splitter:
         own = {c.alias_or_name for c in query.find_all(exp.CTE)}
         for _ in range(8):
             refs = [
-                t for t in query.find_all(exp.Table)
+                t
+                for t in query.find_all(exp.Table)
                 if not t.db and t.name in self._ctes and t.name not in own
             ]
             if not refs:
                 break
             for t in refs:
                 body = self._ctes[t.name].copy()
-                t.replace(exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier(t.alias_or_name))))
+                t.replace(
+                    exp.Subquery(
+                        this=body, alias=exp.TableAlias(this=exp.to_identifier(t.alias_or_name))
+                    )
+                )
         return query
 
     # ---- estimates ---------------------------------------------------------------------
@@ -533,7 +571,11 @@ class Splitter:
         reverse = {v: k for k, v in renames.items()}
         candidates = []
         for c in residual_conj:
-            if not (isinstance(c, exp.EQ) and isinstance(c.this, exp.Column) and isinstance(c.expression, exp.Column)):
+            if not (
+                isinstance(c, exp.EQ)
+                and isinstance(c.this, exp.Column)
+                and isinstance(c.expression, exp.Column)
+            ):
                 continue
             left, right = (self._origin(col, frags, reverse) for col in (c.this, c.expression))
             if left is None or right is None or left[0] is right[0]:
@@ -548,7 +590,10 @@ class Splitter:
                     break
 
     def _origin(
-        self, col: exp.Column, frags: dict[str, Fragment], reverse: dict[tuple[str, str], tuple[str, str]]
+        self,
+        col: exp.Column,
+        frags: dict[str, Fragment],
+        reverse: dict[tuple[str, str], tuple[str, str]],
     ) -> tuple[Fragment, str, str, str] | None:
         """(fragment, table alias, source column, fragment output name) for a residual column."""
         table, name = col.table, col.name
@@ -582,19 +627,27 @@ class Splitter:
             frag = next(f for f in self.fragments if f.id == frag.bind.producer)
         return False
 
-    def _bind(self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]) -> None:
+    def _bind(
+        self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
+    ) -> None:
         pfrag, _, _, pname = producer
         cfrag, calias, ccol, cname = consumer
         reason = (
-            f"{pfrag.id} estimated {pfrag.estimated_rows:,} rows <= {self.settings.bind_max_keys:,} keys, "
+            f"{pfrag.id} estimated {pfrag.estimated_rows:,} rows"
+            f" <= {self.settings.bind_max_keys:,} keys, "
             f"{cfrag.id} estimated {cfrag.estimated_rows:,} rows"
         )
         cfrag.bind = BindJoin(
-            producer=pfrag.id, producer_column=pname,
-            key=exp.column(ccol, table=calias, quoted=True), key_output=cname, reason=reason,
+            producer=pfrag.id,
+            producer_column=pname,
+            key=exp.column(ccol, table=calias, quoted=True),
+            key_output=cname,
+            reason=reason,
         )
 
-    def _check_key_types(self, left: tuple[Fragment, str, str, str], right: tuple[Fragment, str, str, str]) -> None:
+    def _check_key_types(
+        self, left: tuple[Fragment, str, str, str], right: tuple[Fragment, str, str, str]
+    ) -> None:
         lt, rt = self._column_type(left), self._column_type(right)
         if lt is None or rt is None:
             return
