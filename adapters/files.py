@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.sqlbase import SQLAdapter
+
 from federator.config import SourceConfig
 from federator.errors import CatalogError
 
@@ -149,7 +149,8 @@ class FilesAdapter(SQLAdapter):
                     continue
                 if not f.path.exists():
                     raise CatalogError(
-                        f"source {self.name!r}: file {f.path.name!r} disappeared from {str(self.path)!r}"
+                        f"source {self.name!r}: file {f.path.name!r} "
+                        f"disappeared from {str(self.path)!r}"
                     )
                 if f.format == "parquet":
                     con.read_parquet(str(f.path)).create_view(f.name)
@@ -202,7 +203,9 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema | None) -> pa.RecordBatch:
 def _plain(schema: pa.Schema) -> pa.Schema:
     """Dictionary columns as their value type; no writer metadata."""
     fields = [
-        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type, f.nullable)
+        pa.field(
+            f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type, f.nullable
+        )
         for f in schema
     ]
     return pa.schema(fields)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -37,8 +38,13 @@ DEFAULT_CATALOG = "federator.toml"
 FORMATS = ("table", "csv", "json", "parquet", "arrow")
 BINARY_FORMATS = ("parquet", "arrow")
 _EXTENSIONS = {
-    ".csv": "csv", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
-    ".feather": "arrow", ".ipc": "arrow", ".txt": "table",
+    ".csv": "csv",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".txt": "table",
 }
 
 
@@ -77,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug, not the user's mistake: still one line unless --debug
         if debug:
             traceback.print_exc()
-        print(f"error: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: internal error: {type(e).__name__}: {e} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 
@@ -91,14 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `federator demo`; every command takes --help.",
     )
     parser.add_argument("--version", action="version", version=f"federator {__version__}")
-    parser.add_argument("--debug", dest="debug_top", action="store_true",
-                        help="show tracebacks of errors")
+    parser.add_argument(
+        "--debug", dest="debug_top", action="store_true", help="show tracebacks of errors"
+    )
     parser.set_defaults(command=None, debug_top=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--catalog", "-c", metavar="FILE",
+        "--catalog",
+        "-c",
+        metavar="FILE",
         help=f"catalog TOML (default: ${CATALOG_ENV}, else ./{DEFAULT_CATALOG})",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -106,37 +118,74 @@ def build_parser() -> argparse.ArgumentParser:
     sql = argparse.ArgumentParser(add_help=False)
     sql.add_argument("sql", metavar="SQL", help="the query; '-' reads it from stdin")
     sql.add_argument(
-        "--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="bind :NAME (integers and decimals become numbers; quote a value to keep it text); "
-             "repeatable",
+        "repeatable",
     )
-    sql.add_argument("--timeout", type=float, metavar="SECONDS", help="cancel the query after this long")
+    sql.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="cancel the query after this long"
+    )
 
-    q = sub.add_parser("query", parents=[common, sql], help="run a query and print or write its result",
-                       description="Run a federated query and print or write its result.")
-    q.add_argument("--format", "-f", choices=FORMATS,
-                   help="output format (default: from -o's extension, else table)")
-    q.add_argument("--output", "-o", metavar="FILE", help="write the result to FILE instead of stdout")
-    q.add_argument("--max-rows", type=int, default=1000, metavar="N",
-                   help="rows shown by the table format (default 1000; 0 shows all)")
+    q = sub.add_parser(
+        "query",
+        parents=[common, sql],
+        help="run a query and print or write its result",
+        description="Run a federated query and print or write its result.",
+    )
+    q.add_argument(
+        "--format",
+        "-f",
+        choices=FORMATS,
+        help="output format (default: from -o's extension, else table)",
+    )
+    q.add_argument(
+        "--output", "-o", metavar="FILE", help="write the result to FILE instead of stdout"
+    )
+    q.add_argument(
+        "--max-rows",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="rows shown by the table format (default 1000; 0 shows all)",
+    )
     q.set_defaults(command="query", run=cmd_query)
 
-    e = sub.add_parser("explain", parents=[common, sql], help="show the plan: native requests and residual",
-                       description="Show each fragment's native request and the residual query.")
-    e.add_argument("--analyze", action="store_true", help="run the query and add rows, bytes and times")
+    e = sub.add_parser(
+        "explain",
+        parents=[common, sql],
+        help="show the plan: native requests and residual",
+        description="Show each fragment's native request and the residual query.",
+    )
+    e.add_argument(
+        "--analyze", action="store_true", help="run the query and add rows, bytes and times"
+    )
     e.set_defaults(command="explain", run=cmd_explain)
 
-    s = sub.add_parser("sources", parents=[common], help="list the catalog's sources",
-                       description="List the catalog's sources (never a password).")
+    s = sub.add_parser(
+        "sources",
+        parents=[common],
+        help="list the catalog's sources",
+        description="List the catalog's sources (never a password).",
+    )
     s.add_argument("--tables", "-t", action="store_true", help="also list each source's tables")
     s.set_defaults(command="sources", run=cmd_sources)
 
-    d = sub.add_parser("demo", help="run a cross-source query on a sample dataset (no server needed)",
-                       description="Write a small SQLite database and a folder of Parquet/CSV files, "
-                                   "then run a federated query over both and print its plan and result.")
-    d.add_argument("--dir", metavar="DIR",
-                   help="write the sample data and a federator.toml here and keep them "
-                        "(default: a temporary folder, removed after)")
+    d = sub.add_parser(
+        "demo",
+        help="run a cross-source query on a sample dataset (no server needed)",
+        description="Write a small SQLite database and a folder of Parquet/CSV files, "
+        "then run a federated query over both and print its plan and result.",
+    )
+    d.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="write the sample data and a federator.toml here and keep them "
+        "(default: a temporary folder, removed after)",
+    )
     d.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     d.set_defaults(command="demo", run=cmd_demo)
     return parser
@@ -157,7 +206,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             mode = "wb" if fmt in BINARY_FORMATS else "w"
-            with open(args.output, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as out:
+            with open(
+                args.output, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})
+            ) as out:
                 write_result(reader, fmt, out, max_rows=args.max_rows)
     return EXIT_OK
 
@@ -269,7 +320,9 @@ def _format_from_path(path: str | None) -> str | None:
 
 
 # ---- outputs ----------------------------------------------------------------------------
-def write_result(reader: pa.RecordBatchReader, fmt: str, out: IO[Any], *, max_rows: int = 0) -> None:
+def write_result(
+    reader: pa.RecordBatchReader, fmt: str, out: IO[Any], *, max_rows: int = 0
+) -> None:
     """Write a stream of batches in one of :data:`FORMATS` (binary ones need a binary ``out``,
     or a text stream with a ``buffer``)."""
     if fmt == "table":
@@ -331,8 +384,10 @@ def write_json(reader: pa.RecordBatchReader, out: IO[str]) -> None:
 def json_value(v: Any) -> str:
     """One value as JSON text (exact decimals; NaN and infinities as null).
 
-    >>> json_value(decimal.Decimal("1.10")), json_value(float("nan")), json_value(dt.date(2024, 1, 2))
-    ('1.10', 'null', '"2024-01-02"')
+    >>> json_value(decimal.Decimal("1.10")), json_value(float("nan"))
+    ('1.10', 'null')
+    >>> json_value(dt.date(2024, 1, 2)), json_value({"a": [1, None]})
+    ('"2024-01-02"', '{"a":[1,null]}')
     """
     if v is None:
         return "null"
@@ -367,8 +422,10 @@ def _python_column(column: pa.Array) -> list[Any]:
     import pyarrow as pa
 
     if column.type == pa.month_day_nano_interval():
-        return [None if x is None else f"{x.months} mons {x.days} days {x.nanoseconds} ns"
-                for x in column.to_pylist()]
+        return [
+            None if x is None else f"{x.months} mons {x.days} days {x.nanoseconds} ns"
+            for x in column.to_pylist()
+        ]
     return column.to_pylist()
 
 
@@ -397,7 +454,9 @@ def write_table(
         out.write(note + "\n")
 
 
-def _collect_rows(batches: Iterable[pa.RecordBatch], max_rows: int) -> tuple[list[list[str | None]], int]:
+def _collect_rows(
+    batches: Iterable[pa.RecordBatch], max_rows: int
+) -> tuple[list[list[str | None]], int]:
     rows: list[list[str | None]] = []
     total = 0
     for batch in batches:
@@ -405,7 +464,9 @@ def _collect_rows(batches: Iterable[pa.RecordBatch], max_rows: int) -> tuple[lis
         room = batch.num_rows if max_rows <= 0 else max(0, max_rows - len(rows))
         if room:
             part = batch.slice(0, room)
-            columns = [[None if v is None else _cell(v) for v in _python_column(c)] for c in part.columns]
+            columns = [
+                [None if v is None else _cell(v) for v in _python_column(c)] for c in part.columns
+            ]
             rows.extend(list(r) for r in zip(*columns, strict=True))
     return rows, total
 
@@ -448,8 +509,7 @@ def plain_table(names: Sequence[str], rows: Sequence[Sequence[str | None]]) -> I
     yield "-+-".join("-" * w for w in widths)
     for r in shown:
         cells = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(r, widths, numeric, strict=True)
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric, strict=True)
         ]
         yield " | ".join(cells).rstrip()
 
@@ -472,8 +532,13 @@ def _use_rich(out: IO[str]) -> bool:
     return True
 
 
-def _rich_table(names: Sequence[str], types: Sequence[str], rows: Sequence[Sequence[str | None]],
-                note: str, out: IO[str]) -> None:
+def _rich_table(
+    names: Sequence[str],
+    types: Sequence[str],
+    rows: Sequence[Sequence[str | None]],
+    note: str,
+    out: IO[str],
+) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -493,10 +558,8 @@ def _rich_table(names: Sequence[str], types: Sequence[str], rows: Sequence[Seque
 
 def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":

@@ -43,8 +43,24 @@ LIMIT 10"""
 COUNTRIES = ("DE", "FR", "GB", "JP", "US")
 CATEGORIES = ("books", "games", "garden", "kitchen")
 STATUSES = ("shipped", "shipped", "shipped", "pending", "cancelled")
-FIRST_NAMES = ("ada", "alan", "barbara", "claude", "donald", "edsger", "frances", "grace",
-               "john", "ken", "leslie", "margaret", "niklaus", "radia", "tim", "yukihiro")
+FIRST_NAMES = (
+    "ada",
+    "alan",
+    "barbara",
+    "claude",
+    "donald",
+    "edsger",
+    "frances",
+    "grace",
+    "john",
+    "ken",
+    "leslie",
+    "margaret",
+    "niklaus",
+    "radia",
+    "tim",
+    "yukihiro",
+)
 
 
 def write_demo_data(folder: str | Path, *, seed: int = 7) -> dict[str, Any]:
@@ -82,21 +98,37 @@ def _write_shop(path: Path, rng: random.Random) -> None:
     path.unlink(missing_ok=True)
     start = dt.date(2024, 1, 1)
     users = [
-        (i, f"{FIRST_NAMES[i % len(FIRST_NAMES)]}{i}", rng.choice(COUNTRIES),
-         (start + dt.timedelta(days=rng.randrange(365))).isoformat())
+        (
+            i,
+            f"{FIRST_NAMES[i % len(FIRST_NAMES)]}{i}",
+            rng.choice(COUNTRIES),
+            (start + dt.timedelta(days=rng.randrange(365))).isoformat(),
+        )
         for i in range(1, 41)
     ]
     orders = []
     for i in range(1, 401):
         at = dt.datetime(2025, 1, 1) + dt.timedelta(minutes=rng.randrange(60 * 24 * 180))
-        orders.append((i, rng.randint(1, 40), rng.randint(1, 24), rng.randint(1, 5),
-                       rng.choice(STATUSES), at.isoformat(sep=" ")))
+        orders.append(
+            (
+                i,
+                rng.randint(1, 40),
+                rng.randint(1, 24),
+                rng.randint(1, 5),
+                rng.choice(STATUSES),
+                at.isoformat(sep=" "),
+            )
+        )
     with sqlite3.connect(path) as con:
-        con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                    "country TEXT, signed_up DATE)")
-        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
-                    "product_id INTEGER NOT NULL, quantity INTEGER NOT NULL, status TEXT, "
-                    "ordered_at TIMESTAMP)")
+        con.execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "country TEXT, signed_up DATE)"
+        )
+        con.execute(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, "
+            "product_id INTEGER NOT NULL, quantity INTEGER NOT NULL, status TEXT, "
+            "ordered_at TIMESTAMP)"
+        )
         con.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", users)
         con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?)", orders)
     con.close()
@@ -108,23 +140,30 @@ def _write_lake(folder: Path, rng: random.Random) -> None:
     import pyarrow.parquet as pq
 
     ids = list(range(1, 25))
-    products = pa.table({
-        "id": pa.array(ids, pa.int64()),
-        "name": [f"{CATEGORIES[(i - 1) % 4]}-item-{i}" for i in ids],
-        "category": [CATEGORIES[(i - 1) % 4] for i in ids],
-        "price": pa.array([decimal.Decimal(rng.randint(199, 9999)) / 100 for _ in ids],
-                          pa.decimal128(8, 2)),
-    })
+    products = pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "name": [f"{CATEGORIES[(i - 1) % 4]}-item-{i}" for i in ids],
+            "category": [CATEGORIES[(i - 1) % 4] for i in ids],
+            "price": pa.array(
+                [decimal.Decimal(rng.randint(199, 9999)) / 100 for _ in ids], pa.decimal128(8, 2)
+            ),
+        }
+    )
     pq.write_table(products, folder / "products.parquet")
     base = dt.datetime(2025, 1, 1)
     n = 1000
-    events = pa.table({
-        "user_id": pa.array([rng.randint(1, 40) for _ in range(n)], pa.int64()),
-        "product_id": pa.array([rng.randint(1, 24) for _ in range(n)], pa.int64()),
-        "kind": [rng.choice(("view", "view", "view", "click", "cart")) for _ in range(n)],
-        "at": pa.array([base + dt.timedelta(seconds=rng.randrange(86400 * 180)) for _ in range(n)],
-                       pa.timestamp("s")),
-    })
+    events = pa.table(
+        {
+            "user_id": pa.array([rng.randint(1, 40) for _ in range(n)], pa.int64()),
+            "product_id": pa.array([rng.randint(1, 24) for _ in range(n)], pa.int64()),
+            "kind": [rng.choice(("view", "view", "view", "click", "cart")) for _ in range(n)],
+            "at": pa.array(
+                [base + dt.timedelta(seconds=rng.randrange(86400 * 180)) for _ in range(n)],
+                pa.timestamp("s"),
+            ),
+        }
+    )
     pcsv.write_csv(events, folder / "events.csv")
 
 
@@ -171,8 +210,11 @@ def _run(folder: Path, out: IO[str], keep: bool) -> pa.Table:
         toml = folder.resolve() / "federator.toml"
         say(f"The data and a catalog stay in {folder.resolve()}; try:")
         say(f"  federator sources --tables --catalog {toml}")
-        say(f"  federator query --catalog {toml} \"SELECT kind, count(*) AS n FROM lake.events GROUP BY kind\"")
+        example = "SELECT kind, count(*) AS n FROM lake.events GROUP BY kind"
+        say(f'  federator query --catalog {toml} "{example}"')
     else:
-        say("Run `federator demo --dir DIR` to keep the data and a catalog to query it with "
-            "`federator query`.")
+        say(
+            "Run `federator demo --dir DIR` to keep the data and a catalog to query it with "
+            "`federator query`."
+        )
     return table

@@ -1,0 +1,156 @@
+"""The SQLite source end to end, checked against the same queries run with sqlite3 directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from _data import ORDERS, USERS, normalize, rows_of
+from federator.adapters.sqlite import sqlite_type
+
+import federator
+
+# Federated SQL and the same query for sqlite3 (names without the source).
+QUERIES = [
+    "SELECT id, name FROM {s}users WHERE country = 'GB' ORDER BY id",
+    "SELECT id, name FROM {s}users WHERE score IS NULL OR score > 7 ORDER BY id",
+    "SELECT country, count(*) AS n, avg(score) AS mean FROM {s}users GROUP BY country "
+    "HAVING count(*) >= 1 ORDER BY country",
+    "SELECT status, sum(qty) AS q, min(id) AS first FROM {s}orders GROUP BY status ORDER BY status",
+    "SELECT u.name, count(o.id) AS n FROM {s}users AS u LEFT JOIN {s}orders AS o "
+    "ON o.user_id = u.id AND o.status = 'shipped' GROUP BY u.name ORDER BY n DESC, u.name",
+    "SELECT id FROM {s}orders WHERE product_id IN (10, 12) AND qty BETWEEN 2 AND 3 ORDER BY id",
+    "SELECT id, qty * 2 + 1 AS x, CASE WHEN qty > 2 THEN 'many' ELSE 'few' END AS size "
+    "FROM {s}orders ORDER BY id LIMIT 7",
+    "SELECT name FROM {s}users WHERE name LIKE 'a%' ORDER BY name",
+    "SELECT upper(name) AS n, length(name) AS l FROM {s}users ORDER BY id",
+    "WITH big AS (SELECT user_id, sum(qty) AS q FROM {s}orders GROUP BY user_id) "
+    "SELECT u.name, big.q FROM {s}users AS u JOIN big ON big.user_id = u.id "
+    "ORDER BY big.q DESC, u.name",
+    "SELECT name FROM {s}users "
+    "WHERE id IN (SELECT user_id FROM {s}orders WHERE status = 'cancelled') ORDER BY name",
+    "SELECT DISTINCT status FROM {s}orders ORDER BY status",
+    "SELECT id FROM {s}orders ORDER BY ordered_at DESC, id LIMIT 3",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_matches_sqlite3(fed: federator.Federation, shop_db: Path, query: str) -> None:
+    got = fed.sql(query.format(s="shop.")).to_arrow()
+    with sqlite3.connect(shop_db) as con:
+        cur = con.execute(query.format(s=""))
+        want = cur.fetchall()
+        names = [d[0] for d in cur.description]
+    con.close()
+    assert got.column_names == names
+    assert normalize(rows_of(got)) == normalize(want)
+
+
+def test_single_source_query_has_no_residual(fed: federator.Federation) -> None:
+    result = fed.sql("SELECT u.name, sum(o.qty) AS q FROM shop.users AS u JOIN shop.orders AS o "
+                     "ON o.user_id = u.id GROUP BY u.name ORDER BY q DESC LIMIT 2")  # fmt: skip
+    plan = result.plan
+    assert plan.residual is None and len(plan.fragments) == 1
+    text = result.explain()
+    assert "no residual" in text
+    assert 'GROUP BY "u"."name"' in text and "LIMIT 2" in text
+
+
+def test_params_are_bound_not_interpolated(fed: federator.Federation) -> None:
+    q = "SELECT id, name FROM shop.users WHERE country = :c AND id > :lo ORDER BY id"
+    result = fed.sql(q, {"c": "GB", "lo": 1})
+    assert result.to_arrow().to_pylist() == [{"id": 2, "name": "alan"}]
+    text = result.explain()
+    assert '"country" = ? AND "users"."id" > ?' in text
+    assert "params: $1 = 'GB', $2 = 1" in text
+    # A value that would break an interpolated query is just a value.
+    evil = "x' OR '1'='1"
+    assert (
+        fed.sql("SELECT id FROM shop.users WHERE name = :n", {"n": evil}).to_arrow().num_rows == 0
+    )
+    assert fed.sql("SELECT id FROM shop.users WHERE name = :n", {"n": "o'neil"}).to_arrow()[
+        "id"
+    ].to_pylist() == [6]
+
+
+def test_types_from_declared_columns(fed: federator.Federation) -> None:
+    table = fed.sql("SELECT * FROM shop.users ORDER BY id").to_arrow()
+    assert table.schema == pa.schema([
+        ("id", pa.int64()), ("name", pa.string()), ("country", pa.string()),
+        ("signup", pa.date32()), ("score", pa.float64()),
+    ])  # fmt: skip
+    assert table.column("signup").to_pylist()[:2] == [dt.date(2024, 1, 5), dt.date(2024, 2, 11)]
+    assert table.column("signup")[4].as_py() is None
+    ordered = fed.sql("SELECT ordered_at FROM shop.orders WHERE id = 1").to_arrow()
+    assert ordered.schema.field("ordered_at").type == pa.timestamp("us")
+    assert ordered.column(0).to_pylist() == [dt.datetime.fromisoformat(ORDERS[0][5])]
+
+
+def test_empty_result_keeps_schema(fed: federator.Federation) -> None:
+    table = fed.sql("SELECT id, name FROM shop.users WHERE id < 0").to_arrow()
+    assert table.num_rows == 0
+    assert table.schema.names == ["id", "name"]
+    assert table.schema.field("id").type == pa.int64()
+
+
+def test_batches_stream(tmp_path: Path, shop_db: Path) -> None:
+    catalog = {"sources": {"shop": {"kind": "sqlite", "path": str(shop_db), "batch_rows": 16}}}
+    with federator.connect(catalog) as fed:
+        reader = fed.sql("SELECT id FROM shop.orders ORDER BY id").to_batches()
+        sizes = [b.num_rows for b in reader]
+        assert sizes == [16, 16, 16, 12]
+        batches = list(fed.sql("SELECT id FROM shop.orders ORDER BY id"))
+        assert pa.Table.from_batches(batches).column("id").to_pylist() == list(range(1, 61))
+
+
+def test_arrow_c_stream_and_pandas(fed: federator.Federation) -> None:
+    result = fed.sql("SELECT id, name FROM shop.users ORDER BY id")
+    assert pa.table(result).num_rows == len(USERS)
+    pd = pytest.importorskip("pandas")
+    frame = fed.sql("SELECT id, score FROM shop.users ORDER BY id").to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame["id"]) == [u[0] for u in USERS]
+
+
+async def test_async_api(catalog: dict[str, object]) -> None:
+    async with federator.connect(catalog) as fed:
+        result = await fed.sql_async(
+            "SELECT count(*) AS n FROM shop.orders WHERE qty = :q", {"q": 1}
+        )
+        table = await result.to_arrow_async()
+        assert table.to_pylist() == [{"n": sum(1 for o in ORDERS if o[3] == 1)}]
+        batches = [b async for b in result]
+        assert sum(b.num_rows for b in batches) == 1
+
+
+def test_missing_database_file(tmp_path: Path) -> None:
+    catalog = {"sources": {"s": {"kind": "sqlite", "path": str(tmp_path / "missing.db")}}}
+    missing = pytest.raises(federator.CatalogError, match="does not exist")
+    with federator.connect(catalog) as fed, missing:
+        fed.sql("SELECT * FROM s.t")
+
+
+@pytest.mark.parametrize(
+    ("declared", "arrow"),
+    [
+        ("INTEGER", pa.int64()),
+        ("BIGINT", pa.int64()),
+        ("VARCHAR(20)", pa.string()),
+        ("TEXT", pa.string()),
+        ("", pa.string()),
+        ("BLOB", pa.binary()),
+        ("REAL", pa.float64()),
+        ("DOUBLE PRECISION", pa.float64()),
+        ("BOOLEAN", pa.bool_()),
+        ("DATE", pa.date32()),
+        ("DATETIME", pa.timestamp("us")),
+        ("TIMESTAMP", pa.timestamp("us")),
+        ("DECIMAL(10, 2)", pa.decimal128(10, 2)),
+        ("NUMERIC", pa.float64()),
+    ],
+)
+def test_sqlite_type_mapping(declared: str, arrow: pa.DataType) -> None:
+    assert sqlite_type(declared) == arrow
