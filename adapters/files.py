@@ -15,8 +15,10 @@ connection in which the tables it names are views over the files, and streams Ar
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,18 +126,17 @@ class FilesAdapter(SQLAdapter):
         self, text: str, params: list[Any], schema: pa.Schema | None
     ) -> AsyncIterator[pa.RecordBatch]:
         con = await asyncio.to_thread(self._connect, text)
+        calls = _Calls()
         try:
-            reader = await asyncio.to_thread(self._start, con, text, params)
+            reader = await calls.run(self._start, con, text, params)
             empty = True
-            while (batch := await asyncio.to_thread(_next_batch, reader)) is not None:
+            while (batch := await calls.run(_next_batch, reader)) is not None:
                 empty = False
                 yield _conform(batch, schema)
             if empty:
                 yield _conform(pa.RecordBatch.from_pylist([], schema=reader.schema), schema)
         finally:
-            with contextlib.suppress(Exception):
-                con.interrupt()
-            con.close()
+            calls.close(con)
 
     def _connect(self, text: str) -> Any:
         """A fresh in-memory DuckDB with a view for every table the request names."""
@@ -168,6 +169,44 @@ class FilesAdapter(SQLAdapter):
         if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
             return relation.to_arrow_reader(self.batch_rows)
         return relation.fetch_arrow_reader(self.batch_rows)
+
+
+class _Calls:
+    """Blocking DuckDB calls on worker threads, remembering the one in flight so that a
+    cancelled request interrupts it and closes the connection once the call has returned
+    (DuckDB refuses to close a connection that another thread is using)."""
+
+    def __init__(self) -> None:
+        self.pending: concurrent.futures.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.pending = _executor().submit(fn, *args)
+        return await asyncio.wrap_future(self.pending)
+
+    def close(self, con: Any) -> None:
+        if self.pending is not None and not self.pending.done():
+            with contextlib.suppress(Exception):
+                con.interrupt()
+            self.pending.add_done_callback(lambda _: _close_quietly(con))
+        else:
+            _close_quietly(con)
+
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="federator-files")
+        return _EXECUTOR
+
+
+def _close_quietly(con: Any) -> None:
+    with contextlib.suppress(Exception):
+        con.close()
 
 
 def _duckdb() -> Any:
