@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian 12 machine (database servers included),
+# then run the whole test suite. Extra arguments go to pytest:
+#   bash scripts/test.sh -k tpch -x
+# Environment: PYTHON (interpreter to use), FEDERATOR_SKIP_INSTALL=1 (only run the tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[test.sh] %s\033[0m\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        $SUDO apt-get update -q
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+if [ "${FEDERATOR_SKIP_INSTALL:-0}" != 1 ]; then
+    # ---- database servers (started by tests/servers.py as plain processes) -----------------
+    missing=()
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
+    have mariadbd || missing+=(mariadb-server)
+    have redis-server || missing+=(redis-server)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+fi
+
+# ---- Python: the interpreter in use, or a .venv where the system Python is externally managed
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ] || command -v python >/dev/null 2>&1; then PY=python; else PY=python3; fi
+fi
+if [ "${FEDERATOR_SKIP_INSTALL:-0}" != 1 ]; then
+    if ! "$PY" -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip python3-venv
+    fi
+    managed=$("$PY" -c 'import sys, sysconfig, os
+print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))')
+    if [ "$managed" = 1 ]; then
+        [ -x .venv/bin/python ] || { "$PY" -m venv .venv || { apt_install python3-venv && "$PY" -m venv .venv; }; }
+        PY=.venv/bin/python
+    fi
+    log "pip install -e '.[all,dev]' ($PY)"
+    "$PY" -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+fi
+
+# ---- the suite ------------------------------------------------------------------------------
+# The servers were just installed: a missing one is a failure, not a skip.
+export FEDERATOR_REQUIRE_SERVERS=1
+log "pytest $*"
+rc=0
+"$PY" -m pytest -q -p no:cacheprovider tests "$@" || rc=$?
+if [ "$rc" -eq 5 ]; then
+    log "pytest collected no tests: that is a failure here"
+fi
+exit "$rc"

@@ -1,0 +1,84 @@
+"""Fixtures for integration tests against real servers (see tests/servers.py).
+
+``tpch``: TPC-H generated with tpchgen-cli, loaded into PostgreSQL (``truth``: all 8 tables) and
+split across PostgreSQL and MariaDB both ways, with the truth answers of the 22 queries.
+``tpch_federation(split)``: a federation over one split's two databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from servers import dsn_with_database
+
+from . import tpch as tp
+
+T = TypeVar("T")
+QUERY_TIMEOUT = 60.0  # seconds per federated query
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh event loop in its own thread (no clash with pytest-asyncio)."""
+    with ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+@dataclass
+class TPCH:
+    pg_dsn: str
+    mysql_dsn: str
+    scale: float
+    queries: dict[str, tp.Query]
+    truth: dict[str, tp.Answer]
+    load_seconds: float
+
+    def catalog(self, split: str) -> dict[str, Any]:
+        return {
+            "sources": {
+                "pg": {"kind": "postgres", "dsn": dsn_with_database(self.pg_dsn, tp.PG_DB[split])},
+                "my": {"kind": "mysql", "dsn": dsn_with_database(self.mysql_dsn, tp.MY_DB[split])},
+            }
+        }
+
+
+@pytest.fixture(scope="session")
+def tpch(pg_dsn: str, mysql_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> TPCH:
+    t0 = time.monotonic()
+    scale = tp.scale_factor()
+    folder = tp.generate(tmp_path_factory.mktemp("tpch"), scale)
+    run_async(tp.load_all(folder, pg_dsn, mysql_dsn))
+    queries = tp.load_queries()
+    truth = run_async(tp.truth_answers(pg_dsn, queries))
+    return TPCH(pg_dsn, mysql_dsn, scale, queries, truth, time.monotonic() - t0)
+
+
+@pytest.fixture(scope="session")
+def tpch_federation(tpch: TPCH) -> Iterator[Callable[[str], Any]]:
+    """``tpch_federation(split)`` → an open federator.Federation over that split (cached)."""
+    import federator
+
+    opened: dict[str, Any] = {}
+
+    def get(split: str) -> Any:
+        if split not in opened:
+            opened[split] = federator.connect(tpch.catalog(split), timeout=QUERY_TIMEOUT)
+        return opened[split]
+
+    yield get
+    for fed in opened.values():
+        fed.close()
+

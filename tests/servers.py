@@ -1,0 +1,377 @@
+"""Real database servers for integration tests, started as plain processes.
+
+Each ``start_*`` function starts one server on a free loopback port in a fresh temporary folder
+and returns a :class:`Server` with its DSN. Servers are stopped by PID with :meth:`Server.stop`,
+and in any case when the interpreter exits (``atexit``) or is terminated by SIGTERM/SIGHUP.
+
+    PostgreSQL 15  postgresql://postgres@127.0.0.1:PORT/postgres    (initdb + postgres)
+    MariaDB        mysql://root@127.0.0.1:PORT/test                 (mariadb-install-db + mariadbd)
+    Redis          redis://127.0.0.1:PORT/0                         (redis-server)
+
+PostgreSQL refuses to run as root: when we are root, initdb and postgres run as the
+``postgres`` user on a folder it owns. Recipes: ``/work/shared/SERVERS.md``.
+
+Run this file to start servers by hand: ``python tests/servers.py postgres mysql redis``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+START_TIMEOUT = float(os.environ.get("FEDERATOR_SERVER_TIMEOUT", "60"))
+KEEP_DIRS = os.environ.get("FEDERATOR_KEEP_SERVER_DIRS") == "1"
+
+
+class ServerUnavailable(RuntimeError):
+    """A server binary is not installed (callers skip locally, fail in CI)."""
+
+
+class ServerStartError(RuntimeError):
+    """A server is installed but did not start; the message holds its log's tail."""
+
+
+@dataclass
+class Server:
+    kind: str
+    dsn: str
+    port: int
+    dir: str
+    proc: subprocess.Popen[bytes] | None = None
+    log: str = ""
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server by PID (SIGTERM, then SIGKILL) and remove its folder."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _LIVE.discard(self)
+        if self.proc is not None and self.proc.poll() is None:
+            # PostgreSQL: SIGINT is "fast shutdown"; the others stop on SIGTERM.
+            sig = signal.SIGINT if self.kind == "postgres" else signal.SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(5)
+        if not KEEP_DIRS:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+# ---- cleanup ------------------------------------------------------------------------------
+_LIVE: set[Server] = set()
+_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+atexit.register(stop_all)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+
+
+_install_signal_handlers()
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _which(name: str, *extra_dirs: str) -> str | None:
+    for d in extra_dirs:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+
+
+def _tempdir(kind: str) -> str:
+    return tempfile.mkdtemp(prefix=f"federator-{kind}-")
+
+
+def _wait_until(ready: Callable[[], bool], server: Server, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc is not None and server.proc.poll() is not None:
+            raise ServerStartError(
+                f"{what} exited with code {server.proc.returncode} while starting; "
+                f"log {server.log}:\n{server.log_tail()}"
+            )
+        if ready():
+            return
+        time.sleep(0.05)
+    server.stop()
+    raise ServerStartError(
+        f"{what} did not answer within {START_TIMEOUT:.0f} s:\n{server.log_tail()}"
+    )
+
+
+def _run(cmd: list[str], what: str, **kwargs: object) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT, **kwargs)
+    if done.returncode != 0:
+        raise ServerStartError(
+            f"{what} failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stdout}{done.stderr}"
+        )
+
+
+def _register(server: Server) -> Server:
+    with _LOCK:
+        _LIVE.add(server)
+    return server
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------
+def postgres_bin_dir() -> str | None:
+    """The bin folder of PostgreSQL 15 (FEDERATOR_PG_BIN overrides; else the newest installed)."""
+    candidates = [os.environ.get("FEDERATOR_PG_BIN", ""), "/usr/lib/postgresql/15/bin"]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for d in candidates:
+        if d and os.access(os.path.join(d, "postgres"), os.X_OK):
+            return d
+    return None
+
+
+def start_postgres() -> Server:
+    bindir = postgres_bin_dir()
+    if bindir is None:
+        raise ServerUnavailable(
+            "PostgreSQL 15 is not installed (no /usr/lib/postgresql/15/bin/postgres); "
+            "install it with: apt-get install -y postgresql  (or run bash scripts/test.sh)"
+        )
+    d = _tempdir("postgres")
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:
+        # initdb and postgres refuse to run as root: run them as the postgres user.
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServerUnavailable("running as root but there is no 'postgres' user") from None
+        os.chmod(d, 0o700)
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        env = {**os.environ, "HOME": d, "USER": "postgres", "LOGNAME": "postgres"}
+    else:
+        env = dict(os.environ)
+    data = os.path.join(d, "data")
+    _run(
+        [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+         "--no-locale", "--no-sync"],
+        "initdb", env=env, cwd=d, **kwargs,
+    )
+    port = free_port()
+    log = os.path.join(d, "log")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", d,
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=d, start_new_session=True, **kwargs,  # type: ignore[arg-type]
+        )
+    server = _register(Server("postgres", f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                              port, d, proc, log))
+    isready = [f"{bindir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    _wait_until(lambda: subprocess.run(isready).returncode == 0, server, "PostgreSQL")
+    return server
+
+
+# ---- MariaDB ------------------------------------------------------------------------------
+def start_mariadb(database: str = "test") -> Server:
+    mariadbd = _which("mariadbd") or _which("mysqld")
+    install_db = _which("mariadb-install-db") or _which("mysql_install_db")
+    client = _which("mariadb") or _which("mysql")
+    if not (mariadbd and install_db and client):
+        raise ServerUnavailable(
+            "MariaDB is not installed (need mariadbd, mariadb-install-db and mariadb); install "
+            "it with: DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server"
+        )
+    d = _tempdir("mariadb")
+    data = os.path.join(d, "data")
+    _run(
+        [install_db, "--no-defaults", "--user=root", f"--datadir={data}",
+         "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+        "mariadb-install-db", cwd=d,
+    )
+    port = free_port()
+    sock = os.path.join(d, "sock")
+    log = os.path.join(d, "err")
+    proc = subprocess.Popen(
+        [mariadbd, "--no-defaults", "--user=root", f"--datadir={data}", f"--socket={sock}",
+         f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={d}/pid",
+         f"--log-error={log}", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
+         "--innodb-doublewrite=0", "--innodb-buffer-pool-size=256M", "--max-connections=300",
+         "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
+         "--skip-log-bin", "--performance-schema=OFF"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        cwd=d, start_new_session=True,
+    )
+    server = _register(Server("mariadb", f"mysql://root@127.0.0.1:{port}/{database}",
+                              port, d, proc, log))
+    ping = [client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"]
+    _wait_until(lambda: subprocess.run(ping, capture_output=True).returncode == 0, server,
+                "MariaDB")
+    _run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e",
+          f"CREATE DATABASE IF NOT EXISTS `{database}`"], "CREATE DATABASE")
+    return server
+
+
+# ---- Redis --------------------------------------------------------------------------------
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis() -> Server:
+    binary = _which("redis-server")
+    if binary is None:
+        raise ServerUnavailable(
+            "redis-server is not installed; install it with: "
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server"
+        )
+    d = _tempdir("redis")
+    port = free_port()
+    log = os.path.join(d, "log")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
+         "--appendonly", "no", "--daemonize", "no", "--logfile", log],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        cwd=d, start_new_session=True,
+    )
+    server = _register(Server("redis", f"redis://127.0.0.1:{port}/0", port, d, proc, log))
+    _wait_until(lambda: _redis_ping(port), server, "Redis")
+    return server
+
+
+STARTERS: dict[str, Callable[[], Server]] = {
+    "postgres": start_postgres,
+    "mariadb": start_mariadb,
+    "redis": start_redis,
+}
+
+
+def _start_with_retry(kind: str, attempts: int = 3) -> Server:
+    """Start a server; retry when it fails to start (a free port can be taken meanwhile)."""
+    for i in range(attempts):
+        try:
+            return STARTERS[kind]()
+        except ServerStartError:
+            if i == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same server's DSN with another database in its path."""
+    base, _, _ = dsn.rpartition("/")
+    return f"{base}/{database}"
+
+
+class ServerPool:
+    """Starts servers in the background on request, at most one of each kind, concurrently.
+
+    ``prestart(kinds)`` begins starting several at once; ``get(kind)`` waits for one (starting
+    it if nobody asked before) and re-raises its start error.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=len(STARTERS), thread_name_prefix="srv")
+        self._futures: dict[str, Future[Server]] = {}
+        self._lock = threading.Lock()
+
+    def prestart(self, kinds: Iterable[str]) -> None:
+        with self._lock:
+            for kind in kinds:
+                if kind not in self._futures:
+                    self._futures[kind] = self._executor.submit(_start_with_retry, kind)
+
+    def get(self, kind: str) -> Server:
+        self.prestart([kind])
+        return self._futures[kind].result()
+
+    def stop(self) -> None:
+        for future in self._futures.values():
+            with contextlib.suppress(BaseException):
+                future.result().stop()
+        self._executor.shutdown(wait=False)
+
+
+def main(argv: list[str]) -> int:
+    kinds = [{"mysql": "mariadb", "pg": "postgres"}.get(k, k) for k in argv] or list(STARTERS)
+    pool = ServerPool()
+    t0 = time.monotonic()
+    pool.prestart(kinds)
+    for kind in kinds:
+        server = pool.get(kind)
+        print(f"{kind:9} pid {server.pid:<7} {server.dsn}   ({server.dir})", flush=True)
+    print(f"started in {time.monotonic() - t0:.1f} s; Ctrl-C stops them", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
