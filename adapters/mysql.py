@@ -209,7 +209,7 @@ class MySQLAdapter(SQLAdapter):
         finished = False
         try:
             cur = await conn.cursor(aiomysql.SSCursor)
-            await cur.execute(text, params or None)
+            await cur.execute(text, tuple(params))  # always format: SQL has %% escapes
             names = [d[0] for d in cur.description]
             types = [
                 schema.field(d[0]).type

@@ -4,6 +4,7 @@ and running bind joins in batches. Each engine adds only driver glue (ibis's lay
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -135,8 +136,11 @@ class SQLAdapter(Adapter):
         values = dict(zip(request.param_names, request.params, strict=True))
         if request.bind is None or bind_values is None:
             params = [values[n] for n in payload.unbound_names]
-            async for batch in self.run(payload.unbound_text, params, request.schema):
-                yield batch
+            async with contextlib.aclosing(
+                self.run(payload.unbound_text, params, request.schema)
+            ) as rows:
+                async for batch in rows:
+                    yield batch
             return
         keys = list(bind_values) or [None]
         size = request.bind.batch_size
@@ -150,8 +154,9 @@ class SQLAdapter(Adapter):
                 text, names = self._in_list(payload, key_col, len(chunk))
                 by_name = {f"{BIND_PARAM}{i}": k for i, k in enumerate(chunk)}
                 params = [by_name[n] if n in by_name else values[n] for n in names]
-            async for batch in self.run(text, params, request.schema):
-                yield batch
+            async with contextlib.aclosing(self.run(text, params, request.schema)) as rows:
+                async for batch in rows:
+                    yield batch
 
     @abc.abstractmethod
     def run(

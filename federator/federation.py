@@ -171,7 +171,7 @@ class Federation:
 
 def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
     names = {p.name for p in tree.find_all(exp.Placeholder)}
-    if any(not n for n in names):
+    if any(not n or n == "?" for n in names):
         raise ParameterError("use named parameters (:name), not positional '?'")
     missing = sorted(n for n in names if n not in params)
     if missing:

@@ -74,6 +74,14 @@ class Result:
     def to_pandas(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()
 
+    def to_torch(self, columns: list[str] | None = None, **options: Any) -> Any:
+        """Run the query and return tensors: a dict by column, or ``Features(x, y, mask)`` with
+        ``features=[...]`` and ``label=``. Options and policies: :func:`federator.torch.to_torch`.
+        """
+        from federator.torch import to_torch
+
+        return to_torch(self.to_arrow(), columns, **options)
+
     def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
         return self.to_batches().__arrow_c_stream__(requested_schema)
 

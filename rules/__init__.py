@@ -92,9 +92,11 @@ class RuleSet:
         return capability in self.capabilities
 
     def rule_for(self, node: exp.Expression) -> Rule | None:
+        # The first rule that matches decides: a guard that says no is a refusal, not a pass to
+        # a more general rule further down (rules added later sit in front).
         for rule in self.rules:
-            if rule.matches(node) and (rule.guard is None or rule.guard(node)):
-                return rule
+            if rule.matches(node):
+                return rule if rule.guard is None or rule.guard(node) else None
         return None
 
     def refusal(self, tree: exp.Expression) -> str | None:

@@ -131,7 +131,7 @@ SQLITE = RELATIONAL.extend(
 DUCKDB_FILES = RELATIONAL.extend(
     "files",
     rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
-    {"window"},
+    {"window", "bind_join"},
 )
 
 for _kind, _rules in {

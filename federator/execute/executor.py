@@ -4,6 +4,7 @@ residual on DuckDB over the fragments' Arrow data. Batches stream to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -104,20 +105,24 @@ class Execution:
         async with sem:
             self._running.add(label)
             started = time.perf_counter()
+            interrupted = False
             try:
-                async for batch in adapter.execute(request, keys):
-                    stats.rows += batch.num_rows
-                    stats.bytes += batch.nbytes
-                    yield batch
+                async with contextlib.aclosing(adapter.execute(request, keys)) as batches:
+                    async for batch in batches:
+                        stats.rows += batch.num_rows
+                        stats.bytes += batch.nbytes
+                        yield batch
             except FederatorError:
                 raise
-            except (asyncio.CancelledError, TimeoutError):
+            except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+                interrupted = True  # keep the label: a timeout message names what was running
                 raise
             except Exception as e:  # a driver error: name the fragment and the source
                 raise SourceError(f"{label} failed: {type(e).__name__}: {e}") from e
             finally:
                 stats.ms += (time.perf_counter() - started) * 1000
-                self._running.discard(label)
+                if not interrupted:
+                    self._running.discard(label)
 
     # ---- residual ----------------------------------------------------------------------
     async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
@@ -128,9 +133,9 @@ class Execution:
             for fid, table in tables.items():
                 con.register(fid, table)
             params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
-            reader = await asyncio.to_thread(self._start_residual, con, params)
+            reader = await _interruptible(con, self._start_residual, con, params)
             empty = True
-            while (batch := await asyncio.to_thread(_next_batch, reader)) is not None:
+            while (batch := await _interruptible(con, _next_batch, reader)) is not None:
                 self.residual_stats.rows += batch.num_rows
                 self.residual_stats.bytes += batch.nbytes
                 empty = False
@@ -151,6 +156,19 @@ class Execution:
             return relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+async def _interruptible(con: duckdb.DuckDBPyConnection, fn: Any, *args: Any) -> Any:
+    """Run a DuckDB call in a worker thread; on cancellation interrupt it and wait for the
+    thread to let go of the connection, so it can be closed."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        con.interrupt()
+        with contextlib.suppress(BaseException):
+            await future
+        raise
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

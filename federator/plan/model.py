@@ -9,7 +9,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 if TYPE_CHECKING:
-    from adapters.base import NativeRequest
+    from federator.adapters.base import NativeRequest
 
 
 @dataclass

@@ -17,6 +17,7 @@ the filters that touch only its tables, and what is left is the residual run on 
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -109,8 +110,11 @@ def optimize(tree: exp.Query, schema: dict[str, object], tables: Iterable[TableI
             tree = run(tree, schema=schema)  # type: ignore[assignment]
     except OptimizeError as e:
         message = str(e)
-        if "could not be resolved" in message or "Unknown column" in message:
-            name = message.split("'")[1] if "'" in message else message
+        found = re.search(
+            r"Column '([^']+)' could not be resolved|Unknown column: ([\w.]+)", message
+        )
+        if found:
+            name = found.group(1) or found.group(2)
             known = sorted({f.name for info in tables for f in info.schema})
             raise UnknownColumnError(name, known) from None
         raise UnsupportedError(f"cannot plan this query: {message}") from None

@@ -229,11 +229,6 @@ def test_timeout_interrupts_duckdb_and_source_stays_usable(numbers: dict[str, ob
         assert fed.sql("SELECT count(*) AS c FROM f.n").to_arrow().to_pylist() == [{"c": 200_000}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor: _fragment_batches discards the running label in `finally` before "
-    "stream() builds the timeout message, so it says 'the residual' instead of the fragment",
-)
 def test_timeout_names_the_fragment(numbers: dict[str, object]) -> None:
     named = pytest.raises(federator.QueryTimeoutError, match="fragment f0 on source 'f'")
     with federator.connect(numbers) as fed, named:
