@@ -363,11 +363,14 @@ def compare(query: Query, truth: Answer, got: Answer) -> str | None:
         groups_t, groups_g = _tie_groups(truth.rows, key_idx), _tie_groups(got.rows, key_idx)
         start = 0
         for gt, gg in zip(groups_t, groups_g, strict=False):
-            key_diff = _row_diff([gt[0][i] for i in key_idx], [gg[0][i] for i in key_idx],
-                                 [approx[i] for i in key_idx])
+            key_diff = next(
+                (f"{names_t[i]}: {why}" for i in key_idx
+                 if (why := _values_equal(gt[0][i], gg[0][i], approx[i]))),
+                None,
+            )
             if key_diff or len(gt) != len(gg):
-                return (f"row {start}: ORDER BY keys differ\n  got      {gg[0]!r}"
-                        f"\n  expected {gt[0]!r}")
+                why = f"ORDER BY key {key_diff}" if key_diff else "order differs"
+                return f"row {start}: {why}\n  got      {gg[0]!r}\n  expected {gt[0]!r}"
             diff = _compare_multiset(gt, gg, approx, start)
             if diff:
                 return diff
