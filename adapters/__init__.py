@@ -16,9 +16,11 @@ BUILT_IN = {
     "mysql": "federator.adapters.mysql:MySQLAdapter",
     "sqlite": "federator.adapters.sqlite:SQLiteAdapter",
     "files": "federator.adapters.files:FilesAdapter",
+    "mongo": "federator.adapters.mongo:MongoAdapter",
+    "redis": "federator.adapters.redis:RedisAdapter",
 }
-ALIASES = {"postgresql": "postgres", "mariadb": "mysql"}
-EXTRAS = {"postgres": "postgres", "mysql": "mysql"}
+ALIASES = {"postgresql": "postgres", "mariadb": "mysql", "mongodb": "mongo"}
+EXTRAS = {"postgres": "postgres", "mysql": "mysql", "mongo": "mongo", "redis": "redis"}
 
 
 def adapter_class(kind: str) -> type[Adapter]:

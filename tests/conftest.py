@@ -67,3 +67,12 @@ def redis_dsn() -> str:
     """``redis://127.0.0.1:PORT/0`` of a fresh Redis."""
     return _server_dsn("redis")
 
+
+SERVER_FIXTURES["mongo_dsn"] = "mongo"
+
+
+@pytest.fixture(scope="session")
+def mongo_dsn() -> str:
+    """``mongodb://127.0.0.1:PORT/?directConnection=true`` of a fresh CongoDB (MongoDB wire
+    protocol, in memory), or of the real MongoDB that ``FEDERATOR_TEST_MONGO_URL`` names."""
+    return _server_dsn("mongo")

@@ -301,10 +301,56 @@ def start_redis() -> Server:
     return server
 
 
+# ---- MongoDB wire protocol: CongoDB -----------------------------------------------------------
+MONGO_SERVER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mongo_server")
+
+
+def start_mongo() -> Server:
+    """CongoDB (a MongoDB-wire server in TypeScript, from npm) in memory on a loopback port.
+
+    ``FEDERATOR_TEST_MONGO_URL`` points the tests at a real MongoDB instead (nothing starts).
+    The npm packages are installed into tests/mongo_server on first use (install.sh).
+    """
+    url = os.environ.get("FEDERATOR_TEST_MONGO_URL")
+    if url:
+        return Server("mongo", url, 0, _tempdir("mongo-external"))
+    node = _which("node")
+    if node is None:
+        raise ServerUnavailable("node is not installed; install it with: apt-get install -y nodejs npm")
+    script = os.path.join(MONGO_SERVER_DIR, "congo.mjs")
+    vendor = os.path.join(MONGO_SERVER_DIR, "vendor", "package", "dist_ts", "congodb", "index.js")
+    if not os.path.exists(vendor):
+        if _which("npm") is None:
+            raise ServerUnavailable("npm is not installed; install it with: apt-get install -y npm")
+        installer = os.path.join(MONGO_SERVER_DIR, "install.sh")
+        done = subprocess.run(["bash", installer], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise ServerStartError(f"{installer} failed:\n{done.stdout}{done.stderr}")
+    d = _tempdir("mongo")
+    port = free_port()
+    log = os.path.join(d, "log")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [node, script], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=MONGO_SERVER_DIR, env={**os.environ, "PORT": str(port)}, start_new_session=True,
+        )
+    server = _register(Server(
+        "mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, d, proc, log
+    ))
+
+    def ready() -> bool:
+        with open(log, errors="replace") as f:
+            return f"ready {port}" in f.read()
+
+    _wait_until(ready, server, "CongoDB")
+    return server
+
+
 STARTERS: dict[str, Callable[[], Server]] = {
     "postgres": start_postgres,
     "mariadb": start_mariadb,
     "redis": start_redis,
+    "mongo": start_mongo,
 }
 
 
