@@ -100,6 +100,9 @@ class Adapter(abc.ABC):
 
     kind: ClassVar[str]
     dialect: ClassVar[str | None] = None
+    # Whether the server matches column names in any case (MySQL, SQLite, DuckDB do;
+    # PostgreSQL matches quoted names exactly).
+    case_insensitive_columns: ClassVar[bool] = True
 
     def __init__(self, config: SourceConfig):
         self.config = config

@@ -94,6 +94,7 @@ class PostgresAdapter(SQLAdapter):
     param_style = "dollar"
     bind_style = "array"
     default_schema = "public"
+    case_insensitive_columns = False
 
     def __init__(self, config: SourceConfig):
         super().__init__(config)
@@ -147,7 +148,10 @@ class PostgresAdapter(SQLAdapter):
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except TimeoutError:
+                pool.terminate()
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:

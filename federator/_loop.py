@@ -4,7 +4,6 @@ so the same Federation serves sync scripts, notebooks and any caller's event loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -40,11 +39,6 @@ class LoopThread:
     def stop(self) -> None:
         if self.loop.is_closed():
             return
-        if self.loop.is_running() and threading.current_thread() is not self._thread:
-            # Finish streams a caller abandoned midway, so their connections go back.
-            shutdown = asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop)
-            with contextlib.suppress(Exception):
-                shutdown.result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.loop.close()

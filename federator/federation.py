@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +48,8 @@ class Federation:
         self.catalog = Catalog(config)
         self._loop = LoopThread()
         self._closed = False
+        _OPEN.add(self)
+        self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<federator.Federation sources={sorted(self.catalog.adapters)}>"
@@ -84,7 +89,8 @@ class Federation:
         _check_params(tree, params)
         tree = normalize_identifiers(tree, dialect=Federated)
         infos = await self._bind(tree)
-        tree = optimize(tree, sqlglot_schema(infos), infos)
+        folded = [n for n, a in self.catalog.adapters.items() if a.case_insensitive_columns]
+        tree = optimize(tree, sqlglot_schema(infos, folded), infos)
         splitter = Splitter(
             {name: a.rules for name, a in self.catalog.adapters.items()},
             {(i.source, i.ref.schema, i.ref.name): i for i in infos},
@@ -140,15 +146,22 @@ class Federation:
             return
         self._closed = True
         try:
-            self._loop.run(self.catalog.close())
+            self._loop.run(self._release())
         finally:
             self._loop.stop()
+
+    async def _release(self) -> None:
+        # Streams a caller abandoned midway still hold connections: finish them first.
+        for stream in list(self.open_streams):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        await self.catalog.close()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._loop.run_async(self.catalog.close())
+        await self._loop.run_async(self._release())
         self._loop.stop()
 
     def __enter__(self) -> Federation:
@@ -164,9 +177,20 @@ class Federation:
         await self.aclose()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_closed", True) and not sys.is_finalizing():
             with contextlib.suppress(Exception):
                 self.close()
+
+
+_OPEN: weakref.WeakSet[Federation] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_federations() -> None:
+    """Close federations a script left open, while the interpreter can still run their loops."""
+    for fed in list(_OPEN):
+        with contextlib.suppress(Exception):
+            fed.close()
 
 
 def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:

@@ -46,6 +46,7 @@ class Result:
     def to_batches(self) -> pa.RecordBatchReader:
         """Run the query and stream the answer as a RecordBatchReader."""
         stream = self._execution().stream()
+        self._fed.open_streams.add(stream)
         loop = self._fed._loop
         try:
             first = loop.run(anext(stream))

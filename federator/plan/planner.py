@@ -37,6 +37,7 @@ from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.simplify import simplify
 from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
+from sqlglot.schema import MappingSchema
 
 from federator.catalog import arrow_to_sql_type
 from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
@@ -103,7 +104,7 @@ class SplitResult:
     notes: list[str] = field(default_factory=list)
 
 
-def optimize(tree: exp.Query, schema: dict[str, object], tables: Iterable[TableInfo]) -> exp.Query:
+def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]) -> exp.Query:
     """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`."""
     try:
         for run in PASSES:
@@ -121,13 +122,33 @@ def optimize(tree: exp.Query, schema: dict[str, object], tables: Iterable[TableI
     return tree
 
 
-def sqlglot_schema(tables: Iterable[TableInfo]) -> dict[str, object]:
-    """{source: {schema: {table: {column: type}}}} for sqlglot's qualify and annotate passes."""
+def sqlglot_schema(
+    tables: Iterable[TableInfo], folded_sources: Iterable[str] = ()
+) -> MappingSchema:
+    """The catalog as sqlglot's schema for the qualify and annotate passes.
+
+    Names are kept exactly as the servers spell them (``normalize=False``): the query's own
+    identifiers were already folded the PostgreSQL way (unquoted → lower case). Sources whose
+    column names are case-insensitive (MySQL, SQLite, DuckDB) list their columns in lower
+    case, so ``userid`` finds ``UserId`` there; the server reads either spelling.
+    """
+    folded = set(folded_sources)
     out: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
     for info in tables:
-        cols = {f.name: arrow_to_sql_type(f.type) for f in info.schema}
+        cols = {
+            (f.name.lower() if info.source in folded else f.name): arrow_to_sql_type(f.type)
+            for f in info.schema
+        }
         out.setdefault(info.source, {}).setdefault(info.ref.schema, {})[info.ref.name] = cols
-    return out  # type: ignore[return-value]
+    return MappingSchema(out, dialect=Federated, normalize=False)
+
+
+def field_type(schema: pa.Schema, name: str) -> pa.DataType | None:
+    """A column's type by its exact name, else by its name in any case."""
+    if name in schema.names:
+        return schema.field(name).type
+    lowered = [f for f in schema if f.name.lower() == name.lower()]
+    return lowered[0].type if len(lowered) == 1 else None
 
 
 @dataclass
@@ -500,10 +521,9 @@ class Splitter:
                 continue
             if not isinstance(node, exp.Column) or node.table not in tables:
                 continue
-            schema = tables[node.table].schema
-            if node.name not in schema.names:
+            t = field_type(tables[node.table].schema, node.name)
+            if t is None:
                 continue
-            t = schema.field(node.name).type
             if agg is exp.Sum:
                 if pa.types.is_decimal(t):
                     t = pa.decimal128(38, t.scale)
@@ -666,8 +686,8 @@ class Splitter:
         for t in frag.query.find_all(exp.Table):
             if t.alias_or_name == alias:
                 info = self.tables.get((t.catalog, t.db, t.name))
-                if info is not None and col in info.schema.names:
-                    return info.schema.field(col).type
+                if info is not None:
+                    return field_type(info.schema, col)
         return None
 
 

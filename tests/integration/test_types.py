@@ -27,16 +27,69 @@ CREATE TABLE types_rt (
     d date, ts timestamp, tstz timestamptz, by bytea, j json, jb jsonb, u uuid
 )"""
 PG_ROWS = [
-    (1, -32768, -2147483648, -9223372036854775808, 1.5, math.nan, D("-9999999999.99"),
-     D("1234567890123456789012345678.0123456789"), True, "ab", "héllo", "a\nb 'quoted'",
-     dt.date(1, 1, 1), dt.datetime(1970, 1, 1), dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
-     b"\x00\x01\xff", '{"a": [1, 2]}', '{"k": "v"}', uuid.UUID(int=1)),
-    (2, 32767, 2147483647, 9223372036854775807, -0.0, math.inf, D("9999999999.99"),
-     D("-0.0000000001"), False, "abcdef", "", "", dt.date(9999, 12, 31),
-     dt.datetime(2024, 2, 29, 23, 59, 59, 999999), dt.datetime(1999, 12, 31, 23, 0, tzinfo=UTC),
-     b"", "null", "[]", uuid.UUID(int=2**128 - 1)),
-    (3, None, None, None, None, -math.inf, None, None, None, None, None, None, None, None, None,
-     None, None, None, None),
+    (
+        1,
+        -32768,
+        -2147483648,
+        -9223372036854775808,
+        1.5,
+        math.nan,
+        D("-9999999999.99"),
+        D("1234567890123456789012345678.0123456789"),
+        True,
+        "ab",
+        "héllo",
+        "a\nb 'quoted'",
+        dt.date(1, 1, 1),
+        dt.datetime(1970, 1, 1),
+        dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        b"\x00\x01\xff",
+        '{"a": [1, 2]}',
+        '{"k": "v"}',
+        uuid.UUID(int=1),
+    ),
+    (
+        2,
+        32767,
+        2147483647,
+        9223372036854775807,
+        -0.0,
+        math.inf,
+        D("9999999999.99"),
+        D("-0.0000000001"),
+        False,
+        "abcdef",
+        "",
+        "",
+        dt.date(9999, 12, 31),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 999999),
+        dt.datetime(1999, 12, 31, 23, 0, tzinfo=UTC),
+        b"",
+        "null",
+        "[]",
+        uuid.UUID(int=2**128 - 1),
+    ),
+    (
+        3,
+        None,
+        None,
+        None,
+        None,
+        -math.inf,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ),
 ]
 
 
@@ -104,17 +157,30 @@ def test_postgres_types_round_trip(pg_dsn: str) -> None:
 def test_postgres_char_padding_joins_like_the_database(pg_dsn: str, mysql_dsn: str) -> None:
     """'ab' in CHAR(6) equals 'ab' in PostgreSQL; the federated join must agree."""
     asyncio.run(_pg_setup(pg_dsn))
-    asyncio.run(_mysql_exec(mysql_dsn, [
-        "DROP TABLE IF EXISTS codes",
-        "CREATE TABLE codes (code VARCHAR(10), label VARCHAR(10))",
-        "INSERT INTO codes VALUES ('ab', 'first'), ('abcdef', 'second')",
-    ]))
-    catalog = {"sources": {"pg": {"kind": "postgres", "dsn": pg_dsn},
-                           "my": {"kind": "mysql", "dsn": mysql_dsn}}}
+    asyncio.run(
+        _mysql_exec(
+            mysql_dsn,
+            [
+                "DROP TABLE IF EXISTS codes",
+                "CREATE TABLE codes (code VARCHAR(10), label VARCHAR(10))",
+                "INSERT INTO codes VALUES ('ab', 'first'), ('abcdef', 'second')",
+            ],
+        )
+    )
+    catalog = {
+        "sources": {
+            "pg": {"kind": "postgres", "dsn": pg_dsn},
+            "my": {"kind": "mysql", "dsn": mysql_dsn},
+        }
+    }
     with federator.connect(catalog) as fed:
-        rows = fed.sql(
-            "SELECT t.id, c.label FROM pg.types_rt t JOIN my.codes c ON c.code = t.c ORDER BY t.id"
-        ).to_arrow().to_pylist()
+        rows = (
+            fed.sql(
+                "SELECT t.id, c.label FROM pg.types_rt t JOIN my.codes c ON c.code = t.c ORDER BY t.id"
+            )
+            .to_arrow()
+            .to_pylist()
+        )
     assert rows == [{"id": 1, "label": "first"}, {"id": 2, "label": "second"}]
 
 
@@ -126,22 +192,71 @@ CREATE TABLE types_rt (
     bl BLOB, j JSON
 )"""
 MY_ROWS = [
-    (1, -128, -32768, -8388608, -2147483648, -9223372036854775808, 18446744073709551615, 1.5,
-     1e308, D("-9999999999.99"), D("1234567890123456789012345678.0123456789"), 1, "ab", "héllo",
-     "a\nb 'q' %s", dt.date(1000, 1, 1), dt.datetime(1970, 1, 1, 0, 0, 0, 1),
-     dt.datetime(2024, 1, 2, 3, 4, 5, 123456), b"\x00\x01\xff", '{"a": [1, 2]}'),
-    (2, 127, 32767, 8388607, 2147483647, 9223372036854775807, 0, -0.0, -1e-308,
-     D("9999999999.99"), D("-0.0000000001"), 0, "abcdef", "", "", dt.date(9999, 12, 31),
-     dt.datetime(2024, 2, 29, 23, 59, 59, 999999), dt.datetime(2038, 1, 19, 3, 14, 7), b"", "[]"),
+    (
+        1,
+        -128,
+        -32768,
+        -8388608,
+        -2147483648,
+        -9223372036854775808,
+        18446744073709551615,
+        1.5,
+        1e308,
+        D("-9999999999.99"),
+        D("1234567890123456789012345678.0123456789"),
+        1,
+        "ab",
+        "héllo",
+        "a\nb 'q' %s",
+        dt.date(1000, 1, 1),
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1),
+        dt.datetime(2024, 1, 2, 3, 4, 5, 123456),
+        b"\x00\x01\xff",
+        '{"a": [1, 2]}',
+    ),
+    (
+        2,
+        127,
+        32767,
+        8388607,
+        2147483647,
+        9223372036854775807,
+        0,
+        -0.0,
+        -1e-308,
+        D("9999999999.99"),
+        D("-0.0000000001"),
+        0,
+        "abcdef",
+        "",
+        "",
+        dt.date(9999, 12, 31),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 999999),
+        dt.datetime(2038, 1, 19, 3, 14, 7),
+        b"",
+        "[]",
+    ),
     (3, *([None] * 19)),
 ]
 
 
-async def _mysql_exec(dsn: str, statements: list[str], rows: list[tuple] | None = None,
-                      insert: str | None = None, fetch: str | None = None) -> list[tuple]:
+async def _mysql_exec(
+    dsn: str,
+    statements: list[str],
+    rows: list[tuple] | None = None,
+    insert: str | None = None,
+    fetch: str | None = None,
+) -> list[tuple]:
     d = parse_dsn(dsn)
-    conn = await aiomysql.connect(host=d.host, port=d.port, user=d.user, password=d.password or "",
-                                  db=d.database, autocommit=True, init_command="SET time_zone = '+00:00'")
+    conn = await aiomysql.connect(
+        host=d.host,
+        port=d.port,
+        user=d.user,
+        password=d.password or "",
+        db=d.database,
+        autocommit=True,
+        init_command="SET time_zone = '+00:00'",
+    )
     try:
         async with conn.cursor() as cur:
             for s in statements:
@@ -157,12 +272,37 @@ async def _mysql_exec(dsn: str, statements: list[str], rows: list[tuple] | None 
 
 
 def test_mysql_types_round_trip(mysql_dsn: str) -> None:
-    names = ["id", "ti", "si", "mi", "i", "bi", "ubi", "f", "dbl", "n", "n38", "b", "c", "v", "t",
-             "d", "dtm", "ts", "bl", "j"]
-    truth = asyncio.run(_mysql_exec(
-        mysql_dsn, ["DROP TABLE IF EXISTS types_rt", MY_TABLE], MY_ROWS,
-        f"INSERT INTO types_rt VALUES ({', '.join(['%s'] * 20)})", "SELECT * FROM types_rt ORDER BY id",
-    ))
+    names = [
+        "id",
+        "ti",
+        "si",
+        "mi",
+        "i",
+        "bi",
+        "ubi",
+        "f",
+        "dbl",
+        "n",
+        "n38",
+        "b",
+        "c",
+        "v",
+        "t",
+        "d",
+        "dtm",
+        "ts",
+        "bl",
+        "j",
+    ]
+    truth = asyncio.run(
+        _mysql_exec(
+            mysql_dsn,
+            ["DROP TABLE IF EXISTS types_rt", MY_TABLE],
+            MY_ROWS,
+            f"INSERT INTO types_rt VALUES ({', '.join(['%s'] * 20)})",
+            "SELECT * FROM types_rt ORDER BY id",
+        )
+    )
     with federator.connect({"sources": {"my": {"kind": "mysql", "dsn": mysql_dsn}}}) as fed:
         table = fed.sql("SELECT * FROM my.types_rt ORDER BY id").to_arrow()
     s = table.schema
