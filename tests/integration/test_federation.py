@@ -1,4 +1,4 @@
-"""PostgreSQL × MariaDB through the public API: pushdown, bind joins, errors, secrets, streaming."""
+"""PostgreSQL and MariaDB through the public API: pushdown, bind joins, errors, secrets, streaming."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ async def _load_pg(dsn: str) -> None:
     try:
         await conn.execute("DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS app_users")
         await conn.execute(
-            "CREATE TABLE events (id bigint PRIMARY KEY, user_id int, kind text, amount numeric(10,2))"
+            "CREATE TABLE events"
+            " (id bigint PRIMARY KEY, user_id int, kind text, amount numeric(10,2))"
         )
         await conn.copy_records_to_table(
             "events",
@@ -121,7 +122,10 @@ def test_reverse_bind_join_uses_in_lists(fed, pg_dsn: str) -> None:
 
 
 def test_single_source_query_goes_whole(fed, pg_dsn: str) -> None:
-    sql = "SELECT kind, count(*) AS n FROM pg.events WHERE amount > :a GROUP BY kind HAVING count(*) > 10 ORDER BY kind LIMIT 2"
+    sql = (
+        "SELECT kind, count(*) AS n FROM pg.events WHERE amount > :a"
+        " GROUP BY kind HAVING count(*) > 10 ORDER BY kind LIMIT 2"
+    )
     text = fed.explain(sql, {"a": 5})
     assert "no residual" in text and "GROUP BY" in text and "LIMIT 2" in text
     assert "$1 = 5" in text
