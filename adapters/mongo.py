@@ -576,10 +576,14 @@ class Translator:
                     values[k] = "$" + name
                 return values[k]
             spec = self.spec(arg)
-            path = "$" + spec.path
+            path: Any = "$" + spec.path
+            if pa.types.is_decimal(spec.type) and isinstance(node, (exp.Sum, exp.Avg)):
+                path = {"$toDecimal": path}  # exact decimal arithmetic on Decimal128 fields
             if isinstance(node, exp.Sum):  # SQL: SUM over no non-NULL value is NULL, not 0
                 accumulators[name] = {"$sum": path}
-                accumulators[name + "n"] = {"$sum": {"$cond": [_is_null_expr(path), 0, 1]}}
+                accumulators[name + "n"] = {
+                    "$sum": {"$cond": [_is_null_expr("$" + spec.path), 0, 1]}
+                }
                 values[k] = {"$cond": [{"$eq": ["$" + name + "n", 0]}, None, "$" + name]}
             else:
                 op = {exp.Avg: "$avg", exp.Min: "$min", exp.Max: "$max"}[type(node)]
@@ -900,6 +904,8 @@ class MongoAdapter(Adapter):
         for column, out, spec in pipe.outputs:
             values = [from_bson(d.get(out), spec) for d in docs]
             t = schema.field(column).type if schema is not None and column in schema.names else None
+            if t is not None and pa.types.is_decimal(t):  # a server that sums decimals as double
+                values = [round(v, t.scale) if isinstance(v, float) else v for v in values]
             try:
                 arrays.append(to_array(values, t))
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:

@@ -1,0 +1,274 @@
+"""MongoDB through the public API, against a real MongoDB-wire server (CongoDB; a real MongoDB
+when FEDERATOR_TEST_MONGO_URL is set). Every answer is checked against values computed in
+Python from the documents that were inserted, never against federator itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import random
+import sqlite3
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from bson import Decimal128, ObjectId
+from pymongo import MongoClient
+
+import federator
+
+DB = "fedtest_shop"
+N_ORDERS = 600
+N_CUSTOMERS = 40
+STATUSES = ["new", "paid", "shipped", "cancelled"]
+CITIES = ["Berlin", "Bern", "Paris", "Porto", "Lima"]
+UTC = dt.UTC
+
+
+def _orders() -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    docs = []
+    base = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    for i in range(N_ORDERS):
+        doc: dict[str, Any] = {
+            "_id": ObjectId(),
+            "n": i,
+            "customer_id": rng.randrange(N_CUSTOMERS),
+            "amount": Decimal128(decimal.Decimal(rng.randrange(100, 100_000)) / 100),
+            "qty": rng.randrange(1, 9),
+            "ordered_at": base + dt.timedelta(minutes=37 * i),
+            "address": {"city": rng.choice(CITIES), "zip": f"{rng.randrange(10000, 99999)}"},
+            "items": [
+                {"sku": f"sku-{rng.randrange(30)}", "qty": rng.randrange(1, 4)}
+                for _ in range(rng.randrange(1, 4))
+            ],
+        }
+        r = i % 10
+        if r == 0:
+            doc["status"] = None  # NULL
+        elif r != 1:  # r == 1: the field is missing, which SQL also sees as NULL
+            doc["status"] = STATUSES[i % len(STATUSES)]
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def orders(mongo_dsn: str) -> list[dict[str, Any]]:
+    client = MongoClient(mongo_dsn, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    try:
+        client[DB].orders.drop()
+        client[DB].empty.drop()
+        docs = _orders()
+        client[DB].orders.insert_many([dict(d) for d in docs])
+        client[DB].empty.insert_one({"x": 1})
+        client[DB].empty.delete_many({})
+        return docs
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def fed(mongo_dsn: str, orders: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("lite") / "crm.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, tier TEXT)")
+    con.executemany(
+        "INSERT INTO customers VALUES (?, ?, ?)",
+        [(i, f"c{i}", "gold" if i % 7 == 0 else "basic") for i in range(N_CUSTOMERS)],
+    )
+    con.commit()
+    con.close()
+    catalog = {
+        "sources": {
+            "mongo": {"kind": "mongo", "url": mongo_dsn, "databases": [DB], "database": DB},
+            "crm": {"kind": "sqlite", "path": str(path)},
+        }
+    }
+    with federator.connect(catalog, timeout=60) as f:
+        yield f
+
+
+def rows(result: federator.Result | pa.Table) -> list[dict[str, Any]]:
+    table = result if isinstance(result, pa.Table) else result.to_arrow()
+    return table.to_pylist()
+
+
+def dec(value: Decimal128) -> decimal.Decimal:
+    return value.to_decimal()
+
+
+# ---- schema -------------------------------------------------------------------------------
+def test_sampled_schema_unifies_types_and_flattens_documents(fed: federator.Federation) -> None:
+    result = fed.sql("SELECT * FROM mongo.orders LIMIT 1").to_arrow()
+    schema = result.schema
+    assert schema.field("_id").type == pa.string()
+    assert schema.field("n").type == pa.int64()
+    assert pa.types.is_decimal(schema.field("amount").type)
+    assert schema.field("ordered_at").type == pa.timestamp("ms", tz="UTC")
+    assert pa.types.is_struct(schema.field("address").type)
+    assert schema.field("address.city").type == pa.string()
+    assert pa.types.is_list(schema.field("items").type)
+    assert pa.types.is_struct(schema.field("items").type.value_type)
+    assert len(result) == 1
+
+
+# ---- filters, projection, sort, limit ---------------------------------------------------------
+def test_filter_sort_limit_are_one_pipeline(fed: federator.Federation, orders: list) -> None:
+    query = """
+        SELECT n, amount, "address.city" AS city FROM mongo.orders
+        WHERE qty >= 3 AND "address.city" LIKE 'Ber%' AND ordered_at < TIMESTAMP '2024-01-08'
+        ORDER BY amount DESC, n LIMIT 7
+    """
+    plan = fed.explain(query)
+    assert "no residual" in plan and "$match" in plan and "$limit" in plan, plan
+    want = sorted(
+        (
+            d
+            for d in orders
+            if d["qty"] >= 3
+            and d["address"]["city"].startswith("Ber")
+            and d["ordered_at"] < dt.datetime(2024, 1, 8, tzinfo=UTC)
+        ),
+        key=lambda d: (-dec(d["amount"]), d["n"]),
+    )[:7]
+    got = rows(fed.sql(query))
+    assert got == [
+        {"n": d["n"], "amount": dec(d["amount"]), "city": d["address"]["city"]} for d in want
+    ]
+
+
+def test_null_follows_sql_three_valued_logic(fed: federator.Federation, orders: list) -> None:
+    def count(query: str) -> int:
+        return rows(fed.sql(query))[0]["c"]
+
+    status = [d.get("status") for d in orders]
+    assert count("SELECT count(*) AS c FROM mongo.orders WHERE status <> 'paid'") == sum(
+        s is not None and s != "paid" for s in status
+    )
+    assert count(
+        "SELECT count(*) AS c FROM mongo.orders WHERE status NOT IN ('paid', 'new')"
+    ) == sum(s is not None and s not in ("paid", "new") for s in status)
+    assert count("SELECT count(*) AS c FROM mongo.orders WHERE status IS NULL") == sum(
+        s is None for s in status
+    )
+    assert count("SELECT count(*) AS c FROM mongo.orders WHERE NOT (status = 'new')") == sum(
+        s is not None and s != "new" for s in status
+    )
+    assert count("SELECT count(status) AS c FROM mongo.orders") == sum(
+        s is not None for s in status
+    )
+
+
+def test_order_by_puts_nulls_where_sql_does(fed: federator.Federation, orders: list) -> None:
+    got = [r["status"] for r in rows(fed.sql("SELECT status FROM mongo.orders ORDER BY status"))]
+    non_null = sorted(d["status"] for d in orders if d.get("status") is not None)
+    assert got == non_null + [None] * (len(orders) - len(non_null))
+    got = [
+        r["status"]
+        for r in rows(fed.sql("SELECT status FROM mongo.orders ORDER BY status DESC LIMIT 3"))
+    ]
+    assert got == [None, None, None]
+
+
+def test_parameters_and_object_ids(fed: federator.Federation, orders: list) -> None:
+    doc = orders[17]
+    got = rows(
+        fed.sql(
+            "SELECT _id, n, qty FROM mongo.orders WHERE _id = :id AND qty >= :q",
+            {"id": str(doc["_id"]), "q": 0},
+        )
+    )
+    assert got == [{"_id": str(doc["_id"]), "n": 17, "qty": doc["qty"]}]
+    picked = [str(orders[i]["_id"]) for i in (3, 5, 8)]
+    got = rows(
+        fed.sql(
+            f"SELECT n FROM mongo.orders WHERE _id IN ('{picked[0]}', '{picked[1]}', "
+            f"'{picked[2]}') ORDER BY n"
+        )
+    )
+    assert got == [{"n": 3}, {"n": 5}, {"n": 8}]
+
+
+# ---- aggregation ---------------------------------------------------------------------------
+def test_group_by_aggregates_match_python(fed: federator.Federation, orders: list) -> None:
+    query = """
+        SELECT status, count(*) AS n, sum(amount) AS total, min(qty) AS lo, max(ordered_at) AS last,
+               avg(qty) AS mean, count(DISTINCT customer_id) AS customers
+        FROM mongo.orders WHERE qty > 1
+        GROUP BY status HAVING count(*) > 5 ORDER BY n DESC, status
+    """
+    assert "no residual" in fed.explain(query)
+    groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for d in orders:
+        if d["qty"] > 1:
+            groups[d.get("status")].append(d)
+    want = [
+        {
+            "status": s,
+            "n": len(g),
+            "total": sum(dec(d["amount"]) for d in g),
+            "lo": min(d["qty"] for d in g),
+            "last": max(d["ordered_at"] for d in g),
+            "mean": sum(d["qty"] for d in g) / len(g),
+            "customers": len({d["customer_id"] for d in g}),
+        }
+        for s, g in groups.items()
+        if len(g) > 5
+    ]
+    want.sort(key=lambda r: (-r["n"], r["status"] is None, r["status"] or ""))
+    got = rows(fed.sql(query))
+    for r in got:
+        r["mean"] = pytest.approx(r["mean"])
+    assert got == want
+
+
+def test_global_aggregate_over_no_documents_is_one_row(fed: federator.Federation) -> None:
+    got = rows(fed.sql("SELECT count(*) AS n, sum(qty) AS s FROM mongo.orders WHERE qty > 1000"))
+    assert got == [{"n": 0, "s": None}]
+
+
+def test_distinct(fed: federator.Federation, orders: list) -> None:
+    got = rows(fed.sql('SELECT DISTINCT "address.city" AS city FROM mongo.orders ORDER BY city'))
+    assert got == [{"city": c} for c in sorted({d["address"]["city"] for d in orders})]
+
+
+# ---- what Mongo cannot take stays in the residual ----------------------------------------------
+def test_unsupported_function_stays_in_residual(fed: federator.Federation, orders: list) -> None:
+    query = "SELECT upper(status) AS s, n FROM mongo.orders WHERE qty = 2 ORDER BY n"
+    plan = fed.explain(query)
+    assert "residual on DuckDB" in plan and "no rule of 'mongo' pushes Upper" in plan, plan
+    assert '"qty": {"$eq": 2}' in plan
+    got = rows(fed.sql(query))
+    want = [
+        {"s": d["status"].upper() if d.get("status") else None, "n": d["n"]}
+        for d in orders
+        if d["qty"] == 2
+    ]
+    assert got == want
+
+
+def test_arrays_and_documents_come_back_as_arrow(fed: federator.Federation, orders: list) -> None:
+    got = rows(fed.sql("SELECT n, items, address FROM mongo.orders WHERE n < 3 ORDER BY n"))
+    assert got == [{"n": d["n"], "items": d["items"], "address": d["address"]} for d in orders[:3]]
+
+
+# ---- across sources ----------------------------------------------------------------------
+def test_join_with_sqlite_binds_keys_as_in(fed: federator.Federation, orders: list) -> None:
+    query = """
+        SELECT c.tier, count(*) AS n, sum(o.qty) AS items
+        FROM crm.customers AS c JOIN mongo.orders AS o ON o.customer_id = c.id
+        WHERE c.tier = 'gold' AND o.status = 'paid'
+        GROUP BY c.tier
+    """
+    plan = fed.explain(query)
+    assert "$in" in plan and "bind join" in plan, plan
+    gold = {i for i in range(N_CUSTOMERS) if i % 7 == 0}
+    matched = [d for d in orders if d["customer_id"] in gold and d.get("status") == "paid"]
+    got = rows(fed.sql(query))
+    assert got == [{"tier": "gold", "n": len(matched), "items": sum(d["qty"] for d in matched)}]
+
+
+def test_empty_collection(fed: federator.Federation) -> None:
+    got = fed.sql("SELECT count(*) AS n FROM mongo.orders WHERE status = 'nope'").to_arrow()
+    assert got.to_pylist() == [{"n": 0}]
