@@ -1,4 +1,4 @@
-"""PostgreSQL and MariaDB through the public API: pushdown, bind joins, errors, secrets, streaming."""
+"""PostgreSQL and MariaDB through the public API: pushdown, bind joins, errors, secrets."""
 
 from __future__ import annotations
 
