@@ -32,6 +32,16 @@ if [ "${FEDERATOR_SKIP_INSTALL:-0}" != 1 ]; then
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
+    # ---- a MongoDB-wire server: CongoDB from npm, unpacked into tests/mongo_server ----------
+    # (no real mongod installs here; FEDERATOR_TEST_MONGO_URL points the tests at one instead)
+    if [ -z "${FEDERATOR_TEST_MONGO_URL:-}" ]; then
+        { have node && have npm; } || apt_install nodejs npm
+        if [ ! -f tests/mongo_server/vendor/package/dist_ts/congodb/index.js ] \
+            || [ ! -d tests/mongo_server/node_modules ]; then
+            log "npm install CongoDB into tests/mongo_server"
+            bash tests/mongo_server/install.sh
+        fi
+    fi
 fi
 
 # ---- Python: the interpreter in use, or a .venv where the system Python is externally managed
