@@ -22,7 +22,8 @@ from federator.execute import Execution
 from federator.plan.model import Plan
 from federator.plan.planner import PlannerSettings, Splitter, optimize, sqlglot_schema
 from federator.result import Result
-from federator.sql.dialect import Federated, parse
+from federator.rules import FederationRules, load_rule_modules
+from federator.sql.dialect import Federated, parse, to_duckdb_vector, vector_params
 
 
 def connect(
@@ -45,7 +46,12 @@ class Federation:
         settings = config.settings.get("planner", {})
         self.planner_settings = PlannerSettings(**settings)
         self.timeout = timeout if timeout is not None else config.settings.get("timeout")
+        # Rule plug-ins (catalog `rules = [...]`, entry points) import before the adapters copy
+        # their kind's rule set; their `federator_rules(fed)` hooks run once the sources exist.
+        rule_hooks = load_rule_modules(config.settings.get("rules", ()))
         self.catalog = Catalog(config)
+        for hook in rule_hooks:
+            hook(self)
         self._loop = LoopThread()
         self._closed = False
         _OPEN.add(self)
@@ -59,14 +65,14 @@ class Federation:
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Result:
         """Plan a query now (errors surface here) and return a lazy :class:`Result`."""
-        params = dict(params or {})
+        params = vector_params(params or {})
         plan = self._loop.run(self.plan_async(query, params))
         return Result(self, plan, params, timeout if timeout is not None else self.timeout)
 
     async def sql_async(
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Result:
-        params = dict(params or {})
+        params = vector_params(params or {})
         plan = await self._loop.run_async(self.plan_async(query, params))
         return Result(self, plan, params, timeout if timeout is not None else self.timeout)
 
@@ -79,6 +85,12 @@ class Federation:
     def sources(self) -> dict[str, str]:
         """Source name → kind and location (never a password)."""
         return {name: f"{a.kind} at {a.where}" for name, a in self.catalog.adapters.items()}
+
+    @property
+    def rules(self) -> FederationRules:
+        """The sources' pushdown rule sets: ``fed.rules.add(rule, kind="postgres")`` or
+        ``source="pg"`` teaches this federation to push more."""
+        return FederationRules(self.catalog.adapters)
 
     def _execution(self, plan: Plan, params: dict[str, Any], timeout: float | None) -> Execution:
         return Execution(plan, self.catalog, params, timeout)
@@ -208,6 +220,6 @@ def _residual_sql(residual: exp.Query) -> str:
     def to_duckdb_param(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Placeholder):
             return exp.Parameter(this=exp.var(node.name))
-        return node
+        return to_duckdb_vector(node)  # pgvector operators → DuckDB's list_*distance
 
     return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)

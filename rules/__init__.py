@@ -7,7 +7,7 @@ returning a replacement sqlglot expression). "Can this backend take this subtree
 from the table by :meth:`RuleSet.refusal`; no planner code asks about backend kinds.
 
 >>> from sqlglot import exp, parse_one
->>> rs = RuleSet("toy", [Rule(exp.Column), Rule(exp.EQ), Rule(exp.Literal)])
+>>> rs = RuleSet("toy", rules_for_classes(exp.Column, exp.Identifier, exp.EQ, exp.Literal))
 >>> rs.refusal(parse_one("a = 1")) is None
 True
 >>> rs.refusal(parse_one("a LIKE 'x%'"))
@@ -16,8 +16,9 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -151,4 +152,179 @@ def rule_set_for(kind: str) -> RuleSet:
     return RuleSet(base.name, list(base.rules), base.capabilities)
 
 
-__all__ = ["Rule", "RuleSet", "function_name", "register", "rule_set_for", "rules_for_classes"]
+def add_rules(kind: str, *rules: Rule) -> RuleSet:
+    """Put ``rules`` in front of the registered rule set of ``kind`` (for every source of that
+    kind opened afterwards); returns the new registered set.
+
+    >>> from sqlglot import exp
+    >>> rs = add_rules("toy_kind", Rule("SIMILARITY"))
+    >>> [r.label for r in rule_set_for("toy_kind").rules]
+    ['SIMILARITY']
+    """
+    rule_set = rule_set_for(kind).add(*rules)
+    register(kind, rule_set)
+    return rule_set
+
+
+# ---- plug-ins: rule modules named by the catalog or by entry points ---------------------
+ENTRY_POINT_GROUP = "federator.rules"
+HOOK_NAME = "federator_rules"
+RulesHook = Callable[[Any], None]
+
+
+def load_rule_modules(names: Iterable[str], *, entry_points: bool = True) -> list[RulesHook]:
+    """Import rule plug-ins; return the hooks to call with each new federation.
+
+    A plug-in is a module path (``mypkg.rules``) or a ``.py`` file. Importing it may call
+    :func:`register` or :func:`add_rules` (global, for every source of a kind opened after),
+    and it may define ``federator_rules(fed)``, called with each federation, which can use
+    ``fed.rules.add(...)`` (scoped to that federation). Entry points of the group
+    ``federator.rules`` are loaded too: a module, or a callable used as the hook.
+    """
+    hooks: list[RulesHook] = list(_entry_point_hooks()) if entry_points else []
+    for name in names:
+        hook = _hook_of(_import_rules(str(name)), str(name))
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
+
+
+def _import_rules(name: str) -> Any:
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from federator.errors import CatalogError
+
+    try:
+        if name.endswith(".py"):
+            path = Path(name).resolve()
+            module_name = f"_federator_rules_{abs(hash(str(path))):x}_{path.stem}"
+            if module_name in sys.modules:
+                return sys.modules[module_name]
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or spec.loader is None or not path.exists():
+                raise CatalogError(f"rules file {name!r} does not exist")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+            return module
+        return importlib.import_module(name)
+    except CatalogError:
+        raise
+    except Exception as e:
+        raise CatalogError(
+            f"rules module {name!r} could not be loaded: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _hook_of(obj: Any, name: str) -> RulesHook | None:
+    import types
+
+    if isinstance(obj, types.ModuleType):
+        hook = getattr(obj, HOOK_NAME, None)
+        return hook if callable(hook) else None
+    if callable(obj):
+        return obj  # type: ignore[no-any-return]
+    from federator.errors import CatalogError
+
+    raise CatalogError(f"rules plug-in {name!r} is neither a module nor a callable")
+
+
+_ENTRY_POINT_HOOKS: list[RulesHook] | None = None
+
+
+def _entry_point_hooks() -> list[RulesHook]:
+    """Hooks of the ``federator.rules`` entry points, loaded once per process."""
+    global _ENTRY_POINT_HOOKS
+    if _ENTRY_POINT_HOOKS is None:
+        from importlib.metadata import entry_points
+
+        from federator.errors import CatalogError
+
+        hooks = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                obj = ep.load()
+            except Exception as e:
+                raise CatalogError(
+                    f"rules entry point {ep.name!r} ({ep.value}) could not be loaded: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            hook = _hook_of(obj, ep.value)
+            if hook is not None:
+                hooks.append(hook)
+        _ENTRY_POINT_HOOKS = hooks
+    return _ENTRY_POINT_HOOKS
+
+
+class FederationRules:
+    """``fed.rules``: the rule sets of one federation's sources.
+
+    ``add`` puts rules in front of the rule set of every source of a kind, or of one named
+    source; other federations and sources opened later are not affected.
+
+    >>> import federator
+    >>> fed = federator.connect({"sources": {"lite": {"kind": "sqlite", "path": ":memory:"}}})
+    >>> fed.rules.add(Rule("SIMILARITY"), kind="sqlite")
+    ['lite']
+    >>> fed.rules["lite"].rules[0].label
+    'SIMILARITY'
+    >>> fed.close()
+    """
+
+    def __init__(self, adapters: Mapping[str, Any]):
+        self._adapters = adapters
+
+    def add(self, *rules: Rule, kind: str | None = None, source: str | None = None) -> list[str]:
+        """Add ``rules`` for sources of ``kind`` or for ``source``; returns the sources changed."""
+        from federator.errors import CatalogError, UnknownSourceError
+
+        if (kind is None) == (source is None):
+            raise TypeError("fed.rules.add(...) needs exactly one of kind= or source=")
+        if source is not None:
+            if source not in self._adapters:
+                raise UnknownSourceError(source, self._adapters)
+            names = [source]
+        else:
+            names = sorted(n for n, a in self._adapters.items() if a.kind == kind)
+            if not names:
+                kinds = sorted({a.kind for a in self._adapters.values()})
+                raise CatalogError(
+                    f"no source of kind {kind!r} in the catalog (kinds: {', '.join(kinds)})"
+                )
+        for name in names:
+            self._adapters[name].rules.add(*rules)
+        return names
+
+    def __getitem__(self, source: str) -> RuleSet:
+        from federator.errors import UnknownSourceError
+
+        if source not in self._adapters:
+            raise UnknownSourceError(source, self._adapters)
+        return self._adapters[source].rules  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._adapters)
+
+    def __repr__(self) -> str:
+        return f"<federator rules of {sorted(self._adapters)}>"
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FederationRules",
+    "Rule",
+    "RuleSet",
+    "add_rules",
+    "function_name",
+    "load_rule_modules",
+    "register",
+    "rule_set_for",
+    "rules_for_classes",
+]

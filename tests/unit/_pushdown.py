@@ -1,34 +1,5 @@
-"""Pushdown fixtures: federated SQL in, each fragment's native request and the residual out.
-
-Planning needs only table metadata, so the federation here is built from real adapters whose
-``tables()`` is replaced by a fixed list of :class:`TableInfo` (no server, no file is opened):
-planner unit testing on plain metadata.
-
-Fixture file format (``tests/fixtures/pushdown/<backend>/*.sql``)::
-
-    -- case: projection and filter are pushed
-    -- params: lo=10
-    SELECT name FROM lite.customers WHERE id > :lo
-    -- fragment lite
-    SELECT "customers"."name" AS "name" FROM "customers" AS "customers"
-    WHERE "customers"."id" > ?
-    -- bind: "o"."customer_id" <- f1.id
-    -- residual
-    none
-
-A case starts at ``-- case: NAME``. Its SQL runs up to the first section line. Sections:
-
-* ``-- fragment SOURCE``: the next fragment (in plan order) runs on SOURCE and its native
-  text is what follows. An optional ``-- bind: KEY <- PRODUCER.COLUMN`` line inside it says the
-  fragment is bind-joined; without one, the fragment must not be.
-* ``-- residual``: the residual SQL (DuckDB), or ``none`` when one fragment is the whole query.
-* ``-- note: TEXT`` (anywhere after the SQL): some plan or fragment note contains TEXT.
-* ``-- error: ErrorClass: TEXT``: planning raises ErrorClass with TEXT in its message.
-* ``-- params: a=1 b=x``: values for ``:a`` and ``:b`` (parsed like the CLI's ``--param``).
-* ``-- xfail: REASON``: a known planner gap; the case is a strict xfail.
-
-Native text and residual are compared with runs of whitespace collapsed, so expected SQL may
-be laid out on several lines. Lines starting with ``#`` are comments.
+"""The pushdown fixture machinery lives in :mod:`federator.rules_testing` (format, parser,
+offline shop federation, checks); this module adds the location of federator's own fixtures.
 
 ``python tests/unit/_pushdown.py FILE...`` rewrites the expected sections of fixture files
 from the current planner (read the diff before committing it).
@@ -36,291 +7,56 @@ from the current planner (read the diff before committing it).
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-from federator.adapters.base import TableInfo, TableRef
-
-import federator
-from federator.cli import parse_params
-from federator.plan.model import Plan
+from federator.rules_testing import (
+    CUSTOMERS,
+    ORDERS,
+    PRODUCTS,
+    SHOP_TABLES,
+    SOURCES,
+    Case,
+    ExpectedFragment,
+    actual,
+    bind_text,
+    differences,
+    fixed_tables,
+    parse_fixture,
+    planning_federation,
+    render_case,
+    squash,
+    update_file,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pushdown"
 
-# One logical shop on every backend, so single-source and cross-source cases mix freely.
-CUSTOMERS = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("name", pa.string()),
-        ("country", pa.string()),
-        ("signup", pa.date32()),
-    ]
-)
-ORDERS = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("product_id", pa.int64()),
-        ("amount", pa.decimal128(12, 2)),
-        ("status", pa.string()),
-        ("ordered_at", pa.timestamp("us")),
-    ]
-)
-PRODUCTS = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("name", pa.string()),
-        ("category", pa.string()),
-        ("price", pa.decimal128(10, 2)),
-    ]
-)
-SHOP_TABLES = {
-    "customers": (CUSTOMERS, 1_000),
-    "orders": (ORDERS, 100_000),
-    "products": (PRODUCTS, 200),
-}
-
-# source name -> (catalog entry, schema of its tables)
-SOURCES: dict[str, tuple[dict[str, Any], str]] = {
-    "pg": (
-        {"kind": "postgres", "dsn": "postgresql://fixture:s3cret@pg.invalid:5432/shop"},
-        "public",
-    ),
-    "my": ({"kind": "mysql", "dsn": "mysql://fixture:s3cret@my.invalid:3306/shop"}, "shop"),
-    "lite": ({"kind": "sqlite", "path": "fixture.db"}, "main"),
-    "lake": ({"kind": "files", "path": "lake"}, "main"),
-}
-
-
-def fixed_tables(source: str, schema: str) -> list[TableInfo]:
-    return [
-        TableInfo(source, TableRef(schema, name), arrow, rows)
-        for name, (arrow, rows) in SHOP_TABLES.items()
-    ]
-
-
-def planning_federation(sources: Iterable[str] = tuple(SOURCES)) -> federator.Federation:
-    """A federation over the fixture sources whose adapters report fixed tables (no I/O)."""
-    catalog = {"sources": {name: SOURCES[name][0] for name in sources}}
-    fed = federator.connect(catalog)
-    for name, adapter in fed.catalog.adapters.items():
-        infos = fixed_tables(name, SOURCES[name][1])
-
-        async def tables(infos: list[TableInfo] = infos) -> list[TableInfo]:
-            return infos
-
-        adapter.tables = tables  # type: ignore[method-assign]
-    return fed
-
-
-# ---- the fixture format ------------------------------------------------------------------
-@dataclass
-class ExpectedFragment:
-    source: str
-    text: str = ""
-    bind: str | None = None
-
-
-@dataclass
-class Case:
-    path: Path
-    name: str
-    line: int
-    sql: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    fragments: list[ExpectedFragment] = field(default_factory=list)
-    residual: str | None = None
-    notes: list[str] = field(default_factory=list)
-    error: tuple[str, str] | None = None
-    xfail: str | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def id(self) -> str:
-        return f"{self.path.parent.name}/{self.path.stem}: {self.name}"
-
-
-_SECTION = re.compile(r"^--\s*(case|params|fragment|bind|residual|note|error|xfail)\b:?\s*(.*)$")
-
-
-def parse_fixture(path: Path) -> list[Case]:
-    cases: list[Case] = []
-    case: Case | None = None
-    target: str | None = None  # "sql", "fragment", "residual"
-    buffer: list[str] = []
-
-    def flush() -> None:
-        nonlocal buffer
-        text = "\n".join(buffer).strip()
-        buffer = []
-        if case is None or target is None:
-            if text:
-                raise ValueError(f"{path}: text outside a case: {text[:40]!r}")
-            return
-        if target == "sql":
-            case.sql = text
-        elif target == "fragment":
-            case.fragments[-1].text = text
-        elif target == "residual":
-            case.residual = None if text.lower() == "none" else text
-
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.rstrip()
-        if line.lstrip().startswith("#"):
-            if case is not None:
-                case.comments.append(line)
-            continue
-        m = _SECTION.match(line)
-        if m is None:
-            buffer.append(line)
-            continue
-        word, rest = m.group(1), m.group(2).strip()
-        if word == "case":
-            flush()
-            case = Case(path, rest, number)
-            cases.append(case)
-            target = "sql"
-            continue
-        if case is None:
-            raise ValueError(f"{path}:{number}: {word!r} before any '-- case:'")
-        if word == "params":
-            case.params.update(parse_params(rest.split()))
-        elif word == "note":
-            case.notes.append(rest)
-        elif word == "xfail":
-            case.xfail = rest
-        elif word == "error":
-            cls, _, text = rest.partition(":")
-            case.error = (cls.strip(), text.strip())
-        elif word == "bind":
-            if target != "fragment":
-                raise ValueError(f"{path}:{number}: '-- bind:' belongs inside a fragment section")
-            case.fragments[-1].bind = rest
-        elif word == "fragment":
-            flush()
-            case.fragments.append(ExpectedFragment(rest))
-            target = "fragment"
-        elif word == "residual":
-            flush()
-            target = "residual"
-    flush()
-    return cases
+__all__ = [
+    "CUSTOMERS",
+    "FIXTURES",
+    "ORDERS",
+    "PRODUCTS",
+    "SHOP_TABLES",
+    "SOURCES",
+    "Case",
+    "ExpectedFragment",
+    "actual",
+    "bind_text",
+    "collect",
+    "differences",
+    "fixed_tables",
+    "parse_fixture",
+    "planning_federation",
+    "render_case",
+    "squash",
+    "update_file",
+]
 
 
 def collect(backend: str) -> list[Case]:
     return [
         case for path in sorted((FIXTURES / backend).glob("*.sql")) for case in parse_fixture(path)
     ]
-
-
-# ---- checking ----------------------------------------------------------------------------
-def squash(text: str | None) -> str | None:
-    return None if text is None else " ".join(text.split())
-
-
-def bind_text(plan: Plan, fid: str) -> str | None:
-    b = plan.fragment(fid).bind
-    return None if b is None else f"{b.key.sql()} <- {b.producer}.{b.producer_column}"
-
-
-def actual(fed: federator.Federation, case: Case) -> tuple[Plan | None, BaseException | None]:
-    try:
-        return fed.sql(case.sql, case.params).plan, None
-    except federator.FederatorError as e:
-        return None, e
-
-
-def differences(fed: federator.Federation, case: Case) -> list[str]:
-    """What differs between a case's expectations and the planner (empty when it passes)."""
-    plan, error = actual(fed, case)
-    out: list[str] = []
-    if case.error is not None:
-        cls, text = case.error
-        if error is None:
-            return [f"expected {cls} ({text}) but the query planned"]
-        if type(error).__name__ != cls or text not in str(error):
-            out.append(f"expected {cls}: {text}\n     got {type(error).__name__}: {error}")
-        return out
-    if error is not None:
-        return [f"planning failed: {type(error).__name__}: {error}"]
-    assert plan is not None
-    if len(plan.fragments) != len(case.fragments):
-        out.append(f"expected {len(case.fragments)} fragment(s), got {len(plan.fragments)}")
-    for i, (want, frag) in enumerate(zip(case.fragments, plan.fragments, strict=False)):
-        got_text = plan.requests[frag.id].text
-        if want.source != frag.source:
-            out.append(f"fragment {i}: expected source {want.source}, got {frag.source}")
-        if squash(want.text) != squash(got_text):
-            out.append(
-                f"fragment {i} ({frag.source}) native request:\n  expected: "
-                f"{squash(want.text)}\n       got: {squash(got_text)}"
-            )
-        got_bind = bind_text(plan, frag.id)
-        if want.bind != got_bind:
-            out.append(f"fragment {i}: expected bind {want.bind}, got {got_bind}")
-    if squash(case.residual) != squash(plan.residual_sql):
-        want, got = squash(case.residual), squash(plan.residual_sql)
-        out.append(f"residual:\n  expected: {want}\n       got: {got}")
-    notes = plan.notes + [n for f in plan.fragments for n in f.notes]
-    for note in case.notes:
-        if not any(note in n for n in notes):
-            out.append(f"no note contains {note!r}; notes: {notes}")
-    return out
-
-
-def render_case(fed: federator.Federation, case: Case) -> Iterator[str]:
-    """The case's text with expected sections taken from the current planner (update mode)."""
-    yield f"-- case: {case.name}"
-    yield from case.comments
-    if case.xfail:
-        yield f"-- xfail: {case.xfail}"
-    if case.params:
-        yield "-- params: " + " ".join(f"{k}={v}" for k, v in case.params.items())
-    yield case.sql
-    for note in case.notes:
-        yield f"-- note: {note}"
-    plan, error = actual(fed, case)
-    if case.xfail:  # keep the hand-written expectation of a known gap
-        for f in case.fragments:
-            yield f"-- fragment {f.source}"
-            yield f.text
-            if f.bind:
-                yield f"-- bind: {f.bind}"
-        if case.error:
-            yield f"-- error: {case.error[0]}: {case.error[1]}"
-        else:
-            yield "-- residual"
-            yield case.residual or "none"
-        return
-    if error is not None:
-        yield f"-- error: {type(error).__name__}: {case.error[1] if case.error else error}"
-        return
-    assert plan is not None
-    for frag in plan.fragments:
-        yield f"-- fragment {frag.source}"
-        yield plan.requests[frag.id].text
-        bind = bind_text(plan, frag.id)
-        if bind:
-            yield f"-- bind: {bind}"
-    yield "-- residual"
-    yield plan.residual_sql or "none"
-
-
-def update_file(fed: federator.Federation, path: Path) -> None:
-    header = []
-    for line in path.read_text().splitlines():
-        if line.startswith("-- case:"):
-            break
-        header.append(line)
-    body = ["\n".join(render_case(fed, case)) for case in parse_fixture(path)]
-    path.write_text(
-        "\n".join(header).rstrip("\n") + ("\n\n" if header else "") + "\n\n".join(body) + "\n"
-    )
 
 
 if __name__ == "__main__":
