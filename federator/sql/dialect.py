@@ -1,29 +1,232 @@
 """The federated dialect: PostgreSQL's syntax, registered under the name ``federated``.
 
-Later additions (vector operators, table functions) are declared here, in sqlglot's style.
+It adds pgvector's similarity operators, read as their own expressions (out of the box sqlglot
+reads ``<=>`` as MySQL's null-safe equality and cannot read ``<#>`` at all):
+
+=====================  ==========================  =====================================
+operator / function    expression                  meaning
+=====================  ==========================  =====================================
+``a <-> b``            :class:`L2Distance`         Euclidean distance
+``a <=> b``            :class:`CosineDistance`     cosine distance (1 - cosine similarity)
+``a <#> b``            :class:`NegInnerProduct`    negative inner product
+``l2_distance(a, b)``  :class:`L2Distance`         same as ``<->``
+``cosine_distance``    :class:`CosineDistance`     same as ``<=>``
+``inner_product``      :class:`InnerProduct`       inner product (``-(a <#> b)``)
+=====================  ==========================  =====================================
+
+The query vector is a bound parameter (``:q`` with a list, numpy array or torch tensor, see
+:func:`vector_params`) or a ``'[1, 2, 3]'`` literal.
 
 >>> parse("SELECT a FROM pg.t WHERE b = :b").sql(dialect="federated")
 'SELECT a FROM pg.t WHERE b = :b'
+>>> q = parse("SELECT id FROM m.items ORDER BY emb <=> :q LIMIT 5")
+>>> type(q.args["order"].expressions[0].this).__name__
+'CosineDistance'
+>>> q.sql(dialect="federated")
+'SELECT id FROM m.items ORDER BY emb <=> :q LIMIT 5'
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.generator import Generator
+from sqlglot.tokens import TokenType
 
-from federator.errors import SQLSyntaxError, UnsupportedError
+from federator.errors import ParameterError, SQLSyntaxError, UnsupportedError
+
+# ``<#>`` needs a token of its own; this one is unused by PostgreSQL's tokenizer and parser.
+_NEG_IP_TOKEN = TokenType.DCOLONQMARK
+
+
+class VectorDistance(exp.Expression, exp.Binary):
+    """Base of the vector similarity expressions: ``this`` and ``expression`` are vectors.
+
+    ``metric`` names the measure (``l2``, ``cosine``, ``neg_ip``, ``ip``); ``operator`` is the
+    pgvector operator, or None where pgvector only has a function; ``function`` is pgvector's
+    function name. Smaller is nearer for every metric except ``ip``.
+    """
+
+    metric: ClassVar[str] = ""
+    operator: ClassVar[str | None] = None
+    function: ClassVar[str] = ""
+    ascending: ClassVar[bool] = True  # ORDER BY … ASC gives nearest first
+
+
+class L2Distance(VectorDistance):
+    metric, operator, function = "l2", "<->", "l2_distance"
+
+
+class CosineDistance(VectorDistance):
+    metric, operator, function = "cosine", "<=>", "cosine_distance"
+
+
+class NegInnerProduct(VectorDistance):
+    metric, operator, function = "neg_ip", "<#>", "negative_inner_product"
+
+
+class InnerProduct(VectorDistance):
+    metric, operator, function, ascending = "ip", None, "inner_product", False
+
+
+VECTOR_OPS: tuple[type[VectorDistance], ...] = (
+    L2Distance,
+    CosineDistance,
+    NegInnerProduct,
+    InnerProduct,
+)
+
+
+def _vector_sql(self: Any, expression: VectorDistance) -> str:
+    """pgvector's spelling: the operator where there is one, else the function.
+
+    PostgreSQL binds user-defined operators looser than + and -, sqlglot's tree does not say
+    so: arithmetic around or inside the operator is parenthesized explicitly."""
+    if expression.operator is None:
+        return self.func(expression.function, expression.this, expression.expression)
+    left, right = (
+        f"({self.sql(e)})" if _arithmetic(e) else self.sql(e)
+        for e in (expression.this, expression.expression)
+    )
+    text = f"{left} {expression.operator} {right}"
+    return f"({text})" if _arithmetic(expression.parent) else text
+
+
+def _arithmetic(node: exp.Expression | None) -> bool:
+    return isinstance(node, (exp.Binary, exp.Neg)) and not isinstance(
+        node, (exp.Predicate, exp.Connector, VectorDistance)
+    )
+
+
+def _builder(cls: type[VectorDistance]) -> Any:
+    def build(args: list[exp.Expression]) -> exp.Expression:
+        if len(args) != 2:
+            raise ParseError(f"{cls.function}() takes two vectors, got {len(args)} argument(s)")
+        return cls(this=args[0], expression=args[1])
+
+    return build
 
 
 class Federated(Postgres):
-    """PostgreSQL syntax with ``:name`` parameters."""
+    """PostgreSQL syntax with ``:name`` parameters and pgvector's operators."""
+
+    class Tokenizer(Postgres.Tokenizer):
+        KEYWORDS = {**Postgres.Tokenizer.KEYWORDS, "<#>": _NEG_IP_TOKEN}
+
+    class Parser(Postgres.Parser):
+        # PostgreSQL gives user-defined operators one precedence; sqlglot already reads <->
+        # at the level of * and /, so all three sit there.
+        EQUALITY = {k: v for k, v in Postgres.Parser.EQUALITY.items() if k != TokenType.NULLSAFE_EQ}
+        FACTOR = {
+            **Postgres.Parser.FACTOR,
+            TokenType.LR_ARROW: L2Distance,
+            TokenType.NULLSAFE_EQ: CosineDistance,
+            _NEG_IP_TOKEN: NegInnerProduct,
+        }
+        FUNCTIONS = {
+            **Postgres.Parser.FUNCTIONS,
+            "L2_DISTANCE": _builder(L2Distance),
+            "COSINE_DISTANCE": _builder(CosineDistance),
+            "INNER_PRODUCT": _builder(InnerProduct),
+            "NEGATIVE_INNER_PRODUCT": _builder(NegInnerProduct),
+        }
 
     class Generator(Postgres.Generator):
-        TRANSFORMS = {**Postgres.Generator.TRANSFORMS}
+        TRANSFORMS = {**Postgres.Generator.TRANSFORMS, **dict.fromkeys(VECTOR_OPS, _vector_sql)}
 
         def placeholder_sql(self, expression: exp.Placeholder) -> str:
             return f":{expression.name}" if expression.name else "?"
+
+
+# Adapters render fragments in sqlglot's own "postgres" dialect (pgvector's home), and messages
+# use sqlglot's default one: teach both our expressions. Only entries for classes defined here.
+for _cls in VECTOR_OPS:
+    Postgres.Generator.TRANSFORMS.setdefault(_cls, _vector_sql)
+    Generator.TRANSFORMS.setdefault(_cls, _vector_sql)
+
+
+# ---- the residual (DuckDB) ------------------------------------------------------------------
+_DUCKDB_FUNCS = {
+    "l2": "list_distance",
+    "cosine": "list_cosine_distance",
+    "neg_ip": "list_negative_inner_product",
+    "ip": "list_inner_product",
+}
+
+
+def to_duckdb_vector(node: exp.Expression) -> exp.Expression:
+    """A vector expression as DuckDB's list function over DOUBLE[] operands (anything else
+    unchanged). Vectors reach the residual as lists or as pgvector text '[1,2,3]'; both cast.
+
+    >>> to_duckdb_vector(parse("SELECT a <=> b").selects[0]).sql("duckdb")
+    'LIST_COSINE_DISTANCE(CAST(a AS DOUBLE[]), CAST(b AS DOUBLE[]))'
+    """
+    if not isinstance(node, VectorDistance):
+        return node
+    dtype = exp.DataType.build("DOUBLE[]", dialect="duckdb")
+    args = [exp.cast(arg.copy(), dtype) for arg in (node.this, node.expression)]
+    return exp.Anonymous(this=_DUCKDB_FUNCS[node.metric], expressions=args)
+
+
+# ---- vector values -------------------------------------------------------------------------
+def vector_value(value: Any) -> list[float] | None:
+    """A query vector as a list of floats: from a list/tuple of numbers, a numpy array, a torch
+    tensor (anything 1-D with ``tolist``), or pgvector text ``'[1,2,3]'``; None if not a vector.
+
+    >>> vector_value("[1, 2.5]")
+    [1.0, 2.5]
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.startswith("[") and text.endswith("]")):
+            return None
+        try:
+            items = json.loads(text)
+        except ValueError:
+            return None
+        return [float(x) for x in items] if all(_is_number(x) for x in items) else None
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        value = value.detach().cpu()
+    if hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1:
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and value and all(_is_number(x) for x in value):
+        return [float(x) for x in value]
+    return None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def vector_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters with numpy arrays and torch tensors turned into lists of floats, so every
+    driver (and DuckDB in the residual) takes them; other values pass unchanged."""
+    out = dict(params)
+    for name, value in params.items():
+        if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+            vec = vector_value(value)
+            if vec is None:
+                raise ParameterError(f"parameter :{name} is an array but not a vector")
+            out[name] = vec
+    return out
+
+
+def vector_text(value: Any) -> str:
+    """pgvector's text form of a vector value (what asyncpg sends for a ``::vector`` cast).
+
+    >>> vector_text([1, 2.5])
+    '[1.0,2.5]'
+    """
+    vec = vector_value(value)
+    if vec is None:
+        raise ParameterError(f"not a vector: {value!r:.60}")
+    return "[" + ",".join(repr(x) for x in vec) + "]"
 
 
 def parse(sql: str) -> exp.Query:
