@@ -380,7 +380,8 @@ class RedisAdapter(Adapter):
         t = req.table
         fetch = "pipelined HGETALL" if t.type == "hash" else "MGET"
         lines = []
-        constrained = set(req.keys) | ({req.bind_column} if req.bind_column else set())
+        bind_key = req.bind_column if req.bind_column in t.key_columns else None
+        constrained = set(req.keys) | ({bind_key} if bind_key else set())
         if set(t.key_columns) <= constrained:
             conds = []
             for k in t.key_columns:
@@ -416,6 +417,8 @@ class RedisAdapter(Adapter):
                 lines.append(f"keep keys with {k} IN ({'; '.join(_show(v) for v in lists)})")
         for column, lists in req.filters.items():
             lines.append(f"keep rows with {column} IN ({'; '.join(_show(v) for v in lists)})")
+        if req.bind_column is not None and bind_key is None:
+            lines.append(f"keep rows with {req.bind_column} <- bind-join keys")
         if req.limit is not None:
             lines.append(f"stop after {req.limit:,} rows")
         return "\n".join(lines)
@@ -436,10 +439,14 @@ class RedisAdapter(Adapter):
             for values in lists:
                 texts = {key_text(v, t.columns[column]) for v in bound(values)} - {None}
                 key_sets[column] = key_sets[column] & texts if column in key_sets else texts
+        bind_filter: set[Any] | None = None
         if req.bind_column is not None and bind_values is not None:
-            texts = {key_text(v, t.columns[req.bind_column]) for v in bind_values} - {None}
             c = req.bind_column
-            key_sets[c] = key_sets[c] & texts if c in key_sets else texts
+            if c in t.key_columns:
+                texts = {key_text(v, t.columns[c]) for v in bind_values} - {None}
+                key_sets[c] = key_sets[c] & texts if c in key_sets else texts
+            else:  # a value column: Redis cannot filter it, so the rows are kept here
+                bind_filter = set(bind_values)
         filters = {
             column: [
                 {from_text(v, t.columns[column]) if isinstance(v, str) else v for v in bound(vs)}
@@ -447,6 +454,8 @@ class RedisAdapter(Adapter):
             ]
             for column, lists in req.filters.items()
         }
+        if bind_filter is not None:
+            filters.setdefault(req.bind_column, []).append(bind_filter)
         await self.open()
         if all(k in key_sets for k in t.key_columns):
             combos = itertools.product(*(sorted(key_sets[k]) for k in t.key_columns))

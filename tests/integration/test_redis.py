@@ -86,6 +86,8 @@ def fed(redis_dsn: str, data: None, tmp_path_factory: pytest.TempPathFactory):
         "INSERT INTO users VALUES (?, ?)",
         [(i, "DE" if i % 25 == 0 else "FR") for i in range(N_USERS)],
     )
+    con.execute("CREATE TABLE segments (name TEXT, label TEXT)")
+    con.executemany("INSERT INTO segments VALUES (?, ?)", [("a", "Alpha"), ("c", "Gamma")])
     con.commit()
     con.close()
     catalog = {
@@ -170,3 +172,22 @@ def test_join_binds_keys_from_the_other_source(fed: federator.Federation) -> Non
 def test_conversion_error_names_key_and_field(fed: federator.Federation) -> None:
     with pytest.raises(SourceError, match=r"key 'broken:1' field 'clicks_7d'"):
         fed.sql("SELECT clicks_7d FROM kv.broken WHERE id = 1").to_arrow()
+
+
+def test_join_on_a_value_column_filters_scanned_rows(fed: federator.Federation) -> None:
+    query = """
+        SELECT s.label, count(*) AS n
+        FROM app.segments AS s JOIN kv.user_features AS f ON f.segment = s.name
+        GROUP BY s.label ORDER BY s.label
+    """
+    plan = fed.explain(query)
+    assert "SCAN" in plan, plan
+    present = [u for u in range(N_USERS) if u not in MISSING]
+    want = {"Alpha": 0, "Gamma": 0}
+    for u in present:
+        seg = features(u)["segment"]
+        if seg == "a":
+            want["Alpha"] += 1
+        elif seg == "c":
+            want["Gamma"] += 1
+    assert rows(fed.sql(query)) == [{"label": k, "n": v} for k, v in sorted(want.items())]

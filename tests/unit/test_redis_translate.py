@@ -1,0 +1,148 @@
+"""Redis translation without a server: pushdown fixtures (SQL in, exact Redis commands out) and
+the pure helpers (key templates, SCAN patterns, value conversion).
+
+Fixture cases: tests/fixtures/pushdown/redis/*.sql. Regenerate their expected sections from the
+current translator with ``python tests/unit/test_redis_translate.py`` and read the diff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from federator.adapters.redis import KVTable, from_text, key_text
+
+import federator
+from federator.errors import CatalogError
+
+REDIS_SOURCE: dict[str, Any] = {
+    "kind": "redis",
+    "url": "redis://:s3cret@redis.invalid:6379/0",
+    "tables": {
+        "user_features": {
+            "key": "features:{user_id}",
+            "type": "hash",
+            "rows": 100_000,
+            "columns": {"user_id": "int64", "clicks_7d": "float64", "segment": "string"},
+        },
+        "profiles": {
+            "key": "profile:{user_id}",
+            "type": "json",
+            "rows": 100_000,
+            "columns": {"user_id": "int64", "name": "string"},
+        },
+        "scores": {
+            "key": "score:{version}:{user_id}",
+            "type": "string",
+            "rows": 100_000,
+            "columns": {"version": "string", "user_id": "int64", "score": "int64"},
+        },
+    },
+}
+
+
+def redis_federation() -> federator.Federation:
+    """Redis with declared tables and row counts (no I/O) beside the fixture SQLite source."""
+    fed = federator.connect({"sources": {"kv": REDIS_SOURCE, "lite": SOURCES["lite"][0]}})
+    infos = fixed_tables("lite", SOURCES["lite"][1])
+
+    async def tables() -> list:
+        return infos
+
+    fed.catalog.adapters["lite"].tables = tables  # type: ignore[method-assign]
+    return fed
+
+
+@pytest.fixture(scope="module")
+def fed() -> Iterator[federator.Federation]:
+    federation = redis_federation()
+    yield federation
+    federation.close()
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
+        )
+        for c in collect("redis")
+    ]
+
+
+def test_there_are_redis_fixtures() -> None:
+    assert len(collect("redis")) >= 5
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_redis_pushdown(fed: federator.Federation, case: Case) -> None:
+    assert not (diff := differences(fed, case)), "\n".join(diff)
+
+
+def test_explain_hides_the_password(fed: federator.Federation) -> None:
+    assert "s3cret" not in fed.explain("SELECT segment FROM kv.user_features WHERE user_id = 1")
+    assert "s3cret" not in repr(fed.catalog.adapters["kv"])
+
+
+# ---- pure helpers -------------------------------------------------------------------------
+def test_key_template_round_trips() -> None:
+    t = KVTable("t", "s:{app}:{id}", "hash", {"app": pa.string(), "id": pa.int64()})
+    assert t.key_columns == ["app", "id"]
+    assert t.key({"app": "web", "id": "7"}) == "s:web:7"
+    assert t.parse_key("s:web:7") == {"app": "web", "id": "7"}
+    assert t.parse_key("x:web:7") is None
+    assert t.pattern({}) == "s:*:*"
+    assert t.pattern({"app": "w*b"}) == r"s:w\*b:*"
+
+
+def test_template_and_table_errors() -> None:
+    with pytest.raises(CatalogError, match="names no"):
+        KVTable("t", "constant", "hash", {})
+    with pytest.raises(CatalogError, match="one column besides the key"):
+        KVTable("t", "k:{id}", "string", {"id": pa.int64(), "a": pa.int64(), "b": pa.int64()})
+    with pytest.raises(CatalogError, match="declares no tables"):
+        federator.connect({"sources": {"kv": {"kind": "redis", "url": "redis://h:1/0"}}})
+    with pytest.raises(CatalogError, match="has type 'set'"):
+        federator.connect(
+            {
+                "sources": {
+                    "kv": {
+                        "kind": "redis",
+                        "url": "redis://h:1/0",
+                        "tables": {"t": {"key": "k:{id}", "type": "set"}},
+                    }
+                }
+            }
+        )
+
+
+def test_values_convert_by_declared_type() -> None:
+    assert from_text("42", pa.int64()) == 42
+    assert from_text("1.5", pa.float64()) == 1.5
+    assert from_text("true", pa.bool_()) is True and from_text("0", pa.bool_()) is False
+    assert from_text("1.10", pa.decimal128(10, 2)) == decimal.Decimal("1.10")
+    assert from_text("2024-01-02", pa.date32()) == dt.date(2024, 1, 2)
+    assert from_text("[1, 2]", pa.list_(pa.int64())) == [1, 2]
+    assert from_text(3.0, pa.int64()) == 3  # a JSON number
+    with pytest.raises(ValueError):
+        from_text("lots", pa.float64())
+    assert key_text(5, pa.int64()) == "5"
+    assert key_text(5.0, pa.int64()) == "5"
+    assert key_text(5.5, pa.int64()) is None  # cannot be an integer key
+    assert key_text("a", pa.string()) == "a"
+
+
+if __name__ == "__main__":
+    federation = redis_federation()
+    try:
+        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "redis").glob("*.sql")):
+            update_file(federation, p)
+            print(f"updated {p}")
+    finally:
+        federation.close()
