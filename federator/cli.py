@@ -1,4 +1,5 @@
-"""The ``federator`` command line: ``query``, ``explain``, ``sources`` and ``demo``.
+"""The ``federator`` command line: ``query``, ``explain``, ``sources``, ``demo``, ``repl`` and
+``rules test``.
 
 Exit codes: 0 ok, 1 query error (one ``error: ...`` line on stderr; ``--debug`` adds the
 traceback), 2 usage error. The catalog comes from ``--catalog``, else ``$FEDERATOR_CATALOG``,
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--analyze", action="store_true", help="run the query and add rows, bytes and times"
     )
+    e.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show which rule pushed or refused each expression",
+    )
     e.set_defaults(command="explain", run=cmd_explain)
 
     s = sub.add_parser(
@@ -188,7 +195,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     d.set_defaults(command="demo", run=cmd_demo)
+
+    r = sub.add_parser(
+        "repl",
+        parents=[common],
+        help="an interactive SQL terminal over the catalog",
+        description="Interactive federated SQL: multi-line statements end at ';', history, "
+        "completion of sources, tables and columns; \\? lists the meta commands.",
+    )
+    r.add_argument(
+        "catalog_file", nargs="?", metavar="CATALOG", help="catalog TOML (same as --catalog)"
+    )
+    r.add_argument(
+        "--history",
+        metavar="FILE",
+        help="history file (default: $FEDERATOR_HISTORY, else ~/.federator_history)",
+    )
+    r.add_argument(
+        "--max-rows",
+        type=int,
+        default=100,
+        metavar="N",
+        help="rows shown per result (default 100; 0 shows all)",
+    )
+    r.set_defaults(command="repl", run=cmd_repl)
+
+    rules = sub.add_parser(
+        "rules",
+        help="work with pushdown rules (rules test FIXTURES...)",
+        description="Pushdown rule authoring: check fixture files of federated SQL in and "
+        "native requests out.",
+    )
+    rules.set_defaults(command="rules", run=lambda a: _usage(rules))
+    rsub = rules.add_subparsers(title="rules commands", metavar="COMMAND")
+    rt = rsub.add_parser(
+        "test",
+        help="check pushdown fixture files against the planner",
+        description="Plan every case of the fixture files (folders: every *.sql inside) and "
+        "compare fragments, native requests and residual; a difference is printed as a diff. "
+        "Plans against an offline shop (sources pg, my, lite, lake with tables customers, "
+        "orders, products) unless --catalog is given. Exit 1 when a case fails.",
+    )
+    rt.add_argument("fixtures", nargs="+", metavar="FIXTURES", help="fixture files or folders")
+    rt.add_argument(
+        "--catalog",
+        "-c",
+        metavar="FILE",
+        help="plan against this catalog's sources (reads their metadata) instead of the shop",
+    )
+    rt.add_argument(
+        "--rules",
+        "-r",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="load a rule plug-in first (module path or .py file); repeatable",
+    )
+    rt.add_argument("--verbose", "-v", action="store_true", help="list passing cases too")
+    rt.add_argument(
+        "--update",
+        action="store_true",
+        help="rewrite the expected sections from the current planner (read the diff after)",
+    )
+    rt.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    rt.set_defaults(command="rules test", run=cmd_rules_test)
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -217,7 +293,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     text = read_sql(args.sql)
     params = parse_params(args.param)
     with open_catalog(args.catalog) as fed:
-        print(fed.sql(text, params, timeout=args.timeout).explain(analyze=args.analyze))
+        result = fed.sql(text, params, timeout=args.timeout)
+        print(result.explain(analyze=args.analyze))
+        if args.verbose:
+            from federator.rules_testing import explain_rules
+
+            print("\n".join(explain_rules(fed, result.plan)))
     return EXIT_OK
 
 
@@ -254,6 +335,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.dir, out=sys.stdout)
     return EXIT_OK
+
+
+def cmd_repl(args: argparse.Namespace) -> int:
+    from federator.repl import run_repl
+
+    if args.catalog_file and args.catalog:
+        raise UsageError("give the catalog once: CATALOG or --catalog")
+    path = catalog_path(args.catalog_file or args.catalog)
+    return run_repl(path, history=args.history, debug=args.debug, max_rows=args.max_rows)
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from federator import rules_testing as rt
+    from federator.federation import connect
+    from federator.rules import load_rule_modules
+
+    try:
+        files = rt.fixture_files(args.fixtures)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    if not files:
+        raise UsageError(f"no *.sql fixture files in {', '.join(args.fixtures)}")
+    if args.catalog:
+        hooks = load_rule_modules(args.rules, entry_points=False)
+        fed = connect(args.catalog)
+        for hook in hooks:
+            hook(fed)
+    else:
+        fed = rt.planning_federation(rules=args.rules)
+    with fed:
+        if args.update:
+            for path in files:
+                rt.update_file(fed, path)
+                print(f"updated {path}")
+            return EXIT_OK
+        try:
+            results = rt.check(fed, files)
+        except ValueError as e:  # a malformed fixture file
+            raise UsageError(str(e)) from None
+    for line in rt.report(results, verbose=args.verbose):
+        print(line)
+    return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERROR
 
 
 # ---- inputs -----------------------------------------------------------------------------

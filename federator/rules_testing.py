@@ -498,10 +498,9 @@ def explain_rules(fed: federator.Federation, plan: Plan) -> list[str]:
             refused = _refusal_of(fed, node, aliases)
             if refused is None:
                 continue
-            line = f"    kept {_short(node)}: {refused}"
-            if line not in seen:
-                seen.add(line)
-                lines.append(line)
+            if refused not in seen:  # the outermost expression a refusal keeps, once
+                seen.add(refused)
+                lines.append(f"    kept {_short(node)}: {refused}")
         if not seen:
             lines.append("    (every expression a source's rules refused was pushed elsewhere)")
     return lines

@@ -282,7 +282,8 @@ class FederationRules:
         self._adapters = adapters
 
     def add(self, *rules: Rule, kind: str | None = None, source: str | None = None) -> list[str]:
-        """Add ``rules`` for sources of ``kind`` or for ``source``; returns the sources changed."""
+        """Add ``rules`` for sources of ``kind`` or for ``source``; returns the sources changed
+        (none when the catalog has no source of that kind)."""
         from federator.errors import CatalogError, UnknownSourceError
 
         if (kind is None) == (source is None):
@@ -292,11 +293,14 @@ class FederationRules:
                 raise UnknownSourceError(source, self._adapters)
             names = [source]
         else:
+            from federator.adapters import ALIASES, BUILT_IN
+
+            kind = ALIASES.get(str(kind), str(kind))
             names = sorted(n for n, a in self._adapters.items() if a.kind == kind)
-            if not names:
-                kinds = sorted({a.kind for a in self._adapters.values()})
+            if not names and kind not in BUILT_IN:  # a typo, not a catalog without that kind
+                known = sorted(set(BUILT_IN) | {a.kind for a in self._adapters.values()})
                 raise CatalogError(
-                    f"no source of kind {kind!r} in the catalog (kinds: {', '.join(kinds)})"
+                    f"unknown source kind {kind!r} (known kinds: {', '.join(known)})"
                 )
         for name in names:
             self._adapters[name].rules.add(*rules)

@@ -1,0 +1,270 @@
+"""Rule authoring: fed.rules.add, plug-ins from the catalog and entry points, the fixture
+loop (`federator rules test`, pytest helpers), EXPLAIN naming the rule that pushed or refused,
+and the worked pg_trgm example in examples/rules/."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from federator.rules import Rule, add_rules, rule_set_for
+
+import federator
+from federator import cli
+from federator import rules as rules_module
+from federator.demo import catalog_toml
+from federator.rules_testing import (
+    Case,
+    assert_fixtures,
+    differences,
+    explain_rules,
+    planning_federation,
+    pytest_params,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "rules"
+TRGM = str(EXAMPLE / "pg_trgm.py")
+SIMILAR = "SELECT name FROM pg.customers WHERE similarity(name, 'ada') > 0.3"
+
+
+@pytest.fixture(scope="module")
+def trgm_fed() -> Iterator[federator.Federation]:
+    fed = planning_federation(rules=[TRGM])
+    yield fed
+    fed.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- the worked example --------------------------------------------------------------
+@pytest.mark.parametrize("case", pytest_params(EXAMPLE / "fixtures"))
+def test_example_fixture(trgm_fed: federator.Federation, case: Case) -> None:
+    assert not (diff := differences(trgm_fed, case)), "\n".join(diff)
+
+
+def test_example_fixtures_with_the_helper() -> None:
+    assert_fixtures(EXAMPLE / "fixtures", rules=[TRGM])
+
+
+def test_example_fixtures_fail_without_the_rules() -> None:
+    with pytest.raises(AssertionError, match=r"FAIL .*pg_trgm.sql:\d+") as info:
+        assert_fixtures(EXAMPLE / "fixtures")
+    assert "expected: SELECT" in str(info.value) and "got: SELECT" in str(info.value)
+
+
+def test_write_renders_natively(trgm_fed: federator.Federation) -> None:
+    plan = trgm_fed.sql("SELECT name FROM pg.customers WHERE trgm_match(name, :q)", {"q": "x"}).plan
+    assert plan.requests[plan.fragments[0].id].text.endswith('("customers"."name" % $1)')
+
+
+# ---- fed.rules ------------------------------------------------------------------------
+def test_rules_add_by_kind_and_source() -> None:
+    fed = planning_federation()
+    try:
+        assert fed.sql(SIMILAR).plan.residual is not None  # not pushed by default
+        assert fed.rules.add(Rule("SIMILARITY"), kind="postgresql") == ["pg"]
+        assert fed.sql(SIMILAR).plan.residual is None
+        assert fed.rules.add(Rule("SIMILARITY"), source="my") == ["my"]
+        assert "SIMILARITY" in fed.explain(SIMILAR.replace("pg.", "my."))
+        assert fed.rules.add(Rule("SIMILARITY"), kind="mongo") == []  # known kind, no source
+        assert fed.rules["lite"].refusal is not None
+    finally:
+        fed.close()
+    other = planning_federation()  # another federation is not changed
+    try:
+        assert other.sql(SIMILAR).plan.residual is not None
+    finally:
+        other.close()
+
+
+def test_rules_add_mistakes() -> None:
+    fed = planning_federation(["lite"])
+    try:
+        with pytest.raises(federator.UnknownSourceError, match="did you mean 'lite'"):
+            fed.rules.add(Rule("F"), source="lit")
+        with pytest.raises(federator.CatalogError, match="unknown source kind 'postgress'"):
+            fed.rules.add(Rule("F"), kind="postgress")
+        with pytest.raises(TypeError, match="exactly one of kind= or source="):
+            fed.rules.add(Rule("F"))
+    finally:
+        fed.close()
+
+
+# ---- plug-ins -------------------------------------------------------------------------
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    saved = dict(rules_module._REGISTRY)
+    hooks = rules_module._ENTRY_POINT_HOOKS
+    yield
+    rules_module._REGISTRY.clear()
+    rules_module._REGISTRY.update(saved)
+    rules_module._ENTRY_POINT_HOOKS = hooks
+
+
+def test_catalog_rules_key_loads_a_module_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registry: None
+) -> None:
+    (tmp_path / "my_rules_by_import.py").write_text(
+        textwrap.dedent("""
+        from federator.rules import Rule, add_rules
+        add_rules("sqlite", Rule("ZZ_ONLY_IN_THIS_TEST"))
+        """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    catalog: dict[str, Any] = {
+        "sources": {"lite": {"kind": "sqlite", "path": ":memory:"}},
+        "rules": ["my_rules_by_import"],
+    }
+    with federator.connect(catalog) as fed:
+        assert fed.rules["lite"].rules[0].label == "ZZ_ONLY_IN_THIS_TEST"
+    assert rule_set_for("sqlite").rules[0].label == "ZZ_ONLY_IN_THIS_TEST"
+
+
+def test_catalog_rules_key_from_toml_runs_the_hook(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        f'rules = ["{TRGM}"]\n[sources.pg]\nkind = "postgres"\n'
+        'dsn = "postgresql://u:pw@pg.invalid:5432/db"\n'
+    )
+    with federator.connect(path) as fed:
+        assert [r.name for r in fed.rules["pg"].rules[:3]] == [
+            "pg_trgm.similarity",
+            "pg_trgm.word_similarity",
+            "pg_trgm.match",
+        ]
+    assert rule_set_for("postgres").rules[0].name != "pg_trgm.similarity"  # hook: scoped
+
+
+def test_catalog_rules_module_missing() -> None:
+    catalog = {
+        "sources": {"lite": {"kind": "sqlite", "path": ":memory:"}},
+        "rules": ["no_such_rules_module_xyz"],
+    }
+    with pytest.raises(federator.CatalogError, match="'no_such_rules_module_xyz' could not"):
+        federator.connect(catalog)
+
+
+def test_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registry: None
+) -> None:
+    (tmp_path / "ep_rules_pkg.py").write_text(
+        "from federator.rules import Rule\n"
+        "def setup(fed):\n"
+        "    fed.rules.add(Rule('ZZ_FROM_ENTRY_POINT'), kind='sqlite')\n"
+    )
+    dist = tmp_path / "ep_rules_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-rules-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[federator.rules]\ntoy = ep_rules_pkg:setup\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rules_module._ENTRY_POINT_HOOKS = None
+    with federator.connect({"sources": {"lite": {"kind": "sqlite", "path": ":memory:"}}}) as fed:
+        assert fed.rules["lite"].rules[0].label == "ZZ_FROM_ENTRY_POINT"
+
+
+def test_add_rules_is_global_for_later_sources(clean_registry: None) -> None:
+    add_rules("files", Rule("ZZ_GLOBAL"))
+    fed = planning_federation(["lake"])
+    try:
+        assert fed.rules["lake"].rules[0].label == "ZZ_GLOBAL"
+    finally:
+        fed.close()
+
+
+# ---- EXPLAIN names the rules ----------------------------------------------------------
+def test_explain_rules_pushed_and_refused(trgm_fed: federator.Federation) -> None:
+    plan = trgm_fed.sql(SIMILAR.replace("pg.", "my.") + " AND id > 3").plan
+    text = "\n".join(explain_rules(trgm_fed, plan))
+    assert "pushed customers.id > 3 by rule 'GT'" in text
+    assert "kept SIMILARITY(customers.name, 'ada') > 0.3: my: no rule of 'mysql' pushes" in text
+    plan = trgm_fed.sql("SELECT name FROM pg.customers WHERE trgm_match(name, 'a')").plan
+    text = "\n".join(explain_rules(trgm_fed, plan))
+    assert "by rule 'pg_trgm.match', written natively" in text
+
+
+def test_cli_explain_verbose(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(catalog_toml({"sources": {"m": {"kind": "sqlite", "path": ":memory:"}}}))
+    code, out, err = run(capsys, "explain", "-c", str(path), "-v", "SELECT 1 AS x")
+    assert (code, err) == (0, ""), err
+    assert "Rules:" in out
+
+
+# ---- federator rules test -------------------------------------------------------------
+def test_cli_rules_test_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rules", "test", "--rules", TRGM, str(EXAMPLE / "fixtures"))
+    assert code == 0, out
+    assert out.splitlines()[-1] == "6 passed"
+
+
+def test_cli_rules_test_wrong_fixture_shows_a_diff(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "wrong.sql"
+    path.write_text(
+        "-- case: wrong expectation\n"
+        f"{SIMILAR}\n"
+        "-- fragment pg\n"
+        'SELECT "customers"."name" AS "name" FROM "public"."customers" AS "customers"\n'
+        "-- residual\nnone\n"
+    )
+    code, out, _ = run(capsys, "rules", "test", "-r", TRGM, str(path))
+    assert code == 1
+    assert f"FAIL {path}:1: wrong expectation" in out
+    assert "native request:" in out
+    assert 'expected: SELECT "customers"."name" AS "name" FROM' in out
+    assert 'WHERE SIMILARITY("customers"."name", \'ada\') > 0.3' in out
+    assert out.splitlines()[-1] == "1 failed"
+    code, out, _ = run(capsys, "rules", "test", "-r", TRGM, "--update", str(path))
+    assert code == 0
+    code, out, _ = run(capsys, "rules", "test", "-r", TRGM, str(path))
+    assert (code, out.splitlines()[-1]) == (0, "1 passed")
+
+
+def test_cli_rules_test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "rules", "test", str(tmp_path / "missing.sql"))
+    assert code == 2 and "no fixture file or folder" in err
+    code, _, err = run(capsys, "rules", "test", str(tmp_path))
+    assert code == 2 and "no *.sql fixture files" in err
+    bad = tmp_path / "bad.sql"
+    bad.write_text("SELECT 1\n")
+    code, _, err = run(capsys, "rules", "test", str(bad))
+    assert code == 2 and "text outside a case" in err
+    code, _, _ = run(capsys, "rules")
+    assert code == 2
+    code, _, err = run(capsys, "rules", "test", "-r", "no_such_mod_q", str(bad))
+    assert code == 1 and "could not be loaded" in err
+
+
+def test_cli_rules_test_with_a_catalog(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "t.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (id INTEGER, name TEXT)")
+    catalog = tmp_path / "c.toml"
+    catalog.write_text(catalog_toml({"sources": {"s": {"kind": "sqlite", "path": str(db)}}}))
+    cases = tmp_path / "c.sql"
+    cases.write_text(
+        "-- case: filter\nSELECT name FROM s.t WHERE id = 2\n-- fragment s\n"
+        'SELECT "t"."name" AS "name" FROM "t" AS "t" WHERE "t"."id" = 2\n-- residual\nnone\n'
+    )
+    code, out, _ = run(capsys, "rules", "test", "-c", str(catalog), str(cases))
+    assert (code, out.splitlines()[-1]) == (0, "1 passed"), out
+
+
+def test_module_name_is_not_left_in_sys_modules_on_failure(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_rules.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(federator.CatalogError, match="RuntimeError: boom"):
+        rules_module.load_rule_modules([str(broken)], entry_points=False)
+    assert not [m for m in sys.modules if m.endswith("_broken_rules")]
