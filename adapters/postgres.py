@@ -24,6 +24,7 @@ from federator.adapters.sqlbase import SQLAdapter
 
 from federator.config import SourceConfig, parse_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError
+from federator.sql.dialect import vector_text
 
 _CATALOG_SQL = """
 SELECT n.nspname, c.relname, a.attname, t.typname, a.atttypmod,
@@ -236,6 +237,8 @@ def _coerce_params(params: list[Any], types: list[str]) -> list[Any]:
 
 
 def _coerce(value: Any, typname: str) -> Any:
+    if typname == "vector":  # pgvector: asyncpg has no codec for it and sends text
+        return vector_text(value)
     if not isinstance(value, str):
         if typname == "numeric" and isinstance(value, (int, float)):
             return decimal.Decimal(str(value))

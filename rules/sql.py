@@ -10,6 +10,8 @@ from __future__ import annotations
 from federator.rules import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
+from federator.sql.dialect import VECTOR_OPS
+
 STRUCTURE = (
     exp.Select,
     exp.From,
@@ -108,10 +110,26 @@ def _not_full_join(node: exp.Expression) -> bool:
     return node.side.upper() != "FULL"
 
 
+def _pgvector_operands(node: exp.Expression) -> exp.Expression:
+    """pgvector: a query vector given as a parameter or '[…]' text is cast to ``vector``
+    (asyncpg then sends it as text; see the postgres adapter)."""
+    node = node.copy()
+    for key in ("this", "expression"):
+        arg = node.args.get(key)
+        if isinstance(arg, exp.Placeholder) or (isinstance(arg, exp.Literal) and arg.is_string):
+            node.set(key, exp.Cast(this=arg, to=exp.DataType.build("vector", udt=True)))
+    return node
+
+
+PGVECTOR = [Rule(cls, write=_pgvector_operands, note="pgvector") for cls in VECTOR_OPS]
+
 POSTGRES = RELATIONAL.extend(
     "postgres",
-    [*rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike)],
-    {"window", "bind_join"},
+    [
+        *rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
+        *PGVECTOR,
+    ],
+    {"window", "bind_join", "vector_search"},
 )
 MYSQL = RELATIONAL.extend(
     "mysql",

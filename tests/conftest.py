@@ -76,3 +76,13 @@ def mongo_dsn() -> str:
     """``mongodb://127.0.0.1:PORT/?directConnection=true`` of a fresh CongoDB (MongoDB wire
     protocol, in memory), or of the real MongoDB that ``FEDERATOR_TEST_MONGO_URL`` names."""
     return _server_dsn("mongo")
+
+
+SERVER_FIXTURES["pgvector_dsn"] = "pgvector"
+
+
+@pytest.fixture(scope="session")
+def pgvector_dsn() -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/postgres`` of a fresh PostgreSQL 16 with pgvector
+    (PyPI pgserver), ``CREATE EXTENSION vector`` done."""
+    return _server_dsn("pgvector")

@@ -185,8 +185,8 @@ def postgres_bin_dir() -> str | None:
     return None
 
 
-def start_postgres() -> Server:
-    bindir = postgres_bin_dir()
+def start_postgres(bindir: str | None = None) -> Server:
+    bindir = bindir or postgres_bin_dir()
     if bindir is None:
         raise ServerUnavailable(
             "PostgreSQL 15 is not installed (no /usr/lib/postgresql/15/bin/postgres); "
@@ -346,7 +346,52 @@ def start_mongo() -> Server:
     return server
 
 
+# ---- PostgreSQL 16 with pgvector (PyPI pgserver) -------------------------------------------
+def pgvector_bin_dir() -> str:
+    """pgserver's PostgreSQL 16 + pgvector binaries, copied where the postgres user can read
+    them (site-packages may sit under /root, which only root can enter)."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerUnavailable(
+            "pgserver is not installed (PostgreSQL 16 + pgvector); "
+            "install it with: pip install pgserver==0.1.4"
+        )
+    package = spec.submodule_search_locations[0]
+    if os.geteuid() != 0:
+        return os.path.join(package, "pginstall", "bin")
+    # The binaries find their libraries at $ORIGIN/../../../pgserver.libs: keep that layout.
+    site = os.path.dirname(package)
+    version = importlib.metadata.version("pgserver")
+    dest = os.path.join(tempfile.gettempdir(), f"federator-pgserver-{version}")
+    with _LOCK:
+        if not os.path.exists(os.path.join(dest, "pgserver", "pginstall", "bin", "postgres")):
+            tmp = tempfile.mkdtemp(prefix="federator-pgserver-")
+            os.chmod(tmp, 0o755)
+            shutil.copytree(os.path.join(package, "pginstall"),
+                            os.path.join(tmp, "pgserver", "pginstall"), symlinks=True)
+            shutil.copytree(os.path.join(site, "pgserver.libs"),
+                            os.path.join(tmp, "pgserver.libs"), symlinks=True)
+            if os.path.exists(dest):
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+    return os.path.join(dest, "pgserver", "pginstall", "bin")
+
+
+def start_pgvector() -> Server:
+    """PostgreSQL 16 with ``CREATE EXTENSION vector`` done in database postgres."""
+    bindir = pgvector_bin_dir()
+    server = start_postgres(bindir)
+    psql = [f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
+            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", "CREATE EXTENSION IF NOT EXISTS vector"]
+    _run(psql, "CREATE EXTENSION vector", env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+    return server
+
+
 STARTERS: dict[str, Callable[[], Server]] = {
+    "pgvector": start_pgvector,
     "postgres": start_postgres,
     "mariadb": start_mariadb,
     "redis": start_redis,
