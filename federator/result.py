@@ -24,18 +24,29 @@ class Result:
     pyarrow.Table
     """
 
-    def __init__(self, fed: Federation, plan: Plan, params: dict[str, Any], timeout: float | None):
+    def __init__(
+        self,
+        fed: Federation,
+        plan: Plan,
+        params: dict[str, Any],
+        timeout: float | None,
+        *,
+        max_staleness: float | None = None,
+    ):
         self._fed = fed
         self.plan = plan
         self._params = params
         self._timeout = timeout
+        self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
 
     def __repr__(self) -> str:
         return f"<federator.Result: {len(self.plan.fragments)} fragment(s)>"
 
     def _execution(self) -> Execution:
-        self.last_execution = self._fed._execution(self.plan, self._params, self._timeout)
+        self.last_execution = self._fed._execution(
+            self.plan, self._params, self._timeout, self._max_staleness
+        )
         return self.last_execution
 
     # ---- sync terminals --------------------------------------------------------------
@@ -88,7 +99,9 @@ class Result:
 
     def explain(self, analyze: bool = False) -> str:
         if not analyze:
-            return self.plan.explain()
+            cache = self._fed.cache
+            lines = cache.describe(self.plan, self._max_staleness) if cache.enabled else []
+            return "\n".join([self.plan.explain(), *lines])
         self.to_arrow()
         assert self.last_execution is not None
         ex = self.last_execution
