@@ -11,20 +11,28 @@ must too), JSON as text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pyarrow as pa
+from federator.adapters import pgcopy
 from federator.adapters.arrowconv import rows_to_batch
-from federator.adapters.base import TableInfo, TableRef, failure_reason
+from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
 from federator.adapters.sqlbase import SQLAdapter
 
 from federator.config import SourceConfig, parse_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError
 from federator.sql.dialect import vector_text
+
+if TYPE_CHECKING:
+    from federator.plan.model import Fragment
+
+DEFAULT_BULK_ROWS = 50_000  # fragments estimated at this many rows or more use binary COPY
+_BULK_BLOCK_BYTES = 4 << 20  # decode the COPY stream in blocks of about this size
 
 _CATALOG_SQL = """
 SELECT n.nspname, c.relname, a.attname, t.typname, a.atttypmod,
@@ -88,7 +96,9 @@ def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
 
 
 class PostgresAdapter(SQLAdapter):
-    """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``."""
+    """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``,
+    ``bulk_rows`` (fragments estimated at this many rows or more stream through binary COPY,
+    decoded by :mod:`federator.adapters.pgcopy`; ``0`` always, ``-1`` never)."""
 
     kind = "postgres"
     dialect = "postgres"
@@ -104,6 +114,7 @@ class PostgresAdapter(SQLAdapter):
         self.dsn = parse_dsn(str(config.options["dsn"]), default_port=5432)
         self.default_schema = str(config.options.get("schema", "public"))
         self.connect_timeout = float(config.options.get("connect_timeout", 10))
+        self.bulk_rows = int(config.options.get("bulk_rows", DEFAULT_BULK_ROWS))
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -174,6 +185,139 @@ class PostgresAdapter(SQLAdapter):
                 TableInfo(self.name, TableRef(schema, name), pa.schema(fields), cols[0]["rows"])
             )
         return infos
+
+    # ---- bulk path -------------------------------------------------------------------
+    def translate(self, fragment: Fragment) -> NativeRequest:
+        request = super().translate(fragment)
+        if self.uses_bulk(fragment.estimated_rows) and fragment.bind is None:
+            request.payload.bulk = True
+            note = (
+                f"bulk: binary COPY decoded into Arrow (estimated "
+                f"{fragment.estimated_rows:,} rows >= bulk_rows {self.bulk_rows:,})"
+            )
+            if note not in fragment.notes:
+                fragment.notes.append(note)
+        return request
+
+    def uses_bulk(self, estimated_rows: int | None) -> bool:
+        """Whether a fragment of this estimated size takes the binary COPY path."""
+        if self.bulk_rows < 0:
+            return False
+        return self.bulk_rows == 0 or (estimated_rows or 0) >= self.bulk_rows
+
+    async def execute(
+        self, request: NativeRequest, bind_values: Sequence[Any] | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        payload = request.payload
+        if getattr(payload, "bulk", False) and (request.bind is None or bind_values is None):
+            values = dict(zip(request.param_names, request.params, strict=True))
+            params = [values[n] for n in payload.unbound_names]
+            source = self.run_bulk(payload.unbound_text, params, request.schema)
+        else:
+            source = super().execute(request, bind_values)
+        async with contextlib.aclosing(source) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def run_bulk(
+        self, text: str, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """Run a SELECT through binary COPY and decode it into Arrow without row objects.
+
+        COPY takes no parameters, so bound values travel as parameters of ``set_config``
+        (transaction-local settings) and the query reads them back with ``current_setting``
+        cast to the parameter's type: no value is ever written into the SQL text.
+        """
+        pool = await self._get_pool()
+        conn = await pool.acquire()
+        finished = False
+        task: asyncio.Task[Any] | None = None
+        try:
+            tx = conn.transaction(readonly=True)
+            await tx.start()
+            stmt = await conn.prepare(text)
+            ptypes = stmt.get_parameters()
+            attrs = stmt.get_attributes()
+            if params:
+                params = _coerce_params(params, [p.name for p in ptypes])
+                names = [f"federator.p{i}" for i in range(1, len(params) + 1)]
+                sets = ", ".join(
+                    f"set_config(${2 * i + 1}::text, (${2 * i + 2}::{_type_sql(t)})::text, true)"
+                    for i, t in enumerate(ptypes)
+                )
+                args = [v for pair in zip(names, params, strict=True) for v in pair]
+                await conn.execute(f"SELECT {sets}", *args)
+                text = replace_parameters(
+                    text,
+                    [
+                        f"(current_setting('federator.p{i}')::{_type_sql(t)})"
+                        for i, t in enumerate(ptypes, 1)
+                    ],
+                )
+            known = {f.name: f.type for f in schema} if schema is not None else {}
+            specs, casts = pgcopy.plan_columns(
+                [a.name for a in attrs], [a.type.name for a in attrs], known
+            )
+            decoder = pgcopy.CopyDecoder(specs)
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+            pending: list[bytes] = []
+            size = 0
+
+            async def sink(chunk: bytes) -> None:
+                nonlocal size
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= _BULK_BLOCK_BYTES:
+                    block = b"".join(pending)
+                    pending.clear()
+                    size = 0
+                    await queue.put(block)
+
+            async def copy() -> None:
+                await conn.copy_from_query(
+                    pgcopy.copy_query(text.rstrip().rstrip(";"), casts),
+                    output=sink,
+                    format="binary",
+                )
+                if pending:
+                    await queue.put(b"".join(pending))
+                await queue.put(None)
+
+            task = asyncio.get_running_loop().create_task(copy())
+            yielded = False
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    task.result()  # raises the COPY's error
+                    continue
+                block = getter.result()
+                final = block is None
+                if block is not None:
+                    decoder.feed(block)
+                batch = await asyncio.to_thread(_decode, decoder, final)
+                if batch is not None and (batch.num_rows or not yielded):
+                    yielded = True
+                    for piece in _split(batch, self.batch_rows):
+                        yield piece
+                if final:
+                    break
+            await task
+            if not yielded:
+                yield pa.RecordBatch.from_pylist(
+                    [], schema=pa.schema([pa.field(s.name, _empty_type(s)) for s in specs])
+                )
+            await tx.commit()
+            finished = True
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if not finished:
+                conn.terminate()  # a half-read COPY leaves the connection unusable
+            await pool.release(conn)
 
     # ---- execution -------------------------------------------------------------------
     async def run(
@@ -264,3 +408,92 @@ def _coerce(value: Any, typname: str) -> Any:
 
         raise ParameterError(f"parameter value {value!r} is not a valid {typname}") from None
     return value
+
+
+def _decode(decoder: pgcopy.CopyDecoder, final: bool) -> pa.RecordBatch | None:
+    try:
+        return decoder.decode(final)
+    except pgcopy.CopyDecodeError as e:
+        raise SourceError(str(e)) from None
+
+
+def _split(batch: pa.RecordBatch, rows: int) -> list[pa.RecordBatch]:
+    if batch.num_rows <= rows:
+        return [batch]
+    return [batch.slice(i, rows) for i in range(0, batch.num_rows, rows)]
+
+
+def _empty_type(spec: pgcopy.ColumnSpec) -> pa.DataType:
+    return pa.decimal128(38, 0) if pa.types.is_null(spec.type) else spec.type
+
+
+def _type_sql(t: Any) -> str:
+    """A parameter's type as SQL: schema-qualified, quoted (arrays as their ``_elem`` type)."""
+    schema = str(t.schema or "pg_catalog").replace('"', '""')
+    name = str(t.name).replace('"', '""')
+    return f'"{schema}"."{name}"'
+
+
+def replace_parameters(text: str, replacements: list[str]) -> str:
+    """``$n`` placeholders in SQL text replaced, skipping string literals, quoted identifiers,
+    comments and dollar-quoted strings.
+
+    >>> replace_parameters("SELECT '$1', \"$1\", $1 -- $1", ["x"])
+    'SELECT \'$1\', "$1", x -- $1'
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "'" or c == '"':
+            backslash = (
+                c == "'"
+                and i > 0
+                and text[i - 1] in "eE"
+                and not (i > 1 and (text[i - 2].isalnum() or text[i - 2] == "_"))
+            )
+            j = i + 1
+            while j < n:
+                if backslash and text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            out.append(text[i:j])
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append(text[i:j])
+            i = j
+        elif c == "$":
+            j = i + 1
+            while j < n and text[j].isdigit():
+                j += 1
+            if j > i + 1 and not (i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")):
+                out.append(replacements[int(text[i + 1 : j]) - 1])
+                i = j
+                continue
+            k = text.find("$", i + 1)
+            tag = text[i : k + 1] if k >= 0 else ""
+            if tag and all(ch.isalnum() or ch == "_" for ch in tag[1:-1]):
+                end = text.find(tag, k + 1)
+                end = n if end < 0 else end + len(tag)
+                out.append(text[i:end])
+                i = end
+            else:
+                out.append(c)
+                i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
