@@ -202,3 +202,16 @@ if __name__ == "__main__":
             print(f"updated {p}")
     finally:
         federation.close()
+
+
+def test_decimal_array_decodes_bid_bytes_exactly() -> None:
+    from federator.adapters.mongo import decimal_array
+
+    t = pa.decimal128(20, 2)
+    values = [Decimal128("12.34"), None, Decimal128("-0.5"), Decimal128("7"), Decimal128("1E+3")]
+    got = decimal_array(values, t)
+    want = pa.array([None if v is None else v.to_decimal() for v in values], type=t)
+    assert got is not None and got.equals(want)
+    assert decimal_array([Decimal128("1.234")], t) is None  # would lose a digit: general path
+    assert decimal_array([Decimal128("Infinity")], t) is None
+    assert decimal_array([1.5], t) is None
