@@ -151,6 +151,14 @@ class Federation:
             infos[(source, info.ref.schema, info.ref.name)] = info
         return list(infos.values())
 
+    async def lookup(self, keys: Any, tables: Any, **options: Any) -> Any:
+        """Features for a batch of keys from several tables at once, as one Arrow table with a
+        row per key: ``await fed.lookup(ids, {"pg.users": "id", "kv.features": "user_id"},
+        timeout=0.05)``. Options and the prepared form: :mod:`federator.lookup`."""
+        from federator.lookup import lookup
+
+        return await lookup(self, keys, tables, **options)
+
     # ---- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
         """Close every pool and stop the background loop; safe to call twice."""

@@ -678,17 +678,29 @@ class FederatedDataset(IterableDataset):
             queries.append((self._wrap(exp.Is(this=key.copy(), expression=exp.Null())), {}))
         return queries
 
+    def _sub(self) -> exp.Subquery:
+        """The user's query as subquery ``q``."""
+        return exp.Subquery(
+            this=self._query.copy(), alias=exp.TableAlias(this=exp.to_identifier("q"))
+        )
+
     def _wrap(self, condition: exp.Expression) -> exp.Query:
         return (
             exp.select("*")
-            .from_(exp.Subquery(this=self._query.copy(), alias=exp.TableAlias(this="q")))
+            .from_(
+                exp.Subquery(
+                    this=self._query.copy(), alias=exp.TableAlias(this=exp.to_identifier("q"))
+                )
+            )
             .where(condition)
         )
 
     def _read_stats(self, fed: Federation) -> KeyStats:
         if self.key is None:
             counted = exp.select(exp.Count(this=exp.Star()).as_("n")).from_(
-                exp.Subquery(this=self._query.copy(), alias=exp.TableAlias(this="q"))
+                exp.Subquery(
+                    this=self._query.copy(), alias=exp.TableAlias(this=exp.to_identifier("q"))
+                )
             )
             n = fed.sql(counted, self.params, timeout=self._timeout).to_arrow()
             return KeyStats(None, None, int(n.column(0)[0].as_py()), 0)
@@ -698,7 +710,7 @@ class FederatedDataset(IterableDataset):
             exp.Max(this=key.copy()).as_("hi"),
             exp.Count(this=exp.Star()).as_("n"),
             exp.Count(this=key.copy()).as_("nk"),
-        ).from_(exp.Subquery(this=self._query.copy(), alias=exp.TableAlias(this="q")))
+        ).from_(self._sub())
         row = fed.sql(query, self.params, timeout=self._timeout).to_arrow().to_pylist()[0]
         lo, hi = row["lo"], row["hi"]
         if lo is not None and not isinstance(lo, int | float | dt.date | dt.datetime):
@@ -730,7 +742,11 @@ class FederatedDataset(IterableDataset):
             query = (
                 exp.select(col.copy().as_(name))
                 .distinct()
-                .from_(exp.Subquery(this=self._query.copy(), alias=exp.TableAlias(this="q")))
+                .from_(
+                    exp.Subquery(
+                        this=self._query.copy(), alias=exp.TableAlias(this=exp.to_identifier("q"))
+                    )
+                )
                 .where(exp.Not(this=exp.Is(this=col.copy(), expression=exp.Null())))
                 .order_by(col.copy())
             )
@@ -740,7 +756,11 @@ class FederatedDataset(IterableDataset):
     def _string_columns(self, fed: Federation) -> list[str]:
         zero = (
             exp.select("*")
-            .from_(exp.Subquery(this=self._query.copy(), alias=exp.TableAlias(this="q")))
+            .from_(
+                exp.Subquery(
+                    this=self._query.copy(), alias=exp.TableAlias(this=exp.to_identifier("q"))
+                )
+            )
             .where(exp.false())
         )
         schema = fed.sql(zero, self.params, timeout=self._timeout).to_arrow().schema
