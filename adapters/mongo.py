@@ -703,7 +703,8 @@ class MongoAdapter(Adapter):
         self.sample_size = int(opts.get("sample_size", DEFAULT_SAMPLE))
         self.discover = bool(opts.get("discover", True))
         self.bind_batch_size = int(opts.get("bind_batch_size", DEFAULT_BIND_BATCH))
-        self.timeout = float(opts.get("timeout", 10.0))
+        self.timeout = float(opts.get("timeout", 10.0))  # connecting, selecting a server
+        self.read_timeout = float(opts.get("read_timeout", 300.0))  # one server round trip
         self.declared: dict[TableRef, Collection] = {}
         for key, spec in (opts.get("tables") or {}).items():
             db, _, coll = str(key).partition(".")
@@ -738,6 +739,7 @@ class MongoAdapter(Adapter):
             tz_aware=True,
             serverSelectionTimeoutMS=ms,
             connectTimeoutMS=ms,
+            socketTimeoutMS=int(self.read_timeout * 1000),
             maxPoolSize=max(self.max_concurrency, 1),
         )
 

@@ -22,6 +22,7 @@ that does not convert to its declared type is an error naming the key and the fi
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import itertools
@@ -277,7 +278,8 @@ class RedisAdapter(Adapter):
             self._client = aioredis.from_url(
                 self.url,
                 decode_responses=True,
-                socket_timeout=self.timeout,
+                # one deadline per round trip in _call, not a timer per reply of a pipeline
+                socket_timeout=None,
                 socket_connect_timeout=self.timeout,
                 max_connections=max(self.max_concurrency * 2, 2),
             )
@@ -293,7 +295,13 @@ class RedisAdapter(Adapter):
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
-            return await coro
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except TimeoutError:
+            raise SourceError(
+                f"source {self.name!r} (redis) at {self.where}: {what} took longer than "
+                f"{self.timeout:g} s (set 'timeout' in the catalog)"
+            ) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             raise SourceUnreachableError(self.name, self.where, str(e)) from None
         except RedisError as e:
