@@ -108,8 +108,9 @@ def plan_columns(
 
 
 def copy_query(select_sql: str, casts: list[str]) -> str:
-    """The SELECT that COPY (FORMAT binary) runs around the fragment's SELECT; output columns are renamed positionally, so duplicate
-    or odd names in the fragment's output do not matter."""
+    """The SELECT that COPY (FORMAT binary) runs around the fragment's SELECT. Output columns
+    are renamed positionally, so duplicate or odd names in the fragment's output do not matter.
+    """
     cols = [f'"c{i}"' for i in range(len(casts))]
     items = ", ".join(f"f.{c}{cast}" for c, cast in zip(cols, casts, strict=True))
     return f"SELECT {MARKER}::int8, {items} FROM ({select_sql}) AS f({', '.join(cols)})"
@@ -121,35 +122,37 @@ class CopyDecoder:
     def __init__(self, columns: list[ColumnSpec]):
         self.columns = columns
         self.schema = pa.schema([pa.field(c.name, _out_type(c)) for c in columns])
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._pending = 0
         self._header_seen = False
         self._done = False
         self._prefix = (len(columns) + 1).to_bytes(2, "big") + b"\x00\x00\x00\x08" + MARKER_BYTES
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return self._pending
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(bytes(data))
+        self._pending += len(data)
 
     def decode(self, final: bool = False) -> pa.RecordBatch | None:
         """A batch of every complete row fed so far (None when there is none)."""
-        buf = self._buf
+        buf = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         start = 0
         if not self._header_seen:
             if len(buf) < HEADER_LEN:
                 if final:
                     raise CopyDecodeError("COPY stream ended inside its header")
                 return None
-            if bytes(buf[:11]) != SIGNATURE:
+            if buf[:11] != SIGNATURE:
                 raise CopyDecodeError("not a binary COPY stream")
             ext = int.from_bytes(buf[15:19], "big")
             start = HEADER_LEN + ext
             self._header_seen = True
-        data = np.frombuffer(bytes(buf[start:]) + _PAD, dtype=np.uint8)
+        data = np.frombuffer(b"".join((memoryview(buf)[start:], _PAD)), dtype=np.uint8)
         usable = len(data) - len(_PAD)
-        starts, end = self._row_starts(data, usable)
+        starts, end, lengths = self._row_starts(data, usable)
         tail = bytes(data[end:usable])
         if final:
             if tail not in (b"\xff\xff", b""):
@@ -157,14 +160,18 @@ class CopyDecoder:
         elif tail == b"\xff\xff":
             self._done = True
             tail = b""
-        self._buf = bytearray(tail)
+        self._chunks = [tail] if tail else []
+        self._pending = len(tail)
         if len(starts) == 0:
             return None
-        return self._columns(data, starts)
+        return self._columns(data, starts, lengths)
 
     # ---- rows ----------------------------------------------------------------------------
-    def _row_starts(self, data: np.ndarray, usable: int) -> tuple[np.ndarray, int]:
-        """Starts of the complete rows in data[:usable] and where the last one ends."""
+    def _row_starts(
+        self, data: np.ndarray, usable: int
+    ) -> tuple[np.ndarray, int, list[np.ndarray] | None]:
+        """Starts of the complete rows in data[:usable], where the last one ends, and the
+        field lengths per column when the vectorized pass found them."""
         prefix = np.frombuffer(self._prefix, dtype=np.uint8)
         # marker's first byte sits at offset 6 of a row
         cand = np.flatnonzero(data[6:usable] == prefix[6])
@@ -173,24 +180,28 @@ class CopyDecoder:
                 break
             cand = cand[data[cand + k] == prefix[k]]
         if len(cand) == 0 or cand[0] != 0:
-            return self._walk(data, usable)
-        ends = self._row_ends(data, cand, usable)
+            return (*self._walk(data, usable), None)
+        ends, lengths = self._row_ends(data, cand, usable)
         complete = ends <= usable
         ok = complete[:-1].all() and np.array_equal(ends[:-1], cand[1:])
         if ok:
             if complete[-1]:
-                return cand, int(ends[-1])
-            return cand[:-1], int(cand[-1])
-        return self._walk(data, usable)
+                return cand, int(ends[-1]), lengths
+            return cand[:-1], int(cand[-1]), [n[:-1] for n in lengths]
+        return (*self._walk(data, usable), None)
 
-    def _row_ends(self, data: np.ndarray, starts: np.ndarray, usable: int) -> np.ndarray:
+    def _row_ends(
+        self, data: np.ndarray, starts: np.ndarray, usable: int
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         pos = starts + 14
         limit = len(data) - 8
+        lengths = []
         for _ in self.columns:
             n = _be(data, np.minimum(pos, limit), 4, ">i4").astype(np.int64)
+            lengths.append(n)
             pos = pos + 4 + np.maximum(n, 0)
             pos = np.minimum(pos, usable + 1)  # a lookalike may point anywhere
-        return pos
+        return pos, lengths
 
     def _walk(self, data: np.ndarray, usable: int) -> tuple[np.ndarray, int]:
         """Exact row-by-row walk (used only when the vectorized chain check fails)."""
@@ -216,11 +227,16 @@ class CopyDecoder:
         return np.array(starts, dtype=np.int64), pos
 
     # ---- columns -------------------------------------------------------------------------
-    def _columns(self, data: np.ndarray, starts: np.ndarray) -> pa.RecordBatch:
+    def _columns(
+        self, data: np.ndarray, starts: np.ndarray, lengths: list[np.ndarray] | None
+    ) -> pa.RecordBatch:
         pos = starts + 14
         arrays = []
-        for col in self.columns:
-            length = _be(data, pos, 4, ">i4").astype(np.int64)
+        for i, col in enumerate(self.columns):
+            if lengths is not None:
+                length = lengths[i]
+            else:
+                length = _be(data, pos, 4, ">i4").astype(np.int64)
             valid = length >= 0
             body = pos + 4
             arrays.append(_column(col, data, body, length, valid))
@@ -235,9 +251,13 @@ def _out_type(col: ColumnSpec) -> pa.DataType:
 
 
 def _be(data: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray:
-    """Big-endian values of ``width`` bytes at every position, as a native numpy array."""
-    idx = pos[:, None] + np.arange(width)
-    return data[idx].view(dtype).reshape(-1).astype(dtype[1:] if dtype[0] == ">" else dtype)
+    """Big-endian values of ``width`` bytes at every position, as a native numpy array.
+
+    The buffer is viewed as one (unaligned, overlapping) value at every byte offset, so the
+    gather is a single 1-D fancy index.
+    """
+    view = np.ndarray(shape=(len(data) - width + 1,), dtype=dtype, buffer=data, strides=(1,))
+    return view[pos].astype(dtype[1:] if dtype[0] == ">" else dtype)
 
 
 def _mask(valid: np.ndarray) -> np.ndarray | None:
