@@ -144,7 +144,7 @@ def register(kind: str, rule_set: RuleSet) -> None:
 
 def rule_set_for(kind: str) -> RuleSet:
     """A fresh copy of the rule set registered for ``kind`` (so per-source additions stay local)."""
-    from federator.rules import sql  # noqa: F401  (registers the built-in relational sets)
+    from federator.rules import mongo, redis, sql  # noqa: F401  (register the built-in sets)
 
     base = _REGISTRY.get(kind)
     if base is None:
