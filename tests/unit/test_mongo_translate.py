@@ -215,3 +215,15 @@ def test_decimal_array_decodes_bid_bytes_exactly() -> None:
     assert decimal_array([Decimal128("1.234")], t) is None  # would lose a digit: general path
     assert decimal_array([Decimal128("Infinity")], t) is None
     assert decimal_array([1.5], t) is None
+
+
+def test_unreachable_server_names_source_and_address() -> None:
+    from federator.errors import SourceUnreachableError
+
+    catalog = {
+        "sources": {"m": {"kind": "mongo", "url": "mongodb://u:pw1@127.0.0.1:9/", "timeout": 0.5}}
+    }
+    with federator.connect(catalog) as fed, pytest.raises(SourceUnreachableError) as info:
+        fed.sql("SELECT a FROM m.db.c")
+    assert "'m'" in str(info.value) and "127.0.0.1:9" in str(info.value)
+    assert "pw1" not in str(info.value)

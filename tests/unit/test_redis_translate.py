@@ -146,3 +146,22 @@ if __name__ == "__main__":
             print(f"updated {p}")
     finally:
         federation.close()
+
+
+def test_unreachable_server_names_source_and_address() -> None:
+    from federator.errors import SourceUnreachableError
+
+    catalog = {
+        "sources": {
+            "kv": {
+                "kind": "redis",
+                "url": "redis://:pw1@127.0.0.1:9/0",
+                "timeout": 0.5,
+                "tables": {"t": {"key": "k:{id}"}},
+            }
+        }
+    }
+    with federator.connect(catalog) as fed, pytest.raises(SourceUnreachableError) as info:
+        fed.sql("SELECT id FROM kv.t")
+    assert "'kv'" in str(info.value) and "127.0.0.1:9" in str(info.value)
+    assert "pw1" not in str(info.value)
