@@ -139,11 +139,13 @@ class TorchPolicy:
     - ``decimals``: ``"error"`` (default) or a floating dtype (``torch.float64``,
       ``"float32"``…) to convert to; the conversion rounds to that dtype's precision.
     - ``timestamps``: the int64 epoch unit (``"s"``, ``"ms"``, ``"us"`` default, ``"ns"``) for
-      timestamps and dates, counted in UTC (a timestamp without a zone is read as UTC).
+      timestamps and dates, counted in UTC (a timestamp without a zone is read as UTC) and
+      rounded down to the unit.
     - ``strings``: ``"error"`` (default) or ``"codes"``: int64 category codes from
       ``vocabularies[column]``, created open (it grows) if not given. Read the vocabulary back
       from the same attribute after the call.
-    - fixed-size lists (embeddings) always become a 2-D tensor (rows, size).
+    - fixed-size lists (embeddings) always become a 2-D tensor (rows, size); so do variable
+      lists whose lists all have one length (PostgreSQL arrays); other lists are an error.
     """
 
     nulls: str | float | int = "error"
@@ -321,6 +323,9 @@ def _chunk(
     name: str, array: pa.Array, pol: TorchPolicy
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     typ = array.type
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        array = _as_fixed_list(name, array)
+        typ = array.type
     if pa.types.is_fixed_size_list(typ):
         return _fixed_list(name, array, pol)
     array = _numeric(name, array, pol)
@@ -354,7 +359,7 @@ def _numeric(name: str, array: pa.Array, pol: TorchPolicy) -> pa.Array:
         target = pa.float32() if pol.decimals in (torch.float32, torch.float16) else pa.float64()
         return pc.cast(array, target, safe=False)
     if pa.types.is_timestamp(typ):
-        return _epoch(array.cast(pa.timestamp(typ.unit)), pol.timestamps)
+        return _epoch(array.cast(pa.timestamp(typ.unit)), pol.timestamps)  # drop the zone
     if pa.types.is_date(typ):
         return _epoch(array.cast(pa.timestamp("s")), pol.timestamps)
     if pa.types.is_duration(typ):
@@ -367,8 +372,19 @@ def _numeric(name: str, array: pa.Array, pol: TorchPolicy) -> pa.Array:
     )
 
 
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
 def _epoch(array: pa.Array, unit: str) -> pa.Array:
-    return array.cast(pa.timestamp(unit)).cast(pa.int64())
+    """Timestamps as int64 counts of ``unit`` since 1970-01-01 UTC, rounded down (floor)."""
+    ints = array.cast(pa.int64())
+    have, want = _PER_SECOND[array.type.unit], _PER_SECOND[unit]
+    if want >= have:
+        return pc.multiply_checked(ints, want // have) if want > have else ints
+    step = have // want
+    q = pc.divide(ints, step)  # integer division truncates toward zero; make it floor
+    short = pc.and_(pc.less(ints, 0), pc.not_equal(pc.multiply(q, step), ints))
+    return pc.subtract(q, pc.cast(short, pa.int64()))
 
 
 def _codes(name: str, array: pa.Array, pol: TorchPolicy) -> pa.Array:
@@ -425,6 +441,18 @@ def _fixed_list(
     return values, mask
 
 
+def _as_fixed_list(name: str, array: pa.Array) -> pa.FixedSizeListArray:
+    """A list column whose lists all have one length (PostgreSQL arrays, JSON embeddings)."""
+    lengths = pc.unique(pc.list_value_length(array).drop_null())
+    if len(lengths) > 1:
+        raise TorchConversionError(
+            f"column {name!r} holds lists of {len(lengths)} different lengths; only lists of one"
+            " length (embeddings) become a 2-D tensor"
+        )
+    size = lengths[0].as_py() if len(lengths) else 0
+    return array.cast(pa.list_(array.type.value_type, size))
+
+
 def _lenient(pol: TorchPolicy) -> TorchPolicy:
     """Child values under null list rows are garbage; convert them without raising."""
     return TorchPolicy(
@@ -437,14 +465,21 @@ def _lenient(pol: TorchPolicy) -> TorchPolicy:
     )
 
 
+def _width(name: str, column: pa.ChunkedArray) -> int:
+    typ = column.type
+    if pa.types.is_fixed_size_list(typ):
+        return typ.list_size
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        chunks = [c for c in column.chunks if len(c)]
+        return _as_fixed_list(name, pa.concat_arrays(chunks)).type.list_size if chunks else 0
+    return 1
+
+
 def _stack(
     table: pa.Table, names: list[str], dtype: torch.dtype, pol: TorchPolicy, pinned: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Feature columns copied once, each straight into its slot of one (rows, width) tensor."""
-    widths = []
-    for name in names:
-        typ = table.schema.field(name).type
-        widths.append(typ.list_size if pa.types.is_fixed_size_list(typ) else 1)
+    widths = [_width(name, table.column(name)) for name in names]
     n = table.num_rows
     x = torch.empty((n, sum(widths)), dtype=dtype, pin_memory=pinned)
     mask = torch.ones((n, sum(widths)), dtype=torch.bool) if pol.masks else None
@@ -465,7 +500,6 @@ def _stack(
 # ---- the streaming dataset ---------------------------------------------------------------
 
 _LO, _HI = "federator_shard_lo", "federator_shard_hi"
-_MOD, _REM = "federator_shard_mod", "federator_shard_rem"
 
 
 @dataclass(frozen=True)
@@ -531,7 +565,7 @@ class FederatedDataset(IterableDataset):
         self._timeout = timeout
         self.sql = sql
         self.params = dict(params or {})
-        for reserved in (_LO, _HI, _MOD, _REM):
+        for reserved in (_LO, _HI):
             if reserved in self.params:
                 raise ValueError(f"parameter name {reserved!r} is reserved for sharding")
         self.batch_size = batch_size
@@ -650,17 +684,19 @@ class FederatedDataset(IterableDataset):
         queries: list[tuple[exp.Query, dict[str, Any]]] = []
         if stats.rows > stats.null_keys:
             if self.sharding == "modulo":
+                # Shard numbers are ours, not user data: literals, so that positional drivers
+                # see no repeated parameter.
+                mod = exp.Literal.number(total)
                 rem = exp.Mod(
                     this=exp.paren(
                         exp.Add(
-                            this=exp.Mod(this=key.copy(), expression=exp.Placeholder(this=_MOD)),
-                            expression=exp.Placeholder(this=_MOD),
+                            this=exp.Mod(this=key.copy(), expression=mod), expression=mod.copy()
                         )
                     ),
-                    expression=exp.Placeholder(this=_MOD),
+                    expression=mod.copy(),
                 )
-                cond = exp.EQ(this=rem, expression=exp.Placeholder(this=_REM))
-                queries.append((self._wrap(cond), {_MOD: total, _REM: part}))
+                cond = exp.EQ(this=rem, expression=exp.Literal.number(part))
+                queries.append((self._wrap(cond), {}))
             else:
                 bounds = _bounds(stats.lo, stats.hi, total)
                 conds: list[exp.Expression] = []
