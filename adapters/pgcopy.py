@@ -37,6 +37,8 @@ SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER_LEN = 19  # signature, flags int32, header extension length int32 (0)
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01
 _PG_EPOCH_US = _PG_EPOCH_DAYS * 86_400 * 1_000_000
+_DATE_MIN, _DATE_MAX = -719_162, 2_932_896  # date.min, date.max in days since 1970
+_TS_MIN, _TS_MAX = -62_135_596_800_000_000, 253_402_300_799_999_999  # datetime.min/max in µs
 _PAD = b"\x00" * 32  # lets gathers of NULL fields at the very end stay in bounds
 
 assert MARKER.to_bytes(8, "big", signed=True) == MARKER_BYTES
@@ -260,6 +262,16 @@ def _be(data: np.ndarray, pos: np.ndarray, width: int, dtype: str) -> np.ndarray
     return view[pos].astype(dtype[1:] if dtype[0] == ">" else dtype)
 
 
+def _infinities(shifted: np.ndarray, raw: np.ndarray, low: int, high: int) -> np.ndarray:
+    """±infinity (the type's min/max on the wire) as Python's date/datetime min and max, the
+    values asyncpg gives for them on the row path."""
+    info = np.iinfo(raw.dtype)
+    lo, hi = raw == info.min, raw == info.max
+    if lo.any() or hi.any():
+        shifted = np.where(lo, low, np.where(hi, high, shifted))
+    return shifted
+
+
 def _mask(valid: np.ndarray) -> np.ndarray | None:
     return None if valid.all() else ~valid
 
@@ -278,9 +290,11 @@ def _column(
         if kind == "bool":
             arr = pa.array(values.astype(bool), mask=mask)
         elif kind == "date":
-            arr = pa.array(values + _PG_EPOCH_DAYS, type=pa.int32(), mask=mask).view(pa.date32())
+            days = _infinities(values + _PG_EPOCH_DAYS, values, _DATE_MIN, _DATE_MAX)
+            arr = pa.array(days, type=pa.int32(), mask=mask).view(pa.date32())
         elif kind in ("timestamp", "timestamptz"):
-            arr = pa.array(values + _PG_EPOCH_US, type=pa.int64(), mask=mask).view(natural)
+            us = _infinities(values + _PG_EPOCH_US, values, _TS_MIN, _TS_MAX)
+            arr = pa.array(us, type=pa.int64(), mask=mask).view(natural)
         elif kind == "time":
             arr = pa.array(values, type=pa.int64(), mask=mask).view(natural)
         else:

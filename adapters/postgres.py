@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,8 @@ def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
 class PostgresAdapter(SQLAdapter):
     """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``,
     ``bulk_rows`` (fragments estimated at this many rows or more stream through binary COPY,
-    decoded by :mod:`federator.adapters.pgcopy`; ``0`` always, ``-1`` never)."""
+    decoded by :mod:`federator.adapters.pgcopy`; ``0`` always, ``-1`` never; default from the
+    environment variable ``FEDERATOR_BULK_ROWS``, else 50,000)."""
 
     kind = "postgres"
     dialect = "postgres"
@@ -114,7 +116,11 @@ class PostgresAdapter(SQLAdapter):
         self.dsn = parse_dsn(str(config.options["dsn"]), default_port=5432)
         self.default_schema = str(config.options.get("schema", "public"))
         self.connect_timeout = float(config.options.get("connect_timeout", 10))
-        self.bulk_rows = int(config.options.get("bulk_rows", DEFAULT_BULK_ROWS))
+        self.bulk_rows = int(
+            config.options.get(
+                "bulk_rows", os.environ.get("FEDERATOR_BULK_ROWS", DEFAULT_BULK_ROWS)
+            )
+        )
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
