@@ -356,8 +356,10 @@ def _numeric(name: str, array: pa.Array, pol: TorchPolicy) -> pa.Array:
                 f"column {name!r} is {typ}; declare decimals=torch.float64 (or float32) to"
                 " convert it to floating point"
             )
-        target = pa.float32() if pol.decimals in (torch.float32, torch.float16) else pa.float64()
-        return pc.cast(array, target, safe=False)
+        values = _decimal_floats(array)
+        if pol.decimals in (torch.float32, torch.float16, torch.bfloat16):
+            values = values.cast(pa.float32())
+        return values
     if pa.types.is_timestamp(typ):
         return _epoch(array.cast(pa.timestamp(typ.unit)), pol.timestamps)  # drop the zone
     if pa.types.is_date(typ):
@@ -373,6 +375,26 @@ def _numeric(name: str, array: pa.Array, pol: TorchPolicy) -> pa.Array:
 
 
 _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _decimal_floats(array: pa.Array) -> pa.Array:
+    """Decimals as float64, correctly rounded (Arrow's cast multiplies by 10^-scale, which
+    is off by an ulp for values like -618.06): the unscaled integer divided by 10^scale."""
+    import numpy as np
+
+    typ = array.type
+    if not (pa.types.is_decimal128(typ) and typ.precision <= 18 and typ.scale <= 22):
+        return pc.cast(array, pa.float64(), safe=False)
+    n, off = len(array), array.offset
+    words = np.frombuffer(array.buffers()[1], dtype=np.int64, count=2 * (off + n))
+    unscaled = words[2 * off :: 2]  # low word of each little-endian 128-bit value
+    floats = unscaled.astype(np.float64)
+    if typ.scale > 0:
+        floats /= 10.0**typ.scale
+    elif typ.scale < 0:
+        floats *= 10.0**-typ.scale
+    mask = None if array.null_count == 0 else pc.is_null(array).to_numpy(zero_copy_only=False)
+    return pa.array(floats, pa.float64(), mask=mask)
 
 
 def _epoch(array: pa.Array, unit: str) -> pa.Array:
