@@ -146,6 +146,16 @@ class FeatureLookup:
         """The same lookup from synchronous code."""
         return self.fed._loop.run(self(keys, timeout=timeout))
 
+    def explain(self, keys: Any) -> list[str]:
+        """Each table's plan for ``keys``: the native request its source receives."""
+
+        async def plans() -> list[str]:
+            return [
+                (await self._plan(i, _key_list(keys)))[0].explain() for i in range(len(self.tables))
+            ]
+
+        return self.fed._loop.run(plans())
+
     def clear_cache(self) -> None:
         for c in self._caches:
             c.clear()
@@ -174,7 +184,8 @@ class FeatureLookup:
         parts = fetched + hits
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
-    async def _fetch(self, i: int, keys: list[Any]) -> pa.Table:
+    async def _plan(self, i: int, keys: list[Any]) -> tuple[Plan, dict[str, Any]]:
+        """The table's plan for this many keys (made once per bucket), bound to ``keys``."""
         bucket = _bucket(len(keys))
         params = {f"k{j}": keys[min(j, len(keys) - 1)] if keys else None for j in range(bucket)}
         plan = self._plans.get((i, bucket))
@@ -184,8 +195,11 @@ class FeatureLookup:
         bound = replace(
             plan, requests={fid: r.with_params(params) for fid, r in plan.requests.items()}
         )
-        result = Result(self.fed, bound, params, self.fed.timeout)
-        return await result.to_arrow_async()
+        return bound, params
+
+    async def _fetch(self, i: int, keys: list[Any]) -> pa.Table:
+        plan, params = await self._plan(i, keys)
+        return await Result(self.fed, plan, params, self.fed.timeout).to_arrow_async()
 
     def _remember(self, i: int, keys: list[Any], fetched: list[pa.Table]) -> None:
         cache = self._caches[i]
