@@ -59,6 +59,7 @@ print(int(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfi
         [ -x .venv/bin/python ] || { "$PY" -m venv .venv || { apt_install python3-venv && "$PY" -m venv .venv; }; }
         PY=.venv/bin/python
     fi
+    "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0  # CPU build, before -e
     log "pip install -e '.[all,dev]' ($PY)"
     "$PY" -m pip install -q --disable-pip-version-check -e '.[all,dev]'
     # vector and graph test servers: PostgreSQL 16 + pgvector, milvus-lite, FalkorDB
