@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -196,10 +197,16 @@ class PostgresAdapter(SQLAdapter):
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
         if self.uses_bulk(fragment.estimated_rows) and fragment.bind is None:
-            request.payload.bulk = True
+            # A filtered fragment's estimate is a guess: the server's own estimate (EXPLAIN,
+            # same connection, parameters bound) confirms it before paying for COPY.
+            verify = self.bulk_rows > 0 and _filtered(fragment.query)
+            request.payload.bulk = "verify" if verify else True
+            est = fragment.estimated_rows
             note = (
-                f"bulk: binary COPY decoded into Arrow (estimated "
-                f"{fragment.estimated_rows:,} rows >= bulk_rows {self.bulk_rows:,})"
+                "bulk: binary COPY decoded into Arrow ("
+                + (f"estimated {est:,} rows >= " if est is not None else "")
+                + f"bulk_rows {self.bulk_rows:,}"
+                + ("; confirmed by PostgreSQL's estimate at run time)" if verify else ")")
             )
             if note not in fragment.notes:
                 fragment.notes.append(note)
@@ -218,7 +225,9 @@ class PostgresAdapter(SQLAdapter):
         if getattr(payload, "bulk", False) and (request.bind is None or bind_values is None):
             values = dict(zip(request.param_names, request.params, strict=True))
             params = [values[n] for n in payload.unbound_names]
-            source = self.run_bulk(payload.unbound_text, params, request.schema)
+            source = self.run_bulk(
+                payload.unbound_text, params, request.schema, verify=payload.bulk == "verify"
+            )
         else:
             source = super().execute(request, bind_values)
         async with contextlib.aclosing(source) as batches:
@@ -226,7 +235,7 @@ class PostgresAdapter(SQLAdapter):
                 yield batch
 
     async def run_bulk(
-        self, text: str, params: list[Any], schema: pa.Schema | None
+        self, text: str, params: list[Any], schema: pa.Schema | None, verify: bool = False
     ) -> AsyncIterator[pa.RecordBatch]:
         """Run a SELECT through binary COPY and decode it into Arrow without row objects.
 
@@ -244,6 +253,13 @@ class PostgresAdapter(SQLAdapter):
             stmt = await conn.prepare(text)
             ptypes = stmt.get_parameters()
             attrs = stmt.get_attributes()
+            if verify and await self._server_estimate(conn, text, params, ptypes) < self.bulk_rows:
+                async with contextlib.aclosing(self._rows(conn, stmt, params, schema)) as rows:
+                    async for batch in rows:
+                        yield batch
+                await tx.commit()
+                finished = True
+                return
             if params:
                 params = _coerce_params(params, [p.name for p in ptypes])
                 names = [f"federator.p{i}" for i in range(1, len(params) + 1)]
@@ -332,20 +348,34 @@ class PostgresAdapter(SQLAdapter):
         pool = await self._get_pool()
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             stmt = await conn.prepare(text)
-            params = _coerce_params(params, [p.name for p in stmt.get_parameters()])
-            attrs = stmt.get_attributes()
-            names = [a.name for a in attrs]
-            types = [_output_type(a.name, a.type.name, schema) for a in attrs]
-            padded = [a.type.name == "bpchar" for a in attrs]
-            cursor = await stmt.cursor(*params)
-            first = True
-            while True:
-                rows = await cursor.fetch(self.batch_rows)
-                if rows or first:
-                    yield _to_batch(rows, names, types, padded)
-                first = False
-                if len(rows) < self.batch_rows:
-                    break
+            async with contextlib.aclosing(self._rows(conn, stmt, params, schema)) as rows:
+                async for batch in rows:
+                    yield batch
+
+    async def _rows(
+        self, conn: Any, stmt: Any, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The row path: a server-side cursor, ``batch_rows`` Python rows at a time."""
+        params = _coerce_params(params, [p.name for p in stmt.get_parameters()])
+        attrs = stmt.get_attributes()
+        names = [a.name for a in attrs]
+        types = [_output_type(a.name, a.type.name, schema) for a in attrs]
+        padded = [a.type.name == "bpchar" for a in attrs]
+        cursor = await stmt.cursor(*params)
+        first = True
+        while True:
+            rows = await cursor.fetch(self.batch_rows)
+            if rows or first:
+                yield _to_batch(rows, names, types, padded)
+            first = False
+            if len(rows) < self.batch_rows:
+                break
+
+    async def _server_estimate(self, conn: Any, text: str, params: list[Any], ptypes: Any) -> float:
+        """PostgreSQL's row estimate for a query (EXPLAIN with the parameters bound)."""
+        values = _coerce_params(params, [p.name for p in ptypes])
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {text}", *values)
+        return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
 
 
 def _output_type(name: str, typname: str, schema: pa.Schema | None) -> pa.DataType | None:
@@ -414,6 +444,13 @@ def _coerce(value: Any, typname: str) -> Any:
 
         raise ParameterError(f"parameter value {value!r} is not a valid {typname}") from None
     return value
+
+
+def _filtered(query: Any) -> bool:
+    """Whether a fragment's row count depends on predicates, joins, grouping or a limit."""
+    from sqlglot import exp
+
+    return any(query.find(kind) is not None for kind in (exp.Where, exp.Join, exp.Group, exp.Limit))
 
 
 def _decode(decoder: pgcopy.CopyDecoder, final: bool) -> pa.RecordBatch | None:

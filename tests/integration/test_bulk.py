@@ -90,3 +90,30 @@ def test_abandoned_bulk_stream_leaves_the_pool_usable(pg_dsn: str) -> None:
         for _ in range(3):  # more than one connection's worth of reuse
             n = fed.sql("SELECT count(*) AS n FROM pg.bulk_t").to_arrow()
             assert n.column("n")[0].as_py() == 200_000
+
+
+def test_filtered_fragment_checks_the_server_estimate(pg_dsn: str) -> None:
+    """A point lookup the planner guesses large runs on the row path after PostgreSQL's EXPLAIN
+    says it is small; a large filtered result still takes COPY. Both answer the same."""
+    asyncio.run(_big_table(pg_dsn, 30_000))
+    with federator.connect(_catalog(pg_dsn, 1000)) as fed:
+        adapter = fed.catalog.adapter("pg")
+        seen: list[str] = []
+        run_bulk, rows = adapter.run_bulk, adapter._rows
+
+        def spy_bulk(*a, **k):  # type: ignore[no-untyped-def]
+            seen.append("bulk")
+            return run_bulk(*a, **k)
+
+        def spy_rows(*a, **k):  # type: ignore[no-untyped-def]
+            seen.append("rows")
+            return rows(*a, **k)
+
+        adapter.run_bulk, adapter._rows = spy_bulk, spy_rows
+        point = fed.sql("SELECT id, t FROM pg.bulk_t WHERE id = :id", {"id": 7}).to_arrow()
+        assert point.to_pylist() == [{"id": 7, "t": "row 7"}]
+        assert seen == ["bulk", "rows"]
+        seen.clear()
+        many = fed.sql("SELECT id FROM pg.bulk_t WHERE k = :k", {"k": 2}).to_arrow()
+        assert many.num_rows == 30_000 // 7 + 1 - (30_000 % 7 < 2)
+        assert seen == ["bulk"]
