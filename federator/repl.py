@@ -137,6 +137,7 @@ class Repl:
         self.console = Console(file=out, highlight=False, soft_wrap=False)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.done = False
+        self._background: list[Any] = []
 
     # ---- loops ---------------------------------------------------------------------------
     def run_interactive(self, history: Path) -> int:
@@ -151,6 +152,7 @@ class Repl:
         bindings = KeyBindings()
 
         @bindings.add("enter")
+        @bindings.add("c-j")  # a newline typed before the prompt took the terminal is Ctrl-J
         def _(event: Any) -> None:
             buffer = event.current_buffer
             if statement_complete(buffer.text):
@@ -183,6 +185,8 @@ class Repl:
             except EOFError:  # Ctrl-D
                 break
             self.handle_text(text)
+        for future in self._background:  # metadata still being read: not needed any more
+            future.cancel()
         return 0
 
     def run_script(self, text: str) -> int:
@@ -471,7 +475,8 @@ class Repl:
             future = asyncio.run_coroutine_threadsafe(
                 self.fed.catalog.tables(source), self.fed._loop.loop
             )
-            future.add_done_callback(lambda f: f.exception())  # errors show when used
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._background.append(future)
 
 
 class UsageMistake(FederatorError):
@@ -593,7 +598,7 @@ class CatalogCompleter(_CompleterBase):  # type: ignore[misc]
             future = asyncio.run_coroutine_threadsafe(
                 self.fed.catalog.tables(source), self.fed._loop.loop
             )
-            future.add_done_callback(lambda f: f.exception())
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
             with contextlib.suppress(Exception):
                 future.result(timeout=0.5)
             tables = self.fed.catalog._tables.get(source, {})
