@@ -240,6 +240,9 @@ async def _pg(dsn: str, sql: str) -> list[object]:
 
     conn = await asyncpg.connect(dsn)
     try:
+        if ";" in sql:  # a script
+            await conn.execute(sql)
+            return []
         return list(await conn.fetch(sql))
     finally:
         await conn.close()
