@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from federator.catalog import Catalog
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
+from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan
 
 RESIDUAL_BATCH_ROWS = 65_536
@@ -80,6 +81,8 @@ class Execution:
         if frag.bind is not None:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
+        if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
+            return await fetch_top_k(self, frag, keys)
         batches = [b async for b in self._fragment_batches(frag, keys)]
         return pa.Table.from_batches(batches)
 
@@ -127,6 +130,7 @@ class Execution:
     # ---- residual ----------------------------------------------------------------------
     async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
         assert self.plan.residual_sql is not None
+        tables = await grow_top_k(self, tables)  # no-op unless a vector top-k was pushed
         started = time.perf_counter()
         con = duckdb.connect()
         try:

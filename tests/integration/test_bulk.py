@@ -117,3 +117,50 @@ def test_filtered_fragment_checks_the_server_estimate(pg_dsn: str) -> None:
         many = fed.sql("SELECT id FROM pg.bulk_t WHERE k = :k", {"k": 2}).to_arrow()
         assert many.num_rows == 30_000 // 7 + 1 - (30_000 % 7 < 2)
         assert seen == ["bulk"]
+
+
+async def _mysql_table(dsn: str) -> None:
+    import aiomysql
+
+    from federator.config import parse_dsn
+
+    d = parse_dsn(dsn, default_port=3306)
+    conn = await aiomysql.connect(
+        host=d.host, port=d.port, user=d.user or "root", db=d.database, autocommit=True
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("DROP TABLE IF EXISTS bulk_my")
+            await cur.execute(
+                "CREATE TABLE bulk_my (id BIGINT PRIMARY KEY, k INT, at DATETIME(6),"
+                " ts TIMESTAMP(6) NULL, x DOUBLE, t VARCHAR(40), b BOOLEAN, amount DECIMAL(12, 2),"
+                " d DATE, bl BLOB, u BIGINT UNSIGNED)"
+            )
+            await cur.execute(
+                "INSERT INTO bulk_my SELECT seq, seq % 7,"
+                " TIMESTAMP'2020-01-01 00:00:00' + INTERVAL seq SECOND,"
+                " IF(seq % 5 = 0, NULL, TIMESTAMP'2021-06-01 12:00:00.5' + INTERVAL seq MINUTE),"
+                " seq * 0.5, IF(seq % 3 = 0, NULL, CONCAT('row ', seq)), seq % 2 = 0,"
+                " (seq % 100000) / 100.0 - 300, DATE'2000-01-01' + INTERVAL seq DAY,"
+                " UNHEX(HEX(seq)), 18446744073709551615 - seq FROM seq_1_to_20000"
+            )
+    finally:
+        conn.close()
+
+
+def test_mysql_bulk_path_matches_row_path(mysql_dsn: str) -> None:
+    asyncio.run(_mysql_table(mysql_dsn))
+    query = "SELECT * FROM my.bulk_my ORDER BY id"
+    results = []
+    for bulk_rows in (0, -1):
+        catalog = {"sources": {"my": {"kind": "mysql", "dsn": mysql_dsn, "bulk_rows": bulk_rows}}}
+        with federator.connect(catalog) as fed:
+            plan = fed.explain(query)
+            assert ("bulk: ConnectorX" in plan) == (bulk_rows == 0)
+            results.append(fed.sql(query).to_arrow())
+    bulk, rows = results
+    assert bulk.num_rows == 20_000
+    assert bulk.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert bulk.schema.field("amount").type == pa.decimal128(12, 2)
+    assert bulk.schema.field("b").type == pa.bool_()
+    assert bulk.equals(rows)
