@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,46 @@ class BindJoin:
 
 
 @dataclass
+class TopK:
+    """``ORDER BY <vector distance> LIMIT k`` pushed into this fragment (a vector search).
+
+    The residual still joins, filters and re-sorts, so a filter on another source is applied
+    either before the search (``pre``: the producer's keys bound into it, see :class:`BindJoin`)
+    or after it (``post``: over-fetch ``k x factor`` candidates). Either way the executor grows
+    the fetch (x``growth``) until the residual yields ``k`` rows or the source has no more.
+    ``mode`` is ``pre``, ``post`` or ``auto`` (decided at run time from the producer's actual
+    key count: ``pre`` when it is at most ``threshold`` of ``base_rows``).
+    """
+
+    k: int
+    mode: str
+    factor: int
+    threshold: float
+    base_rows: int | None
+    reason: str
+    growth: int = 4
+    max_limit: int = 16_384  # beyond this the fragment runs without its ORDER BY/LIMIT
+    unpushed: exp.Query | None = None  # the fragment's query without the top-k
+
+    def choose(self, keys: int | None) -> str:
+        """``pre`` or ``post`` given the producer's key count (None: no keys bound)."""
+        if keys is None:
+            return "post"
+        if self.mode in ("pre", "post"):
+            return self.mode
+        if self.base_rows:
+            return "pre" if keys <= self.threshold * self.base_rows else "post"
+        return "pre"
+
+    def post_factor(self, keys: int | None) -> int:
+        """Over-fetch factor for post-filtering: 1.5 / selectivity, at least ``factor``."""
+        if keys is None or not self.base_rows:
+            return self.factor
+        selectivity = max(keys, 1) / self.base_rows
+        return max(2, min(1_000, math.ceil(1.5 / selectivity)))
+
+
+@dataclass
 class Fragment:
     """A maximal single-source piece of the query.
 
@@ -40,6 +81,7 @@ class Fragment:
     params: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     types: dict[str, pa.DataType] = field(default_factory=dict)  # known exact output types
+    top_k: TopK | None = None  # a vector top-k pushed into this fragment
 
     def sql(self) -> str:
         return self.query.sql(dialect="postgres")

@@ -41,8 +41,8 @@ from sqlglot.schema import MappingSchema
 
 from federator.catalog import arrow_to_sql_type
 from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
-from federator.plan.model import BindJoin, Fragment
-from federator.sql.dialect import Federated
+from federator.plan.model import BindJoin, Fragment, TopK
+from federator.sql.dialect import Federated, VectorDistance
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
@@ -95,6 +95,12 @@ class PlannerSettings:
     bind_max_keys: int = 50_000  # a producer estimated above this is never bound
     bind_ratio: float = 4.0  # the consumer must be estimated this many times larger
     bind_batch_size: int = 10_000  # keys per request (PostgreSQL array / MySQL IN list)
+    # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
+    # binds the other side's keys into the search, "post" over-fetches k x factor and filters
+    # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.
+    vector_filter: str = "auto"
+    prefilter_selectivity: float = 0.2
+    post_factor: int = 4
 
 
 @dataclass
@@ -347,6 +353,7 @@ class Splitter:
         if renames:
             rename_columns(select, renames)
         self._plan_bind_joins(residual_conj, frags, renames)
+        self._plan_top_k(select, residual_conj, frags, renames)
 
     def _conjunct_source(self, c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:
         aliases = free_aliases(c)
@@ -361,6 +368,134 @@ class Splitter:
         if self.rules[source].refusal(self._inline_ctes(c.copy())) is not None:
             return None
         return source
+
+    # ---- vector top-k: ORDER BY <distance> LIMIT k into the fragment holding the vectors --
+    def _plan_top_k(
+        self,
+        select: exp.Select,
+        residual_conj: list[exp.Expression],
+        frags: dict[str, Fragment],
+        renames: dict[tuple[str, str], tuple[str, str]],
+    ) -> None:
+        """Push the query's ORDER BY <vector distance> LIMIT k into the fragment whose source
+        can search vectors (capability ``vector_search``), as pre- or post-filter (TopK)."""
+        if select.parent is not None or any(
+            select.args.get(a) for a in ("group", "having", "distinct", "qualify")
+        ):
+            return
+        if any(isinstance(p.unalias(), exp.AggFunc) for p in select.selects):
+            return
+        order, limit = select.args.get("order"), select.args.get("limit")
+        if order is None or limit is None or len(order.expressions) != 1:
+            return
+        if not isinstance(limit.expression, exp.Literal) or not limit.expression.is_int:
+            return
+        offset = select.args.get("offset")
+        if offset is not None and not isinstance(offset.expression, exp.Literal):
+            return
+        k = int(limit.expression.this) + (int(offset.expression.this) if offset else 0)
+        ordered = order.expressions[0]
+        key = ordered.this
+        if isinstance(key, exp.Column) and not key.table:
+            for proj in select.selects:
+                if isinstance(proj, exp.Alias) and proj.alias == key.name:
+                    key = proj.this
+        if not isinstance(key, VectorDistance):
+            return
+        columns = [c for c in (key.this, key.expression) if isinstance(c, exp.Column)]
+        if len(columns) != 1 or len(list(key.find_all(exp.Column))) != 1:
+            return
+        reverse = {v: k_ for k_, v in renames.items()}
+        origin = self._origin(columns[0], frags, reverse)
+        if origin is None:
+            return
+        frag, alias, source_col, _ = origin
+        rules = self.rules[frag.source]
+        if not rules.can("vector_search"):
+            return
+        local = key.copy()
+        for col in local.find_all(exp.Column):
+            col.replace(exp.column(source_col, table=alias, quoted=True))
+        pushed = frag.query.copy()
+        new_ordered = ordered.copy()
+        new_ordered.set("this", local)
+        pushed.set("order", exp.Order(expressions=[new_ordered]))
+        pushed.set("limit", exp.Limit(expression=exp.Literal.number(k)))
+        refusal = rules.refusal(pushed)
+        if refusal is not None:
+            self.notes.append(f"vector top-k not pushed into {frag.id}: {refusal}")
+            return
+        mode = self.settings.vector_filter
+        if mode == "pre" and frag.bind is None:
+            self._force_bind(residual_conj, frags, reverse, frag)
+        base = self._base_rows(frag)
+        threshold = self.settings.prefilter_selectivity
+        if frag.bind is None:
+            why = "no key of another source to bind into the search"
+            mode = "post"
+        else:
+            producer = next(f for f in self.fragments if f.id == frag.bind.producer)
+            sel = (
+                producer.estimated_rows / base if producer.estimated_rows and base else None
+            )
+            shown = f"{sel:.1%}" if sel is not None else "unknown"
+            if mode == "auto":
+                planned = "pre" if sel is None or sel <= threshold else "post"
+                why = (
+                    f"estimated selectivity {shown} of {base or 0:,} rows "
+                    f"({'<=' if planned == 'pre' else '>'} {threshold:.0%}): {planned}-filter "
+                    f"planned; decided at run time from {producer.id}'s actual key count"
+                )
+            else:
+                why = f"forced by planner setting vector_filter={mode} (selectivity {shown})"
+        frag.top_k = TopK(
+            k=k,
+            mode=mode,
+            factor=self.settings.post_factor,
+            threshold=threshold,
+            base_rows=base,
+            reason=why,
+            unpushed=frag.query,
+        )
+        frag.query = pushed
+        frag.params = _params(pushed)
+        frag.estimated_rows = k
+        frag.notes.append(
+            f"vector top-k: ORDER BY {local.sql(dialect=Federated)} LIMIT {k} pushed down; "
+            f"pre-filter binds the other side's keys into the search, post-filter over-fetches "
+            f"k x factor and grows x{frag.top_k.growth} until {k} rows survive; {why}"
+        )
+
+    def _force_bind(
+        self,
+        residual_conj: list[exp.Expression],
+        frags: dict[str, Fragment],
+        reverse: dict[tuple[str, str], tuple[str, str]],
+        consumer: Fragment,
+    ) -> None:
+        """Bind ``consumer`` to the other side of an equi-join whatever the estimates say."""
+        for c in residual_conj:
+            if not (
+                isinstance(c, exp.EQ)
+                and isinstance(c.this, exp.Column)
+                and isinstance(c.expression, exp.Column)
+            ):
+                continue
+            a, b = (self._origin(col, frags, reverse) for col in (c.this, c.expression))
+            if a is None or b is None or a[0] is b[0]:
+                continue
+            producer, cons = (a, b) if b[0] is consumer else (b, a)
+            if cons[0] is consumer and not self._depends_on(producer[0], consumer):
+                self._bind(producer, cons)
+                return
+
+    def _base_rows(self, frag: Fragment) -> int | None:
+        sizes = [
+            info.rows
+            for t in frag.query.find_all(exp.Table)
+            if (info := self.tables.get((t.catalog, t.db, t.name))) is not None and info.rows
+        ]
+        return max(sizes) if sizes else None
 
     # ---- outer joins: each table its own fragment; push only null-safe filters ---------
     def _split_outer(self, select: exp.Select, items: list[_Item]) -> None:

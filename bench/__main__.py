@@ -1,0 +1,275 @@
+"""``python -m bench``: start servers, load data, measure everything in one run, print one
+report and write it to bench/results/latest.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import federator
+
+from . import env as benv
+from . import overhead, scan, tpch
+from .timing import Measure, geomean
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="the issue's sizes: 2M-row scans, TPC-H SF1, a 10M-row stream",
+    )
+    ap.add_argument("--rows", type=int, help="rows in the scan table (default 500k, --full 2M)")
+    ap.add_argument("--sf", type=float, help="TPC-H scale factor (default 0.05, --full 1)")
+    ap.add_argument("--stream-rows", type=int, help="rows streamed for the memory check")
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per figure")
+    ap.add_argument("--overhead-runs", type=int, default=1000)
+    ap.add_argument("--pg", help="DSN of a running PostgreSQL (default: start one)")
+    ap.add_argument("--mysql", help="DSN of a running MariaDB/MySQL (default: start one)")
+    ap.add_argument(
+        "--skip", default="", help="comma list of parts to skip: scan,tpch,overhead,memory"
+    )
+    ap.add_argument("--out", default=str(RESULTS / "latest.md"))
+    args = ap.parse_args(argv)
+    rows = args.rows or (2_000_000 if args.full else 500_000)
+    sf = args.sf or (1.0 if args.full else 0.05)
+    stream_rows = args.stream_rows or (10_000_000 if args.full else 2_000_000)
+    skip = set(filter(None, args.skip.split(",")))
+
+    started = time.perf_counter()
+    e = benv.start(args.pg, args.mysql)
+    lines: list[str] = [
+        "# federator benchmarks",
+        "",
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, federator "
+        f"{getattr(federator, '__version__', '?')}; servers on loopback started by the run. "
+        f"Every ratio compares figures measured in this run. Best of {args.repeats} runs.",
+        f"Command: `python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+    ]
+    try:
+        summary: dict[str, object] = {}
+        if "scan" not in skip:
+            _log(f"loading the scan table ({rows:,} rows) on both servers")
+            asyncio.run(benv.load_scan(e, rows))
+            catalog = {"sources": {"pg": {"kind": "postgres", "dsn": e.pg_dsn},
+                                   "my": {"kind": "mysql", "dsn": e.mysql_dsn}}}  # fmt: skip
+            rows_catalog = {
+                "sources": {"pg": {"kind": "postgres", "dsn": e.pg_dsn, "bulk_rows": -1}}
+            }
+            paging = min(rows, 200_000)
+            with federator.connect(catalog) as fed, federator.connect(rows_catalog) as fed_rows:
+                for f, src in ((fed, "pg"), (fed, "my"), (fed_rows, "pg")):  # catalog and pools
+                    f.sql(f"SELECT id FROM {src}.{benv.SCAN_TABLE} LIMIT 1").to_arrow()
+                _log("PostgreSQL scans")
+                pg = scan.postgres(e, fed, fed_rows, args.repeats, paging)
+                _log("MariaDB scans")
+                my = scan.mariadb(e, fed, args.repeats, paging)
+            lines += _scan_section("PostgreSQL → Arrow", rows, pg, "federator (bulk path)")
+            lines += _scan_section("MariaDB → Arrow", rows, my, "federator")
+            summary["pg"] = pg
+            summary["my"] = my
+        if "overhead" not in skip:
+            if "scan" in skip:
+                asyncio.run(benv.load_scan(e, rows))
+            _log(f"planning overhead ({args.overhead_runs} runs)")
+            ov = overhead.run(e.pg_dsn, args.overhead_runs)
+            summary["overhead"] = ov
+            lines += [
+                f"## Planning overhead: one-row single-source query, {args.overhead_runs:,} runs",
+                "",
+                "| | p50 ms | p99 ms |",
+                "|---|---:|---:|",
+                f"| asyncpg `fetch` directly | {ov['direct_p50']:.3f} | {ov['direct_p99']:.3f} |",
+                f"| federator `fed.sql(...).to_arrow()` | {ov['federator_p50']:.3f} | {ov['federator_p99']:.3f} |",
+                f"| overhead | {ov['federator_p50'] - ov['direct_p50']:.3f} | "
+                f"{ov['federator_p99'] - ov['direct_p99']:.3f} |",
+                "",
+            ]
+        if "tpch" not in skip:
+            _log(f"TPC-H SF {sf}: generating and loading")
+            load_s = tpch.load(e, sf)
+            _log(f"TPC-H loaded in {load_s:.0f} s; running 22 queries")
+            res = tpch.run(e, args.repeats)
+            summary["tpch"] = res
+            lines += _tpch_section(sf, res)
+        if "memory" not in skip:
+            _log(f"streaming {stream_rows:,} rows through to_batches() in a subprocess")
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.memory", e.pg_dsn, str(stream_rows)],
+                capture_output=True, text=True, cwd=benv.ROOT, check=False,
+            )  # fmt: skip
+            if out.returncode == 0:
+                mem = json.loads(out.stdout.strip().splitlines()[-1])
+                summary["memory"] = mem
+                lines += [
+                    f"## Streaming memory: {mem['rows']:,} rows through `to_batches()`",
+                    "",
+                    f"Peak RSS above the starting footprint: **{mem['peak_above_mb']:.0f} MB** "
+                    f"(start {mem['base_mb']:.0f} MB); {mem['seconds']:.1f} s, "
+                    f"{mem['rows'] / mem['seconds'] / 1e6:.2f} M rows/s (bulk path).",
+                    "",
+                ]
+            else:
+                lines += ["## Streaming memory", "", f"failed: {out.stderr[-500:]}", ""]
+        lines += _targets(summary)
+    finally:
+        e.stop()
+    lines.append(f"Total run time {time.perf_counter() - started:.0f} s.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    _log(f"wrote {args.out}")
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _fmt_rate(r: float | None) -> str:
+    return f"{r / 1e6:.2f} M" if r else "-"
+
+
+def _find(ms: list[Measure], prefix: str) -> Measure | None:
+    return next((m for m in ms if m.name.startswith(prefix) and m.seconds), None)
+
+
+def _scan_section(
+    title: str, rows: int, shapes: list[tuple[str, list[Measure]]], ours: str
+) -> list[str]:
+    out = [
+        f"## {title}: {rows:,} rows of (bigint, int, timestamp, double, text, boolean, numeric(12,2))",
+        "",
+    ]
+    for shape, ms in shapes:
+        fed = _find(ms, ours)
+        out += [
+            f"### {shape}",
+            "",
+            "| method | rows | seconds | rows/s | federator is x faster |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for m in ms:
+            if m.seconds is None:
+                out.append(f"| {m.name} | | | {m.note} | |")
+                continue
+            ratio = (fed.rows_per_s / m.rows_per_s) if fed and m.rows_per_s else None
+            out.append(
+                f"| {m.name} | {m.rows:,} | {m.seconds:.3f} | {_fmt_rate(m.rows_per_s)} | "
+                f"{ratio:.2f} |"
+                if ratio
+                else f"| {m.name} | {m.rows:,} | {m.seconds:.3f} | {_fmt_rate(m.rows_per_s)} | |"
+            )
+        out.append("")
+    return out
+
+
+def _tpch_section(sf: float, res: list[tpch.QueryResult]) -> list[str]:
+    out = [
+        f"## TPC-H SF {sf}, split (PostgreSQL: lineitem, part, partsupp; MariaDB: the rest)",
+        "",
+        "Time per query divided by the same query on one PostgreSQL holding every table.",
+        "",
+        "| query | single PG s | federator s | ratio | glue s | ratio | federator correct | glue correct "
+        "| rows moved pg / my | bytes moved pg / my | result rows |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for r in res:
+        fr = r.federator_s / r.single_pg_s if r.federator_s and r.single_pg_s else None
+        gr = r.glue_s / r.single_pg_s if r.glue_s and r.single_pg_s else None
+        pg, my = r.moved.get("pg", (0, 0)), r.moved.get("my", (0, 0))
+        out.append(
+            f"| {r.qid} | {r.single_pg_s or 0:.4f} | {r.federator_s or 0:.4f} | {fr or 0:.2f} | "
+            f"{r.glue_s or 0:.4f} | {gr or 0:.2f} | {'yes' if r.correct else 'NO'} | "
+            f"{'yes' if r.glue_correct else 'no'} | {pg[0]:,} / {my[0]:,} | {pg[1]:,} / {my[1]:,} | "
+            f"{r.result_rows:,} |"
+        )
+    fed_g = geomean([r.federator_s / r.single_pg_s for r in res if r.federator_s and r.single_pg_s])
+    glue_g = geomean([r.glue_s / r.single_pg_s for r in res if r.glue_s and r.single_pg_s])
+    out += [
+        "",
+        f"Geometric mean ratio to single PostgreSQL: federator **{fed_g:.2f}**, "
+        f"glue baseline **{glue_g:.2f}** (federator ÷ glue = {fed_g / glue_g:.2f}); "
+        f"federator correct on {sum(r.correct for r in res)}/{len(res)}. "
+        "DuckDB attaching both servers: not measured in this run (its scanner extensions need "
+        "duckdb 1.5.5 in a separate environment).",
+        "",
+    ]
+    errors = [f"- {r.qid}: {r.error}" for r in res if r.error]
+    if errors:
+        out += ["Errors:", *errors, ""]
+    return out
+
+
+def _targets(s: dict[str, object]) -> list[str]:
+    out = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    if "pg" in s:
+        ms = dict(s["pg"])["full scan"]  # type: ignore[call-overload]
+        fed, adbc = _find(ms, "federator (bulk"), _find(ms, "ADBC")
+        wire = _find(ms, "binary COPY to /dev/null")
+        if fed and adbc:
+            r = fed.rows_per_s / adbc.rows_per_s
+            out.append(
+                f"| PostgreSQL bulk ≥ ADBC rows/s | {r:.2f}x ADBC | {'yes' if r >= 1 else 'no'} |"
+            )
+        if fed and wire:
+            r = fed.rows_per_s / wire.rows_per_s
+            out.append(
+                f"| PostgreSQL bulk ≥ 60% of the binary COPY wire limit | {r:.0%} | "
+                f"{'yes' if r >= 0.6 else 'no'} |"
+            )
+    if "my" in s:
+        ms = dict(s["my"])["full scan"]  # type: ignore[call-overload]
+        fed, cx = _find(ms, "federator"), _find(ms, "ConnectorX")
+        if fed and cx:
+            r = fed.rows_per_s / cx.rows_per_s
+            out.append(
+                f"| MariaDB bulk ≥ 0.8x ConnectorX | {r:.2f}x | {'yes' if r >= 0.8 else 'no'} |"
+            )
+    if "tpch" in s:
+        res = s["tpch"]
+        fed_g = geomean(
+            [r.federator_s / r.single_pg_s for r in res if r.federator_s and r.single_pg_s]
+        )  # type: ignore[attr-defined]
+        glue_g = geomean([r.glue_s / r.single_pg_s for r in res if r.glue_s and r.single_pg_s])  # type: ignore[attr-defined]
+        ok = sum(r.correct for r in res)  # type: ignore[attr-defined]
+        out.append(
+            f"| TPC-H every query correct | {ok}/{len(res)} | {'yes' if ok == len(res) else 'no'} |"
+        )  # type: ignore[arg-type]
+        out.append(
+            f"| TPC-H geomean ≤ 0.5x glue | {fed_g / glue_g:.2f}x glue | "
+            f"{'yes' if fed_g <= 0.5 * glue_g else 'no'} |"
+        )
+        out.append("| TPC-H geomean ≤ DuckDB attach | not measured | - |")
+    if "overhead" in s:
+        ov = s["overhead"]
+        d = ov["federator_p50"] - ov["direct_p50"]  # type: ignore[index]
+        out.append(
+            f"| planning overhead ≤ 2 ms at p50 | {d:.2f} ms | {'yes' if d <= 2 else 'no'} |"
+        )
+    if "memory" in s:
+        m = s["memory"]
+        out.append(
+            f"| {m['rows']:,}-row stream < 500 MB above start | {m['peak_above_mb']:.0f} MB | "  # type: ignore[index]
+            f"{'yes' if m['peak_above_mb'] < 500 else 'no'} |"
+        )  # type: ignore[index]
+    out.append("")
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

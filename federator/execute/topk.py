@@ -1,0 +1,141 @@
+"""Running a vector top-k fragment (:class:`federator.plan.model.TopK`): pre- or post-filter,
+and growing the fetch until the residual yields k rows.
+
+The planner pushed ``ORDER BY <distance> LIMIT k`` into the fragment; the residual still joins,
+filters and sorts. At run time the producer's actual key count decides (``auto``):
+
+- pre-filter: the keys are bound into the search (``id in [...]`` for Milvus, ``= ANY($n)``
+  for PostgreSQL), limit k;
+- post-filter: no keys, limit ``k x factor`` with factor = 1.5 / selectivity.
+
+Either way, when the residual yields fewer than k rows and the fragment returned as many rows
+as it asked for (there may be more), the limit grows x4 and the fragment runs again; past
+``TopK.max_limit`` it runs without its ORDER BY/LIMIT. So a query never returns fewer than k
+rows when k exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from federator.errors import FederatorError, SourceError
+from federator.plan.model import Fragment
+
+if TYPE_CHECKING:
+    from federator.execute.executor import Execution
+
+
+@dataclass
+class TopKState:
+    mode: str
+    limit: int
+    keys: list[Any] | None
+    exhausted: bool = False
+    rounds: int = 0
+
+
+def _states(ex: Execution) -> dict[str, TopKState]:
+    return ex.__dict__.setdefault("_top_k_states", {})
+
+
+async def fetch_top_k(ex: Execution, frag: Fragment, keys: list[Any] | None) -> pa.Table:
+    """The first fetch of a top-k fragment, pre- or post-filtered."""
+    tk = frag.top_k
+    assert tk is not None
+    nkeys = len(keys) if keys is not None else None
+    mode = tk.choose(nkeys)
+    stats = ex.stats[frag.id]
+    if mode == "pre":
+        limit, bound = tk.k, keys
+        share = f" ({nkeys / tk.base_rows:.1%} of {tk.base_rows:,})" if tk.base_rows else ""
+        stats.note = f"pre-filter: {nkeys:,} keys{share} bound into the search, limit {limit:,}"
+    else:
+        factor = tk.post_factor(nkeys)
+        limit, bound = tk.k * factor, None
+        why = f"{nkeys:,} keys" if nkeys is not None else "no keys"
+        stats.note = f"post-filter ({why}): limit {tk.k} x {factor} = {limit:,}"
+        stats.bound_keys = None
+    state = TopKState(mode, limit, bound)
+    _states(ex)[frag.id] = state
+    return await _run(ex, frag, state)
+
+
+async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
+    tk = frag.top_k
+    assert tk is not None
+    adapter = ex.catalog.adapter(frag.source)
+    if state.limit > tk.max_limit and tk.unpushed is not None:
+        query, state.exhausted = tk.unpushed, True
+        ex.stats[frag.id].note += "; fetched without the top-k"
+    else:
+        query = frag.query.copy()
+        query.set("limit", exp.Limit(expression=exp.Literal.number(state.limit)))
+    request = adapter.translate(dataclasses.replace(frag, query=query)).with_params(ex.params)
+    sem = ex._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
+    stats = ex.stats[frag.id]
+    label = f"fragment {frag.id} on source {frag.source!r}"
+    batches = []
+    async with sem:
+        ex._running.add(label)
+        started = time.perf_counter()
+        try:
+            bind = state.keys if request.bind is not None else None
+            async with contextlib.aclosing(adapter.execute(request, bind)) as stream:
+                async for batch in stream:
+                    stats.rows += batch.num_rows
+                    stats.bytes += batch.nbytes
+                    batches.append(batch)
+        except FederatorError:
+            raise
+        except Exception as e:
+            raise SourceError(f"{label} failed: {type(e).__name__}: {e}") from e
+        finally:
+            stats.ms += (time.perf_counter() - started) * 1000
+        ex._running.discard(label)
+    table = pa.Table.from_batches(batches) if batches else pa.table({})
+    if table.num_rows < state.limit:
+        state.exhausted = True
+    state.rounds += 1
+    return table
+
+
+async def grow_top_k(ex: Execution, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Re-fetch top-k fragments with larger limits until the residual yields k rows."""
+    states = _states(ex)
+    frags = [f for f in ex.plan.fragments if f.top_k is not None and f.id in states]
+    if not frags:
+        return tables
+    k = frags[0].top_k.k  # type: ignore[union-attr]
+    while True:
+        rows = await asyncio.to_thread(_residual_rows, ex, tables)
+        grow = [f for f in frags if not states[f.id].exhausted]
+        if rows >= k or not grow:
+            return tables
+        for f in grow:
+            st = states[f.id]
+            st.limit *= f.top_k.growth  # type: ignore[union-attr]
+            tables[f.id] = await _run(ex, f, st)
+            ex.stats[f.id].note += f"; grown to limit {st.limit:,} ({rows} of {k} rows survived)"
+
+
+def _residual_rows(ex: Execution, tables: dict[str, pa.Table]) -> int:
+    sql = ex.plan.residual_sql
+    assert sql is not None
+    con = duckdb.connect()
+    try:
+        for fid, table in tables.items():
+            con.register(fid, table)
+        params = {k: v for k, v in ex.params.items() if f"${k}" in sql}
+        row = con.sql(f"SELECT count(*) FROM ({sql}) AS _top_k", params=params or None).fetchall()
+        return int(row[0][0]) if row else 0
+    finally:
+        con.close()
