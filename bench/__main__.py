@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 "| | p50 ms | p99 ms |",
                 "|---|---:|---:|",
                 f"| asyncpg `fetch` directly | {ov['direct_p50']:.3f} | {ov['direct_p99']:.3f} |",
-                f"| federator `fed.sql(...).to_arrow()` | {ov['federator_p50']:.3f} | {ov['federator_p99']:.3f} |",
+                f"| federator `fed.sql(...).to_arrow()` | {ov['federator_p50']:.3f} | {ov['federator_p99']:.3f} |",  # noqa: E501
                 f"| overhead | {ov['federator_p50'] - ov['direct_p50']:.3f} | "
                 f"{ov['federator_p99'] - ov['direct_p99']:.3f} |",
                 "",
@@ -152,7 +152,7 @@ def _scan_section(
     title: str, rows: int, shapes: list[tuple[str, list[Measure]]], ours: str
 ) -> list[str]:
     out = [
-        f"## {title}: {rows:,} rows of (bigint, int, timestamp, double, text, boolean, numeric(12,2))",
+        f"## {title}: {rows:,} rows of (bigint, int, timestamp, double, text, boolean, numeric(12,2))",  # noqa: E501
         "",
     ]
     for shape, ms in shapes:
@@ -184,7 +184,7 @@ def _tpch_section(sf: float, res: list[tpch.QueryResult]) -> list[str]:
         "",
         "Time per query divided by the same query on one PostgreSQL holding every table.",
         "",
-        "| query | single PG s | federator s | ratio | glue s | ratio | federator correct | glue correct "
+        "| query | single PG s | federator s | ratio | glue s | ratio | federator correct | glue correct "  # noqa: E501
         "| rows moved pg / my | bytes moved pg / my | result rows |",
         "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
@@ -195,7 +195,7 @@ def _tpch_section(sf: float, res: list[tpch.QueryResult]) -> list[str]:
         out.append(
             f"| {r.qid} | {r.single_pg_s or 0:.4f} | {r.federator_s or 0:.4f} | {fr or 0:.2f} | "
             f"{r.glue_s or 0:.4f} | {gr or 0:.2f} | {'yes' if r.correct else 'NO'} | "
-            f"{'yes' if r.glue_correct else 'no'} | {pg[0]:,} / {my[0]:,} | {pg[1]:,} / {my[1]:,} | "
+            f"{'yes' if r.glue_correct else 'no'} | {pg[0]:,} / {my[0]:,} | {pg[1]:,} / {my[1]:,} | "  # noqa: E501
             f"{r.result_rows:,} |"
         )
     fed_g = geomean([r.federator_s / r.single_pg_s for r in res if r.federator_s and r.single_pg_s])

@@ -129,7 +129,7 @@ def psql_copy_to_devnull(env: Env, query: str) -> None:
     p = urlsplit(env.pg_dsn)
     assert env.psql is not None
     subprocess.run(
-        [env.psql, "-h", p.hostname or "127.0.0.1", "-p", str(p.port), "-U", p.username or "postgres",
+        [env.psql, "-h", p.hostname or "127.0.0.1", "-p", str(p.port), "-U", p.username or "postgres",  # noqa: E501
          "-d", p.path.lstrip("/") or "postgres", "-v", "ON_ERROR_STOP=1", "-q",
          "-c", f"\\copy ({query}) TO '/dev/null' WITH (FORMAT binary)"],
         check=True, capture_output=True,

@@ -32,7 +32,7 @@ def main(dsn: str, rows: int) -> dict[str, float]:
             await conn.execute(
                 f"CREATE OR REPLACE VIEW {VIEW} AS SELECT g::bigint AS id, (g % 1000)::int AS k,"
                 " timestamp '2020-01-01' + g * interval '1 second' AS ts, g * 0.5::float8 AS x,"
-                " 'name_' || g AS t, g % 2 = 0 AS b, ((g % 1000000) / 100.0)::numeric(12, 2) AS amount"
+                " 'name_' || g AS t, g % 2 = 0 AS b, ((g % 1000000) / 100.0)::numeric(12, 2) AS amount"  # noqa: E501
                 f" FROM generate_series(1, {int(rows)}) g"
             )
         finally:
