@@ -850,7 +850,7 @@ class MongoAdapter(Adapter):
         params = dict(zip(request.param_names, request.params, strict=True))
         stages = substitute(pipe.stages, params)
         if pipe.bind_field is not None:
-            first, rest = stages[0], stages[1:]
+            rest = stages[1:]  # stages[0] is the $match that shows where the keys go
             if bind_values is None:
                 runs = [rest]
             else:
@@ -860,7 +860,6 @@ class MongoAdapter(Adapter):
                     [{"$match": {pipe.bind_field: {"$in": keys[i : i + size]}}}, *rest]
                     for i in range(0, len(keys), size)
                 ] or [[{"$match": {pipe.bind_field: {"$in": []}}}, *rest]]
-            del first
         else:
             runs = [stages]
         rows = 0

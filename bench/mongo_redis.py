@@ -98,7 +98,8 @@ def bench_mongo(url: str, n: int) -> None:
 
     base, rows = timed(lambda: asyncio.run(motor_list()))
     report("motor find() -> list of dicts", rows, base)
-    catalog = {"sources": {"m": {"kind": "mongo", "url": url, "database": DB}}}
+    # CongoDB answers nothing (not even heartbeats) while it computes a pipeline: give it time
+    catalog = {"sources": {"m": {"kind": "mongo", "url": url, "database": DB, "timeout": 300}}}
     with federator.connect(catalog) as fed:
         query = 'SELECT n, qty, amount, status, "address.city" FROM m.docs'
         seconds, table = timed(lambda: fed.sql(query).to_arrow())
