@@ -226,12 +226,15 @@ class MilvusAdapter(Adapter):
         for o in outputs:
             if o.metric is not None and o.metric != call.metric:
                 raise UnsupportedError("milvus returns only the distance it searches by")
+        call.types = {o.name: fragment.types[o.name] for o in outputs if o.name in fragment.types}
         if schema is not None:
-            call.types = {
-                o.name: schema.field(o.field).type
-                for o in outputs
-                if o.field and o.field in schema.names
-            }
+            call.types.update(
+                {
+                    o.name: schema.field(o.field).type
+                    for o in outputs
+                    if o.field and o.field in schema.names
+                }
+            )
         call.types.update({o.name: pa.float64() for o in outputs if o.metric})
         request = NativeRequest(source=self.name, text=_describe(call), param_names=names)
         request.payload = call

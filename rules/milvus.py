@@ -5,7 +5,7 @@ vector search); without ORDER BY it is a scalar query. No joins, grouping or exp
 >>> from federator.sql.dialect import parse
 >>> MILVUS.refusal(parse("SELECT id FROM m.items WHERE cat = 'a' ORDER BY emb <=> :q LIMIT 5"))
 >>> MILVUS.refusal(parse("SELECT id FROM m.items ORDER BY price LIMIT 5"))
-"rule 'nearest-first vector distance' of 'milvus' refuses Ordered (price)"
+"rule 'nearest-first vector distance' of 'milvus' refuses Ordered (price NULLS LAST)"
 """
 
 from __future__ import annotations

@@ -92,9 +92,14 @@ def pass_names() -> tuple[str, ...]:
 class PlannerSettings:
     """Knobs of the split; the defaults suit loopback servers."""
 
-    bind_max_keys: int = 50_000  # a producer estimated above this is never bound
+    bind_max_keys: int = 50_000  # a producer estimated up to this many rows may be bound
     bind_ratio: float = 4.0  # the consumer must be estimated this many times larger
     bind_batch_size: int = 10_000  # keys per request (PostgreSQL array / MySQL IN list)
+    # Adaptive ceiling: a larger producer is still bound when the consumer is estimated at
+    # least bind_ratio x bind_large_ratio times larger (moving keys beats moving its rows),
+    # up to this many keys (the executor drops a bind at run time above its own limit).
+    bind_large_max_keys: int = 200_000
+    bind_large_ratio: float = 10.0
     # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
     # binds the other side's keys into the search, "post" over-fetches k x factor and filters
     # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.
@@ -435,9 +440,7 @@ class Splitter:
             mode = "post"
         else:
             producer = next(f for f in self.fragments if f.id == frag.bind.producer)
-            sel = (
-                producer.estimated_rows / base if producer.estimated_rows and base else None
-            )
+            sel = producer.estimated_rows / base if producer.estimated_rows and base else None
             shown = f"{sel:.1%}" if sel is not None else "unknown"
             if mode == "auto":
                 planned = "pre" if sel is None or sel <= threshold else "post"
@@ -742,11 +745,19 @@ class Splitter:
             self._check_key_types(left, right)
             candidates.append((left, right))
         for left, right in candidates:
+            refusals = []
             for producer, consumer in ((left, right), (right, left)):
                 reason = self._bind_refusal(producer[0], consumer[0])
                 if reason is None:
                     self._bind(producer, consumer)
                     break
+                refusals.append(f"{producer[0].id} -> {consumer[0].id}: {reason}")
+            else:
+                self.notes.append(
+                    f"join {left[0].id}.{left[3]} = {right[0].id}.{right[3]} not bound ("
+                    + "; ".join(refusals)
+                    + ")"
+                )
 
     def _origin(
         self,
@@ -764,20 +775,35 @@ class Splitter:
         return None
 
     def _bind_refusal(self, producer: Fragment, consumer: Fragment) -> str | None:
+        """Why ``consumer`` should not take ``producer``'s keys (None: bind it).
+
+        Bound when the producer is small (<= bind_max_keys) and the consumer at least
+        bind_ratio times larger, or, adaptively, when the producer is larger (up to
+        bind_large_max_keys) but the consumer so much larger that shipping the keys is cheaper
+        than shipping its rows. The executor re-checks the actual key count at run time.
+        """
         s = self.settings
         if consumer.bind is not None:
-            return "already bound"
+            return f"{consumer.id} already bound to {consumer.bind.producer}"
         if not self.rules[consumer.source].can("bind_join"):
             return f"source {consumer.source} takes no bind joins"
-        if producer.estimated_rows is None or consumer.estimated_rows is None:
-            return "no estimate"
-        if producer.estimated_rows > s.bind_max_keys:
-            return "producer too large"
-        if consumer.estimated_rows < s.bind_ratio * producer.estimated_rows:
-            return "consumer not much larger"
+        p, c = producer.estimated_rows, consumer.estimated_rows
+        if p is None or c is None:
+            return "no row estimate"
+        limit = self._bind_key_limit(c)
+        if p > limit:
+            return f"{producer.id} estimated {p:,} rows > {limit:,} keys allowed"
+        if c < s.bind_ratio * p:
+            return f"{consumer.id} estimated {c:,} rows, not {s.bind_ratio:g}x {p:,}"
         if self._depends_on(producer, consumer):
-            return "cycle"
+            return "would make a cycle"
         return None
+
+    def _bind_key_limit(self, consumer_rows: int) -> int:
+        """Most keys worth binding into a consumer of this estimated size."""
+        s = self.settings
+        adaptive = int(consumer_rows / (s.bind_ratio * s.bind_large_ratio))
+        return max(s.bind_max_keys, min(s.bind_large_max_keys, adaptive))
 
     def _depends_on(self, frag: Fragment, other: Fragment) -> bool:
         while frag.bind is not None:
@@ -791,10 +817,14 @@ class Splitter:
     ) -> None:
         pfrag, _, _, pname = producer
         cfrag, calias, ccol, cname = consumer
+        assert pfrag.estimated_rows is not None and cfrag.estimated_rows is not None
+        limit = self._bind_key_limit(cfrag.estimated_rows)
         reason = (
-            f"{pfrag.id} estimated {pfrag.estimated_rows:,} rows"
-            f" <= {self.settings.bind_max_keys:,} keys, "
-            f"{cfrag.id} estimated {cfrag.estimated_rows:,} rows"
+            f"bound: {pfrag.id} estimated {pfrag.estimated_rows:,} rows"
+            f" <= {limit:,} keys allowed"
+            + (" (adaptive: large consumer)" if limit > self.settings.bind_max_keys else "")
+            + f", {cfrag.id} estimated {cfrag.estimated_rows:,} rows"
+            f" >= {self.settings.bind_ratio:g}x"
         )
         cfrag.bind = BindJoin(
             producer=pfrag.id,

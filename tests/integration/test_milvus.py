@@ -159,3 +159,60 @@ def test_join_with_another_source_top_k(fed, data) -> None:
     got = fed.sql(sql, {"q": q}).to_arrow().to_pylist()
     ids = np.array([i for i in range(N) if i % 10 == 0])
     assert [r["id"] for r in got] == top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
+
+
+@pytest.mark.parametrize("mode", ["auto", "pre", "post"])
+@pytest.mark.parametrize(("where", "share"), [("s.id % 100 = 0", 0.01), ("s.qty < 6", 0.86)])
+def test_hybrid_pre_and_post_filter_equal_numpy(fed, data, mode, where, share) -> None:
+    """The top-k pushed into the search, the SQLite filter applied before (ids bound) or after
+    (over-fetch, grown until k survive): the same answer as numpy either way."""
+    q = data["rng"].normal(size=DIM).astype(np.float32)
+    sql = (
+        "SELECT i.id, i.emb <=> :q AS d FROM m.items AS i JOIN shop.stock AS s ON s.id = i.id "
+        f"WHERE {where} ORDER BY d LIMIT 10"
+    )
+    catalog = {
+        "sources": {
+            name: a.config.options | {"kind": a.kind} for name, a in fed.catalog.adapters.items()
+        },
+        "planner": {"vector_filter": mode, "bind_max_keys": N},
+    }
+    keep = [i for i in range(N) if (i % 100 == 0 if share < 0.5 else i % 7 < 6)]
+    ids = np.array(keep)
+    want = top_k(ids, brute(data["vectors"][ids], q, "cosine"), 10)
+    with federator.connect(catalog, timeout=120) as f:
+        result = f.sql(sql, {"q": q})
+        got = result.to_arrow().column("id").to_pylist()
+        text = result.explain(analyze=True)
+    assert got == want
+    assert "search items" in text and "vector top-k" in text
+    chosen = "pre-filter:" if "pre-filter:" in text else "post-filter ("
+    if mode != "auto":
+        assert chosen.startswith(mode)
+    else:
+        assert chosen == ("pre-filter:" if share <= 0.2 else "post-filter (")
+
+
+def test_post_filter_grows_until_k_rows_survive(fed, data) -> None:
+    """A residual filter the search cannot see (price vs qty across sources) removes most
+    candidates: the fetch grows until 10 rows survive."""
+    q = data["rng"].normal(size=DIM).astype(np.float32)
+    sql = (
+        "SELECT i.id, i.emb <-> :q AS d FROM m.items AS i JOIN shop.stock AS s ON s.id = i.id "
+        "WHERE i.price < s.qty * 20 ORDER BY d LIMIT 10"
+    )
+    catalog = {
+        "sources": {
+            name: a.config.options | {"kind": a.kind} for name, a in fed.catalog.adapters.items()
+        },
+        "planner": {"vector_filter": "post", "post_factor": 2, "bind_max_keys": 1},
+    }
+    stock_qty = np.array([i % 7 for i in range(N)])
+    ids = np.array([i for i in range(N) if data["prices"][i] < stock_qty[i] * 20])
+    want = top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
+    with federator.connect(catalog, timeout=120) as f:
+        result = f.sql(sql, {"q": q})
+        got = result.to_arrow().column("id").to_pylist()
+        text = result.explain(analyze=True)
+    assert got == want
+    assert "grown to limit" in text

@@ -1,0 +1,139 @@
+"""Milvus translation without a server: pushdown fixtures (federated SQL in, Milvus search /
+query parameters out, hybrid top-k notes) and the pure helpers.
+
+Fixture cases: tests/fixtures/pushdown/milvus/*.sql. Regenerate their expected sections from
+the current translator with ``python tests/unit/test_vector_translate.py`` and read the diff.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from federator.adapters.base import TableInfo, TableRef
+from federator.adapters.milvus import _distance, _filter, _literal, milvus_arrow_type
+
+import federator
+from federator.sql.dialect import parse
+
+VECTORS = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("category", pa.string()),
+        ("price", pa.float64()),
+        ("emb", pa.list_(pa.float32())),
+    ]
+)
+
+
+def milvus_federation(**planner: object) -> federator.Federation:
+    """Milvus (collection product_vectors, 100,000 rows) beside the fixture PostgreSQL and
+    SQLite sources; no I/O."""
+    catalog = {
+        "sources": {
+            "vec": {"kind": "milvus", "uri": "/nonexistent/vectors.db"},
+            "pg": SOURCES["pg"][0],
+            "lite": SOURCES["lite"][0],
+        },
+        "planner": dict(planner),
+    }
+    fed = federator.connect(catalog)
+    fixed = {
+        "vec": [TableInfo("vec", TableRef("default", "product_vectors"), VECTORS, 100_000)],
+        "pg": fixed_tables("pg", SOURCES["pg"][1]),
+        "lite": fixed_tables("lite", SOURCES["lite"][1]),
+    }
+    for name, adapter in fed.catalog.adapters.items():
+
+        async def tables(infos: list[TableInfo] = fixed[name]) -> list[TableInfo]:
+            return infos
+
+        adapter.tables = tables  # type: ignore[method-assign]
+    return fed
+
+
+@pytest.fixture(scope="module")
+def fed() -> Iterator[federator.Federation]:
+    federation = milvus_federation()
+    yield federation
+    federation.close()
+
+
+def _cases() -> list[object]:
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
+        )
+        for c in collect("milvus")
+    ]
+
+
+def test_there_are_milvus_fixtures() -> None:
+    assert len(collect("milvus")) >= 5
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_milvus_pushdown(fed: federator.Federation, case: Case) -> None:
+    assert not (diff := differences(fed, case)), "\n".join(diff)
+
+
+def test_forced_filter_modes_are_explained() -> None:
+    sql = (
+        "SELECT v.id FROM vec.product_vectors AS v JOIN pg.products AS p ON p.id = v.id "
+        "WHERE p.category = 'toys' ORDER BY v.emb <=> :q LIMIT 10"
+    )
+    for mode in ("pre", "post"):
+        with milvus_federation(vector_filter=mode) as f:
+            plan = f.explain(sql, {"q": [0.1, 0.2]})
+            assert f"vector_filter={mode}" in plan
+            assert "search product_vectors" in plan
+
+
+# ---- pure helpers -------------------------------------------------------------------------
+def test_filter_expression_and_literals() -> None:
+    where = parse(
+        "SELECT 1 FROM t WHERE (a = 'x\"y' OR b IN (1, 2)) AND NOT c > :p AND d LIKE 'ab%' "
+        "AND e BETWEEN 1 AND 2 AND f IS NULL"
+    ).args["where"]
+    names: list[str] = []
+    pieces = _filter(where, names)
+    text = "".join(p if isinstance(p, str) else f"{{{p[1]}}}" for p in pieces)
+    assert text == (
+        '((((((a == "x\\"y" or b in [1, 2])) and not (c > {p})) and d like "ab%") '
+        "and (e >= 1 and e <= 2)) and f is null)"
+    )
+    assert names == ["p"]
+    assert _literal('it\'s "q"') == '"it\'s \\"q\\""'
+    assert _literal([1, "a"]) == '[1, "a"]'
+    assert _literal(True) == "true"
+
+
+def test_distances_in_pgvector_terms() -> None:
+    assert _distance("l2", 4.0) == 2.0
+    assert _distance("cosine", 0.25) == 0.75
+    assert _distance("neg_ip", 3.0) == -3.0
+    assert _distance("ip", 3.0) == 3.0
+
+
+def test_arrow_types() -> None:
+    class T:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    assert milvus_arrow_type(T("FLOAT_VECTOR"), {}) == pa.list_(pa.float32())
+    assert milvus_arrow_type(T("INT64"), {}) == pa.int64()
+    assert milvus_arrow_type(T("VARCHAR"), {}) == pa.string()
+
+
+if __name__ == "__main__":
+    federation = milvus_federation()
+    try:
+        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "milvus").glob("*.sql")):
+            update_file(federation, p)
+            print(f"updated {p}")
+    finally:
+        federation.close()
