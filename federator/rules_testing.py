@@ -6,8 +6,9 @@ pytest with :func:`assert_fixtures` / :func:`pytest_params`.
 
 Planning needs only table metadata, so :func:`planning_federation` builds a federation from
 real adapters whose ``tables()`` is replaced by a fixed "shop" (tables ``customers``,
-``orders``, ``products`` on sources ``pg`` (postgres), ``my`` (mysql), ``lite`` (sqlite) and
-``lake`` (files)); no server, no file is opened. A real catalog can be used instead.
+``orders``, ``products`` on sources ``pg`` (postgres), ``my`` (mysql), ``lite`` (sqlite),
+``lake`` (files) and ``docs`` (mongo, when its driver is installed)); no server, no file is
+opened. A real catalog can be used instead.
 
 Fixture file format (``*.sql``)::
 
@@ -106,6 +107,15 @@ SOURCES: dict[str, tuple[dict[str, Any], str]] = {
     "my": ({"kind": "mysql", "dsn": "mysql://fixture:s3cret@my.invalid:3306/shop"}, "shop"),
     "lite": ({"kind": "sqlite", "path": "fixture.db"}, "main"),
     "lake": ({"kind": "files", "path": "lake"}, "main"),
+    "docs": (
+        {
+            "kind": "mongo",
+            "url": "mongodb://fixture:s3cret@mongo.invalid:27017/",
+            "database": "shop",
+            "discover": False,
+        },
+        "shop",
+    ),
 }
 
 
@@ -124,7 +134,19 @@ def planning_federation(
     ``rules`` names rule plug-ins (modules or ``.py`` files) loaded as a catalog's
     ``rules = [...]`` would be.
     """
-    catalog: dict[str, Any] = {"sources": {name: SOURCES[name][0] for name in sources}}
+    from federator.adapters import adapter_class
+    from federator.errors import CatalogError
+
+    def installed(name: str) -> bool:  # a source whose driver is missing is left out
+        try:
+            adapter_class(SOURCES[name][0]["kind"])
+        except CatalogError:
+            return False
+        return True
+
+    catalog: dict[str, Any] = {
+        "sources": {name: SOURCES[name][0] for name in sources if installed(name)}
+    }
     if rules:
         catalog["rules"] = [str(r) for r in rules]
     fed = federator.connect(catalog)
