@@ -134,7 +134,7 @@ class Repl:
         self.fed = fed
         self.settings = settings
         self.out = out
-        self.console = Console(file=out, highlight=False, soft_wrap=False)
+        self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.done = False
         self._background: list[Any] = []
