@@ -15,6 +15,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from federator._loop import LoopThread
 from federator.adapters.base import TableInfo
+from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
 from federator.errors import ParameterError, UnknownTableError
@@ -52,7 +53,9 @@ class Federation:
         self.catalog = Catalog(config)
         for hook in rule_hooks:
             hook(self)
+        self.cache = Cache(config, self.catalog)  # fed.cache.invalidate(...), .stats()
         self._loop = LoopThread()
+        self.cache.loop = self._loop
         self._closed = False
         _OPEN.add(self)
         self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -62,19 +65,34 @@ class Federation:
 
     # ---- queries ---------------------------------------------------------------------
     def sql(
-        self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        query: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        max_staleness: float | None = None,
     ) -> Result:
-        """Plan a query now (errors surface here) and return a lazy :class:`Result`."""
+        """Plan a query now (errors surface here) and return a lazy :class:`Result`.
+
+        ``max_staleness``: seconds of age a cached answer may have (0 bypasses the cache;
+        None: the catalog's ``[cache] max_staleness``)."""
         params = vector_params(params or {})
         plan = self._loop.run(self.plan_async(query, params))
-        return Result(self, plan, params, timeout if timeout is not None else self.timeout)
+        timeout = timeout if timeout is not None else self.timeout
+        return Result(self, plan, params, timeout, max_staleness=max_staleness)
 
     async def sql_async(
-        self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        query: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        max_staleness: float | None = None,
     ) -> Result:
         params = vector_params(params or {})
         plan = await self._loop.run_async(self.plan_async(query, params))
-        return Result(self, plan, params, timeout if timeout is not None else self.timeout)
+        timeout = timeout if timeout is not None else self.timeout
+        return Result(self, plan, params, timeout, max_staleness=max_staleness)
 
     def explain(
         self, query: str, params: Mapping[str, Any] | None = None, *, analyze: bool = False
@@ -92,8 +110,17 @@ class Federation:
         ``source="pg"`` teaches this federation to push more."""
         return FederationRules(self.catalog.adapters)
 
-    def _execution(self, plan: Plan, params: dict[str, Any], timeout: float | None) -> Execution:
-        return Execution(plan, self.catalog, params, timeout)
+    def _execution(
+        self,
+        plan: Plan,
+        params: dict[str, Any],
+        timeout: float | None,
+        max_staleness: float | None = None,
+    ) -> Execution:
+        cache = self.cache if self.cache.enabled else None
+        return Execution(
+            plan, self.catalog, params, timeout, cache=cache, max_staleness=max_staleness
+        )
 
     # ---- planning --------------------------------------------------------------------
     async def plan_async(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
@@ -175,6 +202,7 @@ class Federation:
         for stream in list(self.open_streams):
             with contextlib.suppress(Exception):
                 await stream.aclose()
+        await self.cache.close()
         await self.catalog.close()
 
     async def aclose(self) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -17,6 +17,9 @@ from federator.catalog import Catalog
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan
+
+if TYPE_CHECKING:
+    from federator.cache import Cache
 
 RESIDUAL_BATCH_ROWS = 65_536
 
@@ -31,12 +34,16 @@ class Execution:
         params: Mapping[str, Any],
         timeout: float | None = None,
         bind_fallback_keys: int = 200_000,
+        cache: Cache | None = None,
+        max_staleness: float | None = None,
     ):
         self.plan = plan
         self.catalog = catalog
         self.params = dict(params)
         self.timeout = timeout
         self.bind_fallback_keys = bind_fallback_keys
+        self.cache = cache  # fragment and join results (federator.cache); None: no caching
+        self.max_staleness = max_staleness  # per query; None: the cache's default
         self.stats: dict[str, FragmentStats] = {f.id: FragmentStats() for f in plan.fragments}
         self.residual_stats = FragmentStats()
         self._running: set[str] = set()
@@ -52,6 +59,10 @@ class Execution:
                 if self.plan.residual is None:
                     async for batch in self._fragment_batches(self.plan.fragments[0], None):
                         yield batch
+                elif self.cache is not None:  # the join cache, which falls back to the below
+                    async with contextlib.aclosing(self.cache.join_batches(self)) as joined:
+                        async for batch in joined:
+                            yield batch
                 else:
                     tables = await self._fetch_all()
                     async for batch in self._residual(tables):
@@ -98,8 +109,13 @@ class Execution:
         return keys.to_pylist()
 
     async def _fragment_batches(
-        self, frag: Fragment, keys: list[Any] | None
+        self, frag: Fragment, keys: list[Any] | None, use_cache: bool = True
     ) -> AsyncIterator[pa.RecordBatch]:
+        if use_cache and self.cache is not None:  # lookup, single flight, store when complete
+            async with contextlib.aclosing(self.cache.fragment_batches(self, frag, keys)) as hit:
+                async for batch in hit:
+                    yield batch
+            return
         adapter = self.catalog.adapter(frag.source)
         request = self.plan.requests[frag.id]  # with keys None, a bound request runs in full
         sem = self._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
