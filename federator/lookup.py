@@ -121,11 +121,24 @@ class FeatureLookup:
 
     async def __call__(self, keys: Any, *, timeout: float | None = None) -> pa.Table:
         budget = timeout if timeout is not None else self.timeout
-        key_list = _key_list(keys)
+        work = self._lookup(_key_list(keys), budget)
+        loop = self.fed._loop
+        if asyncio.get_running_loop() is loop.loop:
+            return await work
+        # One hop onto the federation's loop for the whole call, not one per table.
+        return await loop.run_async(work)
+
+    def run(self, keys: Any, *, timeout: float | None = None) -> pa.Table:
+        """The same lookup from synchronous code."""
+        budget = timeout if timeout is not None else self.timeout
+        return self.fed._loop.run(self._lookup(_key_list(keys), budget))
+
+    async def _lookup(self, keys: list[Any], budget: float | None) -> pa.Table:
+        """Runs on the federation's loop: every table at once, within the budget."""
         pending = {t.table for t in self.tables}
 
         async def one(i: int) -> pa.Table:
-            table = await self._table(i, key_list)
+            table = await self._table(i, keys)
             pending.discard(self.tables[i].table)
             return table
 
@@ -135,16 +148,12 @@ class FeatureLookup:
                 parts = await asyncio.gather(*tasks)
         except TimeoutError:
             raise QueryTimeoutError(
-                budget or 0, f"the lookup of {len(key_list)} key(s) in {', '.join(sorted(pending))}"
+                budget or 0, f"the lookup of {len(keys)} key(s) in {', '.join(sorted(pending))}"
             ) from None
         finally:
             for t in tasks:
                 t.cancel()
-        return self._assemble(key_list, parts)
-
-    def run(self, keys: Any, *, timeout: float | None = None) -> pa.Table:
-        """The same lookup from synchronous code."""
-        return self.fed._loop.run(self(keys, timeout=timeout))
+        return self._assemble(keys, parts)
 
     def explain(self, keys: Any) -> list[str]:
         """Each table's plan for ``keys``: the native request its source receives."""
@@ -178,7 +187,7 @@ class FeatureLookup:
                 else:
                     misses.append(k)
             wanted = misses
-        fetched = [await self._fetch(i, chunk) for chunk in _chunks(wanted)]
+        fetched = list(await asyncio.gather(*(self._fetch(i, c) for c in _chunks(wanted))))
         if self.cache_ttl is not None and wanted:
             self._remember(i, wanted, fetched)
         parts = fetched + hits
@@ -190,8 +199,8 @@ class FeatureLookup:
         params = {f"k{j}": keys[min(j, len(keys) - 1)] if keys else None for j in range(bucket)}
         plan = self._plans.get((i, bucket))
         if plan is None:
-            result = await self.fed.sql_async(self._queries[i](bucket), params)
-            plan = self._plans[(i, bucket)] = result.plan
+            plan = await self.fed.plan_async(self._queries[i](bucket), params)
+            self._plans[(i, bucket)] = plan
         bound = replace(
             plan, requests={fid: r.with_params(params) for fid, r in plan.requests.items()}
         )
@@ -199,7 +208,7 @@ class FeatureLookup:
 
     async def _fetch(self, i: int, keys: list[Any]) -> pa.Table:
         plan, params = await self._plan(i, keys)
-        return await Result(self.fed, plan, params, self.fed.timeout).to_arrow_async()
+        return await Result(self.fed, plan, params, self.fed.timeout)._execution().to_table()
 
     def _remember(self, i: int, keys: list[Any], fetched: list[pa.Table]) -> None:
         cache = self._caches[i]
