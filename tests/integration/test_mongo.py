@@ -272,3 +272,45 @@ def test_join_with_sqlite_binds_keys_as_in(fed: federator.Federation, orders: li
 def test_empty_collection(fed: federator.Federation) -> None:
     got = fed.sql("SELECT count(*) AS n FROM mongo.orders WHERE status = 'nope'").to_arrow()
     assert got.to_pylist() == [{"n": 0}]
+
+
+def test_more_predicates_against_python(fed: federator.Federation, orders: list) -> None:
+    def ns(query: str) -> list[int]:
+        plan = fed.explain(query)
+        assert "no residual" in plan, plan
+        return [r["n"] for r in rows(fed.sql(query))]
+
+    by_n = sorted(orders, key=lambda d: d["n"])
+    assert ns("SELECT n FROM mongo.orders WHERE \"address.city\" NOT LIKE 'B%' ORDER BY n") == [
+        d["n"] for d in by_n if not d["address"]["city"].startswith("B")
+    ]
+    assert ns("SELECT n FROM mongo.orders WHERE qty NOT BETWEEN 2 AND 6 ORDER BY n") == [
+        d["n"] for d in by_n if not 2 <= d["qty"] <= 6
+    ]
+    assert ns("SELECT n FROM mongo.orders WHERE qty > customer_id ORDER BY n") == [
+        d["n"] for d in by_n if d["qty"] > d["customer_id"]
+    ]
+    assert ns("SELECT n FROM mongo.orders ORDER BY n LIMIT 5 OFFSET 10") == list(range(10, 15))
+    assert ns("SELECT n FROM mongo.orders WHERE status ILIKE 'PA%' ORDER BY n") == [
+        d["n"] for d in by_n if (d.get("status") or "").upper().startswith("PA")
+    ]
+
+
+def test_having_on_a_key_and_order_by_an_unselected_aggregate(
+    fed: federator.Federation, orders: list
+) -> None:
+    query = """
+        SELECT "address.city" AS city, min(ordered_at) AS first FROM mongo.orders
+        GROUP BY "address.city" HAVING "address.city" <> 'Lima'
+        ORDER BY sum(qty) DESC LIMIT 3
+    """
+    assert "no residual" in fed.explain(query)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in orders:
+        groups[d["address"]["city"]].append(d)
+    want = sorted(
+        ((c, g) for c, g in groups.items() if c != "Lima"),
+        key=lambda cg: -sum(d["qty"] for d in cg[1]),
+    )[:3]
+    got = rows(fed.sql(query))
+    assert got == [{"city": c, "first": min(d["ordered_at"] for d in g)} for c, g in want]
