@@ -67,20 +67,30 @@ class Terminal:
 
     def close(self) -> None:
         if self.child.isalive():
-            self.child.terminate(force=True)
+            self.child.sendcontrol("d")
+            try:
+                self.child.expect(pexpect.EOF, timeout=5)
+            except pexpect.TIMEOUT:
+                self.child.terminate(force=True)
+
+
+def make_sample(folder: Path) -> Path:
+    """The demo's SQLite shop and files lake, plus a table big enough for a slow cross join."""
+    write_demo_data(folder)
+    pq.write_table(pa.table({"x": list(range(4000))}), folder / "lake" / "big.parquet")
+    return folder / "federator.toml"
 
 
 @pytest.fixture
 def sample(tmp_path: Path) -> Path:
-    """The demo's SQLite shop and files lake, plus a table big enough for a slow cross join."""
-    write_demo_data(tmp_path)
-    pq.write_table(pa.table({"x": list(range(4000))}), tmp_path / "lake" / "big.parquet")
-    return tmp_path / "federator.toml"
+    return make_sample(tmp_path)
 
 
-@pytest.fixture
-def term(sample: Path, tmp_path: Path) -> Iterator[Terminal]:
-    t = Terminal(sample, tmp_path / "history")
+@pytest.fixture(scope="module")
+def term(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
+    """One REPL shared by the tests that leave it as they found it (starting one takes a second)."""
+    folder = tmp_path_factory.mktemp("repl")
+    t = Terminal(make_sample(folder), folder / "history")
     yield t
     t.close()
 
@@ -159,6 +169,8 @@ def test_meta_commands_change_output(term: Terminal, tmp_path: Path) -> None:
     term.run("\\o", "terminal")
     out = term.run("\\cache", r"cache not configured|enabled|hits")
     assert "Traceback" not in out
+    term.run("\\format table", "format is table")
+    term.run("\\timing on", "timing is on")
 
 
 def test_ctrl_c_cancels_a_slow_query_then_the_next_query_runs(term: Terminal) -> None:
@@ -177,17 +189,19 @@ def test_ctrl_c_cancels_a_slow_query_then_the_next_query_runs(term: Terminal) ->
     assert "40" in out
 
 
-def test_ctrl_c_at_the_prompt_keeps_the_repl_and_ctrl_d_exits(
-    term: Terminal, tmp_path: Path
-) -> None:
-    term.run("SELECT 1 AS one FROM shop.users LIMIT 1;", r"\(1 row\)")
-    term.child.send("SELECT half a line")
-    term.child.sendintr()
-    term.expect(PROMPT)
-    term.child.sendcontrol("d")
-    term.child.expect(pexpect.EOF, timeout=10)
-    term.child.close()
-    assert term.child.exitstatus == 0
+def test_ctrl_c_at_the_prompt_keeps_the_repl_and_ctrl_d_exits(sample: Path, tmp_path: Path) -> None:
+    term = Terminal(sample, tmp_path / "history")
+    try:
+        term.run("SELECT 1 AS one FROM shop.users LIMIT 1;", r"\(1 row\)")
+        term.child.send("SELECT half a line")
+        term.child.sendintr()
+        term.expect(PROMPT)
+        term.child.sendcontrol("d")
+        term.child.expect(pexpect.EOF, timeout=10)
+        term.child.close()
+        assert term.child.exitstatus == 0
+    finally:
+        term.close()
     assert "SELECT 1 AS one FROM shop.users LIMIT 1;" in (tmp_path / "history").read_text()
 
 
