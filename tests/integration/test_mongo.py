@@ -314,3 +314,36 @@ def test_having_on_a_key_and_order_by_an_unselected_aggregate(
     )[:3]
     got = rows(fed.sql(query))
     assert got == [{"city": c, "first": min(d["ordered_at"] for d in g)} for c, g in want]
+
+
+def test_declared_schema_with_json_document(mongo_dsn: str, orders: list) -> None:
+    import json
+
+    catalog = {
+        "sources": {
+            "m": {
+                "kind": "mongo",
+                "url": mongo_dsn,
+                "database": DB,
+                "discover": False,
+                "tables": {
+                    f"{DB}.orders": {
+                        "columns": {
+                            "n": "int64",
+                            "address": "json",
+                            "amount": "decimal(12,2)",
+                            "ordered_at": "timestamp",
+                        }
+                    }
+                },
+            }
+        }
+    }
+    with federator.connect(catalog, timeout=60) as fed:
+        table = fed.sql("SELECT * FROM m.orders WHERE n < 2 ORDER BY n").to_arrow()
+        assert table.schema.names == ["_id", "n", "address", "amount", "ordered_at"]
+        assert table.schema.field("amount").type == pa.decimal128(12, 2)
+        got = table.to_pylist()
+        assert [json.loads(r["address"]) for r in got] == [d["address"] for d in orders[:2]]
+        assert [r["_id"] for r in got] == [str(d["_id"]) for d in orders[:2]]
+        assert [r["amount"] for r in got] == [dec(d["amount"]) for d in orders[:2]]
