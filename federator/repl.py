@@ -110,6 +110,15 @@ def run_repl(
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     try:
+        import prompt_toolkit  # noqa: F401
+        import rich  # noqa: F401
+    except ImportError as e:
+        print(
+            f"error: the REPL needs {e.name}; install it with: pip install 'federator[repl]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
         fed = connect(catalog)
     except FederatorError as e:
         if debug:

@@ -12,6 +12,19 @@ from the table by :meth:`RuleSet.refusal`; no planner code asks about backend ki
 True
 >>> rs.refusal(parse_one("a LIKE 'x%'"))
 "no rule of 'toy' pushes Like (a LIKE 'x%')"
+
+Users teach a backend more with the same API, three ways:
+
+* from Python, for one federation: ``fed.rules.add(Rule("SIMILARITY"), kind="postgres")`` (or
+  ``source="pg"``), see :class:`FederationRules`;
+* from the catalog: ``rules = ["mypkg.rules", "local_rules.py"]`` names plug-in modules that
+  call :func:`add_rules` / :func:`register` when imported, or define ``federator_rules(fed)``;
+* from installed packages: entry points of the group ``federator.rules`` (a module, or a
+  callable taking the federation).
+
+Rule authors check their rules with fixture files (``federator rules test FIXTURES...`` or
+:func:`federator.rules_testing.assert_fixtures`); ``federator explain --verbose`` names the rule
+that pushed or refused each expression. Worked examples: ``examples/rules/``.
 """
 
 from __future__ import annotations
