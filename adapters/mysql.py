@@ -44,6 +44,15 @@ WHERE c.TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema'
 ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION
 """
 
+# Freshness token (see MySQLAdapter.freshness_token); {pairs} is placeholders only.
+_TOKEN_SQL = """
+SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE, UPDATE_TIME,
+       COALESCE(UPDATE_TIME >= NOW(), 0) AS unsettled
+FROM information_schema.TABLES
+WHERE {pairs}
+ORDER BY TABLE_SCHEMA, TABLE_NAME
+"""
+
 _INTEGERS = {
     "tinyint": (pa.int8(), pa.uint8()),
     "smallint": (pa.int16(), pa.uint16()),
@@ -204,6 +213,34 @@ class MySQLAdapter(SQLAdapter):
                 await asyncio.wait_for(pool.wait_closed(), timeout=5)
             except TimeoutError:
                 pool.terminate()
+
+    # ---- freshness (federator.cache) ------------------------------------------------
+    async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:
+        """A string that changes whenever the data of ``tables`` may have changed: each
+        table's UPDATE_TIME (set at commit; one-second resolution, so a table written within
+        the current second gives an unsettled token). None — TTL and invalidation only — for
+        views and for a table whose UPDATE_TIME is NULL: InnoDB keeps it in memory only, so it
+        reads NULL again after a restart and cannot prove the absence of a write."""
+        if not tables:
+            return None
+        pool = await self._get_pool()
+        pairs = " OR ".join(["(TABLE_SCHEMA = %s AND TABLE_NAME = %s)"] * len(tables))
+        args = [v for t in tables for v in (t.schema, t.name)]
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            if "mariadb" not in conn.get_server_info().lower():
+                # MySQL 8 caches information_schema statistics for a day by default.
+                await cur.execute("SET SESSION information_schema_stats_expiry = 0")
+            await cur.execute(_TOKEN_SQL.replace("{pairs}", pairs), args)
+            rows = await cur.fetchall()
+        if len(rows) < len({(t.schema, t.name) for t in tables}):
+            return None
+        if any(r[2] != "BASE TABLE" for r in rows):
+            return None
+        if any(r[4] for r in rows):
+            return f"~written-this-second:{os.urandom(8).hex()}"
+        if any(r[3] is None for r in rows):
+            return None  # not written since the server (or its table cache) loaded it
+        return ",".join(f"{r[0]}.{r[1]}:{r[3]}" for r in rows)
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:

@@ -51,6 +51,20 @@ WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY n.nspname, c.relname, a.attnum
 """
 
+# Freshness tokens (see PostgresAdapter.freshness_token).
+_SNAPSHOT_SQL = "SELECT pg_catalog.pg_current_snapshot()::text"
+_TABLE_STATS_SQL = """
+SELECT string_agg(
+         c.oid::text || ':' || c.relfilenode::text || ':'
+           || coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, -1)::text,
+         ',' ORDER BY c.oid) AS token,
+       bool_and(c.relkind IN ('r', 'p')) AS plain
+FROM unnest($1::text[], $2::text[]) AS w(nsp, rel)
+JOIN pg_catalog.pg_namespace n ON n.nspname = w.nsp
+JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel
+LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
+"""
+
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "int2": pa.int16(),
@@ -171,6 +185,27 @@ class PostgresAdapter(SQLAdapter):
                 await asyncio.wait_for(pool.close(), timeout=5)
             except TimeoutError:
                 pool.terminate()
+
+    # ---- freshness (federator.cache) ------------------------------------------------
+    async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:
+        """A string that changes whenever the data of ``tables`` may have changed.
+
+        Default (``cache_tokens = true`` or ``"snapshot"``): the server's current snapshot —
+        every start or end of a writing transaction anywhere in the cluster changes it, so it
+        is exact but coarse. ``cache_tokens = "stats"``: per-table write counters and file
+        node — fine-grained, but PostgreSQL publishes counters up to ~10 s late, so a write
+        may stay unseen that long (use invalidation for exactness)."""
+        pool = await self._get_pool()
+        mode = self.config.options.get("cache_tokens", True)
+        snapshot = await pool.fetchval(_SNAPSHOT_SQL)
+        if mode != "stats" or not tables:
+            return f"snapshot:{snapshot}"
+        row = await pool.fetchrow(
+            _TABLE_STATS_SQL, [t.schema for t in tables], [t.name for t in tables]
+        )
+        if row is None or not row["plain"]:
+            return f"snapshot:{snapshot}"  # views and the like: no counters of their own
+        return f"stats:{row['token']}"
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
