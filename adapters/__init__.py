@@ -19,10 +19,13 @@ BUILT_IN = {
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
     "milvus": "federator.adapters.milvus:MilvusAdapter",
+    "falkordb": "federator.adapters.graph:FalkorDBAdapter",
+    "neo4j": "federator.adapters.graph:Neo4jAdapter",
 }
 ALIASES = {"postgresql": "postgres", "mariadb": "mysql", "mongodb": "mongo"}
+ALIASES.update({"bolt": "neo4j", "memgraph": "neo4j"})
 EXTRAS = {"postgres": "postgres", "mysql": "mysql", "mongo": "mongo", "redis": "redis"}
-EXTRAS.update({"milvus": "milvus", "graph": "graph"})
+EXTRAS.update({"milvus": "milvus", "falkordb": "graph", "neo4j": "graph"})
 
 
 def adapter_class(kind: str) -> type[Adapter]:

