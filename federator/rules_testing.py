@@ -524,7 +524,7 @@ def explain_rules(fed: federator.Federation, plan: Plan) -> list[str]:
                 seen.add(refused)
                 lines.append(f"    kept {_short(node)}: {refused}")
         if not seen:
-            lines.append("    (every expression a source's rules refused was pushed elsewhere)")
+            lines.append("    (no expression refused: it only combines the fragments' results)")
     return lines
 
 
@@ -533,9 +533,11 @@ def _refusal_of(
 ) -> str | None:
     """The refusal by the rules of the one source this expression's columns come from."""
     tables = {c.table for c in node.find_all(exp.Column)}
-    found = {aliases[t] for t in tables if t in aliases}
-    if len(found) != 1 or len(tables) != len([t for t in tables if t in aliases]):
+    if not tables or any(t not in aliases for t in tables):
         return None
+    found = {aliases[t] for t in tables}
+    if len(found) > 1:
+        return f"needs columns of several sources ({', '.join(sorted(found))})"
     source = found.pop()
     rules = fed.catalog.adapter(source).rules
     for sub in node.walk():
