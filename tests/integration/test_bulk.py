@@ -164,3 +164,27 @@ def test_mysql_bulk_path_matches_row_path(mysql_dsn: str) -> None:
     assert bulk.schema.field("amount").type == pa.decimal128(12, 2)
     assert bulk.schema.field("b").type == pa.bool_()
     assert bulk.equals(rows)
+
+
+def test_explain_says_why_each_join_is_bound_or_not(pg_dsn: str, mysql_dsn: str) -> None:
+    asyncio.run(_big_table(pg_dsn, 30_000))
+    asyncio.run(_mysql_table(mysql_dsn))
+    catalog = {
+        "sources": {
+            "pg": {"kind": "postgres", "dsn": pg_dsn},
+            "my": {"kind": "mysql", "dsn": mysql_dsn},
+        }
+    }
+    with federator.connect(catalog) as fed:
+        both_large = fed.explain(
+            "SELECT p.t, m.x FROM pg.bulk_t p JOIN my.bulk_my m ON p.id = m.id"
+        )
+        assert "not bound (" in both_large and "rows, not 4x" in both_large
+        selective = fed.explain(
+            "SELECT p.t, m.x FROM pg.bulk_t p JOIN my.bulk_my m ON p.id = m.id WHERE m.u = 5"
+        )
+        assert "bind join:" in selective and "bound: " in selective and "keys allowed" in selective
+        got = fed.sql(
+            "SELECT p.id, m.k FROM pg.bulk_t p JOIN my.bulk_my m ON p.id = m.id WHERE m.k = 3"
+        ).to_arrow()
+        assert sorted(got.column("id").to_pylist()) == [i for i in range(1, 20_001) if i % 7 == 3]
