@@ -603,6 +603,7 @@ class FederatedDataset(IterableDataset):
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self._passes = 0
         self.policy = _policy(policy, policy_options)
         self._query = parse(sql)
         # Plan now so errors surface at construction, not inside a worker.
@@ -629,8 +630,11 @@ class FederatedDataset(IterableDataset):
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the shuffle for an epoch (call before iterating, as with DistributedSampler)."""
+        """Reseed the shuffle for an epoch (call before iterating, as with DistributedSampler).
+        The order is a function of (seed, epoch, passes over this copy, shard); the pass count
+        restarts at 0 here."""
         self.epoch = epoch
+        self._passes = 0
 
     # ---- pickling to spawned workers: the catalog travels, the open federation does not -----
     def __getstate__(self) -> dict[str, Any]:
@@ -665,7 +669,11 @@ class FederatedDataset(IterableDataset):
     ) -> Iterator[dict[str, torch.Tensor] | Features]:
         import numpy as np
 
-        rng = np.random.default_rng([self.seed, self.epoch, shard])
+        # Passes over this copy of the dataset count too: persistent workers never see
+        # set_epoch, and a loop that forgets it still gets a new order each epoch.
+        passes = self._passes
+        self._passes += 1
+        rng = np.random.default_rng([self.seed, self.epoch, passes, shard])
         total = shards * self.shards_per_worker
         mine = list(range(shard, total, shards))
         if self.shuffle_buffer:

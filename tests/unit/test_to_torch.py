@@ -329,6 +329,17 @@ def test_shuffle_is_seeded_and_complete(fed) -> None:
     assert order(1, 1) != first and order(2, 0) != first
 
 
+def test_each_pass_reshuffles_and_set_epoch_replays(fed) -> None:
+    ds = FederatedDataset(
+        fed, "SELECT id, x FROM s.items", key="id", batch_size=100, nulls=-1, shuffle_buffer=300
+    )
+    first = [v for b in ds for v in b["x"].tolist()]
+    second = [v for b in ds for v in b["x"].tolist()]
+    assert first != second and sorted(first) == sorted(second)
+    ds.set_epoch(0)
+    assert [v for b in ds for v in b["x"].tolist()] == first
+
+
 def test_features_labels_and_codes_are_consistent_across_workers(fed) -> None:
     from torch.utils.data import DataLoader
 
