@@ -13,8 +13,10 @@ tensor([1., 2.], dtype=torch.float64)
 (torch.Size([2, 1]), [0, 1], None)
 
 Zero-copy: a column of one chunk, without nulls, of a numeric type becomes a tensor over
-Arrow's own buffer (DLPack). Stacking feature columns into one 2-D tensor copies exactly once,
-straight into the output (with the dtype cast in the same pass).
+Arrow's own buffer (DLPack); an in-place change to such a tensor shows through in the Arrow
+data, so ``.clone()`` first if the table is used again. Stacking feature columns into one
+2-D tensor copies exactly once, straight into the output (with the dtype cast in the same
+pass).
 
 :class:`FederatedDataset` streams a federated query into a DataLoader with no LIMIT/OFFSET:
 each worker wraps the query in a key-range filter that the planner pushes to the source, with
