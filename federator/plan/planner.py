@@ -431,7 +431,7 @@ class Splitter:
             self.notes.append(f"vector top-k not pushed into {frag.id}: {refusal}")
             return
         mode = self.settings.vector_filter
-        if mode == "pre" and frag.bind is None:
+        if mode in ("pre", "auto") and frag.bind is None:  # auto decides from the actual keys
             self._force_bind(residual_conj, frags, reverse, frag)
         base = self._base_rows(frag)
         threshold = self.settings.prefilter_selectivity
