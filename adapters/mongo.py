@@ -811,7 +811,7 @@ class MongoAdapter(Adapter):
 
     # ---- translate (pure) ----------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
-        query = fragment.query
+        query = self.rules.rewrite(fragment.query)  # rules may write a node as another
         if not isinstance(query, exp.Select) or not isinstance(
             query.args.get("from_") and query.args["from_"].this, exp.Table
         ):

@@ -325,7 +325,7 @@ class RedisAdapter(Adapter):
 
     # ---- translate (pure) -------------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
-        query = fragment.query
+        query = self.rules.rewrite(fragment.query)  # rules may write a node as another
         source_table = query.args.get("from_") and query.args["from_"].this
         if not isinstance(query, exp.Select) or not isinstance(source_table, exp.Table):
             raise UnsupportedError(f"Redis cannot run {query.sql()[:60]}")
