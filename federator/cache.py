@@ -31,6 +31,9 @@ Settings (catalog):
     tokens = true              # ask sources for freshness tokens
     redis = "redis://127.0.0.1:6379/0"   # shared tier (optional)
     redis_max_entry_bytes = 33554432     # compressed size limit per entry
+    redis_check_interval = 0             # >0: an in-process hit trusts the Redis generations
+                                         # it read this many seconds ago (another process's
+                                         # invalidation may then take that long to be seen)
     compression = "zstd"                 # or "lz4"
     table_ttl = { "pg.orders" = 5 }
 
@@ -146,6 +149,7 @@ class CacheSettings:
     redis_prefix: str = "federator:cache"
     redis_max_entry_bytes: int = 32 * MiB
     redis_timeout: float = 2.0
+    redis_check_interval: float = 0.0  # >0: in-process hits re-read Redis generations this often
     compression: str = "zstd"
     table_ttl: Mapping[str, float] = field(default_factory=dict)
 
@@ -483,6 +487,7 @@ class Cache:
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._bytes = 0
         self._gens: dict[str, int] = {}
+        self._remote_gens: dict[tuple[str, ...], tuple[float, list[int]]] = {}
         self._flights: dict[Any, _Flight] = {}
         self._shapes: dict[str, ShapeStats] = {}
         self._plan_shapes: dict[int, tuple[Any, str, str, str | None]] = {}
@@ -536,6 +541,7 @@ class Cache:
             raise UnknownSourceError(source, self._sources)
         field_ = self.version_field(source, table)
         self._gens[field_] = self._gens.get(field_, 0) + 1
+        self._remote_gens.clear()
         if self.redis is not None:
             try:
                 await self.redis.bump([field_])
@@ -844,11 +850,19 @@ class Cache:
         """Find a servable entry; fill ``lookup.gens`` with the current generations."""
         local = self._entries.get(lookup.key)
         blob = None
-        if self.redis is not None:
+        recent = self._remote_gens.get(tuple(lookup.fields)) if local is not None else None
+        interval = self.settings.redis_check_interval
+        if recent is not None and time.monotonic() - recent[0] < interval:
+            lookup.gens = dict(zip(lookup.fields, recent[1], strict=True))
+        elif self.redis is not None:
             try:
                 gens, blob = await self.redis.read(
                     lookup.fields, None if local is not None else lookup.key
                 )
+                if interval > 0:
+                    if len(self._remote_gens) > 4096:
+                        self._remote_gens.clear()
+                    self._remote_gens[tuple(lookup.fields)] = (time.monotonic(), gens)
             except Exception as e:
                 self._counters["errors"] += 1
                 log.warning("cache: Redis tier unavailable, not caching: %s", e)
