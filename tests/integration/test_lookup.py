@@ -210,3 +210,18 @@ async def test_many_keys_are_chunked(fed: federator.Federation) -> None:
     keys = list(range(N))
     got = await fed.lookup(keys, TABLES)
     assert got.to_pylist() == expected(keys)
+
+
+async def test_the_federation_cache_serves_lookups_where_configured(
+    pg_dsn: str, redis_dsn: str, fed: federator.Federation
+) -> None:
+    spec = catalog(pg_dsn, redis_dsn)
+    spec["cache"] = {"enabled": True, "ttl": 60}
+    async with federator.connect(spec, timeout=60) as cached:
+        lookup = FeatureLookup(cached, TABLES)
+        keys = some_keys(64, seed=9)
+        first = await lookup(keys)
+        hits = cached.cache.stats()["hits"]
+        again = await lookup(keys)
+        assert again.equals(first) and first.to_pylist() == expected(keys)
+        assert cached.cache.stats()["hits"] >= hits + 2  # one per table
