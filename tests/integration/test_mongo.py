@@ -347,3 +347,12 @@ def test_declared_schema_with_json_document(mongo_dsn: str, orders: list) -> Non
         assert [json.loads(r["address"]) for r in got] == [d["address"] for d in orders[:2]]
         assert [r["_id"] for r in got] == [str(d["_id"]) for d in orders[:2]]
         assert [r["amount"] for r in got] == [dec(d["amount"]) for d in orders[:2]]
+
+
+def test_fragment_that_needs_no_field(fed: federator.Federation, orders: list) -> None:
+    query = """
+        SELECT count(*) AS n FROM mongo.orders AS o CROSS JOIN crm.customers AS c
+        WHERE c.id < 3 AND o.qty = 1
+    """
+    assert '{"$literal": 1}' in fed.explain(query)
+    assert rows(fed.sql(query)) == [{"n": 3 * sum(d["qty"] == 1 for d in orders)}]
