@@ -356,3 +356,13 @@ def test_fragment_that_needs_no_field(fed: federator.Federation, orders: list) -
     """
     assert '{"$literal": 1}' in fed.explain(query)
     assert rows(fed.sql(query)) == [{"n": 3 * sum(d["qty"] == 1 for d in orders)}]
+
+
+def test_cursor_streams_in_batches(mongo_dsn: str, orders: list) -> None:
+    catalog = {
+        "sources": {"m": {"kind": "mongo", "url": mongo_dsn, "database": DB, "batch_rows": 100}}
+    }
+    with federator.connect(catalog, timeout=60) as fed:
+        reader = fed.sql("SELECT n FROM m.orders").to_batches()
+        sizes = [b.num_rows for b in reader]
+    assert sum(sizes) == len(orders) and max(sizes) <= 100 and len(sizes) >= len(orders) // 100
