@@ -51,9 +51,8 @@ A writer that cannot call :meth:`Cache.invalidate` may bump the version itself:
 >>> with sqlite3.connect(path) as db:
 ...     _ = db.execute("CREATE TABLE t (x INTEGER)")
 ...     _ = db.execute("INSERT INTO t VALUES (1)")
->>> fed = federator.connect(
-...     {"sources": {"s": {"kind": "sqlite", "path": path}}, "cache": {"enabled": True}}
-... )
+>>> catalog = {"sources": {"s": {"kind": "sqlite", "path": path}}}
+>>> fed = federator.connect({**catalog, "cache": {"enabled": True, "tokens": False}})
 >>> _ = fed.sql("SELECT x FROM s.t").to_arrow(); _ = fed.sql("SELECT x FROM s.t").to_arrow()
 >>> fed.cache.stats()["hits"]
 1
@@ -74,6 +73,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -566,6 +566,13 @@ class Cache:
 
     def clear(self) -> None:
         """Forget the in-process entries (not Redis's, not the statistics)."""
+        if self.loop is not None and threading.current_thread() is not self.loop._thread:
+            self.loop.run(self._clear())  # the loop's thread owns the entries
+        else:
+            self._entries.clear()
+            self._bytes = 0
+
+    async def _clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
 
