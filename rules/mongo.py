@@ -131,8 +131,11 @@ def _ordered(node: exp.Expression) -> bool:
 
 
 def _limit(node: exp.Expression) -> bool:
+    """A literal count; MongoDB's $limit must be positive (LIMIT 0 stays in the residual)."""
     value = node.expression
-    return isinstance(value, exp.Literal) and value.is_int
+    if not (isinstance(value, exp.Literal) and value.is_int):
+        return False
+    return int(value.this) > 0 or isinstance(node, exp.Offset)
 
 
 def _distinct(node: exp.Expression) -> bool:
