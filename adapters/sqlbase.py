@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,7 +17,8 @@ from sqlglot import exp
 from federator.plan.model import Fragment
 
 BIND_PARAM = "__bind__"
-_MARK = "\x00P\x00"  # stands for a positional parameter while %-escaping format-style SQL
+_MARK = "\x00P\x00"  # brackets a positional parameter's number while rendering
+_MARKS = re.compile(f"{_MARK}(\\d+){_MARK}")
 
 
 @dataclass
@@ -102,23 +104,30 @@ class SQLAdapter(Adapter):
         return tree.transform(strip)
 
     def render(self, tree: exp.Expression) -> tuple[str, list[str]]:
-        """Dialect SQL with every identifier quoted and parameters in the driver's style."""
-        names: list[str] = []
+        """Dialect SQL with every identifier quoted and parameters in the driver's style.
+
+        Positional styles take values in the order the placeholders appear in the text, which
+        is not always the order of the tree, so the order is read back from the rendered text.
+        """
         tree = tree.copy()
-        for ph in list(tree.find_all(exp.Placeholder)):
-            if self.param_style == "dollar":
+        if self.param_style == "dollar":
+            names: list[str] = []
+            for ph in list(tree.find_all(exp.Placeholder)):
                 if ph.name not in names:
                     names.append(ph.name)
                 ph.replace(exp.Parameter(this=exp.Literal.number(names.index(ph.name) + 1)))
-            else:
-                names.append(ph.name)
-                ph.replace(exp.var(_MARK))
+            return tree.sql(dialect=self.dialect, identify=True), names
+        by_mark = {}
+        for i, ph in enumerate(list(tree.find_all(exp.Placeholder))):
+            mark = f"{_MARK}{i}{_MARK}"
+            by_mark[mark] = ph.name
+            ph.replace(exp.var(mark))
         text = tree.sql(dialect=self.dialect, identify=True)
         if self.param_style == "format":
-            text = text.replace("%", "%%").replace(_MARK, "%s")
-        elif self.param_style == "qmark":
-            text = text.replace(_MARK, "?")
-        return text, names
+            text = text.replace("%", "%%")
+        ordered = [by_mark[m.group(0)] for m in _MARKS.finditer(text)]
+        text = _MARKS.sub("%s" if self.param_style == "format" else "?", text)
+        return text, ordered
 
     def _in_list(self, payload: SQLPayload, key_sql: exp.Column, n: int) -> tuple[str, list[str]]:
         if n not in payload.in_list_cache:

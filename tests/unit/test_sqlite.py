@@ -154,3 +154,20 @@ def test_missing_database_file(tmp_path: Path) -> None:
 )
 def test_sqlite_type_mapping(declared: str, arrow: pa.DataType) -> None:
     assert sqlite_type(declared) == arrow
+
+
+def test_positional_parameters_follow_the_text_order(tmp_path) -> None:
+    """Placeholders at different depths of the tree still get their own values (qmark)."""
+    import sqlite3
+
+    path = tmp_path / "p.db"
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1), (2), (3), (4), (5);")
+    con.commit()
+    truth = con.execute("SELECT id FROM t WHERE (id % 3 + 1) % 3 = 2 ORDER BY id").fetchall()
+    with federator.connect({"sources": {"s": {"kind": "sqlite", "path": str(path)}}}) as fed:
+        got = fed.sql(
+            "SELECT id FROM s.t WHERE (id % :m + :k) % :m = :r ORDER BY id",
+            {"m": 3, "k": 1, "r": 2},
+        ).to_arrow()
+    assert [(r["id"],) for r in got.to_pylist()] == truth
