@@ -29,6 +29,8 @@ Settings (catalog):
     join_threshold = 3         # materialize a join shape seen this many times ...
     join_window = 300          # ... within this many seconds (0 turns the join cache off)
     tokens = true              # ask sources for freshness tokens
+    token_interval = 0         # >0: reuse a token this many seconds (a write may go unseen
+                               # that long: a cheaper check, a looser bound)
     redis = "redis://127.0.0.1:6379/0"   # shared tier (optional)
     redis_max_entry_bytes = 33554432     # compressed size limit per entry
     redis_check_interval = 0             # >0: an in-process hit trusts the Redis generations
@@ -145,6 +147,7 @@ class CacheSettings:
     join_window: float = 300.0
     tokens: bool = True
     token_timeout: float = 2.0
+    token_interval: float = 0.0  # >0: reuse a source's token read this many seconds ago
     redis: str | None = None
     redis_prefix: str = "federator:cache"
     redis_max_entry_bytes: int = 32 * MiB
@@ -429,6 +432,7 @@ class ShapeStats:
     hits: int = 0
     misses: int = 0
     stored: int = 0
+    bytes: int = 0  # size of the last answer stored for this shape
     times: collections.deque[float] = field(default_factory=collections.deque)
 
     def as_dict(self) -> dict[str, Any]:
@@ -438,6 +442,7 @@ class ShapeStats:
             "hits": self.hits,
             "misses": self.misses,
             "stored": self.stored,
+            "bytes": self.bytes,
         }
 
 
@@ -462,6 +467,7 @@ class _Lookup:
     source_tier: str = ""
     outcome: str = ""  # "hit", "shared" or "miss" once served
     inherit_age: bool = False  # a join answer is as old as the oldest data it was built from
+    stored_bytes: int = 0
 
 
 # ---- the cache ---------------------------------------------------------------------------
@@ -488,6 +494,7 @@ class Cache:
         self._bytes = 0
         self._gens: dict[str, int] = {}
         self._remote_gens: dict[tuple[str, ...], tuple[float, list[int]]] = {}
+        self._recent_tokens: dict[Any, tuple[float, str | None]] = {}
         self._flights: dict[Any, _Flight] = {}
         self._shapes: dict[str, ShapeStats] = {}
         self._plan_shapes: dict[int, tuple[Any, str, str, str | None]] = {}
@@ -712,8 +719,9 @@ class Cache:
                 _note(ex.stats[frag.id], "not run: join answer from cache")
         else:
             shape.misses += 1
-            if not lookup.why_not:
+            if lookup.stored_bytes:
                 shape.stored += 1
+                shape.bytes = lookup.stored_bytes
 
     async def _join_lookup(self, ex: Execution, plan: Plan, exact: str, bound: float) -> _Lookup:
         by_source: dict[str, list[tuple[str, str]]] = {}
@@ -845,8 +853,12 @@ class Cache:
                         tokens=lookup.tokens,
                     )
                     await self._store(lookup, result)
+                    lookup.stored_bytes = result.nbytes
             state.oldest = min(state.oldest, created)
-            _note(stats, f"cache miss; {'stored' if result else 'not stored: ' + lookup.why_not}")
+            if result is None:
+                _note(stats, f"cache miss; not stored: {lookup.why_not}")
+            else:
+                _note(stats, f"cache miss; stored{', ' + lookup.why_not if lookup.why_not else ''}")
         finally:
             if leading:
                 self._flights.pop(flight_key, None)
@@ -981,9 +993,18 @@ class Cache:
         from federator.adapters.base import TableRef
 
         adapter = self.catalog.adapter(source)
+        interval = self.settings.token_interval
+        recent = self._recent_tokens.get((source, tuple(refs)))
+        if recent is not None and time.monotonic() - recent[0] < interval:
+            return recent[1]
         try:
             async with asyncio.timeout(self.settings.token_timeout):
-                return await freshness_token(adapter, [TableRef(s, n) for s, n in refs])
+                token = await freshness_token(adapter, [TableRef(s, n) for s, n in refs])
+            if interval > 0 and token is not None and not token.startswith(_UNSETTLED):
+                if len(self._recent_tokens) > 4096:
+                    self._recent_tokens.clear()
+                self._recent_tokens[(source, tuple(refs))] = (time.monotonic(), token)
+            return token
         except Exception as e:
             self._counters["errors"] += 1
             log.warning("cache: freshness token of source %r failed: %s", source, e)
