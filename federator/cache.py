@@ -323,6 +323,8 @@ class CorruptEntry(Exception):
 
 
 def encode_entry(entry: Entry, compression: str) -> bytes:
+    """``FEDC\\x01``, header length, JSON header, CRC-32 of header and payload, then the
+    Arrow IPC stream (compressed buffers)."""
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_stream(sink, entry.table.schema, options=options) as writer:
@@ -334,11 +336,11 @@ def encode_entry(entry: Entry, compression: str) -> bytes:
             "expires": entry.expires,
             "gens": entry.gens,
             "tokens": entry.tokens,
-            "crc": zlib.crc32(payload),
             "size": len(payload),
         }
     ).encode()
-    return _MAGIC + struct.pack(">I", len(header)) + header + payload
+    crc = zlib.crc32(payload, zlib.crc32(header))
+    return _MAGIC + struct.pack(">I", len(header)) + header + struct.pack(">I", crc) + payload
 
 
 def decode_entry(blob: bytes) -> Entry:
@@ -348,10 +350,14 @@ def decode_entry(blob: bytes) -> Entry:
             raise CorruptEntry("bad magic")
         (hlen,) = struct.unpack_from(">I", blob, len(_MAGIC))
         start = len(_MAGIC) + 4
-        header = json.loads(blob[start : start + hlen])
-        payload = memoryview(blob)[start + hlen :]
-        if len(payload) != header["size"] or zlib.crc32(payload) != header["crc"]:
-            raise CorruptEntry("payload size or checksum mismatch")
+        raw_header = blob[start : start + hlen]
+        (crc,) = struct.unpack_from(">I", blob, start + hlen)
+        payload = memoryview(blob)[start + hlen + 4 :]
+        if zlib.crc32(payload, zlib.crc32(raw_header)) != crc:
+            raise CorruptEntry("checksum mismatch (truncated or altered)")
+        header = json.loads(raw_header)
+        if len(payload) != header["size"]:
+            raise CorruptEntry("payload size mismatch")
         table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
         return Entry(
             table=table,

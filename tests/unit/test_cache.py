@@ -236,6 +236,18 @@ def test_lru_evicts_within_the_budget(shop_db: Path, lake_dir: Path) -> None:
         assert stats["entries"] < 6
 
 
+def test_unreachable_redis_tier_only_costs_the_cache(shop_db: Path, lake_dir: Path) -> None:
+    pytest.importorskip("redis")
+    catalog = _catalog(shop_db, lake_dir, redis="redis://127.0.0.1:1/0", redis_timeout=0.5)
+    with federator.connect(catalog) as fed:
+        assert names(fed)[0] == "ada"
+        result = fed.sql("SELECT name FROM shop.users ORDER BY id")
+        assert result.to_arrow().num_rows == 6
+        assert "Redis tier unavailable" in result.explain(analyze=True)
+        fed.cache.invalidate(source="shop")  # logged, not raised
+        assert fed.cache.stats()["errors"] >= 3
+
+
 # ---- single flight -------------------------------------------------------------------------
 def test_fifty_concurrent_queries_fetch_each_fragment_once(
     cached: federator.Federation,
