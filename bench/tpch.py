@@ -136,7 +136,7 @@ def _glue(tp: Any, q: Any, pg_db: str, my_db: str) -> pa.Table:
         table = _usable(table)
         con.register(t, table)
     duck_sql = sqlglot.transpile(text, read="postgres", write="duckdb")[0]
-    out = con.execute(duck_sql).to_arrow_table()
+    out = con.sql(duck_sql).to_arrow_table()
     con.close()
     return out
 
