@@ -143,7 +143,7 @@ class FilesAdapter(SQLAdapter):
         if self._files is None:
             self._files = self.scan()
         duckdb = _duckdb()
-        con = duckdb.connect()
+        con = duckdb.connect(config={"enable_progress_bar": False})
         try:
             for f in self._files.values():
                 if f'"{f.name}"' not in text:

@@ -22,6 +22,7 @@ class Catalog:
         }
         self._tables: dict[str, dict[TableRef, TableInfo]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.version = 0  # bumped by refresh(): plans made before it are stale
 
     def adapter(self, source: str) -> Adapter:
         try:
@@ -43,6 +44,7 @@ class Catalog:
 
     def refresh(self, source: str | None = None) -> None:
         """Forget discovered tables so the next query reads them again."""
+        self.version += 1
         if source is None:
             self._tables.clear()
         else:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import sys
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +27,8 @@ from federator.plan.planner import PlannerSettings, Splitter, optimize, sqlglot_
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules
 from federator.sql.dialect import Federated, parse, to_duckdb_vector, vector_params
+
+PLAN_CACHE_SIZE = 256
 
 
 def connect(
@@ -58,6 +62,7 @@ class Federation:
         self.cache.loop = self._loop
         self._closed = False
         _OPEN.add(self)
+        self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
         self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -124,6 +129,31 @@ class Federation:
 
     # ---- planning --------------------------------------------------------------------
     async def plan_async(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
+        """The plan of ``query`` with ``params`` bound. Plans of query texts are kept (LRU):
+        they depend on the text, the parameter names, the catalog and the rule sets, never on
+        parameter values, so a repeated query skips parsing and optimizing."""
+        if not isinstance(query, str):
+            return self._bind_params(await self._plan(query, params), params)
+        key = (query, frozenset(params), self.catalog.version, self._rules_signature())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = await self._plan(query, params)
+            self._plans[key] = plan
+            if len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return self._bind_params(plan, params)
+
+    def _rules_signature(self) -> tuple[int, ...]:
+        return tuple(len(a.rules.rules) for a in self.catalog.adapters.values())
+
+    @staticmethod
+    def _bind_params(plan: Plan, params: Mapping[str, Any]) -> Plan:
+        requests = {fid: r.with_params(params) for fid, r in plan.requests.items()}
+        return dataclasses.replace(plan, requests=requests)
+
+    async def _plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         tree = parse(query) if isinstance(query, str) else query.copy()
         _check_params(tree, params)
         tree = normalize_identifiers(tree, dialect=Federated)
@@ -136,10 +166,7 @@ class Federation:
             self.planner_settings,
         )
         split = splitter.split(tree)
-        requests = {
-            f.id: self.catalog.adapter(f.source).translate(f).with_params(params)
-            for f in split.fragments
-        }
+        requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
         residual_sql = None
         if split.residual is not None:
             residual_sql = _residual_sql(split.residual)
