@@ -143,8 +143,9 @@ class FilesAdapter(SQLAdapter):
         if self._files is None:
             self._files = self.scan()
         duckdb = _duckdb()
-        con = duckdb.connect(config={"enable_progress_bar": False})
+        con = duckdb.connect()
         try:
+            con.execute("SET enable_progress_bar = false")
             for f in self._files.values():
                 if f'"{f.name}"' not in text:
                     continue

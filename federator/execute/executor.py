@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 RESIDUAL_BATCH_ROWS = 65_536
 
-# DuckDB draws its own progress bar on a terminal for long queries; the REPL draws ours.
-DUCKDB_CONFIG = {"enable_progress_bar": False}
-
 
 class Execution:
     """One run of a plan. ``stats`` fills in as fragments finish (EXPLAIN ANALYZE reads it)."""
@@ -151,8 +148,9 @@ class Execution:
         assert self.plan.residual_sql is not None
         tables = await grow_top_k(self, tables)  # no-op unless a vector top-k was pushed
         started = time.perf_counter()
-        con = duckdb.connect(config=DUCKDB_CONFIG)
+        con = duckdb.connect()
         try:
+            con.execute("SET enable_progress_bar = false")  # the REPL draws its own
             for fid, table in tables.items():
                 con.register(fid, table)
             params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
