@@ -37,7 +37,8 @@ _SESSION = ["SET time_zone = '+00:00'", "SET div_precision_increment = 30"]
 
 _SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
 _CATALOG_SQL = """
-SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, t.TABLE_ROWS
+SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, t.TABLE_ROWS,
+       c.COLUMN_KEY
 FROM information_schema.COLUMNS c
 JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
 WHERE c.TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys')
@@ -160,6 +161,8 @@ class MySQLAdapter(SQLAdapter):
                 "bulk_rows", os.environ.get("FEDERATOR_BULK_ROWS", DEFAULT_BULK_ROWS)
             )
         )
+        self.scan_partitions = int(config.options.get("scan_partitions", 2))
+        self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
         self._pool: aiomysql.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -251,6 +254,12 @@ class MySQLAdapter(SQLAdapter):
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             grouped.setdefault((r[0], r[1]), []).append(r)
+        self._int_keys = {
+            (schema, name): keys[0][2]
+            for (schema, name), cols in grouped.items()
+            if len(keys := [c for c in cols if c[6] == "PRI"]) == 1
+            and keys[0][3].lower() in _INTEGERS
+        }
         return [
             TableInfo(
                 self.name,
@@ -270,11 +279,18 @@ class MySQLAdapter(SQLAdapter):
             why = _connectorx_refusal(fragment)
             if why is None:
                 request.payload.bulk = True
+                key = self._partition_key(fragment)
+                request.payload.partition = key
                 note = "bulk: ConnectorX Arrow stream" + (
                     f" (estimated {est:,} rows >= bulk_rows {self.bulk_rows:,})"
                     if est is not None
                     else ""
                 )
+                if key is not None:
+                    note += (
+                        f"; {self.scan_partitions} parallel range partitions on primary key"
+                        f" {key} (one connection each, no shared snapshot)"
+                    )
             else:
                 note = f"no bulk path: {why}"
             if note not in fragment.notes:
@@ -286,14 +302,39 @@ class MySQLAdapter(SQLAdapter):
     ) -> AsyncIterator[pa.RecordBatch]:
         payload = request.payload
         if getattr(payload, "bulk", False) and (request.bind is None or bind_values is None):
-            source = self.run_bulk(payload.unbound_text.replace("%%", "%"), request.schema)
+            source = self.run_bulk(
+                payload.unbound_text.replace("%%", "%"),
+                request.schema,
+                getattr(payload, "partition", None),
+            )
         else:
             source = super().execute(request, bind_values)
         async with contextlib.aclosing(source) as batches:
             async for batch in batches:
                 yield batch
 
-    async def run_bulk(self, text: str, schema: pa.Schema | None) -> AsyncIterator[pa.RecordBatch]:
+    def _partition_key(self, fragment: Fragment) -> str | None:
+        """The output column to range-partition a whole-table scan on: the table's integer
+        primary key, when the fragment is a plain scan that outputs it (None otherwise)."""
+        q = fragment.query
+        if self.scan_partitions < 2 or not isinstance(q, exp.Select):
+            return None
+        if any(q.args.get(k) for k in ("where", "joins", "group", "limit", "order", "distinct")):
+            return None
+        tables = list(q.find_all(exp.Table))
+        if len(tables) != 1 or len(list(q.find_all(exp.Select))) != 1:
+            return None
+        t = tables[0]
+        key = self._int_keys.get((t.db or self.default_schema, t.name))
+        for sel in q.selects:
+            inner = sel.unalias()
+            if isinstance(inner, exp.Column) and inner.name == key:
+                return sel.alias_or_name
+        return None
+
+    async def run_bulk(
+        self, text: str, schema: pa.Schema | None, partition: str | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
         """A parameterless query through ConnectorX's Arrow stream (Rust, no Python row
         objects), in the same session settings as the pool; columns cast to the exact types."""
         import connectorx as cx
@@ -302,6 +343,10 @@ class MySQLAdapter(SQLAdapter):
         auth = quote(d.user or "root", safe="") + ":" + quote(d.password or "", safe="")
         uri = f"mysql://{auth}@{d.host}:{d.port or 3306}/{quote(d.database or '', safe='')}"
 
+        parts: dict[str, Any] = {}
+        if partition is not None:
+            parts = {"partition_on": partition, "partition_num": self.scan_partitions}
+
         def open_reader() -> pa.RecordBatchReader:
             return cx.read_sql(
                 uri,
@@ -309,6 +354,7 @@ class MySQLAdapter(SQLAdapter):
                 return_type="arrow_stream",
                 batch_size=self.batch_rows,
                 pre_execution_query=_SESSION,
+                **parts,
             )
 
         try:

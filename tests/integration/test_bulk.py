@@ -188,3 +188,16 @@ def test_explain_says_why_each_join_is_bound_or_not(pg_dsn: str, mysql_dsn: str)
             "SELECT p.id, m.k FROM pg.bulk_t p JOIN my.bulk_my m ON p.id = m.id WHERE m.k = 3"
         ).to_arrow()
         assert sorted(got.column("id").to_pylist()) == [i for i in range(1, 20_001) if i % 7 == 3]
+
+
+def test_mysql_whole_table_scan_runs_in_key_range_partitions(mysql_dsn: str) -> None:
+    asyncio.run(_mysql_table(mysql_dsn))
+    catalog = {"sources": {"my": {"kind": "mysql", "dsn": mysql_dsn, "bulk_rows": 0}}}
+    with federator.connect(catalog) as fed:
+        query = "SELECT id, t, amount FROM my.bulk_my"
+        assert "parallel range partitions on primary key id" in fed.explain(query)
+        got = fed.sql(query).to_arrow().sort_by("id")
+        assert "partitions" not in fed.explain("SELECT id FROM my.bulk_my WHERE k = 1")
+    with federator.connect({"sources": {"my": {"kind": "mysql", "dsn": mysql_dsn}}}) as fed:
+        want = fed.sql("SELECT id, t, amount FROM my.bulk_my ORDER BY id").to_arrow()
+    assert got.equals(want)
