@@ -146,6 +146,24 @@ class CypherGenerator:
             and isinstance(c.expression, exp.Column)
         ):
             return False
+        a, b = self.vars.get(c.this.table), self.vars.get(c.expression.table)
+        ends = ("_src", "_dst")
+        if (
+            a is not None
+            and b is not None
+            and a is not b
+            and a.table.kind == b.table.kind == "rel"
+            and c.this.name in ends
+            and c.expression.name in ends
+        ):  # rel._dst = rel2._src: the two relationships share a node (a chain)
+            ea, eb = c.this.name[1:], c.expression.name[1:]
+            va, vb = getattr(a, ea), getattr(b, eb)
+            if va is not None and vb is not None:
+                return False
+            shared = va or vb or f"{a.alias}__{ea}"
+            setattr(a, ea, shared)
+            setattr(b, eb, shared)
+            return True
         for rel_col, node_col in ((c.this, c.expression), (c.expression, c.this)):
             rel, node = self.vars.get(rel_col.table), self.vars.get(node_col.table)
             if rel is None or node is None or rel.table.kind != "rel" or node.table.kind != "node":
@@ -165,7 +183,8 @@ class CypherGenerator:
         def node(alias: str | None, anon: str) -> str:
             if alias is None:
                 return f"({quote(anon)})"
-            if alias in placed:
+            if alias in placed or alias not in self.vars:
+                placed.add(alias)
                 return f"({quote(alias)})"
             placed.add(alias)
             return f"({quote(alias)}:{quote(self.vars[alias].table.name)})"

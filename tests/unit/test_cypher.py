@@ -1,0 +1,131 @@
+"""Cypher generation without a server: pushdown fixtures (federated SQL in, Cypher out) for a
+graph source (label tables Person/Company, relationship tables FOLLOWS/WORKS_AT) beside the
+fixture SQLite shop, and the generator's pure helpers.
+
+Fixture cases: tests/fixtures/pushdown/graph/*.sql. Regenerate their expected sections with
+``python tests/unit/test_cypher.py`` and read the diff.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from federator.adapters.base import TableInfo, TableRef
+from federator.adapters.graph import CypherGenerator, GraphTable, quote
+
+import federator
+from federator.sql.dialect import parse
+
+PERSON = pa.schema(
+    [
+        ("_id", pa.int64()),
+        ("pid", pa.int64()),
+        ("name", pa.string()),
+        ("age", pa.int64()),
+        ("city", pa.string()),
+    ]
+)
+COMPANY = pa.schema([("_id", pa.int64()), ("name", pa.string())])
+FOLLOWS = pa.schema(
+    [("_id", pa.int64()), ("_src", pa.int64()), ("_dst", pa.int64()), ("since", pa.int64())]
+)
+WORKS_AT = pa.schema([("_id", pa.int64()), ("_src", pa.int64()), ("_dst", pa.int64())])
+GRAPH = {
+    "Person": (PERSON, "node", 1_000_000),
+    "Company": (COMPANY, "node", 10_000),
+    "FOLLOWS": (FOLLOWS, "rel", 20_000_000),
+    "WORKS_AT": (WORKS_AT, "rel", 1_000_000),
+}
+
+
+def graph_federation() -> federator.Federation:
+    """A FalkorDB source "g" (graph "social") with fixed tables beside the fixture SQLite."""
+    fed = federator.connect(
+        {
+            "sources": {
+                "g": {
+                    "kind": "falkordb",
+                    "url": "redis://:s3cret@graph.invalid:6379",
+                    "graph": "social",
+                },
+                "lite": SOURCES["lite"][0],
+            }
+        }
+    )
+    g = fed.catalog.adapters["g"]
+    infos = []
+    for name, (schema, kind, rows) in GRAPH.items():
+        g._graph_tables[name] = GraphTable(name, kind)  # type: ignore[attr-defined]
+        infos.append(TableInfo("g", TableRef("social", name), schema, rows))
+    lite = fixed_tables("lite", SOURCES["lite"][1])
+
+    async def graph_tables() -> list[TableInfo]:
+        return infos
+
+    async def lite_tables() -> list[TableInfo]:
+        return lite
+
+    g.tables = graph_tables  # type: ignore[method-assign]
+    fed.catalog.adapters["lite"].tables = lite_tables  # type: ignore[method-assign]
+    return fed
+
+
+@pytest.fixture(scope="module")
+def fed() -> Iterator[federator.Federation]:
+    federation = graph_federation()
+    yield federation
+    federation.close()
+
+
+def _cases() -> list[object]:
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
+        )
+        for c in collect("graph")
+    ]
+
+
+def test_there_are_graph_fixtures() -> None:
+    assert len(collect("graph")) >= 5
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_graph_pushdown(fed: federator.Federation, case: Case) -> None:
+    assert not (diff := differences(fed, case)), "\n".join(diff)
+
+
+def test_explain_hides_the_password(fed: federator.Federation) -> None:
+    assert "s3cret" not in fed.explain("SELECT name FROM g.Person")
+    assert "s3cret" not in repr(fed.catalog.adapters["g"])
+
+
+def test_generator_helpers() -> None:
+    tables = {"Person": GraphTable("Person", "node"), "FOLLOWS": GraphTable("FOLLOWS", "rel")}
+    gen = CypherGenerator(tables)
+    q = gen.generate(
+        parse(
+            "SELECT f._src, f._dst, p.name FROM FOLLOWS AS f JOIN Person AS p "
+            "ON f._dst = p._id WHERE p.name LIKE '%x%' AND p.age BETWEEN :lo AND 40"
+        )
+    )
+    assert q.text.splitlines()[0] == "MATCH (f__src)-[f:FOLLOWS]->(p:Person)"
+    assert "(p.name CONTAINS 'x')" in q.text and "($lo <= p.age AND p.age <= 40)" in q.text
+    assert "RETURN id(f__src) AS _src, id(p) AS _dst" in q.text
+    assert q.param_names == ["lo"]
+    assert quote("a`b") == "`a``b`"
+
+
+if __name__ == "__main__":
+    federation = graph_federation()
+    try:
+        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "graph").glob("*.sql")):
+            update_file(federation, p)
+            print(f"updated {p}")
+    finally:
+        federation.close()
