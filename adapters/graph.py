@@ -25,8 +25,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import datetime as dt
+import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,10 +48,14 @@ KEYS_PARAM = "__keys"
 # ---- the Cypher generator (pure) ----------------------------------------------------------
 @dataclass
 class GraphTable:
-    """A label table (``kind`` "node") or a relationship table (``kind`` "rel")."""
+    """A label table (``kind`` "node"), a relationship table (``kind`` "rel"), or the result
+    of raw Cypher from ``cypher('g', '…')`` (``kind`` "raw": its text, parameters, columns)."""
 
     name: str
     kind: str
+    raw: str = ""
+    params: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,14 +109,26 @@ class CypherGenerator:
         conjuncts = _conjuncts(select.args.get("where"))
         for j in select.args.get("joins") or []:
             conjuncts += _conjuncts(j.args.get("on"))
-        rest = [c for c in conjuncts if not self._endpoint(c)]
-        match = self._pattern()
-        if bind_key is not None:
-            rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
+        raw = [v for v in self.vars.values() if v.table.kind == "raw"]
         lines = []
-        if bind_key is not None:
-            lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
-        lines.append("MATCH " + match)
+        if raw:
+            # cypher('g', '… RETURN …'): its RETURN becomes WITH, the rest follows it.
+            if len(self.vars) != 1:
+                raise UnsupportedError("cypher() joins with other graph tables in the residual")
+            table = raw[0].table
+            self.names.extend(n for n in table.params if n not in self.names)
+            lines.append(_return_as_with(table.raw))
+            lines.append("WITH " + ", ".join(quote(c) for c in table.columns))
+            rest = list(conjuncts)
+            if bind_key is not None:
+                rest.append(exp.In(this=bind_key.copy(), expressions=[exp.var(f"${KEYS_PARAM}")]))
+        else:
+            rest = [c for c in conjuncts if not self._endpoint(c)]
+            match = self._pattern()
+            if bind_key is not None:
+                rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
+                lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
+            lines.append("MATCH " + match)
         if rest:
             lines.append("WHERE " + " AND ".join(self.expr(c) for c in rest))
         distinct = "DISTINCT " if select.args.get("distinct") else ""
@@ -206,6 +223,8 @@ class CypherGenerator:
         v = self.vars.get(col.table)
         if v is None:
             raise UnsupportedError(f"column {col.sql()} names no table of this graph")
+        if v.table.kind == "raw":
+            return quote(col.name)
         if col.name == "_id":
             return f"id({quote(v.alias)})"
         if v.table.kind == "rel" and col.name in ("_src", "_dst"):
@@ -255,6 +274,10 @@ class CypherGenerator:
             return f"${quote(node.name)}"
         if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
             return f"({self.expr(node.this)} IS NULL)"
+        if isinstance(node, exp.In) and len(node.expressions) == 1:
+            only = node.expressions[0]
+            if isinstance(only, exp.Var) and only.name.startswith("$"):
+                return f"({self.expr(node.this)} IN {only.name})"  # the bind-join keys
         if isinstance(node, exp.In):
             items = ", ".join(self.expr(e) for e in node.expressions)
             return f"({self.expr(node.this)} IN [{items}])"
@@ -274,6 +297,19 @@ class CypherGenerator:
                 return f"({x} ENDS WITH {core})"
             return f"({x} = {core})"
         raise UnsupportedError(f"no Cypher for {node.sql()}")
+
+
+def _return_as_with(text: str) -> str:
+    """Raw Cypher with its last RETURN turned into WITH, so more clauses can follow.
+
+    >>> _return_as_with("MATCH (n) RETURN n.name AS name ORDER BY name")
+    'MATCH (n) WITH n.name AS name ORDER BY name'
+    """
+    found = list(re.finditer(r"\bRETURN\b", text, flags=re.IGNORECASE))
+    if not found:
+        raise UnsupportedError("cypher() text must end in a RETURN clause")
+    at = found[-1]
+    return text[: at.start()] + "WITH" + text[at.end() :].rstrip().rstrip(";")
 
 
 def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
@@ -460,6 +496,31 @@ class GraphAdapter(Adapter):
             for k, v in (m or {}).items():
                 keys.setdefault(k, []).append(v)
         return [pa.field(k, _arrow_type(vs)) for k, vs in sorted(keys.items())]
+
+    # ---- cypher('g', 'MATCH … RETURN …', :param, …) ---------------------------------------
+    async def table_function(
+        self, name: str, args: list[exp.Expression], params: Mapping[str, Any]
+    ) -> TableInfo:
+        """The result of raw Cypher as a table. Its columns and types come from running it
+        once while planning; extra arguments are ``:name`` parameters, ``$name`` in the text."""
+        if name != "cypher":
+            raise UnsupportedError(f"graph source {self.name!r} has no table function {name}()")
+        if not args or not (isinstance(args[0], exp.Literal) and args[0].is_string):
+            raise UnsupportedError("cypher('source', 'MATCH … RETURN …', :param, …) wants text")
+        names = []
+        for a in args[1:]:
+            if not isinstance(a, exp.Placeholder) or not a.name:
+                raise UnsupportedError(f"cypher() parameters are :name placeholders, not {a.sql()}")
+            names.append(a.name)
+        text = args[0].this
+        columns, rows = await self.cypher(text, {n: params[n] for n in names})
+        fields = [pa.field(c, _arrow_type([r[i] for r in rows])) for i, c in enumerate(columns)]
+        digest = hashlib.sha1(f"{text}\x00{names}".encode()).hexdigest()[:10]
+        table = f"__cypher_{digest}"
+        self._graph_tables[table] = GraphTable(table, "raw", text, names, list(columns))
+        return TableInfo(
+            self.name, TableRef(self.default_schema, table), pa.schema(fields), len(rows)
+        )
 
     # ---- translate (pure) ------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:

@@ -20,7 +20,7 @@ from federator.adapters.base import TableInfo
 from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
-from federator.errors import ParameterError, UnknownTableError
+from federator.errors import ParameterError, UnknownTableError, UnsupportedError
 from federator.execute import Execution
 from federator.plan.model import Plan
 from federator.plan.planner import PlannerSettings, Splitter, optimize, sqlglot_schema
@@ -157,7 +157,7 @@ class Federation:
         tree = parse(query) if isinstance(query, str) else query.copy()
         _check_params(tree, params)
         tree = normalize_identifiers(tree, dialect=Federated)
-        infos = await self._bind(tree)
+        infos = await self._bind(tree, params)
         folded = [n for n, a in self.catalog.adapters.items() if a.case_insensitive_columns]
         tree = optimize(tree, sqlglot_schema(infos, folded), infos)
         splitter = Splitter(
@@ -179,11 +179,17 @@ class Federation:
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
         )
 
-    async def _bind(self, tree: exp.Query) -> list[TableInfo]:
+    async def _bind(
+        self, tree: exp.Query, params: Mapping[str, Any] | None = None
+    ) -> list[TableInfo]:
         """Resolve every source table to the catalog's exact names; return their infos."""
         ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
         infos: dict[tuple[str, str, str], TableInfo] = {}
         for table in list(tree.find_all(exp.Table)):
+            if isinstance(table.this, exp.Anonymous):  # a table function: cypher('g', '…')
+                info = await self._table_function(table, params or {})
+                infos[(info.source, info.ref.schema, info.ref.name)] = info
+                continue
             if not table.name or (not table.db and table.name in ctes):
                 continue
             if table.catalog:
@@ -204,6 +210,30 @@ class Federation:
                 table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
             infos[(source, info.ref.schema, info.ref.name)] = info
         return list(infos.values())
+
+    async def _table_function(self, table: exp.Table, params: Mapping[str, Any]) -> TableInfo:
+        """``fn('source', …)`` in FROM: the source's adapter turns it into a table of its own
+        (``table_function(name, args, params)``); the node becomes that table."""
+        fn = table.this
+        args = list(fn.expressions)
+        name = str(fn.this).lower()
+        if not args or not (isinstance(args[0], exp.Literal) and args[0].is_string):
+            raise UnsupportedError(f"table function {name}() wants a source name first")
+        adapter = self.catalog.adapter(args[0].this)
+        hook = getattr(adapter, "table_function", None)
+        if hook is None:
+            raise UnsupportedError(f"source {args[0].this!r} ({adapter.kind}) has no {name}()")
+        info = await hook(name, args[1:], params)
+        alias = table.alias_or_name or name
+        table.replace(
+            exp.Table(
+                this=exp.to_identifier(info.ref.name, quoted=True),
+                db=exp.to_identifier(info.ref.schema, quoted=True),
+                catalog=exp.to_identifier(info.source),
+                alias=exp.TableAlias(this=exp.to_identifier(alias)),
+            )
+        )
+        return info
 
     async def lookup(self, keys: Any, tables: Any, **options: Any) -> Any:
         """Features for a batch of keys from several tables at once, as one Arrow table with a

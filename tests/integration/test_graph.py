@@ -46,6 +46,10 @@ def graph_data() -> dict[str, Any]:
     con.executemany("INSERT INTO person VALUES (?, ?, ?, ?)", [tuple(p.values()) for p in people])
     con.execute("CREATE TABLE follows (a INT, b INT, since INT)")
     con.executemany("INSERT INTO follows VALUES (?, ?, ?)", [tuple(e.values()) for e in edges])
+    con.execute("CREATE TABLE orders (id INT, buyer INT, total INT)")  # as on SQLite below
+    con.executemany(
+        "INSERT INTO orders VALUES (?, ?, ?)", [(i, (i * 7) % N_PEOPLE, i) for i in range(6)]
+    )
     return {"people": people, "edges": edges, "duck": con}
 
 
@@ -166,12 +170,6 @@ def test_followers_of_buyers_bind_join(falkor, graph_data) -> None:
     )
     plan = falkor.explain(sql)
     assert "UNWIND $__keys AS __key" in plan and "bind join" in plan
-    con = graph_data["duck"]
-    con.execute(
-        "CREATE OR REPLACE TABLE orders AS SELECT * FROM (VALUES "
-        + ", ".join(f"({i}, {(i * 7) % N_PEOPLE}, {i})" for i in range(6))
-        + ") t(id, buyer, total)"
-    )
     assert rows(falkor, sql) == truth(
         graph_data,
         "SELECT o.id, f.a FROM orders o JOIN follows f ON f.b = o.buyer WHERE o.total < 5",
@@ -226,3 +224,25 @@ def test_bolt_one_hop_and_filter(bolt, graph_data) -> None:
     assert rows(bolt, "SELECT pid FROM g.Person WHERE age >= :a", {"a": 60}) == truth(
         graph_data, "SELECT pid FROM person WHERE age >= 60"
     )
+
+
+def test_raw_cypher_table_function_joins_with_anything(falkor, graph_data) -> None:
+    sql = (
+        "SELECT c.name, c.n, o.id FROM cypher('g', 'MATCH (a:Person)-[:FOLLOWS]->(b:Person) "
+        "WHERE a.age > $min RETURN b.pid AS pid, b.name AS name, count(a) AS n', :min) AS c "
+        "JOIN shop.orders AS o ON o.buyer = c.pid WHERE c.n >= 2"
+    )
+    plan = falkor.explain(sql, {"min": 30})
+    assert "WITH b.pid AS pid" in plan
+    got = rows(falkor, sql, {"min": 30})
+    want = truth(
+        graph_data,
+        "SELECT b.name, count(*) AS n, o.id FROM follows f JOIN person a ON a.pid = f.a "
+        "JOIN person b ON b.pid = f.b JOIN orders o ON o.buyer = b.pid WHERE a.age > 30 "
+        "GROUP BY b.name, o.id HAVING count(*) >= 2",
+    )
+    assert got == want
+    alone = "SELECT name FROM cypher('g', 'MATCH (p:Person) RETURN p.name AS name') AS c "
+    alone += "WHERE c.name < 'p05' ORDER BY name LIMIT 3"
+    assert "no residual" in falkor.explain(alone)
+    assert falkor.sql(alone).to_arrow().column("name").to_pylist() == ["p00", "p01", "p02"]
