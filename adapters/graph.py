@@ -111,23 +111,23 @@ class CypherGenerator:
             conjuncts += _conjuncts(j.args.get("on"))
         raw = [v for v in self.vars.values() if v.table.kind == "raw"]
         lines = []
+        if len(raw) > 1:
+            raise UnsupportedError("one cypher()/paths() per graph fragment; join them elsewhere")
         if raw:
-            # cypher('g', '… RETURN …'): its RETURN becomes WITH, the rest follows it.
-            if len(self.vars) != 1:
-                raise UnsupportedError("cypher() joins with other graph tables in the residual")
+            # cypher('g', '… RETURN …'): its RETURN becomes WITH, the rest follows it (its
+            # columns are in scope for a MATCH over the other tables).
             table = raw[0].table
             self.names.extend(n for n in table.params if n not in self.names)
             lines.append(_return_as_with(table.raw))
             lines.append("WITH " + ", ".join(quote(c) for c in table.columns))
-            rest = list(conjuncts)
-            if bind_key is not None:
-                rest.append(exp.In(this=bind_key.copy(), expressions=[exp.var(f"${KEYS_PARAM}")]))
-        else:
-            rest = [c for c in conjuncts if not self._endpoint(c)]
-            match = self._pattern()
-            if bind_key is not None:
-                rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
-                lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
+        rest = [c for c in conjuncts if not self._endpoint(c)]
+        match = self._pattern()
+        if bind_key is not None and raw:
+            rest.append(exp.In(this=bind_key.copy(), expressions=[exp.var(f"${KEYS_PARAM}")]))
+        elif bind_key is not None:
+            rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
+            lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
+        if match:
             lines.append("MATCH " + match)
         if rest:
             lines.append("WHERE " + " AND ".join(self.expr(c) for c in rest))
@@ -503,6 +503,8 @@ class GraphAdapter(Adapter):
     ) -> TableInfo:
         """The result of raw Cypher as a table. Its columns and types come from running it
         once while planning; extra arguments are ``:name`` parameters, ``$name`` in the text."""
+        if name == "paths":
+            return await self._paths(args)
         if name != "cypher":
             raise UnsupportedError(f"graph source {self.name!r} has no table function {name}()")
         if not args or not (isinstance(args[0], exp.Literal) and args[0].is_string):
@@ -521,6 +523,24 @@ class GraphAdapter(Adapter):
         return TableInfo(
             self.name, TableRef(self.default_schema, table), pa.schema(fields), len(rows)
         )
+
+    async def _paths(self, args: list[exp.Expression]) -> TableInfo:
+        """``paths('g', 'FOLLOWS', 1, 3)``: every (start, end) pair joined by a path of 1 to 3
+        FOLLOWS relationships, as ``_src``, ``_dst``, ``hops`` (the shortest such length)."""
+        if len(args) != 3 or not all(isinstance(a, exp.Literal) for a in args):
+            raise UnsupportedError("paths('source', 'TYPE', min_hops, max_hops) wants literals")
+        rtype, low, high = args[0].this, int(args[1].this), int(args[2].this)
+        if not 0 < low <= high:
+            raise UnsupportedError(f"paths() wants 0 < min_hops <= max_hops, got {low}, {high}")
+        text = (
+            f"MATCH p = (a)-[:{quote(rtype)}*{low}..{high}]->(b) "
+            "RETURN id(a) AS _src, id(b) AS _dst, min(length(p)) AS hops"
+        )
+        table = f"__cypher_paths_{re.sub(r'[^A-Za-z0-9_]', '_', rtype)}_{low}_{high}"
+        columns = ["_src", "_dst", "hops"]
+        self._graph_tables[table] = GraphTable(table, "raw", text, [], columns)
+        schema = pa.schema([(c, pa.int64()) for c in columns])
+        return TableInfo(self.name, TableRef(self.default_schema, table), schema, None)
 
     # ---- translate (pure) ------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:

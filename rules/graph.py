@@ -39,13 +39,8 @@ def _simple_like(node: exp.Expression) -> bool:
 
 
 def _graph_table(node: exp.Expression) -> bool:
-    """A label or relationship type; the result of cypher() only on its own (no joins)."""
-    if not isinstance(node.this, exp.Identifier):
-        return False
-    if node.name.startswith("__cypher_"):
-        select = node.find_ancestor(exp.Select)
-        return select is None or not select.args.get("joins")
-    return True
+    """A label or relationship type, or the result of cypher()/paths() (a table of its own)."""
+    return isinstance(node.this, exp.Identifier)
 
 
 GRAPH = RuleSet(

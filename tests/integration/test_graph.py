@@ -246,3 +246,21 @@ def test_raw_cypher_table_function_joins_with_anything(falkor, graph_data) -> No
     alone += "WHERE c.name < 'p05' ORDER BY name LIMIT 3"
     assert "no residual" in falkor.explain(alone)
     assert falkor.sql(alone).to_arrow().column("name").to_pylist() == ["p00", "p01", "p02"]
+
+
+def test_variable_length_paths(falkor, graph_data) -> None:
+    """paths('g', 'FOLLOWS', 1, 2) joined back to Person: who reaches whom in 1..2 hops."""
+    sql = (
+        "SELECT a.pid AS src, b.pid AS dst, r.hops FROM paths('g', 'FOLLOWS', 1, 2) AS r "
+        "JOIN g.Person AS a ON a._id = r._src JOIN g.Person AS b ON b._id = r._dst "
+        "WHERE a.pid < 5"
+    )
+    assert "no residual" in falkor.explain(sql)  # one Cypher query: paths, then MATCH
+    got = rows(falkor, sql)
+    want = truth(
+        graph_data,
+        "WITH hop AS (SELECT a, b, 1 AS h FROM follows UNION ALL "
+        "SELECT f1.a, f2.b, 2 FROM follows f1 JOIN follows f2 ON f2.a = f1.b) "
+        "SELECT a, b, min(h) FROM hop WHERE a < 5 GROUP BY a, b",
+    )
+    assert got == want
