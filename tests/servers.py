@@ -433,7 +433,41 @@ def start_falkordb() -> Server:
     return server
 
 
+# ---- Milvus (PyPI milvus-lite run as a gRPC server) -------------------------------------------
+def start_milvus() -> Server:
+    """``milvus-lite server`` on a loopback port: ``http://127.0.0.1:PORT``."""
+    import importlib.util
+
+    if importlib.util.find_spec("milvus_lite") is None:
+        raise ServerUnavailable(
+            "milvus-lite is not installed; install it with: "
+            "pip install pymilvus==3.0.2 milvus-lite==3.2.2"
+        )
+    d = _tempdir("milvus")
+    port = free_port()
+    log = os.path.join(d, "log")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", d,
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=d, start_new_session=True,
+        )
+    server = _register(Server("milvus", f"http://127.0.0.1:{port}", port, d, proc, log))
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    _wait_until(ready, server, "milvus-lite server")
+    return server
+
+
 STARTERS: dict[str, Callable[[], Server]] = {
+    "milvus": start_milvus,
     "falkordb": start_falkordb,
     "pgvector": start_pgvector,
     "postgres": start_postgres,

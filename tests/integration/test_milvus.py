@@ -216,3 +216,24 @@ def test_post_filter_grows_until_k_rows_survive(fed, data) -> None:
         text = result.explain(analyze=True)
     assert got == want
     assert "grown to limit" in text
+
+
+def test_server_uri(milvus_url: str, data) -> None:
+    """The same adapter over a Milvus server URI (milvus-lite's gRPC server)."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(milvus_url)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("emb", DataType.FLOAT_VECTOR, dim=DIM)
+    index = client.prepare_index_params()
+    index.add_index("emb", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("served", schema=schema, index_params=index)
+    client.insert("served", [{"id": i, "emb": v.tolist()} for i, v in enumerate(data["vectors"])])
+    client.close()
+    q = data["rng"].normal(size=DIM).astype(np.float32)
+    with federator.connect({"sources": {"m": {"kind": "milvus", "uri": milvus_url}}}) as f:
+        got = f.sql("SELECT id FROM m.served ORDER BY emb <=> :q LIMIT 5", {"q": q}).to_arrow()
+        assert "127.0.0.1" in f.sources()["m"]
+    want = top_k(np.arange(N), brute(data["vectors"], q, "cosine"), 5)
+    assert got.column("id").to_pylist() == want
