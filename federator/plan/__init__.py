@@ -1,0 +1,1 @@
+"""Planning: optimizer passes, splitting into fragments, plan objects."""
