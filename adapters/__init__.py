@@ -29,7 +29,7 @@ EXTRAS.update({"milvus": "milvus", "falkordb": "graph", "neo4j": "graph"})
 
 
 def adapter_class(kind: str) -> type[Adapter]:
-    """The adapter class for a backend kind: built in, or from entry point group federator.adapters."""
+    """The adapter class for a kind: built in, or from entry point group federator.adapters."""
     kind = ALIASES.get(kind, kind)
     target = BUILT_IN.get(kind)
     if target is None:

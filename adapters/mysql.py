@@ -22,16 +22,15 @@ import pyarrow as pa
 import pymysql
 from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
-from federator.adapters.sqlbase import SQLAdapter
+from federator.adapters.sqlbase import ServerSQLAdapter
 from sqlglot import exp
 
-from federator.config import SourceConfig, parse_dsn
-from federator.errors import CatalogError, SourceError, SourceUnreachableError
+from federator.config import SourceConfig
+from federator.errors import SourceError
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
-DEFAULT_BULK_ROWS = 50_000
 # The session settings of the aiomysql pool, repeated for ConnectorX's connection.
 _SESSION = ["SET time_zone = '+00:00'", "SET div_precision_increment = 30"]
 
@@ -138,7 +137,7 @@ def result_type(description: tuple[Any, ...]) -> pa.DataType | None:
     return _RESULT_TYPES.get(code)
 
 
-class MySQLAdapter(SQLAdapter):
+class MySQLAdapter(ServerSQLAdapter):
     """MySQL/MariaDB source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``,
     ``bulk_rows`` (fragments estimated at this many rows or more, without parameters, whose
     output types ConnectorX carries exactly, stream through ConnectorX's Arrow reader; ``0``
@@ -149,73 +148,43 @@ class MySQLAdapter(SQLAdapter):
     param_style = "format"
     bind_style = "in_list"
 
+    default_port = 3306
+    connect_errors = (OSError, TimeoutError, pymysql.err.MySQLError)
+
     def __init__(self, config: SourceConfig):
         super().__init__(config)
-        if "dsn" not in config.options:
-            raise CatalogError(f"source {config.name!r} (mysql) needs a 'dsn'")
-        self.dsn = parse_dsn(str(config.options["dsn"]), default_port=3306)
         self.default_schema = self.dsn.database or ""
-        self.connect_timeout = float(config.options.get("connect_timeout", 10))
-        self.bulk_rows = int(
-            config.options.get(
-                "bulk_rows", os.environ.get("FEDERATOR_BULK_ROWS", DEFAULT_BULK_ROWS)
-            )
-        )
         self.scan_partitions = int(config.options.get("scan_partitions", 2))
         self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
-        self._pool: aiomysql.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-
-    @property
-    def where(self) -> str:
-        return self.dsn.where
 
     # ---- pool ------------------------------------------------------------------------
-    async def open(self) -> None:
-        await self._get_pool()
-
-    async def _get_pool(self) -> aiomysql.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await self._create_pool()
-        return self._pool
-
-    async def _create_pool(self) -> aiomysql.Pool:
+    async def _connect_pool(self) -> aiomysql.Pool:
         d = self.dsn
-        try:
-            pool = await aiomysql.create_pool(
-                host=d.host,
-                port=d.port or 3306,
-                user=d.user or "root",
-                password=d.password or "",
-                db=d.database,
-                minsize=0,
-                maxsize=self.max_concurrency,
-                autocommit=True,
-                connect_timeout=self.connect_timeout,
-                charset="utf8mb4",
-                # UTC timestamps; AVG and division to 30 places, not MySQL's default of 4 more
-                # than the input, which cuts AVG(DECIMAL(15,2)) to 6 places.
-                init_command="SET time_zone = '+00:00', div_precision_increment = 30",
-            )
-            async with pool.acquire() as conn:  # fail here, not in the middle of a query
-                await conn.ping()
-            return pool
-        except (OSError, pymysql.err.MySQLError, TimeoutError) as e:
-            raise SourceUnreachableError(
-                self.name, self.where, failure_reason(e, d.password)
-            ) from None
+        pool = await aiomysql.create_pool(
+            host=d.host,
+            port=d.port or 3306,
+            user=d.user or "root",
+            password=d.password or "",
+            db=d.database,
+            minsize=0,
+            maxsize=self.max_concurrency,
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            charset="utf8mb4",
+            # UTC timestamps; AVG and division to 30 places, not MySQL's default of 4 more
+            # than the input, which cuts AVG(DECIMAL(15,2)) to 6 places.
+            init_command="SET time_zone = '+00:00', div_precision_increment = 30",
+        )
+        async with pool.acquire() as conn:  # fail here, not in the middle of a query
+            await conn.ping()
+        return pool
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-            try:
-                await asyncio.wait_for(pool.wait_closed(), timeout=5)
-            except TimeoutError:
-                pool.terminate()
+    async def _close_pool(self, pool: aiomysql.Pool) -> None:
+        pool.close()
+        try:
+            await asyncio.wait_for(pool.wait_closed(), timeout=5)
+        except TimeoutError:
+            pool.terminate()
 
     # ---- freshness (federator.cache) ------------------------------------------------
     async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:

@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import decimal
 import json
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,17 +22,16 @@ import asyncpg
 import pyarrow as pa
 from federator.adapters import pgcopy
 from federator.adapters.arrowconv import rows_to_batch
-from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
-from federator.adapters.sqlbase import SQLAdapter
+from federator.adapters.base import NativeRequest, TableInfo, TableRef
+from federator.adapters.sqlbase import ServerSQLAdapter
 
-from federator.config import SourceConfig, parse_dsn
-from federator.errors import CatalogError, SourceError, SourceUnreachableError
+from federator.config import SourceConfig
+from federator.errors import SourceError
 from federator.sql.dialect import vector_text
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
-DEFAULT_BULK_ROWS = 50_000  # fragments estimated at this many rows or more use binary COPY
 _BULK_BLOCK_BYTES = 4 << 20  # decode the COPY stream in blocks of about this size
 
 _CATALOG_SQL = """
@@ -111,7 +109,7 @@ def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
     return _SIMPLE_TYPES.get(typname) or _ARRAYS.get(typname) or pa.string()
 
 
-class PostgresAdapter(SQLAdapter):
+class PostgresAdapter(ServerSQLAdapter):
     """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``,
     ``bulk_rows`` (fragments estimated at this many rows or more stream through binary COPY,
     decoded by :mod:`federator.adapters.pgcopy`; ``0`` always, ``-1`` never; default from the
@@ -124,67 +122,37 @@ class PostgresAdapter(SQLAdapter):
     default_schema = "public"
     case_insensitive_columns = False
 
+    default_port = 5432
+    connect_errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
     def __init__(self, config: SourceConfig):
         super().__init__(config)
-        if "dsn" not in config.options:
-            raise CatalogError(f"source {config.name!r} (postgres) needs a 'dsn'")
-        self.dsn = parse_dsn(str(config.options["dsn"]), default_port=5432)
         self.default_schema = str(config.options.get("schema", "public"))
-        self.connect_timeout = float(config.options.get("connect_timeout", 10))
-        self.bulk_rows = int(
-            config.options.get(
-                "bulk_rows", os.environ.get("FEDERATOR_BULK_ROWS", DEFAULT_BULK_ROWS)
-            )
-        )
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-
-    @property
-    def where(self) -> str:
-        return self.dsn.where
 
     # ---- pool ------------------------------------------------------------------------
-    async def open(self) -> None:
-        await self._get_pool()
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await self._create_pool()
-        return self._pool
-
-    async def _create_pool(self) -> asyncpg.Pool:
+    async def _connect_pool(self) -> asyncpg.Pool:
         d = self.dsn
-        try:
-            pool = await asyncpg.create_pool(
-                host=d.host,
-                port=d.port,
-                user=d.user,
-                password=d.password,
-                database=d.database,
-                min_size=0,
-                max_size=self.max_concurrency,
-                timeout=self.connect_timeout,
-                statement_cache_size=256,
-                server_settings={"application_name": "federator"},
-            )
-            async with pool.acquire() as conn:  # fail here, not in the middle of a query
-                await conn.execute("SELECT 1")
-            return pool
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            raise SourceUnreachableError(
-                self.name, self.where, failure_reason(e, d.password)
-            ) from None
+        pool = await asyncpg.create_pool(
+            host=d.host,
+            port=d.port,
+            user=d.user,
+            password=d.password,
+            database=d.database,
+            min_size=0,
+            max_size=self.max_concurrency,
+            timeout=self.connect_timeout,
+            statement_cache_size=256,
+            server_settings={"application_name": "federator"},
+        )
+        async with pool.acquire() as conn:  # fail here, not in the middle of a query
+            await conn.execute("SELECT 1")
+        return pool
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=5)
-            except TimeoutError:
-                pool.terminate()
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=5)
+        except TimeoutError:
+            pool.terminate()
 
     # ---- freshness (federator.cache) ------------------------------------------------
     async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:

@@ -4,16 +4,20 @@ and running bind joins in batches. Each engine adds only driver glue (ibis's lay
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from federator.adapters.base import Adapter, BindSpec, NativeRequest
+from federator.adapters.base import Adapter, BindSpec, NativeRequest, failure_reason
 from sqlglot import exp
 
+from federator.config import SourceConfig, parse_dsn
+from federator.errors import CatalogError, SourceUnreachableError
 from federator.plan.model import Fragment
 
 BIND_PARAM = "__bind__"
@@ -181,3 +185,63 @@ def _annotate_in_list(text: str, batch_size: int) -> str:
         if mark in text:
             return text.replace(mark, f"IN ({mark[4:-1]}, ... up to {batch_size:,} keys per batch)")
     return text
+
+
+DEFAULT_BULK_ROWS = 50_000  # fragments estimated at this many rows or more take the bulk path
+
+
+class ServerSQLAdapter(SQLAdapter):
+    """A SQL server reached through a DSN with a connection pool opened on first use.
+
+    Subclasses set ``default_port`` and ``connect_errors`` and implement
+    :meth:`_connect_pool` (create the pool and prove a connection) and :meth:`_close_pool`.
+    """
+
+    default_port: ClassVar[int]
+    connect_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, TimeoutError)
+
+    def __init__(self, config: SourceConfig):
+        super().__init__(config)
+        if "dsn" not in config.options:
+            raise CatalogError(f"source {config.name!r} ({self.kind}) needs a 'dsn'")
+        self.dsn = parse_dsn(str(config.options["dsn"]), default_port=self.default_port)
+        self.connect_timeout = float(config.options.get("connect_timeout", 10))
+        self.bulk_rows = int(
+            config.options.get(
+                "bulk_rows", os.environ.get("FEDERATOR_BULK_ROWS", DEFAULT_BULK_ROWS)
+            )
+        )
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+
+    @property
+    def where(self) -> str:
+        return self.dsn.where
+
+    async def open(self) -> None:
+        await self._get_pool()
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                try:
+                    self._pool = await self._connect_pool()
+                except self.connect_errors as e:
+                    reason = failure_reason(e, self.dsn.password)
+                    raise SourceUnreachableError(self.name, self.where, reason) from None
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await self._close_pool(pool)
+
+    @abc.abstractmethod
+    async def _connect_pool(self) -> Any:
+        """A new pool, with one connection made to prove the server is there."""
+
+    @abc.abstractmethod
+    async def _close_pool(self, pool: Any) -> None:
+        """Close ``pool``, giving up on connections still busy after a few seconds."""

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from federator.adapters.base import TableInfo
-from federator.rules import RuleSet
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
@@ -39,9 +37,11 @@ from sqlglot.optimizer.simplify import simplify
 from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
 from sqlglot.schema import MappingSchema
 
+from federator.adapters.base import TableInfo
 from federator.catalog import arrow_to_sql_type
 from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
 from federator.plan.model import BindJoin, Fragment, TopK
+from federator.rules import RuleSet
 from federator.sql.dialect import Federated, VectorDistance
 
 
