@@ -208,23 +208,59 @@ def start_postgres(bindir: str | None = None) -> Server:
         env = dict(os.environ)
     data = os.path.join(d, "data")
     _run(
-        [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-         "--no-locale", "--no-sync"],
-        "initdb", env=env, cwd=d, **kwargs,
+        [
+            f"{bindir}/initdb",
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ],
+        "initdb",
+        env=env,
+        cwd=d,
+        **kwargs,
     )
     port = free_port()
     log = os.path.join(d, "log")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", d,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=d, start_new_session=True, **kwargs,  # type: ignore[arg-type]
+            [
+                f"{bindir}/postgres",
+                "-D",
+                data,
+                "-p",
+                str(port),
+                "-k",
+                d,
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=128MB",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=d,
+            start_new_session=True,
+            **kwargs,  # type: ignore[arg-type]
         )
-    server = _register(Server("postgres", f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                              port, d, proc, log))
+    server = _register(
+        Server("postgres", f"postgresql://postgres@127.0.0.1:{port}/postgres", port, d, proc, log)
+    )
     isready = [f"{bindir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     _wait_until(lambda: subprocess.run(isready).returncode == 0, server, "PostgreSQL")
     return server
@@ -243,30 +279,66 @@ def start_mariadb(database: str = "test") -> Server:
     d = _tempdir("mariadb")
     data = os.path.join(d, "data")
     _run(
-        [install_db, "--no-defaults", "--user=root", f"--datadir={data}",
-         "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
-        "mariadb-install-db", cwd=d,
+        [
+            install_db,
+            "--no-defaults",
+            "--user=root",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ],
+        "mariadb-install-db",
+        cwd=d,
     )
     port = free_port()
     sock = os.path.join(d, "sock")
     log = os.path.join(d, "err")
     proc = subprocess.Popen(
-        [mariadbd, "--no-defaults", "--user=root", f"--datadir={data}", f"--socket={sock}",
-         f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={d}/pid",
-         f"--log-error={log}", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
-         "--innodb-doublewrite=0", "--innodb-buffer-pool-size=256M", "--max-connections=300",
-         "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
-         "--skip-log-bin", "--performance-schema=OFF"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        cwd=d, start_new_session=True,
+        [
+            mariadbd,
+            "--no-defaults",
+            "--user=root",
+            f"--datadir={data}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={d}/pid",
+            f"--log-error={log}",
+            "--skip-name-resolve",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-doublewrite=0",
+            "--innodb-buffer-pool-size=256M",
+            "--max-connections=300",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            "--skip-log-bin",
+            "--performance-schema=OFF",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd=d,
+        start_new_session=True,
     )
-    server = _register(Server("mariadb", f"mysql://root@127.0.0.1:{port}/{database}",
-                              port, d, proc, log))
+    server = _register(
+        Server("mariadb", f"mysql://root@127.0.0.1:{port}/{database}", port, d, proc, log)
+    )
     ping = [client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"]
-    _wait_until(lambda: subprocess.run(ping, capture_output=True).returncode == 0, server,
-                "MariaDB")
-    _run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e",
-          f"CREATE DATABASE IF NOT EXISTS `{database}`"], "CREATE DATABASE")
+    _wait_until(
+        lambda: subprocess.run(ping, capture_output=True).returncode == 0, server, "MariaDB"
+    )
+    _run(
+        [
+            client,
+            "--no-defaults",
+            f"--socket={sock}",
+            "-uroot",
+            "-e",
+            f"CREATE DATABASE IF NOT EXISTS `{database}`",
+        ],
+        "CREATE DATABASE",
+    )
     return server
 
 
@@ -291,10 +363,28 @@ def start_redis() -> Server:
     port = free_port()
     log = os.path.join(d, "log")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--logfile", log],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        cwd=d, start_new_session=True,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            d,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            log,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd=d,
+        start_new_session=True,
     )
     server = _register(Server("redis", f"redis://127.0.0.1:{port}/0", port, d, proc, log))
     _wait_until(lambda: _redis_ping(port), server, "Redis")
@@ -316,7 +406,9 @@ def start_mongo() -> Server:
         return Server("mongo", url, 0, _tempdir("mongo-external"))
     node = _which("node")
     if node is None:
-        raise ServerUnavailable("node is not installed; install it with: apt-get install -y nodejs npm")
+        raise ServerUnavailable(
+            "node is not installed; install it with: apt-get install -y nodejs npm"
+        )
     script = os.path.join(MONGO_SERVER_DIR, "congo.mjs")
     vendor = os.path.join(MONGO_SERVER_DIR, "vendor", "package", "dist_ts", "congodb", "index.js")
     if not os.path.exists(vendor):
@@ -331,12 +423,17 @@ def start_mongo() -> Server:
     log = os.path.join(d, "log")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [node, script], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=MONGO_SERVER_DIR, env={**os.environ, "PORT": str(port)}, start_new_session=True,
+            [node, script],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=MONGO_SERVER_DIR,
+            env={**os.environ, "PORT": str(port)},
+            start_new_session=True,
         )
-    server = _register(Server(
-        "mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, d, proc, log
-    ))
+    server = _register(
+        Server("mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, d, proc, log)
+    )
 
     def ready() -> bool:
         with open(log, errors="replace") as f:
@@ -370,10 +467,16 @@ def pgvector_bin_dir() -> str:
         if not os.path.exists(os.path.join(dest, "pgserver", "pginstall", "bin", "postgres")):
             tmp = tempfile.mkdtemp(prefix="federator-pgserver-")
             os.chmod(tmp, 0o755)
-            shutil.copytree(os.path.join(package, "pginstall"),
-                            os.path.join(tmp, "pgserver", "pginstall"), symlinks=True)
-            shutil.copytree(os.path.join(site, "pgserver.libs"),
-                            os.path.join(tmp, "pgserver.libs"), symlinks=True)
+            shutil.copytree(
+                os.path.join(package, "pginstall"),
+                os.path.join(tmp, "pgserver", "pginstall"),
+                symlinks=True,
+            )
+            shutil.copytree(
+                os.path.join(site, "pgserver.libs"),
+                os.path.join(tmp, "pgserver.libs"),
+                symlinks=True,
+            )
             if os.path.exists(dest):
                 shutil.rmtree(dest)
             os.rename(tmp, dest)
@@ -384,8 +487,21 @@ def start_pgvector() -> Server:
     """PostgreSQL 16 with ``CREATE EXTENSION vector`` done in database postgres."""
     bindir = pgvector_bin_dir()
     server = start_postgres(bindir)
-    psql = [f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
-            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", "CREATE EXTENSION IF NOT EXISTS vector"]
+    psql = [
+        f"{bindir}/psql",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(server.port),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "CREATE EXTENSION IF NOT EXISTS vector",
+    ]
     _run(psql, "CREATE EXTENSION vector", env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
     return server
 
@@ -421,14 +537,36 @@ def start_falkordb() -> Server:
     port, bolt = free_port(), _free_port_below(32_768)  # FalkorDB ignores BOLT_PORT >= 32768
     log = os.path.join(d, "log")
     proc = subprocess.Popen(
-        [f"{bindir}/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
-         "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", log,
-         "--loadmodule", f"{bindir}/falkordb.so", "BOLT_PORT", str(bolt)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        cwd=d, start_new_session=True,
+        [
+            f"{bindir}/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            d,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            log,
+            "--loadmodule",
+            f"{bindir}/falkordb.so",
+            "BOLT_PORT",
+            str(bolt),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd=d,
+        start_new_session=True,
     )
-    server = _register(Server("falkordb", f"redis://127.0.0.1:{port}/?bolt_port={bolt}",
-                              port, d, proc, log))
+    server = _register(
+        Server("falkordb", f"redis://127.0.0.1:{port}/?bolt_port={bolt}", port, d, proc, log)
+    )
     _wait_until(lambda: _redis_ping(port), server, "FalkorDB")
     return server
 
@@ -448,10 +586,23 @@ def start_milvus() -> Server:
     log = os.path.join(d, "log")
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", d,
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=d, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                d,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=d,
+            start_new_session=True,
         )
     server = _register(Server("milvus", f"http://127.0.0.1:{port}", port, d, proc, log))
 

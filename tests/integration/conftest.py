@@ -81,4 +81,3 @@ def tpch_federation(tpch: TPCH) -> Iterator[Callable[[str], Any]]:
     yield get
     for fed in opened.values():
         fed.close()
-

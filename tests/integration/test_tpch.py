@@ -33,8 +33,9 @@ def test_tpch_query(tpch, tpch_federation, split: str, qid: str) -> None:
             plan = fed.explain(sql)
         except Exception as e:  # the diff matters more than a failing explain
             plan = f"(explain failed: {type(e).__name__}: {e})"
-        pytest.fail(f"{qid} on {split} differs from the truth: {diff}\n\nEXPLAIN:\n{plan}",
-                    pytrace=False)
+        pytest.fail(
+            f"{qid} on {split} differs from the truth: {diff}\n\nEXPLAIN:\n{plan}", pytrace=False
+        )
 
 
 def test_tpch_truth_is_not_trivial(tpch) -> None:

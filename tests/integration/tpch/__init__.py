@@ -34,51 +34,92 @@ REL_TOL = 1e-6
 # large scale factors), DECIMAL(15,2), DATE, CHAR(n), VARCHAR(n). Same DDL for both servers.
 TABLES: dict[str, list[tuple[str, str]]] = {
     "region": [
-        ("r_regionkey", "INTEGER"), ("r_name", "CHAR(25)"), ("r_comment", "VARCHAR(152)"),
+        ("r_regionkey", "INTEGER"),
+        ("r_name", "CHAR(25)"),
+        ("r_comment", "VARCHAR(152)"),
     ],
     "nation": [
-        ("n_nationkey", "INTEGER"), ("n_name", "CHAR(25)"), ("n_regionkey", "INTEGER"),
+        ("n_nationkey", "INTEGER"),
+        ("n_name", "CHAR(25)"),
+        ("n_regionkey", "INTEGER"),
         ("n_comment", "VARCHAR(152)"),
     ],
     "part": [
-        ("p_partkey", "INTEGER"), ("p_name", "VARCHAR(55)"), ("p_mfgr", "CHAR(25)"),
-        ("p_brand", "CHAR(10)"), ("p_type", "VARCHAR(25)"), ("p_size", "INTEGER"),
-        ("p_container", "CHAR(10)"), ("p_retailprice", "DECIMAL(15,2)"),
+        ("p_partkey", "INTEGER"),
+        ("p_name", "VARCHAR(55)"),
+        ("p_mfgr", "CHAR(25)"),
+        ("p_brand", "CHAR(10)"),
+        ("p_type", "VARCHAR(25)"),
+        ("p_size", "INTEGER"),
+        ("p_container", "CHAR(10)"),
+        ("p_retailprice", "DECIMAL(15,2)"),
         ("p_comment", "VARCHAR(23)"),
     ],
     "supplier": [
-        ("s_suppkey", "INTEGER"), ("s_name", "CHAR(25)"), ("s_address", "VARCHAR(40)"),
-        ("s_nationkey", "INTEGER"), ("s_phone", "CHAR(15)"), ("s_acctbal", "DECIMAL(15,2)"),
+        ("s_suppkey", "INTEGER"),
+        ("s_name", "CHAR(25)"),
+        ("s_address", "VARCHAR(40)"),
+        ("s_nationkey", "INTEGER"),
+        ("s_phone", "CHAR(15)"),
+        ("s_acctbal", "DECIMAL(15,2)"),
         ("s_comment", "VARCHAR(101)"),
     ],
     "partsupp": [
-        ("ps_partkey", "INTEGER"), ("ps_suppkey", "INTEGER"), ("ps_availqty", "INTEGER"),
-        ("ps_supplycost", "DECIMAL(15,2)"), ("ps_comment", "VARCHAR(199)"),
+        ("ps_partkey", "INTEGER"),
+        ("ps_suppkey", "INTEGER"),
+        ("ps_availqty", "INTEGER"),
+        ("ps_supplycost", "DECIMAL(15,2)"),
+        ("ps_comment", "VARCHAR(199)"),
     ],
     "customer": [
-        ("c_custkey", "INTEGER"), ("c_name", "VARCHAR(25)"), ("c_address", "VARCHAR(40)"),
-        ("c_nationkey", "INTEGER"), ("c_phone", "CHAR(15)"), ("c_acctbal", "DECIMAL(15,2)"),
-        ("c_mktsegment", "CHAR(10)"), ("c_comment", "VARCHAR(117)"),
+        ("c_custkey", "INTEGER"),
+        ("c_name", "VARCHAR(25)"),
+        ("c_address", "VARCHAR(40)"),
+        ("c_nationkey", "INTEGER"),
+        ("c_phone", "CHAR(15)"),
+        ("c_acctbal", "DECIMAL(15,2)"),
+        ("c_mktsegment", "CHAR(10)"),
+        ("c_comment", "VARCHAR(117)"),
     ],
     "orders": [
-        ("o_orderkey", "BIGINT"), ("o_custkey", "INTEGER"), ("o_orderstatus", "CHAR(1)"),
-        ("o_totalprice", "DECIMAL(15,2)"), ("o_orderdate", "DATE"),
-        ("o_orderpriority", "CHAR(15)"), ("o_clerk", "CHAR(15)"), ("o_shippriority", "INTEGER"),
+        ("o_orderkey", "BIGINT"),
+        ("o_custkey", "INTEGER"),
+        ("o_orderstatus", "CHAR(1)"),
+        ("o_totalprice", "DECIMAL(15,2)"),
+        ("o_orderdate", "DATE"),
+        ("o_orderpriority", "CHAR(15)"),
+        ("o_clerk", "CHAR(15)"),
+        ("o_shippriority", "INTEGER"),
         ("o_comment", "VARCHAR(79)"),
     ],
     "lineitem": [
-        ("l_orderkey", "BIGINT"), ("l_partkey", "INTEGER"), ("l_suppkey", "INTEGER"),
-        ("l_linenumber", "INTEGER"), ("l_quantity", "DECIMAL(15,2)"),
-        ("l_extendedprice", "DECIMAL(15,2)"), ("l_discount", "DECIMAL(15,2)"),
-        ("l_tax", "DECIMAL(15,2)"), ("l_returnflag", "CHAR(1)"), ("l_linestatus", "CHAR(1)"),
-        ("l_shipdate", "DATE"), ("l_commitdate", "DATE"), ("l_receiptdate", "DATE"),
-        ("l_shipinstruct", "CHAR(25)"), ("l_shipmode", "CHAR(10)"), ("l_comment", "VARCHAR(44)"),
+        ("l_orderkey", "BIGINT"),
+        ("l_partkey", "INTEGER"),
+        ("l_suppkey", "INTEGER"),
+        ("l_linenumber", "INTEGER"),
+        ("l_quantity", "DECIMAL(15,2)"),
+        ("l_extendedprice", "DECIMAL(15,2)"),
+        ("l_discount", "DECIMAL(15,2)"),
+        ("l_tax", "DECIMAL(15,2)"),
+        ("l_returnflag", "CHAR(1)"),
+        ("l_linestatus", "CHAR(1)"),
+        ("l_shipdate", "DATE"),
+        ("l_commitdate", "DATE"),
+        ("l_receiptdate", "DATE"),
+        ("l_shipinstruct", "CHAR(25)"),
+        ("l_shipmode", "CHAR(10)"),
+        ("l_comment", "VARCHAR(44)"),
     ],
 }
 PRIMARY_KEYS = {
-    "region": "r_regionkey", "nation": "n_nationkey", "part": "p_partkey",
-    "supplier": "s_suppkey", "partsupp": "ps_partkey, ps_suppkey", "customer": "c_custkey",
-    "orders": "o_orderkey", "lineitem": "l_orderkey, l_linenumber",
+    "region": "r_regionkey",
+    "nation": "n_nationkey",
+    "part": "p_partkey",
+    "supplier": "s_suppkey",
+    "partsupp": "ps_partkey, ps_suppkey",
+    "customer": "c_custkey",
+    "orders": "o_orderkey",
+    "lineitem": "l_orderkey, l_linenumber",
 }
 # Secondary indexes on join keys, as a TPC-H user would have them.
 INDEXES = {
@@ -124,7 +165,9 @@ def generate(out: Path, scale: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [tpchgen_binary(), "-s", str(scale), "-o", str(out), "-q", "--overwrite"],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return out
 
@@ -155,8 +198,9 @@ def ddl(table: str) -> str:
     return f"CREATE TABLE {table} ({cols})"
 
 
-async def load_postgres(server_dsn: str, database: str, data: dict[str, list[tuple]],
-                        tables: Iterable[str]) -> None:
+async def load_postgres(
+    server_dsn: str, database: str, data: dict[str, list[tuple]], tables: Iterable[str]
+) -> None:
     import asyncpg
 
     admin = await asyncpg.connect(server_dsn)
@@ -178,8 +222,9 @@ async def load_postgres(server_dsn: str, database: str, data: dict[str, list[tup
         await conn.close()
 
 
-async def load_mysql(server_dsn: str, database: str, data: dict[str, list[tuple]],
-                     tables: Iterable[str]) -> None:
+async def load_mysql(
+    server_dsn: str, database: str, data: dict[str, list[tuple]], tables: Iterable[str]
+) -> None:
     import aiomysql
 
     from_dsn = _mysql_args(server_dsn)
@@ -196,7 +241,7 @@ async def load_mysql(server_dsn: str, database: str, data: dict[str, list[tuple]
                 await conn.begin()
                 rows = data[t]
                 for i in range(0, len(rows), 5000):
-                    await cur.executemany(f"INSERT INTO {t} VALUES ({marks})", rows[i:i + 5000])
+                    await cur.executemany(f"INSERT INTO {t} VALUES ({marks})", rows[i : i + 5000])
                 await conn.commit()
                 await cur.execute(f"ALTER TABLE {t} ADD PRIMARY KEY ({PRIMARY_KEYS[t]})")
                 for col in INDEXES.get(t, ()):
@@ -216,8 +261,10 @@ def _mysql_args(dsn: str) -> dict[str, Any]:
 
     p = urlsplit(dsn)
     return {
-        "host": p.hostname or "127.0.0.1", "port": p.port or 3306,
-        "user": unquote(p.username or "root"), "password": unquote(p.password or ""),
+        "host": p.hostname or "127.0.0.1",
+        "port": p.port or 3306,
+        "user": unquote(p.username or "root"),
+        "password": unquote(p.password or ""),
     }
 
 
@@ -285,8 +332,10 @@ async def truth_answers(pg_dsn: str, queries: dict[str, Query]) -> dict[str, Ans
             attrs = stmt.get_attributes()
             bpchar = [a.type.name == "bpchar" for a in attrs]
             rows = [
-                tuple(v.rstrip(" ") if pad and isinstance(v, str) else v
-                      for v, pad in zip(r, bpchar, strict=True))
+                tuple(
+                    v.rstrip(" ") if pad and isinstance(v, str) else v
+                    for v, pad in zip(r, bpchar, strict=True)
+                )
                 for r in await stmt.fetch()
             ]
             answers[qid] = Answer([a.name for a in attrs], rows)
@@ -364,8 +413,11 @@ def compare(query: Query, truth: Answer, got: Answer) -> str | None:
         start = 0
         for gt, gg in zip(groups_t, groups_g, strict=False):
             key_diff = next(
-                (f"{names_t[i]}: {why}" for i in key_idx
-                 if (why := _values_equal(gt[0][i], gg[0][i], approx[i]))),
+                (
+                    f"{names_t[i]}: {why}"
+                    for i in key_idx
+                    if (why := _values_equal(gt[0][i], gg[0][i], approx[i]))
+                ),
                 None,
             )
             if key_diff or len(gt) != len(gg):
