@@ -143,6 +143,29 @@ class RuleSet:
         return tree.transform(visit, copy=True)
 
 
+# Literals, parameters and boolean comparisons: the filter vocabulary every backend with a
+# filter language of its own (Milvus expressions, Cypher WHERE) takes as it is.
+SIMPLE_FILTERS: tuple[type[exp.Expression], ...] = (
+    exp.Paren,
+    exp.Literal,
+    exp.Boolean,
+    exp.Null,
+    exp.Neg,
+    exp.Placeholder,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.Is,
+    exp.Between,
+)
+
+
 def rules_for_classes(*classes: type[exp.Expression]) -> list[Rule]:
     return [Rule(c) for c in classes]
 

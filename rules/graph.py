@@ -10,7 +10,7 @@ Grouping, window functions and subqueries stay in the residual.
 
 from __future__ import annotations
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
+from federator.rules import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 
@@ -63,23 +63,7 @@ GRAPH = RuleSet(
             exp.Limit,
             exp.Offset,
             exp.Distinct,
-            exp.Paren,
-            exp.Literal,
-            exp.Boolean,
-            exp.Null,
-            exp.Neg,
-            exp.Placeholder,
-            exp.And,
-            exp.Or,
-            exp.Not,
-            exp.EQ,
-            exp.NEQ,
-            exp.GT,
-            exp.GTE,
-            exp.LT,
-            exp.LTE,
-            exp.Is,
-            exp.Between,
+            *SIMPLE_FILTERS,
             exp.Add,
             exp.Sub,
             exp.Mul,

@@ -10,7 +10,7 @@ vector search); without ORDER BY it is a scalar query. No joins, grouping or exp
 
 from __future__ import annotations
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
+from federator.rules import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 from federator.sql.dialect import VECTOR_OPS, VectorDistance
@@ -104,23 +104,7 @@ MILVUS = RuleSet(
             exp.Order,
             exp.Limit,
             exp.Offset,
-            exp.Paren,
-            exp.Literal,
-            exp.Boolean,
-            exp.Null,
-            exp.Neg,
-            exp.Placeholder,
-            exp.And,
-            exp.Or,
-            exp.Not,
-            exp.EQ,
-            exp.NEQ,
-            exp.GT,
-            exp.GTE,
-            exp.LT,
-            exp.LTE,
-            exp.Is,
-            exp.Between,
+            *SIMPLE_FILTERS,
         ),
     ],
     frozenset({"bind_join", "vector_search"}),
