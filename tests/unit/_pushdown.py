@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+from federator.adapters.base import TableInfo
+
+import federator
 from federator.rules_testing import (
     CUSTOMERS,
     ORDERS,
@@ -24,6 +28,7 @@ from federator.rules_testing import (
     fixed_tables,
     parse_fixture,
     planning_federation,
+    pytest_params,
     render_case,
     squash,
     update_file,
@@ -57,6 +62,21 @@ def collect(backend: str) -> list[Case]:
     return [
         case for path in sorted((FIXTURES / backend).glob("*.sql")) for case in parse_fixture(path)
     ]
+
+
+def params(backend: str) -> list[Any]:
+    """One ``pytest.param`` per fixture case of ``backend`` (strict xfail where marked)."""
+    return pytest_params(*sorted((FIXTURES / backend).glob("*.sql")))
+
+
+def use_fixed_tables(fed: federator.Federation, tables: dict[str, list[TableInfo]]) -> None:
+    """Plan offline: the named sources answer ``tables()`` from fixed metadata, no I/O."""
+    for name, infos in tables.items():
+
+        async def fixed(infos: list[TableInfo] = infos) -> list[TableInfo]:
+            return infos
+
+        fed.catalog.adapters[name].tables = fixed  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from _pushdown import (
+    FIXTURES,
+    SOURCES,
+    Case,
+    collect,
+    differences,
+    fixed_tables,
+    params,
+    update_file,
+    use_fixed_tables,
+)
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.graph import CypherGenerator, GraphTable, quote
 
@@ -62,16 +72,7 @@ def graph_federation() -> federator.Federation:
     for name, (schema, kind, rows) in GRAPH.items():
         g._graph_tables[name] = GraphTable(name, kind)  # type: ignore[attr-defined]
         infos.append(TableInfo("g", TableRef("social", name), schema, rows))
-    lite = fixed_tables("lite", SOURCES["lite"][1])
-
-    async def graph_tables() -> list[TableInfo]:
-        return infos
-
-    async def lite_tables() -> list[TableInfo]:
-        return lite
-
-    g.tables = graph_tables  # type: ignore[method-assign]
-    fed.catalog.adapters["lite"].tables = lite_tables  # type: ignore[method-assign]
+    use_fixed_tables(fed, {"g": infos, "lite": fixed_tables("lite", SOURCES["lite"][1])})
     return fed
 
 
@@ -82,20 +83,11 @@ def fed() -> Iterator[federator.Federation]:
     federation.close()
 
 
-def _cases() -> list[object]:
-    return [
-        pytest.param(
-            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
-        )
-        for c in collect("graph")
-    ]
-
-
 def test_there_are_graph_fixtures() -> None:
     assert len(collect("graph")) >= 5
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", params("graph"))
 def test_graph_pushdown(fed: federator.Federation, case: Case) -> None:
     assert not (diff := differences(fed, case)), "\n".join(diff)
 

@@ -17,7 +17,17 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from _pushdown import (
+    FIXTURES,
+    SOURCES,
+    Case,
+    collect,
+    differences,
+    fixed_tables,
+    params,
+    update_file,
+    use_fixed_tables,
+)
 from bson import Decimal128, ObjectId
 from federator.adapters.mongo import (
     FieldSpec,
@@ -62,12 +72,7 @@ MONGO_SOURCE: dict[str, Any] = {
 def mongo_federation() -> federator.Federation:
     """Mongo with declared tables (no I/O) beside the fixture SQLite source."""
     fed = federator.connect({"sources": {"mongo": MONGO_SOURCE, "lite": SOURCES["lite"][0]}})
-    infos = fixed_tables("lite", SOURCES["lite"][1])
-
-    async def tables() -> list:
-        return infos
-
-    fed.catalog.adapters["lite"].tables = tables  # type: ignore[method-assign]
+    use_fixed_tables(fed, {"lite": fixed_tables("lite", SOURCES["lite"][1])})
     return fed
 
 
@@ -78,20 +83,11 @@ def fed() -> Iterator[federator.Federation]:
     federation.close()
 
 
-def _cases() -> list[Any]:
-    return [
-        pytest.param(
-            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
-        )
-        for c in collect("mongo")
-    ]
-
-
 def test_there_are_mongo_fixtures() -> None:
     assert len(collect("mongo")) >= 10
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", params("mongo"))
 def test_mongo_pushdown(fed: federator.Federation, case: Case) -> None:
     assert not (diff := differences(fed, case)), "\n".join(diff)
 

@@ -16,7 +16,17 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from _pushdown import (
+    FIXTURES,
+    SOURCES,
+    Case,
+    collect,
+    differences,
+    fixed_tables,
+    params,
+    update_file,
+    use_fixed_tables,
+)
 from federator.adapters.redis import KVTable, from_text, key_text
 
 import federator
@@ -51,12 +61,7 @@ REDIS_SOURCE: dict[str, Any] = {
 def redis_federation() -> federator.Federation:
     """Redis with declared tables and row counts (no I/O) beside the fixture SQLite source."""
     fed = federator.connect({"sources": {"kv": REDIS_SOURCE, "lite": SOURCES["lite"][0]}})
-    infos = fixed_tables("lite", SOURCES["lite"][1])
-
-    async def tables() -> list:
-        return infos
-
-    fed.catalog.adapters["lite"].tables = tables  # type: ignore[method-assign]
+    use_fixed_tables(fed, {"lite": fixed_tables("lite", SOURCES["lite"][1])})
     return fed
 
 
@@ -67,20 +72,11 @@ def fed() -> Iterator[federator.Federation]:
     federation.close()
 
 
-def _cases() -> list[Any]:
-    return [
-        pytest.param(
-            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
-        )
-        for c in collect("redis")
-    ]
-
-
 def test_there_are_redis_fixtures() -> None:
     assert len(collect("redis")) >= 5
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", params("redis"))
 def test_redis_pushdown(fed: federator.Federation, case: Case) -> None:
     assert not (diff := differences(fed, case)), "\n".join(diff)
 

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from _pushdown import FIXTURES, SOURCES, Case, collect, differences, fixed_tables, update_file
+from _pushdown import (
+    FIXTURES,
+    SOURCES,
+    Case,
+    collect,
+    differences,
+    fixed_tables,
+    params,
+    update_file,
+    use_fixed_tables,
+)
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.milvus import _distance, _filter, _literal, milvus_arrow_type
 
@@ -42,17 +52,14 @@ def milvus_federation(**planner: object) -> federator.Federation:
         "planner": dict(planner),
     }
     fed = federator.connect(catalog)
-    fixed = {
-        "vec": [TableInfo("vec", TableRef("default", "product_vectors"), VECTORS, 100_000)],
-        "pg": fixed_tables("pg", SOURCES["pg"][1]),
-        "lite": fixed_tables("lite", SOURCES["lite"][1]),
-    }
-    for name, adapter in fed.catalog.adapters.items():
-
-        async def tables(infos: list[TableInfo] = fixed[name]) -> list[TableInfo]:
-            return infos
-
-        adapter.tables = tables  # type: ignore[method-assign]
+    use_fixed_tables(
+        fed,
+        {
+            "vec": [TableInfo("vec", TableRef("default", "product_vectors"), VECTORS, 100_000)],
+            "pg": fixed_tables("pg", SOURCES["pg"][1]),
+            "lite": fixed_tables("lite", SOURCES["lite"][1]),
+        },
+    )
     return fed
 
 
@@ -63,20 +70,11 @@ def fed() -> Iterator[federator.Federation]:
     federation.close()
 
 
-def _cases() -> list[object]:
-    return [
-        pytest.param(
-            c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []
-        )
-        for c in collect("milvus")
-    ]
-
-
 def test_there_are_milvus_fixtures() -> None:
     assert len(collect("milvus")) >= 5
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", params("milvus"))
 def test_milvus_pushdown(fed: federator.Federation, case: Case) -> None:
     assert not (diff := differences(fed, case)), "\n".join(diff)
 
