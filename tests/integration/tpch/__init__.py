@@ -1,7 +1,8 @@
 """TPC-H for correctness tests: data generation, loading, the 22 queries, result comparison.
 
-Data comes from ``tpchgen-cli`` (``.tbl`` files) and is loaded straight through the drivers
-(asyncpg ``copy_records_to_table``, aiomysql ``executemany``), never through federator.
+Data comes from ``tpchgen-cli`` (``.tbl`` files) and is bulk-loaded straight from the files
+through the drivers (asyncpg ``COPY ... FROM STDIN``, aiomysql ``LOAD DATA LOCAL INFILE``),
+never through federator.
 
 Queries live next to this file as ``qNN.sql`` with table names as ``{lineitem}`` placeholders
 and a header of ``--`` lines:
@@ -13,14 +14,13 @@ and a header of ``--`` lines:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -172,35 +172,31 @@ def generate(out: Path, scale: float) -> Path:
     return out
 
 
-def _converter(sql_type: str) -> Callable[[str], Any]:
-    if sql_type in ("INTEGER", "BIGINT"):
-        return int
-    if sql_type.startswith("DECIMAL"):
-        return Decimal
-    if sql_type == "DATE":
-        return dt.date.fromisoformat
-    return str
-
-
-def read_table(folder: Path, table: str) -> list[tuple[Any, ...]]:
-    """Rows of ``<table>.tbl`` converted to Python values (int, Decimal, date, str)."""
-    convs = [_converter(t) for _, t in TABLES[table]]
-    rows = []
-    with open(folder / f"{table}.tbl", encoding="utf-8") as f:
-        for line in f:
-            fields = line.rstrip("\n").split("|")
-            rows.append(tuple(c(v) for c, v in zip(convs, fields, strict=False)))
-    return rows
-
-
-def ddl(table: str) -> str:
+def ddl(table: str, primary_key: bool = False) -> str:
     cols = ", ".join(f"{c} {t} NOT NULL" for c, t in TABLES[table])
-    return f"CREATE TABLE {table} ({cols})"
+    pk = f", PRIMARY KEY ({PRIMARY_KEYS[table]})" if primary_key else ""
+    return f"CREATE TABLE {table} ({cols}{pk})"
+
+
+async def _tbl_chunks(path: Path, size: int = 1 << 22) -> AsyncIterator[bytes]:
+    """``<table>.tbl`` as COPY text: each line's trailing ``|`` dropped, whole lines per chunk."""
+    rest = b""
+    with open(path, "rb") as f:
+        while block := f.read(size):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[:cut].replace(b"|\n", b"\n")
+    if rest:
+        yield rest.removesuffix(b"|") + b"\n"
 
 
 async def load_postgres(
-    server_dsn: str, database: str, data: dict[str, list[tuple]], tables: Iterable[str]
+    server_dsn: str, database: str, folder: Path, tables: Iterable[str]
 ) -> None:
+    """``database`` created afresh with ``tables`` bulk-loaded by ``COPY ... FROM STDIN`` from the
+    ``.tbl`` files in ``folder``; primary keys and indexes built after the load, then ANALYZE."""
     import asyncpg
 
     admin = await asyncpg.connect(server_dsn)
@@ -211,9 +207,12 @@ async def load_postgres(
         await admin.close()
     conn = await asyncpg.connect(_with_db(server_dsn, database))
     try:
+        await conn.execute("SET maintenance_work_mem = '256MB'")
         for t in tables:
             await conn.execute(ddl(t))
-            await conn.copy_records_to_table(t, records=data[t], columns=[c for c, _ in TABLES[t]])
+            await conn.copy_to_table(
+                t, source=_tbl_chunks(folder / f"{t}.tbl"), format="text", delimiter="|"
+            )
             await conn.execute(f"ALTER TABLE {t} ADD PRIMARY KEY ({PRIMARY_KEYS[t]})")
             for col in INDEXES.get(t, ()):
                 await conn.execute(f"CREATE INDEX {t}_{col} ON {t} ({col})")
@@ -222,13 +221,16 @@ async def load_postgres(
         await conn.close()
 
 
-async def load_mysql(
-    server_dsn: str, database: str, data: dict[str, list[tuple]], tables: Iterable[str]
-) -> None:
+async def load_mysql(server_dsn: str, database: str, folder: Path, tables: Iterable[str]) -> None:
+    """``database`` created afresh with ``tables`` bulk-loaded by ``LOAD DATA LOCAL INFILE`` from
+    the ``.tbl`` files in ``folder`` (the server's default ``local_infile=ON`` is needed).
+
+    The primary key is in the DDL (InnoDB clusters rows by it; the files come in key order),
+    secondary indexes are built after the load, then ANALYZE TABLE.
+    """
     import aiomysql
 
-    from_dsn = _mysql_args(server_dsn)
-    conn = await aiomysql.connect(**from_dsn, autocommit=True, local_infile=False)
+    conn = await aiomysql.connect(**_mysql_args(server_dsn), autocommit=True, local_infile=True)
     try:
         async with conn.cursor() as cur:
             if await cur.execute("SHOW DATABASES LIKE %s", (database,)):
@@ -236,14 +238,14 @@ async def load_mysql(
             await cur.execute(f"CREATE DATABASE `{database}`")
             await cur.execute(f"USE `{database}`")
             for t in tables:
-                await cur.execute(ddl(t))
-                marks = ", ".join(["%s"] * len(TABLES[t]))
-                await conn.begin()
-                rows = data[t]
-                for i in range(0, len(rows), 5000):
-                    await cur.executemany(f"INSERT INTO {t} VALUES ({marks})", rows[i : i + 5000])
-                await conn.commit()
-                await cur.execute(f"ALTER TABLE {t} ADD PRIMARY KEY ({PRIMARY_KEYS[t]})")
+                await cur.execute(ddl(t, primary_key=True))
+                await cur.execute(
+                    f"LOAD DATA LOCAL INFILE %s INTO TABLE {t} CHARACTER SET utf8mb4 "
+                    "FIELDS TERMINATED BY '|' ESCAPED BY '' LINES TERMINATED BY '|\\n'",
+                    (str(folder / f"{t}.tbl"),),
+                )
+                if await cur.execute("SHOW WARNINGS"):
+                    raise RuntimeError(f"loading {t} into MariaDB: {await cur.fetchall()}")
                 for col in INDEXES.get(t, ()):
                     await cur.execute(f"CREATE INDEX {t}_{col} ON {t} ({col})")
                 await cur.execute(f"ANALYZE TABLE {t}")
@@ -270,11 +272,10 @@ def _mysql_args(dsn: str) -> dict[str, Any]:
 
 async def load_all(folder: Path, pg_dsn: str, mysql_dsn: str) -> None:
     """Truth (all 8 tables) and both splits on both servers, concurrently."""
-    data = {t: read_table(folder, t) for t in TABLES}
-    jobs = [load_postgres(pg_dsn, TRUTH_DB, data, TABLES)]
+    jobs = [load_postgres(pg_dsn, TRUTH_DB, folder, TABLES)]
     for split in SPLITS:
-        jobs.append(load_postgres(pg_dsn, PG_DB[split], data, PG_SIDE[split]))
-        jobs.append(load_mysql(mysql_dsn, MY_DB[split], data, mysql_side(split)))
+        jobs.append(load_postgres(pg_dsn, PG_DB[split], folder, PG_SIDE[split]))
+        jobs.append(load_mysql(mysql_dsn, MY_DB[split], folder, mysql_side(split)))
     await asyncio.gather(*jobs)
 
 
