@@ -42,6 +42,8 @@ class TableInfo:
     ref: TableRef
     schema: pa.Schema
     rows: int | None = None
+    # Column sets each unique on their own (primary key, unique indexes); None: not known.
+    unique_keys: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass
