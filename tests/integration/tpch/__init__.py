@@ -326,23 +326,25 @@ async def truth_answers(pg_dsn: str, queries: dict[str, Query]) -> dict[str, Ans
     import asyncpg
 
     conn = await asyncpg.connect(_with_db(pg_dsn, TRUTH_DB))
-    answers = {}
     try:
-        for qid, q in queries.items():
-            stmt = await conn.prepare(q.sql(TRUTH_NAMES))
-            attrs = stmt.get_attributes()
-            bpchar = [a.type.name == "bpchar" for a in attrs]
-            rows = [
-                tuple(
-                    v.rstrip(" ") if pad and isinstance(v, str) else v
-                    for v, pad in zip(r, bpchar, strict=True)
-                )
-                for r in await stmt.fetch()
-            ]
-            answers[qid] = Answer([a.name for a in attrs], rows)
+        return {qid: await truth_answer(conn, q) for qid, q in queries.items()}
     finally:
         await conn.close()
-    return answers
+
+
+async def truth_answer(conn: Any, query: Query) -> Answer:
+    """``query`` on the truth database through an open asyncpg connection, CHAR(n) trimmed."""
+    stmt = await conn.prepare(query.sql(TRUTH_NAMES))
+    attrs = stmt.get_attributes()
+    bpchar = [a.type.name == "bpchar" for a in attrs]
+    rows = [
+        tuple(
+            v.rstrip(" ") if pad and isinstance(v, str) else v
+            for v, pad in zip(r, bpchar, strict=True)
+        )
+        for r in await stmt.fetch()
+    ]
+    return Answer([a.name for a in attrs], rows)
 
 
 # ---- comparison ---------------------------------------------------------------------------
