@@ -225,31 +225,37 @@ async def load_mysql(server_dsn: str, database: str, folder: Path, tables: Itera
     """``database`` created afresh with ``tables`` bulk-loaded by ``LOAD DATA LOCAL INFILE`` from
     the ``.tbl`` files in ``folder`` (the server's default ``local_infile=ON`` is needed).
 
-    The primary key is in the DDL (InnoDB clusters rows by it; the files come in key order),
-    secondary indexes are built after the load, then ANALYZE TABLE.
+    Through PyMySQL in a thread: aiomysql sends the file in 16 MB packets and loses the packet
+    sequence on files over 16 MB; PyMySQL sends 16 KB packets.
     """
-    import aiomysql
+    await asyncio.to_thread(_load_mysql, server_dsn, database, folder, tuple(tables))
 
-    conn = await aiomysql.connect(**_mysql_args(server_dsn), autocommit=True, local_infile=True)
+
+def _load_mysql(server_dsn: str, database: str, folder: Path, tables: tuple[str, ...]) -> None:
+    # The primary key is in the DDL (InnoDB clusters rows by it; the files come in key order);
+    # secondary indexes are built after the load.
+    import pymysql
+
+    conn = pymysql.connect(**_mysql_args(server_dsn), autocommit=True, local_infile=True)
     try:
-        async with conn.cursor() as cur:
-            if await cur.execute("SHOW DATABASES LIKE %s", (database,)):
-                await cur.execute(f"DROP DATABASE `{database}`")
-            await cur.execute(f"CREATE DATABASE `{database}`")
-            await cur.execute(f"USE `{database}`")
+        with conn.cursor() as cur:
+            if cur.execute("SHOW DATABASES LIKE %s", (database,)):
+                cur.execute(f"DROP DATABASE `{database}`")
+            cur.execute(f"CREATE DATABASE `{database}`")
+            cur.execute(f"USE `{database}`")
             for t in tables:
-                await cur.execute(ddl(t, primary_key=True))
-                await cur.execute(
+                cur.execute(ddl(t, primary_key=True))
+                cur.execute(
                     f"LOAD DATA LOCAL INFILE %s INTO TABLE {t} CHARACTER SET utf8mb4 "
                     "FIELDS TERMINATED BY '|' ESCAPED BY '' LINES TERMINATED BY '|\\n'",
                     (str(folder / f"{t}.tbl"),),
                 )
-                if await cur.execute("SHOW WARNINGS"):
-                    raise RuntimeError(f"loading {t} into MariaDB: {await cur.fetchall()}")
+                if cur.execute("SHOW WARNINGS"):
+                    raise RuntimeError(f"loading {t} into MariaDB: {cur.fetchall()}")
                 for col in INDEXES.get(t, ()):
-                    await cur.execute(f"CREATE INDEX {t}_{col} ON {t} ({col})")
-                await cur.execute(f"ANALYZE TABLE {t}")
-                await cur.fetchall()
+                    cur.execute(f"CREATE INDEX {t}_{col} ON {t} ({col})")
+                cur.execute(f"ANALYZE TABLE {t}")
+                cur.fetchall()
     finally:
         conn.close()
 
