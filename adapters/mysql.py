@@ -44,6 +44,15 @@ WHERE c.TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema'
 ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION
 """
 
+# Column sets unique on their own (primary key, unique indexes), column order within each.
+_UNIQUE_SQL = """
+SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME
+FROM information_schema.STATISTICS
+WHERE NON_UNIQUE = 0
+  AND TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys')
+ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX
+"""
+
 # Freshness token (see MySQLAdapter.freshness_token); {pairs} is placeholders only.
 _TOKEN_SQL = """
 SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE, UPDATE_TIME,
@@ -220,6 +229,14 @@ class MySQLAdapter(ServerSQLAdapter):
         async with pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(_CATALOG_SQL)
             rows = await cur.fetchall()
+            await cur.execute(_UNIQUE_SQL)
+            index_rows = await cur.fetchall()
+        indexes: dict[tuple[str, str, str], list[str]] = {}
+        for schema, name, index, column in index_rows:
+            indexes.setdefault((schema, name, index), []).append(column)
+        unique: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        for (schema, name, _), columns in indexes.items():
+            unique.setdefault((schema, name), []).append(tuple(columns))
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             grouped.setdefault((r[0], r[1]), []).append(r)
@@ -235,6 +252,7 @@ class MySQLAdapter(ServerSQLAdapter):
                 TableRef(schema, name),
                 pa.schema([pa.field(c[2], mysql_arrow_type(c[3], c[4])) for c in cols]),
                 int(cols[0][5]) if cols[0][5] is not None else None,
+                tuple(unique.get((schema, name), ())),
             )
             for (schema, name), cols in grouped.items()
         ]

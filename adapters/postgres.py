@@ -49,6 +49,20 @@ WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY n.nspname, c.relname, a.attnum
 """
 
+# Column sets unique on their own: primary keys and unique indexes without predicate or expression.
+_UNIQUE_SQL = """
+SELECT n.nspname, c.relname,
+       array_agg(a.attname::text ORDER BY k.ord) AS cols
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+GROUP BY n.nspname, c.relname, i.indexrelid
+"""
+
 # Freshness tokens (see PostgresAdapter.freshness_token).
 _SNAPSHOT_SQL = "SELECT pg_catalog.pg_current_snapshot()::text"
 _TABLE_STATS_SQL = """
@@ -179,6 +193,9 @@ class PostgresAdapter(ServerSQLAdapter):
     async def tables(self) -> list[TableInfo]:
         pool = await self._get_pool()
         rows = await pool.fetch(_CATALOG_SQL)
+        unique: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        for r in await pool.fetch(_UNIQUE_SQL):
+            unique.setdefault((r["nspname"], r["relname"]), []).append(tuple(r["cols"]))
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             grouped.setdefault((r["nspname"], r["relname"]), []).append(r)
@@ -192,7 +209,13 @@ class PostgresAdapter(ServerSQLAdapter):
                 for c in cols
             ]
             infos.append(
-                TableInfo(self.name, TableRef(schema, name), pa.schema(fields), cols[0]["rows"])
+                TableInfo(
+                    self.name,
+                    TableRef(schema, name),
+                    pa.schema(fields),
+                    cols[0]["rows"],
+                    tuple(unique.get((schema, name), ())),
+                )
             )
         return infos
 

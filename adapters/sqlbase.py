@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from federator.config import SourceConfig, parse_dsn
 from federator.errors import CatalogError, SourceUnreachableError
-from federator.plan.model import Fragment
+from federator.plan.model import Fragment, bind_batches
 
 BIND_PARAM = "__bind__"
 _MARK = "\x00P\x00"  # brackets a positional parameter's number while rendering
@@ -156,10 +156,11 @@ class SQLAdapter(Adapter):
                     yield batch
             return
         keys = list(bind_values) or [None]
-        size = request.bind.batch_size
         key_col = exp.to_column(request.bind.column, dialect=self.dialect)
-        for start in range(0, len(keys), size):
+        start = 0
+        for size in bind_batches(len(keys), request.bind.batch_size):
             chunk = keys[start : start + size]
+            start += size
             if request.bind.style == "array":
                 params = [chunk if n == BIND_PARAM else values[n] for n in request.param_names]
                 text = request.text

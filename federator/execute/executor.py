@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from federator.catalog import Catalog
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.topk import fetch_top_k, grow_top_k
-from federator.plan.model import Fragment, FragmentStats, Plan
+from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
 
 if TYPE_CHECKING:
     from federator.cache import Cache
@@ -102,9 +102,15 @@ class Execution:
         column = produced.column(frag.bind.producer_column)
         keys = pc.unique(column.combine_chunks()).drop_null()
         stats = self.stats[frag.id]
-        if len(keys) > self.bind_fallback_keys:
-            stats.note = f"bind join dropped at run time: {len(keys):,} keys; fetched in full"
+        bind, why = frag.bind.decide(len(keys), self.bind_fallback_keys)
+        if not bind:
+            stats.note = why
             return None
+        spec = self.plan.requests[frag.id].bind
+        if spec is not None:
+            batches = bind_batches(len(keys), spec.batch_size)
+            why += f"; {len(batches)} request(s) of up to {max(batches, default=0):,} keys"
+        stats.note = why
         stats.bound_keys = len(keys)
         return keys.to_pylist()
 

@@ -15,13 +15,66 @@ if TYPE_CHECKING:
 
 @dataclass
 class BindJoin:
-    """This fragment's ``key`` is restricted to the values of ``producer.producer_column``."""
+    """This fragment's ``key`` is restricted to the values of ``producer.producer_column``.
+
+    Planned from estimates, decided at run time from the producer's observed distinct keys
+    (:meth:`decide`): bound when there are at most ``max_keys`` of them and, where the
+    consumer's size is estimated, no more than ``consumer_rows / min_ratio`` (each key
+    fetches at least a row, so more keys than rows never pays); else fetched in full.
+    ``semi_join_of`` names the fragment whose keys a keys-only producer reduces to.
+
+    >>> b = BindJoin("f0", "k", exp.column("k"), "k", "", max_keys=100, consumer_rows=1000)
+    >>> b.decide(40)[0], b.decide(500)[0]
+    (True, False)
+    """
 
     producer: str
     producer_column: str
     key: exp.Column  # a column of this fragment's tables, qualified by its table alias
     key_output: str  # the key's column name in this fragment's output
     reason: str
+    max_keys: int | None = None
+    consumer_rows: int | None = None
+    estimated_keys: int | None = None
+    min_ratio: float = 1.0
+    semi_join_of: str | None = None
+
+    def decide(self, keys: int, limit: int | None = None) -> tuple[bool, str]:
+        """Whether to bind ``keys`` observed distinct keys, and why (for EXPLAIN ANALYZE).
+
+        ``limit`` is the executor's own ceiling on keys, applied on top of ``max_keys``.
+        """
+        ceiling = (
+            min(x for x in (self.max_keys, limit) if x is not None)
+            if (self.max_keys is not None or limit is not None)
+            else None
+        )
+        est = f" (estimated {self.estimated_keys:,})" if self.estimated_keys is not None else ""
+        seen = f"observed {keys:,} distinct keys{est}"
+        if ceiling is not None and keys > ceiling:
+            return False, f"bind dropped at run time: {seen} > {ceiling:,} allowed; fetched in full"
+        rows = self.consumer_rows
+        if rows is not None and keys * self.min_ratio > rows:
+            return False, (
+                f"bind dropped at run time: {seen}, more than the consumer's estimated "
+                f"{rows:,} rows / {self.min_ratio:g}; fetched in full"
+            )
+        shown = f" <= {ceiling:,} allowed" if ceiling is not None else ""
+        return True, f"bound at run time: {seen}{shown}"
+
+
+def bind_batches(keys: int, limit: int) -> list[int]:
+    """Sizes of the requests ``keys`` bound keys are sent in, each at most ``limit``, as even
+    as possible (3 requests of 6,667 rather than 10,000 + 10,000 + 1).
+
+    >>> bind_batches(20_001, 10_000)
+    [6667, 6667, 6667]
+    >>> bind_batches(0, 1_000)
+    [0]
+    """
+    count = max(1, -(-keys // max(1, limit)))
+    base, extra = divmod(keys, count)
+    return [base + 1] * extra + [base] * (count - extra)
 
 
 @dataclass

@@ -100,6 +100,11 @@ class PlannerSettings:
     # up to this many keys (the executor drops a bind at run time above its own limit).
     bind_large_max_keys: int = 200_000
     bind_large_ratio: float = 10.0
+    # Semi-join reduction (a keys-only fragment of the producer, bound at run time) where a
+    # plain bind is refused: the producer estimated at most semi_join_selectivity of its
+    # table and the consumer at least semi_join_ratio times the producer.
+    semi_join_selectivity: float = 0.25
+    semi_join_ratio: float = 1.0
     # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
     # binds the other side's keys into the search, "post" over-fetches k x factor and filters
     # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.
@@ -311,14 +316,31 @@ class Splitter:
                 a = parent[a]
             return a
 
-        for i, c in enumerate(conjuncts):
-            target = self._conjunct_source(c, by_alias)
-            if target is None:
+        targets = {
+            i: t for i, c in enumerate(conjuncts) if (t := self._conjunct_source(c, by_alias))
+        }
+        # Tables of one source are grouped by their join conjuncts only: key joins first, then
+        # many-to-many joins unless they would multiply rows inside the source (see _join_refusal).
+        # Any other conjunct over several tables is pushed only where they ended up together,
+        # so an OR across two otherwise separate groups never turns them into a cross product.
+        edges: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i in targets:
+            pair = _join_pair(conjuncts[i])
+            if pair is not None:
+                edges[pair].append(i)
+        ordered = sorted(edges.items(), key=lambda e: not self._key_join(e, conjuncts, by_alias))
+        for (a, b), idx in ordered:
+            if find(a) == find(b):
                 continue
-            pushed[i] = target
-            aliases = sorted(free_aliases(c) & by_alias.keys())
-            for a, b in itertools.pairwise(aliases):
+            refusal = self._join_refusal(a, b, idx, conjuncts, by_alias)
+            if refusal is None:
                 parent[find(a)] = find(b)
+            else:
+                self.notes.append(refusal)
+        for i, target in targets.items():
+            aliases = free_aliases(conjuncts[i]) & by_alias.keys()
+            if len({find(a) for a in aliases}) == 1:
+                pushed[i] = target
 
         groups: dict[str, list[_Item]] = defaultdict(list)
         for it in items:
@@ -359,6 +381,75 @@ class Splitter:
             rename_columns(select, renames)
         self._plan_bind_joins(residual_conj, frags, renames)
         self._plan_top_k(select, residual_conj, frags, renames)
+
+    # ---- join shapes: keys and many-to-many joins between two tables of one source ---
+    def _join_columns(
+        self, pair: tuple[str, str], idx: list[int], conjuncts: list[exp.Expression]
+    ) -> tuple[set[str], set[str]]:
+        """Columns of each side of ``pair`` equated by the conjuncts ``idx`` (plain columns)."""
+        cols: tuple[set[str], set[str]] = (set(), set())
+        equalities = []
+        for i in idx:
+            c = conjuncts[i]
+            if isinstance(c, exp.Or):  # the same join in every branch
+                for branch in c.flatten():
+                    equalities += [e for e in _conjuncts(_unparen(branch)) if _join_pair(e) == pair]
+            else:
+                equalities.append(c)
+        for c in equalities:
+            if not isinstance(c, exp.EQ):
+                continue
+            for side in (c.this, c.expression):
+                if isinstance(side, exp.Column) and side.table in pair:
+                    cols[pair.index(side.table)].add(side.name)
+        return cols
+
+    def _unique_on(self, item: _Item, columns: set[str]) -> bool | None:
+        """Whether ``columns`` cover a unique key of the item's table; None: not known."""
+        if not isinstance(item.node, exp.Table):
+            return None
+        info = self.tables.get((item.node.catalog, item.node.db, item.node.name))
+        if info is None or info.unique_keys is None:
+            return None
+        lowered = {c.lower() for c in columns}
+        return any({k.lower() for k in key} <= lowered for key in info.unique_keys)
+
+    def _key_join(
+        self,
+        edge: tuple[tuple[str, str], list[int]],
+        conjuncts: list[exp.Expression],
+        by_alias: dict[str, _Item],
+    ) -> bool:
+        pair, idx = edge
+        cols = self._join_columns(pair, idx, conjuncts)
+        return any(
+            self._unique_on(by_alias[a], c) is not False for a, c in zip(pair, cols, strict=True)
+        )
+
+    def _join_refusal(
+        self,
+        a: str,
+        b: str,
+        idx: list[int],
+        conjuncts: list[exp.Expression],
+        by_alias: dict[str, _Item],
+    ) -> str | None:
+        """Why tables ``a`` and ``b`` (one source) should not be joined inside the source.
+
+        A join on columns that are unique on neither side (known from the catalog's keys)
+        is many-to-many: each key value pairs every row of one side with every row of the
+        other, so the source would send more rows than the two sides hold. Those run in
+        the residual instead (and may still be bound, see _plan_bind_joins).
+        """
+        cols = self._join_columns((a, b), idx, conjuncts)
+        unique = [self._unique_on(by_alias[x], c) for x, c in zip((a, b), cols, strict=True)]
+        if unique != [False, False]:
+            return None
+        shown = " AND ".join(conjuncts[i].sql(dialect=Federated) for i in idx)
+        return (
+            f"join {shown} not run inside source {by_alias[a].source}: many-to-many "
+            f"(unique on neither side), it would multiply rows; joined in the residual"
+        )
 
     def _conjunct_source(self, c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:
         aliases = free_aliases(c)
@@ -439,7 +530,7 @@ class Splitter:
             why = "no key of another source to bind into the search"
             mode = "post"
         else:
-            producer = next(f for f in self.fragments if f.id == frag.bind.producer)
+            producer = self.fragment(frag.bind.producer)
             sel = producer.estimated_rows / base if producer.estimated_rows and base else None
             shown = f"{sel:.1%}" if sel is not None else "unknown"
             if mode == "auto":
@@ -489,7 +580,7 @@ class Splitter:
                 continue
             producer, cons = (a, b) if b[0] is consumer else (b, a)
             if cons[0] is consumer and not self._depends_on(producer[0], consumer):
-                self._bind(producer, cons)
+                self._bind(producer, cons, forced=True)
                 return
 
     def _base_rows(self, frag: Fragment) -> int | None:
@@ -744,6 +835,7 @@ class Splitter:
                 continue
             self._check_key_types(left, right)
             candidates.append((left, right))
+        unbound = []
         for left, right in candidates:
             refusals = []
             for producer, consumer in ((left, right), (right, left)):
@@ -752,6 +844,17 @@ class Splitter:
                     self._bind(producer, consumer)
                     break
                 refusals.append(f"{producer[0].id} -> {consumer[0].id}: {reason}")
+            else:
+                unbound.append((left, right, refusals))
+        for left, right, refusals in unbound:  # after every plain bind has taken its consumer
+            pairs = sorted(
+                ((left, right), (right, left)), key=lambda pc: pc[0][0].estimated_rows or 0
+            )
+            for producer, consumer in pairs:
+                reason = self._plan_semi_join(producer, consumer)
+                if reason is None:
+                    break
+                refusals.append(f"semi-join {producer[0].id} -> {consumer[0].id}: {reason}")
             else:
                 self.notes.append(
                     f"join {left[0].id}.{left[3]} = {right[0].id}.{right[3]} not bound ("
@@ -809,30 +912,147 @@ class Splitter:
         while frag.bind is not None:
             if frag.bind.producer == other.id:
                 return True
-            frag = next(f for f in self.fragments if f.id == frag.bind.producer)
+            frag = self.fragment(frag.bind.producer)
         return False
 
     def _bind(
-        self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
+        self,
+        producer: tuple[Fragment, str, str, str],
+        consumer: tuple[Fragment, str, str, str],
+        forced: bool = False,
     ) -> None:
         pfrag, _, _, pname = producer
         cfrag, calias, ccol, cname = consumer
-        assert pfrag.estimated_rows is not None and cfrag.estimated_rows is not None
-        limit = self._bind_key_limit(cfrag.estimated_rows)
-        reason = (
-            f"bound: {pfrag.id} estimated {pfrag.estimated_rows:,} rows"
-            f" <= {limit:,} keys allowed"
-            + (" (adaptive: large consumer)" if limit > self.settings.bind_max_keys else "")
-            + f", {cfrag.id} estimated {cfrag.estimated_rows:,} rows"
-            f" >= {self.settings.bind_ratio:g}x"
-        )
+        p, c = pfrag.estimated_rows, cfrag.estimated_rows
+        limit = self._bind_key_limit(c) if c is not None else None
+        if forced or p is None or c is None or limit is None:
+            reason = "bound: the vector search needs the other side's keys"
+        else:
+            reason = (
+                f"bound: {pfrag.id} estimated {p:,} rows <= {limit:,} keys allowed"
+                + (" (adaptive: large consumer)" if limit > self.settings.bind_max_keys else "")
+                + f", {cfrag.id} estimated {c:,} rows >= {self.settings.bind_ratio:g}x"
+                + "; re-checked at run time against the observed distinct keys"
+            )
         cfrag.bind = BindJoin(
             producer=pfrag.id,
             producer_column=pname,
             key=exp.column(ccol, table=calias, quoted=True),
             key_output=cname,
             reason=reason,
+            max_keys=None if forced else limit,
+            consumer_rows=None if forced else c,
+            estimated_keys=p,
         )
+
+    def _key_unique(self, origin: tuple[Fragment, str, str, str]) -> bool | None:
+        """Whether a fragment's join key column is unique in its table; None: not known."""
+        frag, alias, col, _ = origin
+        for t in frag.query.find_all(exp.Table):
+            if t.alias_or_name == alias and t.parent_select is frag.query:
+                info = self.tables.get((t.catalog, t.db, t.name))
+                if info is not None and info.unique_keys is not None:
+                    return any(
+                        tuple(k.lower() for k in key) == (col.lower(),) for key in info.unique_keys
+                    )
+        return None
+
+    def _bind_at_run_time(
+        self,
+        producer: str,
+        producer_column: str,
+        consumer: tuple[Fragment, str, str, str],
+        limit: int,
+        reason: str,
+        semi_join_of: str | None = None,
+    ) -> None:
+        """Bind ``consumer`` to ``producer``'s keys, bound only if the observed count pays."""
+        cfrag, calias, ccol, cname = consumer
+        cfrag.bind = BindJoin(
+            producer=producer,
+            producer_column=producer_column,
+            key=exp.column(ccol, table=calias, quoted=True),
+            key_output=cname,
+            reason=reason,
+            max_keys=limit,
+            consumer_rows=cfrag.estimated_rows,
+            estimated_keys=self.fragment(semi_join_of or producer).estimated_rows,
+            min_ratio=self.settings.semi_join_ratio,
+            semi_join_of=semi_join_of,
+        )
+
+    def fragment(self, fid: str) -> Fragment:
+        return next(f for f in self.fragments if f.id == fid)
+
+    def _plan_semi_join(
+        self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
+    ) -> str | None:
+        """Semi-join reduction for joins a plain bind refuses (the estimates are too close
+        to be sure it pays) where the producer is selective: the consumer waits for the
+        producer's keys and the executor binds them when the observed count pays
+        (:meth:`BindJoin.decide`). When the key repeats in the producer's table, a second,
+        cheap fragment fetches ``SELECT DISTINCT key`` of the producer's query and the
+        consumer waits for that only (the full producer runs meanwhile); when it is unique,
+        the consumer waits for the producer itself (:meth:`_bind_adaptive`).
+        Returns why not, or None when planned.
+        """
+        s = self.settings
+        pfrag, _, _, pname = producer
+        cfrag = consumer[0]
+        p, c = pfrag.estimated_rows, cfrag.estimated_rows
+        if cfrag.bind is not None or pfrag.bind is not None or pfrag.top_k is not None:
+            return "one side is already bound"
+        if not self.rules[cfrag.source].can("bind_join"):
+            return f"source {cfrag.source} takes no bind joins"
+        if p is None or c is None:
+            return "no row estimate"
+        base = self._base_rows(pfrag)
+        limit = self._bind_key_limit(c)
+        if p > limit:
+            return f"{pfrag.id} estimated {p:,} keys > {limit:,} allowed"
+        if c < s.semi_join_ratio * p:
+            return f"{cfrag.id} estimated {c:,} rows, not {s.semi_join_ratio:g}x {p:,}"
+        if not base or p > s.semi_join_selectivity * base:
+            return f"{pfrag.id} not selective (estimated {p:,} of {base or 0:,} rows)"
+        if self._depends_on(pfrag, cfrag):
+            return "would make a cycle"
+        sizes = (
+            f"{pfrag.id} estimated {p:,} rows ({p / base:.1%} of {base:,}), {cfrag.id} "
+            f"estimated {c:,}, not {s.bind_ratio:g}x"
+        )
+        if self._key_unique(producer) is not False:
+            why = (
+                f"adaptive: {sizes}; {cfrag.id} waits for {pfrag.id} and binds its keys "
+                f"when observed <= {min(limit, c):,}"
+            )
+            self._bind_at_run_time(pfrag.id, pname, consumer, limit, why)
+            return None
+        inner = exp.Subquery(this=pfrag.query.copy(), alias=exp.TableAlias(this=_ident("_k")))
+        query = (
+            exp.select(exp.column(pname, table="_k", quoted=True).as_(pname, quoted=True))
+            .distinct()
+            .from_(inner)
+        )
+        refusal = self.rules[pfrag.source].refusal(query)
+        if refusal is not None:
+            return f"keys-only query refused by {pfrag.source}: {refusal}"
+        keys = Fragment(
+            id=self._new_id(),
+            source=pfrag.source,
+            query=query,
+            columns=[pname],
+            estimated_rows=p,
+            params=_params(query),
+            types={pname: t} if (t := pfrag.types.get(pname)) is not None else {},
+            notes=[f"semi-join reduction: distinct {pname} of {pfrag.id}, for {cfrag.id}"],
+        )
+        self.fragments.append(keys)
+        why = (
+            f"semi-join reduction: {sizes}; {pname} repeats in {pfrag.id}, so {keys.id} "
+            f"fetches its distinct keys, bound when observed <= {min(limit, c):,}"
+        )
+        self._bind_at_run_time(keys.id, pname, consumer, limit, why, semi_join_of=pfrag.id)
+        return None
 
     def _check_key_types(
         self, left: tuple[Fragment, str, str, str], right: tuple[Fragment, str, str, str]
@@ -867,6 +1087,38 @@ def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
     if isinstance(node, exp.Where):
         node = node.this
     return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _join_pair(c: exp.Expression) -> tuple[str, str] | None:
+    """The two tables an equi-join conjunct joins (``a.x = b.y``, sorted), else None.
+
+    An OR whose every branch holds the same equi-join (TPC-H Q19's shape) joins them too.
+    """
+    if isinstance(c, exp.Or):
+        pairs = set()
+        for branch in c.flatten():
+            found = {p for p in map(_join_pair, _conjuncts(_unparen(branch))) if p}
+            if not found:
+                return None
+            pairs.add(frozenset(found))
+        common = frozenset.intersection(*pairs) if pairs else frozenset()
+        return min(common) if common else None
+    if not isinstance(c, exp.EQ):
+        return None
+    left, right = free_aliases(c.this), free_aliases(c.expression)
+    if len(left) != 1 or len(right) != 1 or left == right:
+        return None
+    return tuple(sorted((*left, *right)))  # type: ignore[return-value]
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _unparen(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
 
 
 def _single_alias(c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:

@@ -1,0 +1,234 @@
+"""Join planning decisions on catalog fixtures (no servers): which tables of one source are
+joined inside it, which joins are bound (plainly, adaptively, by semi-join reduction), and
+how the executor decides a bind from the keys it observes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from federator.adapters.base import TableInfo, TableRef
+from federator.rules import rule_set_for
+from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from federator.plan.model import BindJoin, Fragment, bind_batches
+from federator.plan.planner import (
+    PlannerSettings,
+    SplitResult,
+    Splitter,
+    optimize,
+    sqlglot_schema,
+)
+from federator.sql.dialect import Federated, parse
+
+INT = pa.int64()
+STR = pa.string()
+DATE = pa.date32()
+
+# A TPC-H-like split: lineitem on PostgreSQL ("pg"), the rest on MySQL ("my").
+TABLES = {
+    ("my", "supplier"): ([("s_suppkey", INT), ("s_name", STR), ("s_nationkey", INT)], 500),
+    ("my", "nation"): ([("n_nationkey", INT), ("n_name", STR), ("n_regionkey", INT)], 25),
+    ("my", "customer"): ([("c_custkey", INT), ("c_name", STR), ("c_nationkey", INT)], 7_500),
+    ("my", "orders"): ([("o_orderkey", INT), ("o_custkey", INT), ("o_orderdate", DATE)], 75_000),
+    ("pg", "lineitem"): (
+        [
+            ("l_orderkey", INT),
+            ("l_linenumber", INT),
+            ("l_suppkey", INT),
+            ("l_flag", STR),
+            ("l_qty", INT),
+        ],
+        300_000,
+    ),
+}
+KEYS = {
+    "supplier": (("s_suppkey",),),
+    "nation": (("n_nationkey",),),
+    "customer": (("c_custkey",),),
+    "orders": (("o_orderkey",),),
+    "lineitem": (("l_orderkey", "l_linenumber"),),
+}
+
+
+def infos(keys: bool = True, rows: dict[str, int] | None = None) -> list[TableInfo]:
+    out = []
+    for (source, name), (cols, n) in TABLES.items():
+        schema = "public" if source == "pg" else "db"
+        out.append(
+            TableInfo(
+                source,
+                TableRef(schema, name),
+                pa.schema(cols),
+                (rows or {}).get(name, n),
+                KEYS[name] if keys else None,
+            )
+        )
+    return out
+
+
+def split(sql: str, tables: list[TableInfo], **settings: object) -> SplitResult:
+    """Plan ``sql`` (tables written ``source.schema.table``) the way Federation does."""
+    tree = normalize_identifiers(parse(sql), dialect=Federated)
+    for t in tree.find_all(exp.Table):
+        if not t.alias:
+            t.set("alias", exp.TableAlias(this=exp.to_identifier(t.name)))
+    tree = optimize(tree, sqlglot_schema(tables), tables)
+    rules = {"pg": rule_set_for("postgres"), "my": rule_set_for("mysql")}
+    by_key = {(i.source, i.ref.schema, i.ref.name): i for i in tables}
+    return Splitter(rules, by_key, PlannerSettings(**settings)).split(tree)  # type: ignore[arg-type]
+
+
+def tables_of(frag: Fragment) -> set[str]:
+    return {t.name for t in frag.query.find_all(exp.Table)}
+
+
+def by_tables(result: SplitResult) -> dict[frozenset[str], Fragment]:
+    return {frozenset(tables_of(f)): f for f in result.fragments}
+
+
+Q7 = """
+SELECT n1.n_name AS supp_nation, n2.n_name AS cust_nation, sum(l.l_qty) AS qty
+FROM my.db.supplier s, pg.public.lineitem l, my.db.orders o, my.db.customer c,
+     my.db.nation n1, my.db.nation n2
+WHERE s.s_suppkey = l.l_suppkey AND o.o_orderkey = l.l_orderkey AND c.c_custkey = o.o_custkey
+  AND s.s_nationkey = n1.n_nationkey AND c.c_nationkey = n2.n_nationkey
+  AND ((n1.n_name = 'FRANCE' AND n2.n_name = 'GERMANY')
+       OR (n1.n_name = 'GERMANY' AND n2.n_name = 'FRANCE'))
+GROUP BY n1.n_name, n2.n_name
+"""
+
+
+def test_an_or_across_two_groups_does_not_join_them_in_the_source() -> None:
+    result = split(Q7, infos())
+    groups = by_tables(result)
+    # supplier with its nation, orders with customer and theirs: never supplier x orders
+    assert frozenset({"supplier", "nation"}) in groups
+    assert frozenset({"orders", "customer", "nation"}) in groups
+    assert not any({"supplier", "orders"} <= tables_of(f) for f in result.fragments)
+    # the OR stays in the residual, where both nations meet
+    assert result.residual is not None
+    assert "GERMANY" in result.residual.sql()
+    # the small supplier side is bound into lineitem
+    line = groups[frozenset({"lineitem"})]
+    assert line.bind is not None
+    assert line.bind.producer == groups[frozenset({"supplier", "nation"})].id
+
+
+Q5_NATION_JOIN = """
+SELECT c.c_name, s.s_name, l.l_qty
+FROM my.db.customer c, my.db.orders o, my.db.supplier s, pg.public.lineitem l
+WHERE c.c_custkey = o.o_custkey AND c.c_nationkey = s.s_nationkey
+  AND l.l_orderkey = o.o_orderkey AND l.l_suppkey = s.s_suppkey
+  AND o.o_orderdate >= DATE '1994-01-01'
+"""
+
+
+def test_a_many_to_many_join_runs_in_the_residual_when_keys_are_known() -> None:
+    result = split(Q5_NATION_JOIN, infos())
+    groups = by_tables(result)
+    assert frozenset({"customer", "orders"}) in groups and frozenset({"supplier"}) in groups
+    assert any("many-to-many" in n and "c_nationkey" in n for n in result.notes)
+
+
+def test_without_key_information_tables_of_one_source_are_joined_there() -> None:
+    result = split(Q5_NATION_JOIN, infos(keys=False))
+    assert frozenset({"customer", "orders", "supplier"}) in by_tables(result)
+    assert "many-to-many" not in " ".join(result.notes)
+
+
+def test_a_key_join_is_joined_in_the_source_whatever_its_order() -> None:
+    sql = (
+        "SELECT o.o_orderkey, c.c_name FROM my.db.orders o JOIN my.db.customer c "
+        "ON o.o_custkey = c.c_custkey JOIN pg.public.lineitem l ON l.l_orderkey = o.o_orderkey"
+    )
+    groups = by_tables(split(sql, infos()))
+    assert frozenset({"orders", "customer"}) in groups
+
+
+Q10 = """
+SELECT c.c_name, sum(l.l_qty) AS qty
+FROM my.db.customer c, my.db.orders o, pg.public.lineitem l
+WHERE c.c_custkey = o.o_custkey AND l.l_orderkey = o.o_orderkey
+  AND o.o_orderdate >= DATE '1993-10-01' AND o.o_orderdate < DATE '1994-01-01'
+  AND l.l_flag = 'R'
+GROUP BY c.c_name
+"""
+
+
+def test_close_estimates_bind_adaptively_on_the_producer_itself() -> None:
+    # orders x 0.16 = 12,000 rows against lineitem x 0.1 = 30,000: not 4x, so no plain bind;
+    # o_orderkey is unique, so lineitem waits for the orders side and decides from its keys.
+    result = split(Q10, infos())
+    groups = by_tables(result)
+    line, orders = groups[frozenset({"lineitem"})], groups[frozenset({"customer", "orders"})]
+    assert line.bind is not None
+    assert line.bind.producer == orders.id
+    assert line.bind.reason.startswith("adaptive:")
+    assert line.bind.max_keys is not None and line.bind.consumer_rows == line.estimated_rows
+    assert len(result.fragments) == 2  # no keys-only fragment
+
+
+def test_a_repeating_selective_key_gets_a_keys_only_fragment() -> None:
+    # The producer is lineitem (l_orderkey repeats), the consumer orders.
+    sql = (
+        "SELECT o.o_orderdate, l.l_qty FROM pg.public.lineitem l JOIN my.db.orders o "
+        "ON o.o_orderkey = l.l_orderkey WHERE l.l_flag = 'R'"
+    )
+    result = split(sql, infos())
+    orders = by_tables(result)[frozenset({"orders"})]
+    assert orders.bind is not None and orders.bind.semi_join_of is not None
+    keys = next(f for f in result.fragments if f.id == orders.bind.producer)
+    assert keys.source == "pg" and keys.columns == ["l_orderkey"]
+    assert keys.query.args.get("distinct") is not None
+    assert "semi-join reduction" in orders.bind.reason
+    assert keys.id not in (result.residual.sql() if result.residual else "")
+
+
+def test_no_reduction_when_the_producer_is_not_selective() -> None:
+    sql = (
+        "SELECT o.o_orderdate, l.l_qty FROM pg.public.lineitem l JOIN my.db.orders o "
+        "ON o.o_orderkey = l.l_orderkey"
+    )
+    result = split(sql, infos(rows={"lineitem": 40_000}))
+    assert all(f.bind is None for f in result.fragments)
+    assert any("not selective" in n for n in result.notes)
+
+
+def test_semi_join_reduction_can_be_turned_off() -> None:
+    result = split(Q10, infos(), semi_join_selectivity=0.0)
+    assert all(f.bind is None for f in result.fragments)
+
+
+@pytest.mark.parametrize(
+    ("keys", "bound", "words"),
+    [
+        (40, True, "bound at run time: observed 40 distinct keys (estimated 50)"),
+        (5_000, False, "> 1,000 allowed"),
+        (900, False, "more than the consumer's estimated 800 rows"),
+    ],
+)
+def test_a_bind_is_decided_from_the_observed_keys(keys: int, bound: bool, words: str) -> None:
+    b = BindJoin(
+        "f0", "k", exp.column("k"), "k", "", max_keys=1_000, consumer_rows=800, estimated_keys=50
+    )
+    decided, why = b.decide(keys)
+    assert decided is bound
+    assert words in why
+
+
+def test_the_executor_ceiling_applies_on_top_of_the_plan() -> None:
+    b = BindJoin("f0", "k", exp.column("k"), "k", "", max_keys=1_000)
+    assert b.decide(600, limit=500)[0] is False
+    assert BindJoin("f0", "k", exp.column("k"), "k", "").decide(10**6)[0] is True
+
+
+@pytest.mark.parametrize(
+    ("keys", "limit", "sizes"),
+    [(0, 10, [0]), (10, 10, [10]), (11, 10, [6, 5]), (25, 10, [9, 8, 8]), (3, 1, [1, 1, 1])],
+)
+def test_bind_batches_are_even_and_within_the_limit(
+    keys: int, limit: int, sizes: list[int]
+) -> None:
+    assert bind_batches(keys, limit) == sizes
+    assert sum(sizes) == keys
