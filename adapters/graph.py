@@ -15,6 +15,10 @@ becomes one ``MATCH`` pattern with its WHERE, RETURN, ORDER BY, SKIP and LIMIT:
     →  MATCH (a:Person)-[f:FOLLOWS]->(b:Person) WHERE a.age > 30
        RETURN a.name AS `name`, b.name AS `name_1`
 
+GROUP BY with COUNT/SUM/AVG/MIN/MAX (and COUNT(DISTINCT)) becomes ``WITH <keys>, <aggregates>``
+(Cypher groups by the non-aggregated items), HAVING the WHERE after it; a grouped derived
+table runs as its own Cypher whose RETURN becomes WITH, so the outer query continues from it.
+
 A bind join (keys from another source) becomes ``UNWIND $__keys AS __key MATCH … WHERE
 <key> = __key``. Values travel as Cypher parameters (``$name``); literals in the SQL are
 rendered as Cypher literals.
@@ -34,6 +38,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.rules.graph import AGGREGATES
 from sqlglot import exp
 
 from federator.config import SourceConfig, redact_dsn
@@ -59,6 +64,7 @@ class GraphTable:
     raw: str = ""
     params: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
+    schema: pa.Schema | None = None
 
 
 @dataclass
@@ -73,6 +79,7 @@ class _Var:
 class CypherQuery:
     text: str
     param_names: list[str] = field(default_factory=list)
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # aggregates' SQL types
 
 
 def quote(name: str) -> str:
@@ -101,8 +108,12 @@ class CypherGenerator:
             raise UnsupportedError(f"a graph source takes one SELECT, not {type(select).__name__}")
         self.names: list[str] = []
         self.vars: dict[str, _Var] = {}
+        self.slots: dict[str, str] | None = None  # grouped: SQL of a key/aggregate -> variable
         items = [select.args["from_"].this] + [j.this for j in select.args.get("joins") or []]
         for item in items:
+            if isinstance(item, exp.Subquery) and isinstance(item.this, exp.Select):
+                self.vars[item.alias_or_name] = _Var(item.alias_or_name, self._derived(item.this))
+                continue
             if not isinstance(item, exp.Table):
                 raise UnsupportedError(f"a graph source cannot read {item.sql()}")
             table = self.tables.get(item.name)
@@ -134,6 +145,8 @@ class CypherGenerator:
             lines.append("MATCH " + match)
         if rest:
             lines.append("WHERE " + " AND ".join(self.expr(c) for c in rest))
+        if _grouped(select):
+            lines.extend(self._group(select, bind_key))
         distinct = "DISTINCT " if select.args.get("distinct") else ""
         returns = [f"{self.expr(p.unalias())} AS {quote(p.alias_or_name)}" for p in select.selects]
         lines.append(f"RETURN {distinct}" + ", ".join(returns))
@@ -155,7 +168,77 @@ class CypherGenerator:
         limit = select.args.get("limit")
         if limit is not None:
             lines.append("LIMIT " + self.expr(limit.expression))
-        return CypherQuery("\n".join(lines), self.names)
+        types = {p.alias_or_name: t for p in select.selects if (t := self.sql_type(p.unalias()))}
+        return CypherQuery("\n".join(lines), self.names, types)
+
+    def _derived(self, select: exp.Select) -> GraphTable:
+        """A derived table (``FROM (SELECT … GROUP BY …) AS c``) as raw Cypher of its own."""
+        inner = CypherGenerator(self.tables).generate(select)
+        columns = [p.alias_or_name for p in select.selects]
+        schema = pa.schema(list(inner.types.items()))
+        return GraphTable("__derived", "raw", inner.text, inner.param_names, columns, schema)
+
+    # ---- grouping --------------------------------------------------------------------
+    def _group(self, select: exp.Select, bind_key: exp.Column | None) -> list[str]:
+        """GROUP BY as ``WITH <keys>, <aggregates>`` (Cypher groups by the non-aggregated
+        items), HAVING as the WHERE after it; RETURN and ORDER BY then name those variables."""
+        group = select.args.get("group")
+        keys = list(group.expressions) if group is not None else []
+        if bind_key is not None and not any(k.sql() == bind_key.sql() for k in keys):
+            # bind batches are grouped one by one: right only when the key is a group key
+            raise UnsupportedError("a grouped graph fragment binds keys only on a GROUP BY key")
+        having = select.args.get("having")
+        found: dict[str, exp.Expression] = {}
+        for part in [*select.selects, having, select.args.get("order")]:
+            for agg in part.find_all(*AGGREGATES) if part is not None else ():
+                found.setdefault(agg.sql(), agg)
+        items = [f"{self.expr(k)} AS __k{i}" for i, k in enumerate(keys)]
+        items += [f"{self.aggregate(a)} AS __a{j}" for j, a in enumerate(found.values())]
+        self.slots = {k.sql(): f"__k{i}" for i, k in enumerate(keys)}
+        self.slots.update({sql: f"__a{j}" for j, sql in enumerate(found)})
+        lines = ["WITH " + ", ".join(items)]
+        if having is not None:
+            lines.append("WHERE " + self.expr(having.this))
+        return lines
+
+    def aggregate(self, node: exp.Expression) -> str:
+        """COUNT/SUM/AVG/MIN/MAX in Cypher; SUM over no values is NULL as in SQL (not 0)."""
+        arg = node.this
+        if isinstance(node, exp.Count):
+            if isinstance(arg, exp.Star):
+                return "count(*)"
+            if isinstance(arg, exp.Distinct):
+                if len(arg.expressions) != 1:
+                    raise UnsupportedError(f"no Cypher for {node.sql()}")
+                return f"count(DISTINCT {self.expr(arg.expressions[0])})"
+            return f"count({self.expr(arg)})"
+        x = self.expr(arg)
+        if isinstance(node, exp.Sum):
+            return f"CASE count({x}) WHEN 0 THEN null ELSE sum({x}) END"
+        return f"{type(node).__name__.lower()}({x})"
+
+    def sql_type(self, node: exp.Expression) -> pa.DataType | None:
+        """The SQL type of an aggregate (FalkorDB's sum of integers is a float), else None."""
+        if isinstance(node, exp.Count):
+            return pa.int64()
+        if isinstance(node, exp.Avg):
+            return pa.float64()
+        v = self.vars.get(node.table) if isinstance(node, exp.Column) else None
+        if v is not None and v.table.kind == "raw" and v.table.schema is not None:
+            names = v.table.schema.names
+            return v.table.schema.field(node.name).type if node.name in names else None
+        if not isinstance(node, AGGREGATES) or not isinstance(node.this, exp.Column):
+            return None
+        col = node.this
+        v = self.vars.get(col.table)
+        if col.name in ("_id", "_src", "_dst"):
+            return pa.int64()
+        if v is None or v.table.schema is None or col.name not in v.table.schema.names:
+            return None
+        t = v.table.schema.field(col.name).type
+        if isinstance(node, exp.Sum):
+            return pa.int64() if pa.types.is_integer(t) else pa.float64()
+        return t
 
     # ---- pattern ---------------------------------------------------------------------
     def _endpoint(self, c: exp.Expression) -> bool:
@@ -252,6 +335,11 @@ class CypherGenerator:
     }
 
     def expr(self, node: exp.Expression) -> str:
+        if self.slots is not None:  # after grouping only keys and aggregates are in scope
+            if node.sql() in self.slots:
+                return self.slots[node.sql()]
+            if isinstance(node, exp.Column):
+                raise UnsupportedError(f"{node.sql()} is neither grouped nor aggregated")
         if isinstance(node, exp.Column):
             return self.column(node)
         if type(node) in self._BINARY:
@@ -300,6 +388,12 @@ class CypherGenerator:
                 return f"({x} ENDS WITH {core})"
             return f"({x} = {core})"
         raise UnsupportedError(f"no Cypher for {node.sql()}")
+
+
+def _grouped(select: exp.Select) -> bool:
+    return select.args.get("group") is not None or any(
+        p.find(*AGGREGATES) is not None for p in select.selects
+    )
 
 
 def _return_as_with(text: str) -> str:
@@ -505,8 +599,9 @@ class GraphAdapter(Adapter):
         return infos
 
     def _info(self, name: str, kind: str, fields: list[pa.Field], rows: int) -> TableInfo:
-        self._graph_tables[name] = GraphTable(name, kind)
-        return TableInfo(self.name, TableRef(self.default_schema, name), pa.schema(fields), rows)
+        schema = pa.schema(fields)
+        self._graph_tables[name] = GraphTable(name, kind, schema=schema)
+        return TableInfo(self.name, TableRef(self.default_schema, name), schema, rows)
 
     @staticmethod
     def _fields(maps: list[dict[str, Any]]) -> list[pa.Field]:
@@ -568,10 +663,9 @@ class GraphAdapter(Adapter):
         request = NativeRequest(source=self.name, text=query.text, param_names=query.param_names)
         if fragment.bind is not None:
             request.bind = BindSpec(column=bind_key.sql(), style="unwind", batch_size=BIND_BATCH)
-        if fragment.types:
-            request.schema = pa.schema(
-                [(c, fragment.types[c]) for c in fragment.columns if c in fragment.types]
-            )
+        types = {**query.types, **fragment.types}
+        if types:
+            request.schema = pa.schema([(c, types[c]) for c in fragment.columns if c in types])
         request.payload = list(fragment.columns)
         return request
 

@@ -1,11 +1,14 @@
 """What a graph source (Cypher) takes: label tables and relationship tables joined with inner
-joins (one MATCH pattern), filters, projections, ORDER BY, LIMIT/SKIP and DISTINCT.
-Grouping, window functions and subqueries stay in the residual.
+joins (one MATCH pattern), filters, projections, GROUP BY on properties with COUNT(*),
+COUNT([DISTINCT] x), SUM, AVG, MIN, MAX and HAVING (``WITH … WHERE``), ORDER BY, LIMIT/SKIP
+and DISTINCT. Window functions, subqueries, other aggregates and grouping by expressions stay
+in the residual.
 
 >>> from federator.sql.dialect import parse
 >>> GRAPH.refusal(parse("SELECT p.name FROM g.Person AS p JOIN g.FOLLOWS AS f ON f._src = p._id"))
->>> GRAPH.refusal(parse("SELECT name, count(*) FROM g.Person GROUP BY name"))[:45]
-"rule 'MATCH … RETURN without grouping' of 'gr"
+>>> GRAPH.refusal(parse("SELECT name, count(*) FROM g.Person GROUP BY name"))
+>>> GRAPH.refusal(parse("SELECT name, count(*) FROM g.Person GROUP BY ROLLUP (name)"))[:45]
+"rule 'group by properties' of 'graph' refuses"
 """
 
 from __future__ import annotations
@@ -13,9 +16,31 @@ from __future__ import annotations
 from federator.rules import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
+AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+
 
 def _plain_select(node: exp.Expression) -> bool:
-    return not any(node.args.get(k) for k in ("group", "having", "with", "qualify"))
+    return not any(node.args.get(k) for k in ("with", "qualify", "windows", "laterals"))
+
+
+def _group(node: exp.Expression) -> bool:
+    return not any(node.args.get(k) for k in ("grouping_sets", "cube", "rollup", "totals")) and all(
+        isinstance(e, exp.Column) for e in node.expressions
+    )
+
+
+def _aggregate(node: exp.Expression) -> bool:
+    """COUNT(*), COUNT([DISTINCT] x), SUM/AVG/MIN/MAX(x), x not itself an aggregate."""
+    arg = node.this
+    if isinstance(arg, exp.Distinct):
+        return isinstance(node, exp.Count) and len(arg.expressions) == 1
+    if isinstance(arg, exp.Star):
+        return isinstance(node, exp.Count)
+    return arg is not None and not node.args.get("expressions") and arg.find(*AGGREGATES) is None
+
+
+def _count_star(node: exp.Expression) -> bool:
+    return isinstance(node.parent, exp.Count)
 
 
 def _inner(node: exp.Expression) -> bool:
@@ -46,7 +71,10 @@ def _graph_table(node: exp.Expression) -> bool:
 GRAPH = RuleSet(
     "graph",
     [
-        Rule(exp.Select, guard=_plain_select, name="MATCH … RETURN without grouping"),
+        Rule(exp.Select, guard=_plain_select, name="MATCH … [WITH grouping] RETURN"),
+        Rule(exp.Group, guard=_group, name="group by properties"),
+        *(Rule(c, guard=_aggregate, name="aggregate of a value") for c in AGGREGATES),
+        Rule(exp.Star, guard=_count_star, name="COUNT(*)"),
         Rule(exp.Join, guard=_inner, name="inner join (one pattern)"),
         Rule(exp.In, guard=_literal_in, name="IN a literal list"),
         Rule(exp.Like, guard=_simple_like, name="LIKE as STARTS WITH/ENDS WITH/CONTAINS"),
@@ -58,6 +86,7 @@ GRAPH = RuleSet(
             exp.Column,
             exp.Alias,
             exp.Where,
+            exp.Having,
             exp.Order,
             exp.Ordered,
             exp.Limit,

@@ -148,15 +148,71 @@ def test_two_hops_distinct_order_limit(falkor, graph_data) -> None:
     assert got == want
 
 
-def test_grouping_runs_in_the_residual(falkor, graph_data) -> None:
+def test_grouping_is_pushed_into_cypher(falkor, graph_data) -> None:
     sql = (
         "SELECT b.city, count(*) AS n FROM g.FOLLOWS AS f JOIN g.Person AS b ON f._dst = b._id "
         "GROUP BY b.city"
     )
-    assert "residual on DuckDB" in falkor.explain(sql)
+    plan = falkor.explain(sql)
+    assert "no residual" in plan and "WITH b.city AS __k0, count(*) AS __a0" in plan
     assert rows(falkor, sql) == truth(
         graph_data,
         "SELECT b.city, count(*) FROM follows f JOIN person b ON f.b = b.pid GROUP BY b.city",
+    )
+
+
+def test_aggregates_having_order_limit_pushed(falkor, graph_data) -> None:
+    sql = (
+        "SELECT a.name, count(DISTINCT b.city) AS cities, sum(f.since) AS since_total, "
+        "avg(b.age) AS mean_age, min(b.age) AS youngest, max(b.name) AS last_name "
+        "FROM g.Person AS a JOIN g.FOLLOWS AS f ON f._src = a._id "
+        "JOIN g.Person AS b ON f._dst = b._id WHERE a.age > :a "
+        "GROUP BY a.name HAVING count(*) >= 4 ORDER BY since_total DESC, a.name LIMIT 7"
+    )
+    plan = falkor.explain(sql, {"a": 25})
+    assert "no residual" in plan and "WHERE (__a" in plan and "LIMIT 7" in plan
+    got = falkor.sql(sql, {"a": 25}).to_arrow().to_pylist()
+    want = (
+        graph_data["duck"]
+        .execute(
+            "SELECT a.name, count(DISTINCT b.city), sum(f.since), avg(b.age), min(b.age), "
+            "max(b.name) FROM person a JOIN follows f ON f.a = a.pid "
+            "JOIN person b ON f.b = b.pid WHERE a.age > 25 GROUP BY a.name "
+            "HAVING count(*) >= 4 ORDER BY 3 DESC, a.name LIMIT 7"
+        )
+        .fetchall()
+    )
+    assert len(want) == 7
+    assert [(r["name"], r["cities"], r["since_total"]) for r in got] == [w[:3] for w in want]
+    assert [(r["youngest"], r["last_name"]) for r in got] == [w[4:] for w in want]
+    np.testing.assert_allclose([r["mean_age"] for r in got], [w[3] for w in want], rtol=1e-12)
+
+
+def test_global_aggregates_of_no_rows(falkor, graph_data) -> None:
+    """SUM/AVG/MIN/MAX over no rows are NULL and COUNT 0, as in SQL (Cypher's sum says 0)."""
+    sql = (
+        "SELECT count(*) AS n, sum(age) AS s, avg(age) AS m, min(name) AS lo, "
+        "count(DISTINCT city) AS c FROM g.Person WHERE age > :a"
+    )
+    assert "no residual" in falkor.explain(sql, {"a": 0})
+    for a in (0, 1000):
+        (got,) = falkor.sql(sql, {"a": a}).to_arrow().to_pylist()
+        want = graph_data["duck"].execute(
+            "SELECT count(*), sum(age), avg(age), min(name), count(DISTINCT city) "
+            f"FROM person WHERE age > {a}"
+        )
+        n, s, m, lo, c = want.fetchone()
+        assert (got["n"], got["s"], got["lo"], got["c"]) == (n, s, lo, c)
+        assert got["m"] == pytest.approx(m, rel=1e-12) if m is not None else got["m"] is None
+
+
+def test_grouping_by_an_expression_runs_in_the_residual(falkor, graph_data) -> None:
+    sql = "SELECT age % 10 AS d, count(*) AS n FROM g.Person GROUP BY age % 10"
+    plan = falkor.explain(sql)
+    assert "residual on DuckDB" in plan and "not pushed whole" in plan
+    assert "group by properties" in plan
+    assert rows(falkor, sql) == truth(
+        graph_data, "SELECT age % 10, count(*) FROM person GROUP BY age % 10"
     )
 
 
@@ -264,3 +320,18 @@ def test_variable_length_paths(falkor, graph_data) -> None:
         "SELECT a, b, min(h) FROM hop WHERE a < 5 GROUP BY a, b",
     )
     assert got == want
+
+
+def test_grouped_graph_side_of_a_cross_source_join(falkor, graph_data) -> None:
+    """Follower counts grouped in Cypher, joined with orders on SQLite."""
+    sql = (
+        "SELECT o.id, c.n FROM shop.orders AS o JOIN (SELECT b.pid, count(*) AS n "
+        "FROM g.FOLLOWS AS f JOIN g.Person AS b ON f._dst = b._id GROUP BY b.pid) AS c "
+        "ON c.pid = o.buyer"
+    )
+    plan = falkor.explain(sql)
+    assert "WITH b.pid AS __k0, count(*) AS __a0" in plan
+    assert rows(falkor, sql) == truth(
+        graph_data,
+        "SELECT o.id, count(*) FROM orders o JOIN follows f ON f.b = o.buyer GROUP BY o.id",
+    )
