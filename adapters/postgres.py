@@ -272,66 +272,80 @@ class PostgresAdapter(ServerSQLAdapter):
         pool = await self._get_pool()
         conn = await pool.acquire()
         finished = False
-        task: asyncio.Task[Any] | None = None
         try:
             tx = conn.transaction(readonly=True)
             await tx.start()
             stmt = await conn.prepare(text)
             ptypes = stmt.get_parameters()
-            attrs = stmt.get_attributes()
             if verify and await self._server_estimate(conn, text, params, ptypes) < self.bulk_rows:
                 async with contextlib.aclosing(self._rows(conn, stmt, params, schema)) as rows:
                     async for batch in rows:
                         yield batch
-                await tx.commit()
-                finished = True
-                return
-            if params:
-                params = _coerce_params(params, [p.name for p in ptypes])
-                names = [f"federator.p{i}" for i in range(1, len(params) + 1)]
-                sets = ", ".join(
-                    f"set_config(${2 * i + 1}::text, (${2 * i + 2}::{_type_sql(t)})::text, true)"
-                    for i, t in enumerate(ptypes)
-                )
-                args = [v for pair in zip(names, params, strict=True) for v in pair]
-                await conn.execute(f"SELECT {sets}", *args)
-                text = replace_parameters(
-                    text,
-                    [
-                        f"(current_setting('federator.p{i}')::{_type_sql(t)})"
-                        for i, t in enumerate(ptypes, 1)
-                    ],
-                )
-            known = {f.name: f.type for f in schema} if schema is not None else {}
-            specs, casts = pgcopy.plan_columns(
-                [a.name for a in attrs], [a.type.name for a in attrs], known
+            else:
+                copied = self._copy(conn, stmt, text, params, schema)
+                async with contextlib.aclosing(copied) as batches:
+                    async for batch in batches:
+                        yield batch
+            await tx.commit()
+            finished = True
+        finally:
+            if not finished:
+                conn.terminate()  # a half-read COPY leaves the connection unusable
+            await pool.release(conn)
+
+    async def _copy(
+        self, conn: Any, stmt: Any, text: str, params: list[Any], schema: pa.Schema | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The COPY of a prepared SELECT on ``conn`` (in a transaction), decoded in blocks."""
+        ptypes = stmt.get_parameters()
+        attrs = stmt.get_attributes()
+        if params:
+            params = _coerce_params(params, [p.name for p in ptypes])
+            names = [f"federator.p{i}" for i in range(1, len(params) + 1)]
+            sets = ", ".join(
+                f"set_config(${2 * i + 1}::text, (${2 * i + 2}::{_type_sql(t)})::text, true)"
+                for i, t in enumerate(ptypes)
             )
-            decoder = pgcopy.CopyDecoder(specs)
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
-            pending: list[bytes] = []
-            size = 0
+            args = [v for pair in zip(names, params, strict=True) for v in pair]
+            await conn.execute(f"SELECT {sets}", *args)
+            text = replace_parameters(
+                text,
+                [
+                    f"(current_setting('federator.p{i}')::{_type_sql(t)})"
+                    for i, t in enumerate(ptypes, 1)
+                ],
+            )
+        known = {f.name: f.type for f in schema} if schema is not None else {}
+        specs, casts = pgcopy.plan_columns(
+            [a.name for a in attrs], [a.type.name for a in attrs], known
+        )
+        decoder = pgcopy.CopyDecoder(specs)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+        pending: list[bytes] = []
+        size = 0
 
-            async def sink(chunk: bytes) -> None:
-                nonlocal size
-                pending.append(chunk)
-                size += len(chunk)
-                if size >= _BULK_BLOCK_BYTES:
-                    block = b"".join(pending)
-                    pending.clear()
-                    size = 0
-                    await queue.put(block)
+        async def sink(chunk: bytes) -> None:
+            nonlocal size
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= _BULK_BLOCK_BYTES:
+                block = b"".join(pending)
+                pending.clear()
+                size = 0
+                await queue.put(block)
 
-            async def copy() -> None:
-                await conn.copy_from_query(
-                    pgcopy.copy_query(text.rstrip().rstrip(";"), casts),
-                    output=sink,
-                    format="binary",
-                )
-                if pending:
-                    await queue.put(b"".join(pending))
-                await queue.put(None)
+        async def copy() -> None:
+            await conn.copy_from_query(
+                pgcopy.copy_query(text.rstrip().rstrip(";"), casts),
+                output=sink,
+                format="binary",
+            )
+            if pending:
+                await queue.put(b"".join(pending))
+            await queue.put(None)
 
-            task = asyncio.get_running_loop().create_task(copy())
+        task = asyncio.get_running_loop().create_task(copy())
+        try:
             yielded = False
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -356,16 +370,11 @@ class PostgresAdapter(ServerSQLAdapter):
                 yield pa.RecordBatch.from_pylist(
                     [], schema=pa.schema([pa.field(s.name, _empty_type(s)) for s in specs])
                 )
-            await tx.commit()
-            finished = True
         finally:
-            if task is not None and not task.done():
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-            if not finished:
-                conn.terminate()  # a half-read COPY leaves the connection unusable
-            await pool.release(conn)
 
     # ---- execution -------------------------------------------------------------------
     async def run(
