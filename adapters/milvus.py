@@ -40,6 +40,7 @@ from federator.plan.model import Fragment
 from federator.sql.dialect import VectorDistance, vector_value
 
 METRICS = {"l2": "L2", "cosine": "COSINE", "neg_ip": "IP", "ip": "IP"}
+_OPERATOR = {"L2": "<->", "COSINE": "<=>", "IP": "<#>"}  # the operator that searches an index
 BIND_BATCH = 5_000
 
 
@@ -93,6 +94,7 @@ class MilvusCall:
     offset: int = 0
     types: dict[str, pa.DataType] = field(default_factory=dict)
     pk: str | None = None
+    index_metric: str | None = None  # set when the field's index has another metric: exact scan
 
 
 class MilvusAdapter(Adapter):
@@ -116,6 +118,7 @@ class MilvusAdapter(Adapter):
         self._lock = asyncio.Lock()
         self._loaded: set[str] = set()
         self._schemas: dict[str, tuple[pa.Schema, str | None]] = {}
+        self._index_metrics: dict[tuple[str, str], str] = {}  # (collection, field) -> metric
 
     @property
     def where(self) -> str:
@@ -177,10 +180,18 @@ class MilvusAdapter(Adapter):
                     pk = f["name"]
             schema = pa.schema(fields)
             self._schemas[name] = (schema, pk)
+            await self._read_index_metrics(name)
             stats = await self._call("get_collection_stats", name)
             rows = int(stats.get("row_count", 0)) if isinstance(stats, dict) else None
             infos.append(TableInfo(self.name, TableRef(self.db_name, name), schema, rows))
         return infos
+
+    async def _read_index_metrics(self, collection: str) -> None:
+        for index in await self._call("list_indexes", collection):
+            desc = await self._call("describe_index", collection, index)
+            if desc and desc.get("field_name") and desc.get("metric_type"):
+                key = (collection, desc["field_name"])
+                self._index_metrics[key] = str(desc["metric_type"]).upper()
 
     # ---- translate (pure) ------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
@@ -217,6 +228,9 @@ class MilvusAdapter(Adapter):
             col, vec = operands
             call.anns_field = col.name
             call.metric = distance.metric
+            indexed = self._index_metrics.get((collection, col.name))
+            if indexed is not None and indexed != METRICS[distance.metric]:
+                call.index_metric = indexed
             if isinstance(vec, exp.Placeholder):
                 call.vector = ("param", vec.name)
                 if vec.name not in names:
@@ -289,6 +303,8 @@ class MilvusAdapter(Adapter):
         vector = vector_value(values[vec]) if kind == "param" else vec
         if vector is None:
             raise SourceError(f"the query vector of {call.collection} is not a list of numbers")
+        if call.index_metric is not None:
+            return await self._exact_search(call, text, vector, schema)
         hits = await self._call(
             "search",
             call.collection,
@@ -313,6 +329,39 @@ class MilvusAdapter(Adapter):
                     row[o.name] = hit.get("id") if o.field == call.pk else None
             rows.append(row)
         return _batch(rows, schema)
+
+    async def _exact_search(
+        self, call: MilvusCall, text: str, vector: list[float], schema: pa.Schema
+    ) -> pa.RecordBatch:
+        """The top-k by the operator's own metric over every row the filter keeps: the index
+        (built for another metric) would rank by its metric, and servers refuse the mismatch."""
+        import numpy as np
+
+        assert call.anns_field is not None and call.metric is not None and call.limit is not None
+        fields = sorted({*call.output_fields, call.anns_field, *([call.pk] if call.pk else [])})
+        scan = MilvusCall(call.collection, [Output(f, field=f) for f in fields], [], fields)
+        scan.pk = call.pk
+        known = self._schemas[call.collection][0]
+        scan_schema = pa.schema([known.field(f) for f in fields])
+        rows: list[dict[str, Any]] = []
+        async for batch in self._query(scan, text, scan_schema):
+            rows.extend(batch.to_pylist())
+        if not rows:
+            return _empty(schema)
+        matrix = np.asarray([r[call.anns_field] for r in rows], dtype=np.float64)
+        distances = exact_distances(call.metric, matrix, np.asarray(vector, dtype=np.float64))
+        nearest = -distances if call.metric == "ip" else distances  # inner_product: DESC
+        order = np.argsort(nearest, kind="stable")[call.offset : call.offset + call.limit]
+        out = []
+        for i in order.tolist():
+            row = rows[i]
+            out.append(
+                {
+                    o.name: float(distances[i]) if o.metric is not None else row.get(o.field)
+                    for o in call.outputs
+                }
+            )
+        return _batch(out, schema)
 
     async def _query(
         self, call: MilvusCall, text: str, schema: pa.Schema
@@ -353,6 +402,25 @@ class MilvusAdapter(Adapter):
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def exact_distances(metric: str, vectors: Any, q: Any) -> Any:
+    """pgvector's distance of each row of ``vectors`` to ``q`` (numpy arrays), by ``metric``.
+
+    >>> import numpy as np
+    >>> exact_distances("cosine", np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([1.0, 0.0]))
+    array([0., 1.])
+    """
+    import numpy as np
+
+    if metric == "l2":
+        return np.linalg.norm(vectors - q, axis=1)
+    dots = vectors @ q
+    if metric == "cosine":
+        norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 1.0 - dots / norms
+    return -dots if metric == "neg_ip" else dots
+
+
 def _project(call: MilvusCall, row: dict[str, Any]) -> dict[str, Any]:
     return {o.name: row.get(o.field) for o in call.outputs}
 
@@ -484,6 +552,14 @@ def _describe(call: MilvusCall) -> str:
     if call.offset:
         head += f" offset={call.offset}"
     lines = [head, f"  filter: {filt or '(none)'}", f"  output_fields: {call.output_fields}"]
+    if call.index_metric is not None:
+        wanted = METRICS[call.metric or "l2"]
+        lines.append(
+            f"  exact scan: the index on {call.anns_field} is {call.index_metric}, the operator "
+            f"asks {wanted}: every row the filter keeps is read and ranked by {wanted} here "
+            f"(create a {wanted} index, or order by {_OPERATOR[call.index_metric]} to search "
+            "the index)"
+        )
     dist = [o.name for o in call.outputs if o.metric]
     if dist:
         lines.append(f"  distance as: {', '.join(dist)}")

@@ -17,6 +17,7 @@ pymilvus = pytest.importorskip("pymilvus", reason="pip install pymilvus==3.0.2 m
 
 N, DIM = 2000, 16
 CATS = ("toys", "books", "garden", "tools")
+INDEXES = {"emb": "L2", "emb_cos": "COSINE", "emb_ip": "IP"}  # vector field -> index metric
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,16 @@ def fed(data: dict[str, Any], tmp_path_factory) -> Iterator[Any]:
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("cat", DataType.VARCHAR, max_length=32)
     schema.add_field("price", DataType.DOUBLE)
-    schema.add_field("emb", DataType.FLOAT_VECTOR, dim=DIM)
     index = client.prepare_index_params()
-    index.add_index("emb", index_type="FLAT", metric_type="L2")
+    for name, metric in INDEXES.items():  # the same vectors under each metric's index
+        schema.add_field(name, DataType.FLOAT_VECTOR, dim=DIM)
+        index.add_index(name, index_type="FLAT", metric_type=metric)
     client.create_collection("items", schema=schema, index_params=index)
     client.insert(
         "items",
         [
             {"id": i, "cat": data["cats"][i], "price": float(data["prices"][i]), "emb": v.tolist()}
+            | {name: v.tolist() for name in INDEXES}
             for i, v in enumerate(data["vectors"])
         ],
     )
@@ -87,19 +90,21 @@ def top_k(ids: np.ndarray, dist: np.ndarray, k: int) -> list[int]:
     return ids[np.argsort(dist, kind="stable")[:k]].tolist()
 
 
-@pytest.mark.parametrize(
-    ("op", "metric", "milvus_metric"),
-    [("<->", "l2", "L2"), ("<=>", "cosine", "COSINE"), ("<#>", "neg_ip", "IP")],
-)
+OPS = [("<->", "l2", "L2"), ("<=>", "cosine", "COSINE"), ("<#>", "neg_ip", "IP")]
+FIELD = {"L2": "emb", "COSINE": "emb_cos", "IP": "emb_ip"}
+
+
+@pytest.mark.parametrize(("op", "metric", "milvus_metric"), OPS)
 def test_search_with_filter_equals_numpy(fed, data, op, metric, milvus_metric) -> None:
     q = data["rng"].normal(size=DIM).astype(np.float32)
+    field = FIELD[milvus_metric]
     sql = (
-        f"SELECT id, price, emb {op} :q AS d FROM m.items "
+        f"SELECT id, price, {field} {op} :q AS d FROM m.items "
         "WHERE cat = 'books' AND price < :p ORDER BY d LIMIT 10"
     )
     plan = fed.explain(sql, {"q": q, "p": 500})
-    assert "no residual" in plan
-    assert f"search items: anns_field=emb metric={milvus_metric}" in plan
+    assert "no residual" in plan and "exact scan" not in plan
+    assert f"search items: anns_field={field} metric={milvus_metric}" in plan
     assert 'filter: (cat == "books" and price < :p)' in plan
     got = fed.sql(sql, {"q": q, "p": 500}).to_arrow().to_pylist()
     ids = np.array([i for i in range(N) if data["cats"][i] == "books" and data["prices"][i] < 500])
@@ -109,11 +114,34 @@ def test_search_with_filter_equals_numpy(fed, data, op, metric, milvus_metric) -
     assert all(data["prices"][r["id"]] == r["price"] for r in got)
 
 
+@pytest.mark.parametrize(("op", "metric", "milvus_metric"), OPS)
+@pytest.mark.parametrize("field", ["emb", "emb_cos", "emb_ip"])
+def test_operator_on_an_index_of_another_metric(fed, data, field, op, metric, milvus_metric):
+    """`<=>` on an L2 index (and every other mismatch): ranked exactly by the operator's own
+    metric over the filtered rows, and EXPLAIN names the index metric and the operator to use."""
+    if INDEXES[field] == milvus_metric:
+        pytest.skip("the index matches")
+    q = data["rng"].normal(size=DIM).astype(np.float32)
+    sql = (
+        f"SELECT id, {field} {op} :q AS d FROM m.items WHERE price < 700 ORDER BY d LIMIT 8 "
+        "OFFSET 2"
+    )
+    plan = fed.explain(sql, {"q": q})
+    index_op = {"L2": "<->", "COSINE": "<=>", "IP": "<#>"}[INDEXES[field]]
+    assert f"exact scan: the index on {field} is {INDEXES[field]}" in plan
+    assert f"asks {milvus_metric}" in plan and f"order by {index_op}" in plan
+    got = fed.sql(sql, {"q": q}).to_arrow().to_pylist()
+    ids = np.array([i for i in range(N) if data["prices"][i] < 700])
+    dist = brute(data["vectors"][ids], q, metric)
+    assert [r["id"] for r in got] == top_k(ids, dist, 10)[2:]
+    np.testing.assert_allclose([r["d"] for r in got], np.sort(dist)[2:10], rtol=1e-5, atol=1e-5)
+
+
 def test_inner_product_desc_and_torch(fed, data) -> None:
     torch = pytest.importorskip("torch")
     q = data["rng"].normal(size=DIM).astype(np.float32)
     got = fed.sql(
-        "SELECT id, inner_product(emb, :q) AS s FROM m.items ORDER BY s DESC LIMIT 5",
+        "SELECT id, inner_product(emb_ip, :q) AS s FROM m.items ORDER BY s DESC LIMIT 5",
         {"q": torch.tensor(q)},
     ).to_arrow()
     scores = data["vectors"].astype(np.float64) @ q.astype(np.float64)
@@ -168,7 +196,7 @@ def test_hybrid_pre_and_post_filter_equal_numpy(fed, data, mode, where, share) -
     (over-fetch, grown until k survive): the same answer as numpy either way."""
     q = data["rng"].normal(size=DIM).astype(np.float32)
     sql = (
-        "SELECT i.id, i.emb <=> :q AS d FROM m.items AS i JOIN shop.stock AS s ON s.id = i.id "
+        "SELECT i.id, i.emb_cos <=> :q AS d FROM m.items AS i JOIN shop.stock AS s ON s.id = i.id "
         f"WHERE {where} ORDER BY d LIMIT 10"
     )
     catalog = {
