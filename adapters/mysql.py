@@ -262,7 +262,7 @@ class MySQLAdapter(ServerSQLAdapter):
         request = super().translate(fragment)
         est = fragment.estimated_rows
         wanted = self.bulk_rows == 0 or (self.bulk_rows > 0 and (est or 0) >= self.bulk_rows)
-        if wanted and fragment.bind is None and not request.param_names:
+        if wanted and not request.param_names:  # bound: when the bind is dropped at run time
             why = _connectorx_refusal(fragment)
             if why is None:
                 request.payload.bulk = True
@@ -278,6 +278,8 @@ class MySQLAdapter(ServerSQLAdapter):
                         f"; {self.scan_partitions} parallel range partitions on primary key"
                         f" {key} (one connection each, no shared snapshot)"
                     )
+                if fragment.bind is not None:
+                    note += "; when the bind join is dropped at run time"
             else:
                 note = f"no bulk path: {why}"
             if note not in fragment.notes:

@@ -14,8 +14,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -24,6 +27,7 @@ from federator.adapters import pgcopy
 from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef
 from federator.adapters.sqlbase import ServerSQLAdapter
+from sqlglot import exp
 
 from federator.config import SourceConfig
 from federator.errors import SourceError
@@ -33,6 +37,17 @@ if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
 _BULK_BLOCK_BYTES = 4 << 20  # decode the COPY stream in blocks of about this size
+_LOW, _HIGH = "__ctid_low__", "__ctid_high__"  # parameters of a partition's ctid range
+_MAX_BLOCK = 2**32 - 1  # a tid's block number is 32 bits: the open end of the last range
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+# A relation's kind and current size in pages (not relpages: that is as of the last ANALYZE).
+_PAGES_SQL = """
+SELECT c.relkind AS kind,
+       pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::bigint AS pages
+FROM pg_catalog.pg_class c
+WHERE c.oid = to_regclass($1::text)
+"""
 
 _CATALOG_SQL = """
 SELECT n.nspname, c.relname, a.attname, t.typname, a.atttypmod,
@@ -142,6 +157,11 @@ class PostgresAdapter(ServerSQLAdapter):
     def __init__(self, config: SourceConfig):
         super().__init__(config)
         self.default_schema = str(config.options.get("schema", "public"))
+        # Parallel ctid-range scans of whole tables: off unless scan_partitions >= 2 (they
+        # did not pay on a 2-core machine, see bench/results); only for fragments estimated
+        # at partition_rows or more.
+        self.scan_partitions = int(config.options.get("scan_partitions", 1))
+        self.partition_rows = int(config.options.get("partition_rows", 1_000_000))
 
     # ---- pool ------------------------------------------------------------------------
     async def _connect_pool(self) -> asyncpg.Pool:
@@ -222,7 +242,7 @@ class PostgresAdapter(ServerSQLAdapter):
     # ---- bulk path -------------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
-        if self.uses_bulk(fragment.estimated_rows) and fragment.bind is None:
+        if self.uses_bulk(fragment.estimated_rows):
             # A filtered fragment's estimate is a guess: the server's own estimate (EXPLAIN,
             # same connection, parameters bound) confirms it before paying for COPY.
             verify = self.bulk_rows > 0 and _filtered(fragment.query)
@@ -232,11 +252,41 @@ class PostgresAdapter(ServerSQLAdapter):
                 "bulk: binary COPY decoded into Arrow ("
                 + (f"estimated {est:,} rows >= " if est is not None else "")
                 + f"bulk_rows {self.bulk_rows:,}"
-                + ("; confirmed by PostgreSQL's estimate at run time)" if verify else ")")
+                + ("; confirmed by PostgreSQL's estimate at run time" if verify else "")
+                + ("; when the bind join is dropped at run time" if fragment.bind else "")
+                + ")"
             )
+            partitioned = not verify and self._partitioned_scan(fragment)
+            if partitioned:
+                request.payload.partitioned = partitioned
+                note += (
+                    f"; {partitioned.partitions} parallel ctid-range partitions (estimated "
+                    f"{est or 0:,} rows >= partition_rows {self.partition_rows:,}), one "
+                    f"connection each, all in one exported snapshot"
+                )
             if note not in fragment.notes:
                 fragment.notes.append(note)
         return request
+
+    def _partitioned_scan(self, fragment: Fragment) -> PartitionedScan | None:
+        """A whole-table scan split into ctid ranges, when configured and large enough."""
+        n = min(self.scan_partitions, self.max_concurrency)
+        if n < 2 or (fragment.estimated_rows or 0) < self.partition_rows:
+            return None
+        tree = self.localize(self.rules.rewrite(fragment.query))
+        if not _plain_scan(tree):
+            return None
+        table = next(tree.find_all(exp.Table))
+        ctid = exp.column("ctid", table=table.alias_or_name, quoted=True)
+        ranged = tree.copy().where(
+            exp.and_(
+                exp.GTE(this=ctid.copy(), expression=exp.Placeholder(this=_LOW)),
+                exp.LT(this=ctid, expression=exp.Placeholder(this=_HIGH)),
+            )
+        )
+        text, names = self.render(ranged)
+        name = exp.table_(table.name, db=table.db or None).sql(dialect="postgres", identify=True)
+        return PartitionedScan(name, text, names, n)
 
     def uses_bulk(self, estimated_rows: int | None) -> bool:
         """Whether a fragment of this estimated size takes the binary COPY path."""
@@ -248,12 +298,18 @@ class PostgresAdapter(ServerSQLAdapter):
         self, request: NativeRequest, bind_values: Sequence[Any] | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
         payload = request.payload
+        partitioned = getattr(payload, "partitioned", None)
         if getattr(payload, "bulk", False) and (request.bind is None or bind_values is None):
             values = dict(zip(request.param_names, request.params, strict=True))
             params = [values[n] for n in payload.unbound_names]
-            source = self.run_bulk(
-                payload.unbound_text, params, request.schema, verify=payload.bulk == "verify"
-            )
+            if partitioned is not None:
+                source = self.run_partitioned(
+                    partitioned, values, payload.unbound_text, params, request.schema
+                )
+            else:
+                source = self.run_bulk(
+                    payload.unbound_text, params, request.schema, verify=payload.bulk == "verify"
+                )
         else:
             source = super().execute(request, bind_values)
         async with contextlib.aclosing(source) as batches:
@@ -292,6 +348,89 @@ class PostgresAdapter(ServerSQLAdapter):
             if not finished:
                 conn.terminate()  # a half-read COPY leaves the connection unusable
             await pool.release(conn)
+
+    async def run_partitioned(
+        self,
+        scan: PartitionedScan,
+        values: dict[str, Any],
+        whole_text: str,
+        whole_params: list[Any],
+        schema: pa.Schema | None,
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """A whole-table scan as ``scan.partitions`` COPYs of ctid ranges at once, one
+        connection each, every transaction in the snapshot the first one exports (so the
+        partitions add up to exactly one consistent table). Falls back to one COPY where the
+        table has too few pages or is not a plain table (views have no ctid)."""
+        pool = await self._get_pool()
+        conns: list[Any] = []
+        tasks: list[asyncio.Task[None]] = []
+        finished = False
+        try:
+            conns.append(await pool.acquire())
+            lead = conns[0]
+            await lead.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = await lead.fetchrow(_PAGES_SQL, scan.table)
+            pages = int(row["pages"]) if row is not None and row["kind"] in ("r", "m") else 0
+            n = min(scan.partitions, pages)
+            if n < 2:
+                stmt = await lead.prepare(whole_text)
+                async with contextlib.aclosing(
+                    self._copy(lead, stmt, whole_text, whole_params, schema)
+                ) as batches:
+                    async for batch in batches:
+                        yield batch
+            else:
+                snapshot = await lead.fetchval("SELECT pg_catalog.pg_export_snapshot()")
+                for _ in range(n - 1):
+                    conn = await pool.acquire()
+                    conns.append(conn)
+                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    await conn.execute(f"SET TRANSACTION SNAPSHOT {_snapshot_literal(snapshot)}")
+                queue: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue(
+                    maxsize=2 * n
+                )
+                for i, (low, high) in enumerate(ctid_ranges(pages, n)):
+                    params = [{_LOW: low, _HIGH: high}.get(k, values.get(k)) for k in scan.names]
+                    tasks.append(
+                        asyncio.get_running_loop().create_task(
+                            self._copy_into(conns[i], scan.text, params, schema, queue)
+                        )
+                    )
+                async with contextlib.aclosing(_drain(queue, n)) as batches:
+                    async for batch in batches:
+                        yield batch
+            for conn in conns:
+                await conn.execute("COMMIT")
+            finished = True
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            for conn in conns:
+                if not finished:
+                    conn.terminate()  # a half-read COPY leaves the connection unusable
+                await pool.release(conn)
+
+    async def _copy_into(
+        self,
+        conn: Any,
+        text: str,
+        params: list[Any],
+        schema: pa.Schema | None,
+        queue: asyncio.Queue[pa.RecordBatch | BaseException | None],
+    ) -> None:
+        """One partition's COPY into the shared queue: its batches, then None or its error."""
+        try:
+            stmt = await conn.prepare(text)
+            async with contextlib.aclosing(self._copy(conn, stmt, text, params, schema)) as rows:
+                async for batch in rows:
+                    await queue.put(batch)
+        except Exception as e:  # handed to the reader, which raises it
+            await queue.put(e)
+            return
+        await queue.put(None)
 
     async def _copy(
         self, conn: Any, stmt: Any, text: str, params: list[Any], schema: pa.Schema | None
@@ -413,6 +552,62 @@ class PostgresAdapter(ServerSQLAdapter):
         return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
 
 
+@dataclass(frozen=True)
+class PartitionedScan:
+    """A whole-table scan run as ctid ranges: the table, the SELECT with its range as two
+    parameters, the parameter names in order, and how many partitions."""
+
+    table: str  # quoted name for to_regclass
+    text: str
+    names: list[str]
+    partitions: int
+
+
+def ctid_ranges(pages: int, partitions: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """``[low, high)`` tid ranges covering a table of ``pages`` pages in ``partitions`` even
+    parts; the last is open-ended, so rows in pages added since the size was read count too.
+
+    >>> ctid_ranges(10, 3)
+    [((0, 0), (3, 0)), ((3, 0), (6, 0)), ((6, 0), (4294967295, 0))]
+    """
+    bounds = [pages * i // partitions for i in range(partitions)] + [_MAX_BLOCK]
+    return [((lo, 0), (hi, 0)) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _plain_scan(tree: exp.Expression) -> bool:
+    """A SELECT of columns of one table: no join, grouping, ordering, limit or nesting."""
+    if not isinstance(tree, exp.Select):
+        return False
+    if any(tree.args.get(k) for k in ("joins", "group", "having", "order", "limit", "offset")):
+        return False
+    if tree.args.get("distinct") or tree.find(exp.AggFunc, exp.Window) is not None:
+        return False
+    tables = list(tree.find_all(exp.Table))
+    return len(tables) == 1 and len(list(tree.find_all(exp.Select))) == 1
+
+
+def _snapshot_literal(snapshot: str) -> str:
+    """A snapshot id as a SQL literal (SET TRANSACTION SNAPSHOT takes no parameters)."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise SourceError(f"unexpected snapshot id from pg_export_snapshot(): {snapshot!r}")
+    return f"'{snapshot}'"
+
+
+async def _drain(
+    queue: asyncio.Queue[pa.RecordBatch | BaseException | None], partitions: int
+) -> AsyncIterator[pa.RecordBatch]:
+    """Batches from the partitions' queue until each has finished; the first failure raises."""
+    left = partitions
+    while left:
+        item = await queue.get()
+        if item is None:
+            left -= 1
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            yield item
+
+
 def _output_type(name: str, typname: str, schema: pa.Schema | None) -> pa.DataType | None:
     if schema is not None and name in schema.names:
         return schema.field(name).type
@@ -513,7 +708,7 @@ def _type_sql(t: Any) -> str:
 
 
 def replace_parameters(text: str, replacements: list[str]) -> str:
-    """``$n`` placeholders in SQL text replaced, skipping string literals, quoted identifiers,
+    r"""``$n`` placeholders in SQL text replaced, skipping string literals, quoted identifiers,
     comments and dollar-quoted strings.
 
     >>> replace_parameters("SELECT '$1', \"$1\", $1 -- $1", ["x"])

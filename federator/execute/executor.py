@@ -89,13 +89,44 @@ class Execution:
 
     async def _fetch(self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]) -> pa.Table:
         keys = None
+        if frag.bind is not None and frag.bind.race and frag.top_k is None:
+            return await self._fetch_racing(frag, tasks[frag.bind.producer])
         if frag.bind is not None:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
         if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
             return await fetch_top_k(self, frag, keys)
+        return await self._collect(frag, keys)
+
+    async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
         batches = [b async for b in self._fragment_batches(frag, keys)]
         return pa.Table.from_batches(batches)
+
+    async def _fetch_racing(self, frag: Fragment, producer: asyncio.Task[pa.Table]) -> pa.Table:
+        """An adaptive bind: fetch in full at once while the producer's keys come; if they
+        arrive first and binding pays, cancel the full fetch and fetch bound instead. So a
+        bind that does not pay costs no waiting."""
+        full = asyncio.ensure_future(self._collect(frag, None))
+        try:
+            done, _ = await asyncio.wait({full, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if full in done:
+                self.stats[frag.id].note = "bind not used: the full fetch finished first"
+                return full.result()
+            keys = self._bind_keys(frag, producer.result())
+            if keys is None:
+                return await full
+            full.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await full
+            stats = self.stats[frag.id]
+            stats.note += f"; full fetch cancelled after {stats.rows:,} rows"
+            stats.rows = stats.bytes = 0
+            return await self._collect(frag, keys)
+        finally:
+            if not full.done():
+                full.cancel()
+                with contextlib.suppress(BaseException):
+                    await full
 
     def _bind_keys(self, frag: Fragment, produced: pa.Table) -> list[Any] | None:
         assert frag.bind is not None

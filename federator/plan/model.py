@@ -21,7 +21,8 @@ class BindJoin:
     (:meth:`decide`): bound when there are at most ``max_keys`` of them and, where the
     consumer's size is estimated, no more than ``consumer_rows / min_ratio`` (each key
     fetches at least a row, so more keys than rows never pays); else fetched in full.
-    ``semi_join_of`` names the fragment whose keys a keys-only producer reduces to.
+    ``semi_join_of`` names the fragment whose keys a keys-only producer reduces to; ``race``
+    (adaptive binds) starts the full fetch at once and binds only if the keys come first.
 
     >>> b = BindJoin("f0", "k", exp.column("k"), "k", "", max_keys=100, consumer_rows=1000)
     >>> b.decide(40)[0], b.decide(500)[0]
@@ -38,6 +39,7 @@ class BindJoin:
     estimated_keys: int | None = None
     min_ratio: float = 1.0
     semi_join_of: str | None = None
+    race: bool = False  # fetch in full meanwhile; bind only if the keys come first and pay
 
     def decide(self, keys: int, limit: int | None = None) -> tuple[bool, str]:
         """Whether to bind ``keys`` observed distinct keys, and why (for EXPLAIN ANALYZE).

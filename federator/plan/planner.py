@@ -105,6 +105,13 @@ class PlannerSettings:
     # table and the consumer at least semi_join_ratio times the producer.
     semi_join_selectivity: float = 0.25
     semi_join_ratio: float = 1.0
+    # A keys-only fragment is one more query and a wait: only for consumers estimated at
+    # least this large (below, fetching them in full on the bulk path was faster here).
+    semi_join_min_rows: int = 100_000
+    # Adaptive binds: False waits for the keys, then binds or fetches in full; True starts
+    # the full fetch at once and cancels it if the keys come first and pay (no waiting when
+    # the bind is dropped, but wasted work when it is not: it lost on a busy 2-core machine).
+    bind_race: bool = False
     # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
     # binds the other side's keys into the search, "post" over-fetches k x factor and filters
     # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.
@@ -977,9 +984,15 @@ class Splitter:
             max_keys=limit,
             consumer_rows=cfrag.estimated_rows,
             estimated_keys=self.fragment(semi_join_of or producer).estimated_rows,
-            min_ratio=self.settings.semi_join_ratio,
+            min_ratio=self.settings.bind_ratio,
             semi_join_of=semi_join_of,
+            race=self.settings.bind_race,
         )
+
+    def _waits(self, producer: str) -> str:
+        if self.settings.bind_race:
+            return f"starts in full at once, races {producer}'s keys"
+        return f"waits for {producer}'s keys"
 
     def fragment(self, fid: str) -> Fragment:
         return next(f for f in self.fragments if f.id == fid)
@@ -1022,11 +1035,13 @@ class Splitter:
         )
         if self._key_unique(producer) is not False:
             why = (
-                f"adaptive: {sizes}; {cfrag.id} waits for {pfrag.id} and binds its keys "
-                f"when observed <= {min(limit, c):,}"
+                f"adaptive: {sizes}; {cfrag.id} {self._waits(pfrag.id)} and binds them if "
+                f"they number <= {min(limit, int(c / s.bind_ratio)):,}, else fetches in full"
             )
             self._bind_at_run_time(pfrag.id, pname, consumer, limit, why)
             return None
+        if c < s.semi_join_min_rows:
+            return f"{cfrag.id} estimated {c:,} rows < semi_join_min_rows {s.semi_join_min_rows:,}"
         inner = exp.Subquery(this=pfrag.query.copy(), alias=exp.TableAlias(this=_ident("_k")))
         query = (
             exp.select(exp.column(pname, table="_k", quoted=True).as_(pname, quoted=True))
@@ -1049,7 +1064,8 @@ class Splitter:
         self.fragments.append(keys)
         why = (
             f"semi-join reduction: {sizes}; {pname} repeats in {pfrag.id}, so {keys.id} "
-            f"fetches its distinct keys, bound when observed <= {min(limit, c):,}"
+            f"fetches its distinct keys; {cfrag.id} {self._waits(keys.id)} and binds them if "
+            f"they number <= {min(limit, int(c / s.bind_ratio)):,}, else fetches in full"
         )
         self._bind_at_run_time(keys.id, pname, consumer, limit, why, semi_join_of=pfrag.id)
         return None

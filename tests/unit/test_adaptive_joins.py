@@ -175,7 +175,7 @@ def test_a_repeating_selective_key_gets_a_keys_only_fragment() -> None:
         "SELECT o.o_orderdate, l.l_qty FROM pg.public.lineitem l JOIN my.db.orders o "
         "ON o.o_orderkey = l.l_orderkey WHERE l.l_flag = 'R'"
     )
-    result = split(sql, infos())
+    result = split(sql, infos(), semi_join_min_rows=0)
     orders = by_tables(result)[frozenset({"orders"})]
     assert orders.bind is not None and orders.bind.semi_join_of is not None
     keys = next(f for f in result.fragments if f.id == orders.bind.producer)
@@ -183,6 +183,16 @@ def test_a_repeating_selective_key_gets_a_keys_only_fragment() -> None:
     assert keys.query.args.get("distinct") is not None
     assert "semi-join reduction" in orders.bind.reason
     assert keys.id not in (result.residual.sql() if result.residual else "")
+
+
+def test_no_keys_only_fragment_for_a_small_consumer() -> None:
+    sql = (
+        "SELECT o.o_orderdate, l.l_qty FROM pg.public.lineitem l JOIN my.db.orders o "
+        "ON o.o_orderkey = l.l_orderkey WHERE l.l_flag = 'R'"
+    )
+    result = split(sql, infos())  # orders: 75,000 rows < semi_join_min_rows
+    assert all(f.bind is None for f in result.fragments)
+    assert any("semi_join_min_rows" in n for n in result.notes)
 
 
 def test_no_reduction_when_the_producer_is_not_selective() -> None:

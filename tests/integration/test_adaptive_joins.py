@@ -1,0 +1,124 @@
+"""Join decisions on real servers (TPC-H split: lineitem on PostgreSQL, orders, customer,
+supplier, nation on MariaDB): each query answers like the one PostgreSQL holding every table,
+and EXPLAIN says how each join was run and why."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+import pytest
+
+import federator
+
+from .conftest import run_async
+from .tpch import TRUTH_DB, _with_db, arrow_answer, compare, federated_names
+
+SPLIT = "split"
+
+
+def _explain(fed: Any, sql: str) -> str:
+    return fed.explain(sql, analyze=True)
+
+
+def _fragment_blocks(plan: str) -> list[str]:
+    return re.split(r"\n(?=Fragment )", plan.split("Residual")[0])[1:]
+
+
+def _check_tpch(tpch: Any, fed: Any, qid: str) -> str:
+    query = tpch.queries[qid]
+    sql = query.sql(federated_names(SPLIT))
+    diff = compare(query, tpch.truth[qid], arrow_answer(fed.sql(sql).to_arrow()))
+    assert diff is None, f"{qid}: {diff}"
+    return _explain(fed, sql)
+
+
+def _truth_rows(tpch: Any, sql: str) -> list[tuple[Any, ...]]:
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(_with_db(tpch.pg_dsn, TRUTH_DB))
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return sorted(run_async(run()))
+
+
+def test_q07_joins_each_side_of_the_or_apart_and_binds_the_small_one(
+    tpch: Any, tpch_federation: Any
+) -> None:
+    plan = _check_tpch(tpch, tpch_federation(SPLIT), "q07")
+    blocks = _fragment_blocks(plan)
+    assert not any("`supplier`" in b and "`orders`" in b for b in blocks), plan
+    lineitem = next(b for b in blocks if '"lineitem"' in b)
+    assert "bind join" in lineitem and "bound at run time: observed" in lineitem, plan
+
+
+def test_q05_keeps_the_many_to_many_nation_join_out_of_mariadb(
+    tpch: Any, tpch_federation: Any
+) -> None:
+    plan = _check_tpch(tpch, tpch_federation(SPLIT), "q05")
+    assert "many-to-many" in plan and "c_nationkey" in plan, plan
+    assert not any("`customer`" in b and "`supplier`" in b for b in _fragment_blocks(plan))
+
+
+def test_q10_binds_adaptively_from_the_observed_order_keys(tpch: Any, tpch_federation: Any) -> None:
+    plan = _check_tpch(tpch, tpch_federation(SPLIT), "q10")
+    lineitem = next(b for b in _fragment_blocks(plan) if '"lineitem"' in b)
+    assert "adaptive:" in lineitem, plan
+    assert re.search(r"bound at run time: observed [\d,]+ distinct keys \(estimated", lineitem)
+
+
+@pytest.mark.parametrize(
+    ("where", "decision"),
+    [
+        ("l.l_quantity = 1", "bound at run time"),  # 2% of lineitem: few keys, bound
+        ("l.l_returnflag = 'R'", "bind dropped at run time"),  # a quarter: fetched in full
+    ],
+)
+def test_semi_join_reduction_sends_distinct_keys_of_the_selective_side(
+    tpch: Any, where: str, decision: str
+) -> None:
+    catalog = {**tpch.catalog(SPLIT), "planner": {"semi_join_min_rows": 0}}
+    columns = "o.o_orderkey, o.o_orderdate, l.l_linenumber"
+    with federator.connect(catalog) as fed:
+        sql = (
+            f"SELECT {columns} FROM pg.lineitem l "
+            f"JOIN my.orders o ON o.o_orderkey = l.l_orderkey WHERE {where}"
+        )
+        got = fed.sql(sql).to_arrow()
+        plan = _explain(fed, sql)
+    truth = _truth_rows(
+        tpch,
+        f"SELECT {columns} FROM lineitem l JOIN orders o ON o.o_orderkey = l.l_orderkey "
+        f"WHERE {where}",
+    )
+    assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
+    blocks = _fragment_blocks(plan)
+    keys = next(b for b in blocks if "semi-join reduction: distinct l_orderkey" in b)
+    assert "SELECT DISTINCT" in keys, plan
+    orders = next(b for b in blocks if "`orders`" in b)
+    assert "semi-join reduction:" in orders and decision in orders, plan
+
+
+@pytest.mark.parametrize("keys", [0, 1])
+def test_a_bind_with_few_or_no_keys_answers_like_one_database(
+    tpch: Any, tpch_federation: Any, keys: int
+) -> None:
+    fed = tpch_federation(SPLIT)
+    name = "'no such nation'" if keys == 0 else "'GERMANY'"
+    sql = (
+        "SELECT s.s_name, count(*) AS n FROM my.supplier s JOIN my.nation n "
+        "ON n.n_nationkey = s.s_nationkey JOIN pg.partsupp ps ON ps.ps_suppkey = s.s_suppkey "
+        f"WHERE n.n_name = {name} GROUP BY s.s_name"
+    )
+    got = fed.sql(sql).to_arrow()
+    truth = _truth_rows(
+        tpch,
+        "SELECT rtrim(s.s_name), count(*) FROM supplier s JOIN nation n "
+        "ON n.n_nationkey = s.s_nationkey JOIN partsupp ps ON ps.ps_suppkey = s.s_suppkey "
+        f"WHERE n.n_name = {name} GROUP BY s.s_name",
+    )
+    assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
+    assert (len(truth) == 0) == (keys == 0)
