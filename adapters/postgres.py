@@ -135,7 +135,25 @@ def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
         return (
             pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
         )
+    if typname == "vector":
+        return VECTOR
     return _SIMPLE_TYPES.get(typname) or _ARRAYS.get(typname) or pa.string()
+
+
+VECTOR = pa.list_(pa.float32())  # pgvector's vector
+
+
+def _vector_lists(batch: pa.RecordBatch, vectors: list[bool]) -> pa.RecordBatch:
+    """pgvector columns, text ('[1,2,3]') on the wire and in COPY, as list<float32>."""
+    if not any(vectors):
+        return batch
+    import pyarrow.compute as pc
+
+    arrays = [
+        pc.split_pattern(pc.utf8_trim(col, "[]"), ",").cast(VECTOR) if is_vector else col
+        for col, is_vector in zip(batch.columns, vectors, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 class PostgresAdapter(ServerSQLAdapter):
@@ -498,6 +516,8 @@ class PostgresAdapter(ServerSQLAdapter):
                 if block is not None:
                     decoder.feed(block)
                 batch = await asyncio.to_thread(_decode, decoder, final)
+                if batch is not None:
+                    batch = _vector_lists(batch, [a.type.name == "vector" for a in attrs])
                 if batch is not None and (batch.num_rows or not yielded):
                     yielded = True
                     for piece in _split(batch, self.batch_rows):
@@ -533,14 +553,18 @@ class PostgresAdapter(ServerSQLAdapter):
         params = _coerce_params(params, [p.name for p in stmt.get_parameters()])
         attrs = stmt.get_attributes()
         names = [a.name for a in attrs]
-        types = [_output_type(a.name, a.type.name, schema) for a in attrs]
+        vectors = [a.type.name == "vector" for a in attrs]
+        types = [
+            pa.string() if v else _output_type(a.name, a.type.name, schema)
+            for a, v in zip(attrs, vectors, strict=True)
+        ]
         padded = [a.type.name == "bpchar" for a in attrs]
         cursor = await stmt.cursor(*params)
         first = True
         while True:
             rows = await cursor.fetch(self.batch_rows)
             if rows or first:
-                yield _to_batch(rows, names, types, padded)
+                yield _vector_lists(_to_batch(rows, names, types, padded), vectors)
             first = False
             if len(rows) < self.batch_rows:
                 break

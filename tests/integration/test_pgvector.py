@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import federator
@@ -147,3 +148,22 @@ def test_hnsw_index_recall(fed, data, pgvector_dsn: str) -> None:
     recall = hits / 100
     print(f"pgvector hnsw recall@10 = {recall:.2f}")
     assert recall >= 0.95
+
+
+@pytest.mark.parametrize(("bulk_rows", "path"), [(-1, "row path"), (0, "binary COPY")])
+def test_vector_columns_are_float32_lists(fed, data, pgvector_dsn: str, bulk_rows, path) -> None:
+    """A vector column arrives as list<float32> (not pgvector's text) on both paths, so it
+    feeds to_torch as an embedding matrix."""
+    torch = pytest.importorskip("torch")
+    source = {"kind": "postgres", "dsn": pgvector_dsn, "bulk_rows": bulk_rows}
+    with federator.connect({"sources": {"pg": source}}) as f:
+        result = f.sql("SELECT id, emb FROM pg.items WHERE id < :n ORDER BY id", {"n": 50})
+        assert ("bulk: binary COPY" in result.explain()) == (path == "binary COPY")
+        table = result.to_arrow()
+        assert table.schema.field("emb").type == pa.list_(pa.float32())
+        assert table.column("id").to_pylist() == list(range(50))
+        got = np.array(table.column("emb").to_pylist(), dtype=np.float32)
+        np.testing.assert_array_equal(got, data["vectors"][:50])
+        tensors = result.to_torch(["emb"])
+        assert tensors["emb"].shape == (50, DIM) and tensors["emb"].dtype == torch.float32
+        np.testing.assert_array_equal(tensors["emb"].numpy(), data["vectors"][:50])
