@@ -272,9 +272,19 @@ class Splitter:
     def _split_select(self, select: exp.Select) -> None:
         items = self._items(select)
         joins = select.args.get("joins") or []
-        all_inner = all(_is_inner(j) for j in joins)
-        if all_inner:
-            self._split_inner(select, items)
+        k = next((i for i, j in enumerate(joins) if not _is_inner(j)), len(joins))
+        left = joins[k:]
+        if all(j.side.upper() == "LEFT" for j in left):
+            # Inner joins, then LEFT JOINs (as decorrelated subqueries come): the inner part
+            # is grouped and bound as usual, each LEFT-joined table is a fragment of its own.
+            by_alias = {it.alias: it for it in items}
+            outer = items[k + 1 :]
+            pushed = [
+                self._push_left_on(j, it, by_alias) for j, it in zip(left, outer, strict=True)
+            ]
+            self._split_inner(select, items[: k + 1], left)
+            for it, conjuncts in zip(outer, pushed, strict=True):
+                self._own_fragment(select, it, conjuncts)
         else:
             self._split_outer(select, items)
         self._split_nested_queries(select)
@@ -310,11 +320,17 @@ class Splitter:
         return items
 
     # ---- inner joins: group tables of one source by the conjuncts joining them ---------
-    def _split_inner(self, select: exp.Select, items: list[_Item]) -> None:
+    def _split_inner(
+        self, select: exp.Select, items: list[_Item], left: list[exp.Join] | None = None
+    ) -> None:
+        """``items`` inner joined (WHERE and inner ON conjuncts); ``left``: LEFT JOINs that
+        follow them, kept in place after the fragments."""
+        left = left or []
         by_alias = {it.alias: it for it in items}
         conjuncts = list(_conjuncts(select.args.get("where")))
         for join in select.args.get("joins") or []:
-            conjuncts += _conjuncts(join.args.get("on"))
+            if not any(join is j for j in left):
+                conjuncts += _conjuncts(join.args.get("on"))
         pushed: dict[int, str] = {}  # conjunct index -> source
         parent = {it.alias: it.alias for it in items}
 
@@ -364,7 +380,7 @@ class Splitter:
 
         # Detach pushed conjuncts and rebuild FROM as fragments cross joined, WHERE = the rest.
         select.set("where", None)
-        select.set("joins", None)
+        select.set("joins", left or None)
         frags: dict[str, Fragment] = {}
         renames: dict[tuple[str, str], tuple[str, str]] = {}
         new_from: list[exp.Expression] = []
@@ -381,7 +397,8 @@ class Splitter:
             if it.source is None:
                 new_from.append(it.node)
         select.set("from_", exp.From(this=new_from[0]))
-        select.set("joins", [exp.Join(this=n, kind="CROSS") for n in new_from[1:]] or None)
+        cross = [exp.Join(this=n, kind="CROSS") for n in new_from[1:]]
+        select.set("joins", cross + left or None)
         if residual_conj:
             select.set("where", exp.Where(this=exp.and_(*residual_conj, copy=False)))
         if renames:
@@ -624,20 +641,33 @@ class Splitter:
             "where", exp.Where(this=exp.and_(*kept_where, copy=False)) if kept_where else None
         )
         for join, it in zip(select.args.get("joins") or [], items[1:], strict=False):
-            if join.side.upper() != "LEFT" or not join.args.get("on"):
-                continue
-            kept_on = []
-            for c in _conjuncts(join.args["on"]):
-                if _single_alias(c, by_alias) == it.alias and self._conjunct_source(c, by_alias):
-                    pushed[it.alias].append(c)
-                else:
-                    kept_on.append(c)
-            join.set("on", exp.and_(*kept_on, copy=False) if kept_on else exp.true())
+            if join.side.upper() == "LEFT":
+                pushed[it.alias] += self._push_left_on(join, it, by_alias)
         for it in items:
-            if it.source is None:
-                continue
-            frag, _ = self._fragment_from_items(select, [it], pushed[it.alias], [], rename=False)
-            it.node.replace(exp.to_table(frag.id).as_(it.alias))
+            self._own_fragment(select, it, pushed[it.alias])
+
+    def _push_left_on(
+        self, join: exp.Join, it: _Item, by_alias: dict[str, _Item]
+    ) -> list[exp.Expression]:
+        """Take from a LEFT JOIN's ON the conjuncts on its own table alone that its source
+        runs (filtering that side before the join is the same); they are returned."""
+        if not join.args.get("on"):
+            return []
+        pushed, kept_on = [], []
+        for c in _conjuncts(join.args["on"]):
+            if _single_alias(c, by_alias) == it.alias and self._conjunct_source(c, by_alias):
+                pushed.append(c)
+            else:
+                kept_on.append(c)
+        join.set("on", exp.and_(*kept_on, copy=False) if kept_on else exp.true())
+        return pushed
+
+    def _own_fragment(self, select: exp.Select, it: _Item, conjuncts: list[exp.Expression]) -> None:
+        """``it`` (when on a source) as a fragment of its own with ``conjuncts`` pushed."""
+        if it.source is None:
+            return
+        frag, _ = self._fragment_from_items(select, [it], conjuncts, [], rename=False)
+        it.node.replace(exp.to_table(frag.id).as_(it.alias))
 
     # ---- nested queries and CTEs left in the residual ----------------------------------
     def _split_nested_queries(self, select: exp.Select) -> None:

@@ -242,3 +242,23 @@ def test_bind_batches_are_even_and_within_the_limit(
 ) -> None:
     assert bind_batches(keys, limit) == sizes
     assert sum(sizes) == keys
+
+
+def test_inner_joins_before_a_left_join_are_grouped_and_bound() -> None:
+    sql = """
+    SELECT c.c_name, l.l_qty, s.s_name
+    FROM my.db.orders o JOIN my.db.customer c ON c.c_custkey = o.o_custkey
+    JOIN pg.public.lineitem l ON l.l_orderkey = o.o_orderkey
+    LEFT JOIN my.db.supplier s ON s.s_suppkey = l.l_suppkey AND s.s_name = 'x'
+    WHERE c.c_name = 'Customer#1'
+    """
+    result = split(sql, infos())
+    groups = by_tables(result)
+    inner = groups[frozenset({"orders", "customer"})]
+    line = groups[frozenset({"lineitem"})]
+    supplier = groups[frozenset({"supplier"})]
+    assert line.bind is not None and line.bind.producer == inner.id
+    assert "'x'" in supplier.sql()  # the LEFT JOIN's filter on its own side is pushed
+    assert result.residual is not None
+    residual = result.residual.sql()
+    assert "LEFT JOIN" in residual and "'x'" not in residual
