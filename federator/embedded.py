@@ -56,21 +56,14 @@ def redis_ping(port: int) -> bool:
         return False
 
 
-# Linux: a few lines of Python that ask for SIGTERM when the starting thread ends
-# (PR_SET_PDEATHSIG, kept across exec), then exec the server. A preexec_fn would do the same
-# but forces fork(), which breaks gRPC (pymilvus) threads in the parent.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])"
-)
-
-
-def _guarded(argv: list[str]) -> list[str]:
+def _guarded(argv: list[str], folder: Path) -> list[str]:
+    """On Linux the server runs under :mod:`federator._childguard`: it dies with the thread
+    that starts it, and its folder goes with it. (A preexec_fn would force fork(), which
+    breaks gRPC threads, such as pymilvus's, in this process.)"""
     if sys.platform != "linux":
         return argv
-    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+    guard = str(Path(__file__).with_name("_childguard.py"))
+    return [sys.executable, "-I", "-S", guard, str(os.getpid()), str(folder), *argv]
 
 
 class EmbeddedServer:
@@ -133,7 +126,7 @@ class EmbeddedServer:
         log = open(self.folder / "server.log", "wb")  # noqa: SIM115  (the child writes it)
         try:
             self.proc = subprocess.Popen(
-                _guarded(self.command(self.port, self.folder)),
+                _guarded(self.command(self.port, self.folder), self.folder),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

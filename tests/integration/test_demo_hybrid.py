@@ -157,7 +157,8 @@ SCRIPT = """
 import os, sys, federator
 fed = federator.connect({catalog!r})
 fed.sql("SELECT count(*) FROM g.FOLLOWS").to_arrow()
-print(fed.catalog.adapters["g"].server.proc.pid, flush=True)
+server = fed.catalog.adapters["g"].server
+print(server.proc.pid, server.folder, flush=True)
 if sys.argv[1] == "kill":
     os.kill(os.getpid(), 9)
 """
@@ -171,8 +172,8 @@ def test_embedded_falkordb_dies_with_its_process(snapshot: Path, how: str) -> No
         [sys.executable, "-c", code, how], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == (-signal.SIGKILL if how == "kill" else 0), proc.stderr
-    pid = int(proc.stdout.split()[0])
+    pid, folder = proc.stdout.split()
     deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
+    while (alive(int(pid)) or Path(folder).exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(pid)
+    assert not alive(int(pid)) and not Path(folder).exists()
