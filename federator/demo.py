@@ -309,7 +309,7 @@ def _run(folder: Path, out: IO[str], keep: bool, hybrid: bool | None) -> pa.Tabl
         say("\n".join("  " + line for line in text.splitlines()))
 
     n = len(catalog["sources"])
-    say(f"federator demo: one SQL query over {n} embedded sources")
+    say(f"federator demo: SQL across {n} embedded sources")
     say("")
     say("Sources (catalog):")
     for name, spec in catalog["sources"].items():
