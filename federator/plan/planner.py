@@ -282,9 +282,14 @@ class Splitter:
             pushed = [
                 self._push_left_on(j, it, by_alias) for j, it in zip(left, outer, strict=True)
             ]
-            self._split_inner(select, items[: k + 1], left)
-            for it, conjuncts in zip(outer, pushed, strict=True):
-                self._own_fragment(select, it, conjuncts)
+            frags, renames = self._split_inner(select, items[: k + 1], left)
+            for join, it, conjuncts in zip(left, outer, pushed, strict=True):
+                frag = self._own_fragment(select, it, conjuncts)
+                if frag is not None and join.args.get("on") is not None:
+                    # The null-extended side only ever matches keys of the preserved side,
+                    # so it may take their keys (never the other way round).
+                    on = list(_conjuncts(join.args["on"]))
+                    self._plan_bind_joins(on, {**frags, it.alias: frag}, renames, {frag.id})
         else:
             self._split_outer(select, items)
         self._split_nested_queries(select)
@@ -322,9 +327,10 @@ class Splitter:
     # ---- inner joins: group tables of one source by the conjuncts joining them ---------
     def _split_inner(
         self, select: exp.Select, items: list[_Item], left: list[exp.Join] | None = None
-    ) -> None:
+    ) -> tuple[dict[str, Fragment], dict[tuple[str, str], tuple[str, str]]]:
         """``items`` inner joined (WHERE and inner ON conjuncts); ``left``: LEFT JOINs that
-        follow them, kept in place after the fragments."""
+        follow them, kept in place after the fragments. Returns the fragment of each alias
+        and the residual's column renames."""
         left = left or []
         by_alias = {it.alias: it for it in items}
         conjuncts = list(_conjuncts(select.args.get("where")))
@@ -370,7 +376,7 @@ class Splitter:
             if it.source is not None:
                 groups[find(it.alias)].append(it)
         if not groups:
-            return
+            return {}, {}
         residual_conj = [c for i, c in enumerate(conjuncts) if i not in pushed]
         comp_conj: dict[str, list[exp.Expression]] = defaultdict(list)
         for i in pushed:
@@ -405,6 +411,7 @@ class Splitter:
             rename_columns(select, renames)
         self._plan_bind_joins(residual_conj, frags, renames)
         self._plan_top_k(select, residual_conj, frags, renames)
+        return frags, renames
 
     # ---- join shapes: keys and many-to-many joins between two tables of one source ---
     def _join_columns(
@@ -662,12 +669,15 @@ class Splitter:
         join.set("on", exp.and_(*kept_on, copy=False) if kept_on else exp.true())
         return pushed
 
-    def _own_fragment(self, select: exp.Select, it: _Item, conjuncts: list[exp.Expression]) -> None:
+    def _own_fragment(
+        self, select: exp.Select, it: _Item, conjuncts: list[exp.Expression]
+    ) -> Fragment | None:
         """``it`` (when on a source) as a fragment of its own with ``conjuncts`` pushed."""
         if it.source is None:
-            return
+            return None
         frag, _ = self._fragment_from_items(select, [it], conjuncts, [], rename=False)
         it.node.replace(exp.to_table(frag.id).as_(it.alias))
+        return frag
 
     # ---- nested queries and CTEs left in the residual ----------------------------------
     def _split_nested_queries(self, select: exp.Select) -> None:
@@ -857,7 +867,10 @@ class Splitter:
         residual_conj: list[exp.Expression],
         frags: dict[str, Fragment],
         renames: dict[tuple[str, str], tuple[str, str]],
+        consumers: set[str] | None = None,
     ) -> None:
+        """Bind joins for the equi-joins among ``residual_conj`` (``consumers``: the only
+        fragment ids that may take keys; None: any)."""
         reverse = {v: k for k, v in renames.items()}
         candidates = []
         for c in residual_conj:
@@ -876,6 +889,8 @@ class Splitter:
         for left, right in candidates:
             refusals = []
             for producer, consumer in ((left, right), (right, left)):
+                if consumers is not None and consumer[0].id not in consumers:
+                    continue  # the preserved side of a LEFT JOIN keeps all its rows
                 reason = self._bind_refusal(producer[0], consumer[0])
                 if reason is None:
                     self._bind(producer, consumer)
@@ -888,6 +903,8 @@ class Splitter:
                 ((left, right), (right, left)), key=lambda pc: pc[0][0].estimated_rows or 0
             )
             for producer, consumer in pairs:
+                if consumers is not None and consumer[0].id not in consumers:
+                    continue
                 reason = self._plan_semi_join(producer, consumer)
                 if reason is None:
                     break

@@ -122,3 +122,29 @@ def test_a_bind_with_few_or_no_keys_answers_like_one_database(
     )
     assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
     assert (len(truth) == 0) == (keys == 0)
+
+
+def test_exists_binds_the_preserved_sides_keys_into_the_subquery(
+    tpch: Any, tpch_federation: Any
+) -> None:
+    """EXISTS becomes a LEFT JOIN to the grouped lineitem side, which takes the orders' keys."""
+    fed = tpch_federation(SPLIT)
+    body = (
+        "SELECT o.o_orderpriority, count(*) AS n FROM {orders} o "
+        "WHERE o.o_orderdate = DATE '1995-03-15' AND EXISTS (SELECT * FROM {lineitem} l "
+        "WHERE l.l_orderkey = o.o_orderkey AND l.l_quantity > 10) GROUP BY o.o_orderpriority"
+    )
+    sql = body.format(orders="my.orders", lineitem="pg.lineitem")
+    got = fed.sql(sql).to_arrow()
+    truth = _truth_rows(
+        tpch,
+        body.format(orders="orders", lineitem="lineitem").replace(
+            "SELECT o.o_orderpriority,", "SELECT rtrim(o.o_orderpriority),"
+        ),
+    )
+    assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
+    plan = _explain(fed, sql)
+    lineitem = next(b for b in _fragment_blocks(plan) if '"lineitem"' in b)
+    assert "bind join" in lineitem and "bound at run time" in lineitem, plan
+    orders = next(b for b in _fragment_blocks(plan) if "`orders`" in b)
+    assert "bind join" not in orders, plan

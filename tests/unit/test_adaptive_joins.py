@@ -262,3 +262,29 @@ def test_inner_joins_before_a_left_join_are_grouped_and_bound() -> None:
     assert result.residual is not None
     residual = result.residual.sql()
     assert "LEFT JOIN" in residual and "'x'" not in residual
+
+
+def test_the_null_extended_side_of_a_left_join_takes_the_preserved_sides_keys() -> None:
+    # EXISTS becomes LEFT JOIN (SELECT l_orderkey ... GROUP BY l_orderkey) AS _u_0: the
+    # grouped lineitem side may only be restricted to the orders' keys, never the reverse.
+    sql = """
+    SELECT o.o_orderkey FROM my.db.orders o
+    WHERE o.o_orderdate >= DATE '1993-07-01' AND o.o_orderdate < DATE '1993-10-01'
+      AND EXISTS (SELECT * FROM pg.public.lineitem l
+                  WHERE l.l_orderkey = o.o_orderkey AND l.l_qty > 10)
+    """
+    result = split(sql, infos())
+    groups = by_tables(result)
+    orders, line = groups[frozenset({"orders"})], groups[frozenset({"lineitem"})]
+    assert orders.bind is None
+    assert line.bind is not None and line.bind.producer == orders.id
+    assert "LEFT JOIN" in result.residual.sql()  # type: ignore[union-attr]
+
+
+def test_the_preserved_side_of_a_left_join_is_never_bound() -> None:
+    sql = """
+    SELECT o.o_orderkey, l.l_qty FROM pg.public.lineitem l
+    LEFT JOIN my.db.orders o ON o.o_orderkey = l.l_orderkey AND o.o_orderdate = DATE '1994-01-01'
+    """
+    result = split(sql, infos())
+    assert by_tables(result)[frozenset({"lineitem"})].bind is None
