@@ -285,11 +285,17 @@ class Splitter:
             frags, renames = self._split_inner(select, items[: k + 1], left)
             for join, it, conjuncts in zip(left, outer, pushed, strict=True):
                 frag = self._own_fragment(select, it, conjuncts)
-                if frag is not None and join.args.get("on") is not None:
-                    # The null-extended side only ever matches keys of the preserved side,
-                    # so it may take their keys (never the other way round).
-                    on = list(_conjuncts(join.args["on"]))
+                if join.args.get("on") is None:
+                    continue
+                # The null-extended side only ever matches keys of the preserved side, so it
+                # may take their keys (never the other way round), also through a subquery
+                # left in the residual that passes a fragment's column on (see _passed_keys).
+                on = list(_conjuncts(join.args["on"]))
+                if frag is not None:
                     self._plan_bind_joins(on, {**frags, it.alias: frag}, renames, {frag.id})
+                elif passed := self._passed_keys(it):
+                    takers = {origin[0].id for origin in passed.values()}
+                    self._plan_bind_joins(on, frags, renames, takers, passed)
         else:
             self._split_outer(select, items)
         self._split_nested_queries(select)
@@ -669,6 +675,35 @@ class Splitter:
         join.set("on", exp.and_(*kept_on, copy=False) if kept_on else exp.true())
         return pushed
 
+    def _passed_keys(self, it: _Item) -> dict[tuple[str, str], tuple[Fragment, str, str, str]]:
+        """Output columns of a residual subquery ``it`` that are a fragment's column passed on
+        unchanged, by (alias, output name): restricting that fragment to some key values
+        then removes exactly the subquery's rows with other key values. So only a SELECT
+        over one fragment, without joins, limit or window functions, grouped (if at all) by
+        that column."""
+        query = it.node.this if isinstance(it.node, exp.Subquery) else None
+        if not isinstance(query, exp.Select) or it.source is not None:
+            return {}
+        if any(query.args.get(k) for k in ("joins", "limit", "offset")) or query.find(exp.Window):
+            return {}
+        table = query.args["from_"].this if query.args.get("from_") else None
+        ids = {f.id for f in self.fragments}
+        if not isinstance(table, exp.Table) or table.db or table.name not in ids:
+            return {}
+        frag = self.fragment(table.name)
+        group = query.args.get("group")
+        found = {}
+        for proj in query.selects:
+            col = proj.unalias()
+            if not isinstance(col, exp.Column) or col.table != table.alias_or_name:
+                continue
+            if group is not None and not any(g == col for g in group.expressions):
+                continue
+            origin = _output_origin(frag, col.name)
+            if origin is not None:
+                found[(it.alias, proj.alias_or_name)] = origin
+        return found
+
     def _own_fragment(
         self, select: exp.Select, it: _Item, conjuncts: list[exp.Expression]
     ) -> Fragment | None:
@@ -868,10 +903,13 @@ class Splitter:
         frags: dict[str, Fragment],
         renames: dict[tuple[str, str], tuple[str, str]],
         consumers: set[str] | None = None,
+        passed: dict[tuple[str, str], tuple[Fragment, str, str, str]] | None = None,
     ) -> None:
         """Bind joins for the equi-joins among ``residual_conj`` (``consumers``: the only
-        fragment ids that may take keys; None: any)."""
+        fragment ids that may take keys, None: any; ``passed``: origins of subquery columns,
+        see :meth:`_passed_keys`)."""
         reverse = {v: k for k, v in renames.items()}
+        passed = passed or {}
         candidates = []
         for c in residual_conj:
             if not (
@@ -880,7 +918,10 @@ class Splitter:
                 and isinstance(c.expression, exp.Column)
             ):
                 continue
-            left, right = (self._origin(col, frags, reverse) for col in (c.this, c.expression))
+            left, right = (
+                passed.get((col.table, col.name)) or self._origin(col, frags, reverse)
+                for col in (c.this, c.expression)
+            )
             if left is None or right is None or left[0] is right[0]:
                 continue
             self._check_key_types(left, right)
@@ -998,6 +1039,22 @@ class Splitter:
             consumer_rows=None if forced else c,
             estimated_keys=p,
         )
+        self._narrow_estimate(producer, cfrag)
+
+    def _narrow_estimate(self, producer: tuple[Fragment, str, str, str], cfrag: Fragment) -> None:
+        """A bound consumer's estimate, when the producer's key is its table's unique key:
+        the consumer keeps the share of rows whose key the producer kept (a foreign key)."""
+        p, c = producer[0].estimated_rows, cfrag.estimated_rows
+        base = self._base_rows(producer[0])
+        if p is None or c is None or not base or self._key_unique(producer) is not True:
+            return
+        narrowed = max(1, int(c * min(1.0, p / base)))
+        if narrowed < c:
+            cfrag.estimated_rows = narrowed
+            cfrag.notes.append(
+                f"estimated {narrowed:,} rows once bound ({c:,} x {p:,}/{base:,} keys of "
+                f"{producer[0].id}'s table)"
+            )
 
     def _key_unique(self, origin: tuple[Fragment, str, str, str]) -> bool | None:
         """Whether a fragment's join key column is unique in its table; None: not known."""
@@ -1060,8 +1117,8 @@ class Splitter:
         pfrag, _, _, pname = producer
         cfrag = consumer[0]
         p, c = pfrag.estimated_rows, cfrag.estimated_rows
-        if cfrag.bind is not None or pfrag.bind is not None or pfrag.top_k is not None:
-            return "one side is already bound"
+        if cfrag.bind is not None or pfrag.top_k is not None:
+            return f"{cfrag.id} already bound"
         if not self.rules[cfrag.source].can("bind_join"):
             return f"source {cfrag.source} takes no bind joins"
         if p is None or c is None:
@@ -1087,6 +1144,8 @@ class Splitter:
             )
             self._bind_at_run_time(pfrag.id, pname, consumer, limit, why)
             return None
+        if pfrag.bind is not None:
+            return f"{pfrag.id} is bound itself (a keys-only copy would run unbound)"
         if c < s.semi_join_min_rows:
             return f"{cfrag.id} estimated {c:,} rows < semi_join_min_rows {s.semi_join_min_rows:,}"
         inner = exp.Subquery(this=pfrag.query.copy(), alias=exp.TableAlias(this=_ident("_k")))
@@ -1150,6 +1209,17 @@ def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
     if isinstance(node, exp.Where):
         node = node.this
     return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _output_origin(frag: Fragment, output: str) -> tuple[Fragment, str, str, str] | None:
+    """(fragment, table alias, column, output) for a fragment output that is a plain column."""
+    if not isinstance(frag.query, exp.Select):
+        return None
+    for proj in frag.query.selects:
+        col = proj.unalias()
+        if proj.alias_or_name == output and isinstance(col, exp.Column) and col.table:
+            return frag, col.table, col.name, output
+    return None
 
 
 def _join_pair(c: exp.Expression) -> tuple[str, str] | None:

@@ -288,3 +288,21 @@ def test_the_preserved_side_of_a_left_join_is_never_bound() -> None:
     """
     result = split(sql, infos())
     assert by_tables(result)[frozenset({"lineitem"})].bind is None
+
+
+def test_a_subquery_left_in_the_residual_passes_its_fragment_the_keys() -> None:
+    # Q21's shape: EXISTS with a non-equi correlation becomes LEFT JOIN (SELECT l_orderkey,
+    # ARRAY_AGG(l_suppkey) FROM <l2 fragment> GROUP BY l_orderkey) in the residual; the l2
+    # fragment may take l1's order keys, since the subquery groups by that column.
+    sql = """
+    SELECT s.s_name FROM my.db.supplier s JOIN pg.public.lineitem l1 ON s.s_suppkey = l1.l_suppkey
+    WHERE s.s_name = 'x' AND EXISTS (SELECT * FROM pg.public.lineitem l2
+        WHERE l2.l_orderkey = l1.l_orderkey AND l2.l_suppkey <> l1.l_suppkey)
+    """
+    result = split(sql, infos())
+    l1 = next(f for f in result.fragments if "l1" in f.sql())
+    l2 = next(f for f in result.fragments if "l2" in f.sql())
+    assert l1.bind is not None  # the supplier's keys
+    assert l1.estimated_rows is not None and l1.estimated_rows < 300_000  # narrowed by the bind
+    assert l2.bind is not None and l2.bind.producer == l1.id
+    assert l2.bind.key.sql() == '"l2"."l_orderkey"'
