@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{getattr(federator, '__version__', '?')}; servers on loopback "
         f"{'given by --pg/--mysql' if args.pg or args.mysql else 'started by the run'}. "
         f"Every ratio compares figures measured in this run. Best of {args.repeats} runs.",
-        f"Command: `python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"Command: `python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        f"at commit {_commit()}.",
         "",
     ]
     try:
@@ -155,6 +156,17 @@ def _save_json(path: Path, sf: float, run: tpch.Run, load_s: dict[str, float]) -
     data = {"sf": sf, "load_s": load_s, "peer_note": run.peer_note,
             "results": [dataclasses.asdict(r) for r in run.results]}  # fmt: skip
     path.write_text(json.dumps(data, indent=1))
+
+
+def _commit() -> str:
+    """The measured commit: $BENCH_COMMIT (a run from an exported tree), else git's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, cwd=benv.ROOT, check=False,
+    )  # fmt: skip
+    return out.stdout.strip() or "unknown"
 
 
 def _log(msg: str) -> None:
@@ -265,9 +277,43 @@ def _tpch_section(sf: float, run: tpch.Run, load_s: dict[str, float]) -> list[st
         "so its exact decimals rarely compare equal.",
         "",
     ]
+    out += _time_goes(res)
     errors = [f"- {r.qid}: {r.error.strip()}" for r in res if r.error]
     if errors:
         out += ["Errors:", *errors, ""]
+    return out
+
+
+def _time_goes(res: list[tpch.QueryResult], worst: int = 5) -> list[str]:
+    """The worst federator/single-PG ratios with each fragment's rows, bytes and time."""
+    ranked = sorted(
+        (r for r in res if _ratio(r, r.federator_s)),
+        key=lambda r: -(_ratio(r, r.federator_s) or 0),
+    )[:worst]
+    if not ranked:
+        return []
+    out = [
+        f"### Where federator's time goes: the {len(ranked)} worst ratios",
+        "",
+        "Per fragment: rows and bytes moved, its time (fragments overlap), bound keys when it "
+        "ran as a bind join; then the residual's time and the rows the query returns.",
+        "",
+    ]
+    for r in ranked:
+        out.append(
+            f"- **{r.qid}** {r.federator_s:.2f} s, {_ratio(r, r.federator_s):.1f}x single PG "
+            f"({r.single_pg_s:.2f} s); {r.result_rows:,} result rows; residual "
+            f"{r.residual_ms / 1000:.2f} s"
+        )
+        for f in r.fragments:
+            est = f"{f['estimated_rows']:,}" if f["estimated_rows"] is not None else "?"
+            keys = f", {f['bound_keys']:,} bound keys" if f["bound_keys"] is not None else ""
+            note = f" ({f['note']})" if f["note"] else ""
+            out.append(
+                f"  - {f['id']} on {f['source']}: {f['rows']:,} rows (estimated {est}), "
+                f"{f['bytes'] / 1e6:.1f} MB, {f['ms'] / 1000:.2f} s{keys}{note}"
+            )
+    out.append("")
     return out
 
 

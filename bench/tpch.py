@@ -46,6 +46,8 @@ class QueryResult:
     glue_correct: bool = False
     duck_correct: bool = False
     moved: dict[str, tuple[int, int]] = field(default_factory=dict)  # source → (rows, bytes)
+    fragments: list[dict[str, Any]] = field(default_factory=list)  # per fragment, see _fragments
+    residual_ms: float = 0.0
     result_rows: int = 0
     error: str = ""
 
@@ -145,7 +147,9 @@ def run(env: Env, repeats: int, timeout: float, peer: bool = True) -> Run:
                 r.federator_s, res = _best(lambda s=fed_sql: _federator(fed, s), repeats)
                 r.result_rows = res[1].num_rows
                 r.correct = tp.compare(q, truth, tp.arrow_answer(res[1])) is None
-                r.moved = _moved(res[0].last_execution)
+                ex = res[0].last_execution
+                r.moved, r.fragments = _moved(ex), _fragments(ex)
+                r.residual_ms = ex.residual_stats.ms
             except Exception as e:
                 r.error += f" federator: {_why(e)}"
             try:
@@ -179,6 +183,19 @@ def _moved(ex: Any) -> dict[str, tuple[int, int]]:
         rows, nbytes = moved.get(frag.source, (0, 0))
         moved[frag.source] = (rows + s.rows, nbytes + s.bytes)
     return moved
+
+
+def _fragments(ex: Any) -> list[dict[str, Any]]:
+    """Each fragment of one execution: where it ran, what it moved and how long it took."""
+    out = []
+    for frag in ex.plan.fragments:
+        s = ex.stats[frag.id]
+        out.append(
+            {"id": frag.id, "source": frag.source, "estimated_rows": frag.estimated_rows,
+             "rows": s.rows, "bytes": s.bytes, "ms": s.ms, "bound_keys": s.bound_keys,
+             "bind": frag.bind is not None, "note": s.note}
+        )  # fmt: skip
+    return out
 
 
 def _peer(
