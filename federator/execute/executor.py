@@ -78,14 +78,35 @@ class Execution:
     # ---- fragments ---------------------------------------------------------------------
     async def _fetch_all(self) -> dict[str, pa.Table]:
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
+        first: dict[tuple[str, str, str], str] = {}  # identical requests run once
         try:
             async with asyncio.TaskGroup() as group:
                 for frag in self.plan.fragments:
-                    tasks[frag.id] = group.create_task(self._fetch(frag, tasks), name=frag.id)
+                    key = self._share_key(frag)
+                    if key is not None and key in first:
+                        fetch = self._shared(frag, tasks[first[key]], first[key])
+                    else:
+                        if key is not None:
+                            first[key] = frag.id
+                        fetch = self._fetch(frag, tasks)
+                    tasks[frag.id] = group.create_task(fetch, name=frag.id)
         except BaseExceptionGroup as group_error:
             # The first failure is the cause; the other fragments were cancelled because of it.
             raise _first_cause(group_error) from None
         return {fid: t.result() for fid, t in tasks.items()}
+
+    def _share_key(self, frag: Fragment) -> tuple[str, str, str] | None:
+        """What makes two fragments the same request (None: never shared: bound or top-k)."""
+        if frag.bind is not None or frag.top_k is not None:
+            return None
+        request = self.plan.requests[frag.id]
+        return frag.source, request.text, repr(request.params)
+
+    async def _shared(self, frag: Fragment, task: asyncio.Task[pa.Table], fid: str) -> pa.Table:
+        """The result of an identical request (a subquery repeated in the query)."""
+        table = await asyncio.shield(task)
+        self.stats[frag.id].note = f"same request as {fid}: fetched once"
+        return table
 
     async def _fetch(self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]) -> pa.Table:
         keys = None

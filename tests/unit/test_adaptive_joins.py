@@ -4,6 +4,9 @@ how the executor decides a bind from the keys it observes."""
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 import pyarrow as pa
 import pytest
 from federator.adapters.base import TableInfo, TableRef
@@ -306,3 +309,16 @@ def test_a_subquery_left_in_the_residual_passes_its_fragment_the_keys() -> None:
     assert l1.estimated_rows is not None and l1.estimated_rows < 300_000  # narrowed by the bind
     assert l2.bind is not None and l2.bind.producer == l1.id
     assert l2.bind.key.sql() == '"l2"."l_orderkey"'
+
+
+def test_identical_requests_run_once(fed: Any, truth: sqlite3.Connection) -> None:
+    sql = (
+        "SELECT user_id FROM lake.events WHERE kind = 'cart' UNION ALL "
+        "SELECT id FROM shop.users WHERE country = 'US' UNION ALL "
+        "SELECT user_id FROM lake.events WHERE kind = 'cart'"
+    )
+    got = sorted(r["user_id"] for r in fed.sql(sql).to_arrow().to_pylist())
+    want = sorted(r[0] for r in truth.execute(sql.replace("lake.", "").replace("shop.", "")))
+    assert got == want
+    plan = fed.explain(sql, analyze=True)
+    assert plan.count("same request as f0: fetched once") == 1, plan
