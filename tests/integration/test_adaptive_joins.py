@@ -148,3 +148,24 @@ def test_exists_binds_the_preserved_sides_keys_into_the_subquery(
     assert "bind join" in lineitem and "bound at run time" in lineitem, plan
     orders = next(b for b in _fragment_blocks(plan) if "`orders`" in b)
     assert "bind join" not in orders, plan
+
+
+def test_many_bound_keys_travel_through_binary_copy(tpch: Any) -> None:
+    """With bulk_rows 0 a bound fetch of 1,000+ keys runs as COPY with the keys unnested."""
+    catalog = tpch.catalog(SPLIT)
+    catalog["sources"]["pg"]["bulk_rows"] = 0
+    body = (
+        "SELECT o.o_orderkey, l.l_linenumber, l.l_extendedprice, l.l_shipdate "
+        "FROM {orders} o JOIN {lineitem} l ON l.l_orderkey = o.o_orderkey "
+        "WHERE o.o_orderdate < DATE '1993-01-01'"
+    )
+    with federator.connect(catalog) as fed:
+        sql = body.format(orders="my.orders", lineitem="pg.lineitem")
+        got = fed.sql(sql).to_arrow()
+        plan = _explain(fed, sql)
+    truth = _truth_rows(tpch, body.format(orders="orders", lineitem="lineitem"))
+    assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
+    lineitem = next(b for b in _fragment_blocks(plan) if '"lineitem"' in b)
+    assert "through binary COPY" in lineitem, plan
+    keys = int(re.search(r"bound keys ([\d,]+)", lineitem).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert keys >= 1_000, plan
