@@ -521,13 +521,7 @@ class PostgresAdapter(ServerSQLAdapter):
             )
             args = [v for pair in zip(names, params, strict=True) for v in pair]
             await conn.execute(f"SELECT {sets}", *args)
-            text = replace_parameters(
-                text,
-                [
-                    f"(current_setting('federator.p{i}')::{_type_sql(t)})"
-                    for i, t in enumerate(ptypes, 1)
-                ],
-            )
+            text = replace_parameters(text, [_setting_sql(i, t) for i, t in enumerate(ptypes, 1)])
         known = {f.name: f.type for f in schema} if schema is not None else {}
         specs, casts = pgcopy.plan_columns(
             [a.name for a in attrs], [a.type.name for a in attrs], known
@@ -778,6 +772,19 @@ def _split(batch: pa.RecordBatch, rows: int) -> list[pa.RecordBatch]:
 
 def _empty_type(spec: pgcopy.ColumnSpec) -> pa.DataType:
     return pa.decimal128(38, 0) if pa.types.is_null(spec.type) else spec.type
+
+
+def _setting_sql(number: int, t: Any) -> str:
+    """Parameter ``$number`` read back from its setting. A scalar is read once, as a scalar
+    subquery (an expression would be re-read and re-parsed for every row); an array stays
+    an expression, as ``= ANY((SELECT ...))`` would mean a subquery's rows, not its array.
+
+    >>> from types import SimpleNamespace as T
+    >>> print(_setting_sql(1, T(schema=None, name="int4")))
+    (SELECT current_setting('federator.p1')::"pg_catalog"."int4")
+    """
+    read = f"current_setting('federator.p{number}')::{_type_sql(t)}"
+    return f"({read})" if str(t.name).endswith("[]") else f"(SELECT {read})"
 
 
 def _type_sql(t: Any) -> str:
