@@ -20,7 +20,7 @@ AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 
 
 def _plain_select(node: exp.Expression) -> bool:
-    return not any(node.args.get(k) for k in ("with", "qualify", "windows", "laterals"))
+    return not any(node.args.get(k) for k in ("with_", "qualify", "windows", "laterals"))
 
 
 def _group(node: exp.Expression) -> bool:

@@ -45,7 +45,7 @@ def vector_operands(node: VectorDistance) -> tuple[exp.Column, exp.Expression] |
 
 def _simple_select(node: exp.Expression) -> bool:
     assert isinstance(node, exp.Select)
-    if any(node.args.get(k) for k in ("joins", "group", "having", "distinct", "with", "qualify")):
+    if any(node.args.get(k) for k in ("joins", "group", "having", "distinct", "with_", "qualify")):
         return False
     if node.args.get("order") is not None:
         limit = node.args.get("limit")

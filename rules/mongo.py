@@ -112,7 +112,7 @@ def _aggregate_argument(node: exp.Expression) -> bool:
 def _select(node: exp.Expression) -> bool:
     """One collection, no joins, laterals, windows, locks or set operations around it."""
     return not any(
-        node.args.get(k) for k in ("joins", "laterals", "windows", "qualify", "with", "locks")
+        node.args.get(k) for k in ("joins", "laterals", "windows", "qualify", "with_", "locks")
     ) and not isinstance(node.parent, exp.SetOperation)
 
 

@@ -27,7 +27,7 @@ VALUES = (exp.Literal, exp.Placeholder, exp.Boolean)
 def _select(node: exp.Expression) -> bool:
     return not any(
         node.args.get(k)
-        for k in ("joins", "laterals", "windows", "qualify", "with", "group", "having", "order")
+        for k in ("joins", "laterals", "windows", "qualify", "with_", "group", "having", "order")
     ) and not node.args.get("distinct")
 
 

@@ -731,7 +731,7 @@ class Splitter:
                 q.replace(replacement)
 
     def _split_ctes(self, select: exp.Select) -> None:
-        with_ = select.args.get("with")
+        with_ = select.args.get("with_")
         if not with_:
             return
         referenced = {t.name for t in select.find_all(exp.Table) if not t.db}
@@ -741,7 +741,7 @@ class Splitter:
                 continue
             cte.set("this", self.split_query(cte.this))
             kept.append(cte)
-        select.set("with", exp.With(expressions=kept) if kept else None)
+        select.set("with_", exp.With(expressions=kept) if kept else None)
 
     # ---- fragments ---------------------------------------------------------------------
     def _new_id(self) -> str:
@@ -1270,7 +1270,7 @@ def defined_aliases(query: exp.Expression) -> set[str]:
         if query.args.get("from_"):
             out.add(query.args["from_"].this.alias_or_name)
         out.update(j.this.alias_or_name for j in query.args.get("joins") or [])
-    with_ = query.args.get("with")
+    with_ = query.args.get("with_")
     if with_:
         out.update(c.alias_or_name for c in with_.expressions)
     return out

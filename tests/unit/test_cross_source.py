@@ -37,6 +37,16 @@ QUERIES = [
     "seen AS (SELECT user_id, count(*) AS n FROM lake.events GROUP BY user_id) "
     "SELECT spend.user_id, spend.q, seen.n FROM spend JOIN seen ON seen.user_id = spend.user_id "
     "ORDER BY spend.user_id",
+    # a CTE that itself joins the two sources, joined again with a source table
+    "WITH spent AS (SELECT o.user_id, sum(o.qty * p.price) AS total FROM shop.orders AS o "
+    "JOIN lake.products AS p ON p.id = o.product_id GROUP BY o.user_id) "
+    "SELECT u.name, spent.total FROM spent JOIN shop.users AS u ON u.id = spent.user_id "
+    "ORDER BY spent.total DESC, u.name",
+    # a cross-source CTE referenced twice
+    "WITH bought AS (SELECT o.user_id, p.category FROM shop.orders AS o "
+    "JOIN lake.products AS p ON p.id = o.product_id) "
+    "SELECT a.user_id, count(*) AS pairs FROM bought AS a JOIN bought AS b "
+    "ON a.user_id = b.user_id AND a.category < b.category GROUP BY a.user_id ORDER BY a.user_id",
     # three-way, with a rating average from the Arrow file
     "SELECT p.name, avg(r.stars) AS stars, count(DISTINCT o.user_id) AS buyers "
     "FROM lake.products AS p JOIN lake.ratings AS r ON r.product_id = p.id "
