@@ -322,3 +322,24 @@ def test_identical_requests_run_once(fed: Any, truth: sqlite3.Connection) -> Non
     assert got == want
     plan = fed.explain(sql, analyze=True)
     assert plan.count("same request as f0: fetched once") == 1, plan
+
+
+@pytest.mark.parametrize("keys", [1, 3, 5_000])
+def test_an_in_list_is_rendered_once_for_any_number_of_keys(keys: int) -> None:
+    from federator.adapters.mysql import MySQLAdapter
+    from federator.adapters.sqlbase import BIND_PARAM, SQLPayload
+
+    from federator.config import SourceConfig
+
+    adapter = MySQLAdapter(SourceConfig("my", "mysql", {"dsn": "mysql://u@h/db"}))
+    tree = (
+        exp.select("a")
+        .from_("t")
+        .where(exp.column("b").eq(exp.Placeholder(this="p")))
+        .where(exp.column("c").eq(exp.Placeholder(this="q")))
+    )
+    payload = SQLPayload("", [], bound_tree=tree)
+    text, names = adapter._in_list(payload, exp.column("k"), keys)
+    assert names == ["p", "q"] + [f"{BIND_PARAM}{i}" for i in range(keys)]
+    assert text.count("%s") == len(names)
+    assert text.endswith("`k` IN (" + ", ".join(["%s"] * keys) + ")")
