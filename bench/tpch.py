@@ -96,17 +96,20 @@ def load(env: Env, scale: float) -> dict[str, float]:
 
 
 def _best(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
-    """Best wall time of up to ``repeats`` runs and the last output; a run slower than
-    REPEAT_UNDER_S is not repeated (its noise is small against its length)."""
-    best, out, total = math.inf, None, 0.0
+    """Best wall time of up to ``repeats`` runs and that run's output; runs stop repeating once
+    they took REPEAT_UNDER_S (a long run's noise is small against its length)."""
+    best, best_out, total = math.inf, None, 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
         took = time.perf_counter() - t0
-        best, total = min(best, took), total + took
+        if took < best:
+            best, best_out = took, out
+        del out
+        total += took
         if total > REPEAT_UNDER_S:
             break
-    return best, out  # type: ignore[return-value]
+    return best, best_out  # type: ignore[return-value]
 
 
 def run(env: Env, repeats: int, timeout: float, peer: bool = True) -> Run:
