@@ -775,16 +775,20 @@ def _empty_type(spec: pgcopy.ColumnSpec) -> pa.DataType:
 
 
 def _setting_sql(number: int, t: Any) -> str:
-    """Parameter ``$number`` read back from its setting. A scalar is read once, as a scalar
-    subquery (an expression would be re-read and re-parsed for every row); an array stays
-    an expression, as ``= ANY((SELECT ...))`` would mean a subquery's rows, not its array.
+    """Parameter ``$number`` read back from its setting, once per query: as a scalar subquery
+    (an initplan; an expression would be re-read and re-parsed for every row). An array's
+    subquery is cast again, so that ``= ANY(...)`` takes it as an array, not as a subquery's
+    rows.
 
     >>> from types import SimpleNamespace as T
     >>> print(_setting_sql(1, T(schema=None, name="int4")))
     (SELECT current_setting('federator.p1')::"pg_catalog"."int4")
+    >>> print(_setting_sql(2, T(schema=None, name="int8[]")))
+    ((SELECT current_setting('federator.p2')::"pg_catalog"."int8"[])::"pg_catalog"."int8"[])
     """
-    read = f"current_setting('federator.p{number}')::{_type_sql(t)}"
-    return f"({read})" if str(t.name).endswith("[]") else f"(SELECT {read})"
+    type_sql = _type_sql(t)
+    read = f"(SELECT current_setting('federator.p{number}')::{type_sql})"
+    return f"({read}::{type_sql})" if str(t.name).endswith("[]") else read
 
 
 def _type_sql(t: Any) -> str:

@@ -119,6 +119,21 @@ def test_filtered_fragment_checks_the_server_estimate(pg_dsn: str) -> None:
         assert seen == ["bulk"]
 
 
+def test_array_parameter_on_the_copy_path(pg_dsn: str) -> None:
+    """A list parameter compared with ``= ANY`` rides the COPY path (read back once, as an
+    array) and answers as the row path does."""
+    asyncio.run(_big_table(pg_dsn, 30_000))
+    ids = list(range(5, 30_000, 3))
+    sql = "SELECT id FROM pg.bulk_t WHERE id = ANY(:ids) AND k <> :k"
+    with federator.connect(_catalog(pg_dsn, 0)) as fed:
+        assert "bulk: binary COPY" in fed.explain(sql, {"ids": ids, "k": 2})
+        got = fed.sql(sql, {"ids": ids, "k": 2}).to_arrow()
+    with federator.connect(_catalog(pg_dsn, -1)) as fed:
+        rows = fed.sql(sql, {"ids": ids, "k": 2}).to_arrow()
+    assert sorted(got.column("id").to_pylist()) == sorted(rows.column("id").to_pylist())
+    assert got.num_rows == sum(1 for i in ids if i % 7 != 2)
+
+
 async def _mysql_table(dsn: str) -> None:
     import aiomysql
 
