@@ -23,7 +23,14 @@ from federator.config import CatalogConfig, load_catalog
 from federator.errors import ParameterError, UnknownTableError, UnsupportedError
 from federator.execute import Execution
 from federator.plan.model import Plan
-from federator.plan.planner import PlannerSettings, Splitter, optimize, sqlglot_schema
+from federator.plan.planner import (
+    PASSES,
+    PlannerSettings,
+    SplitResult,
+    Splitter,
+    optimize,
+    sqlglot_schema,
+)
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules
 from federator.sql.dialect import Federated, parse, to_duckdb_vector, vector_params
@@ -159,13 +166,12 @@ class Federation:
         tree = normalize_identifiers(tree, dialect=Federated)
         infos = await self._bind(tree, params)
         folded = [n for n, a in self.catalog.adapters.items() if a.case_insensitive_columns]
-        tree = optimize(tree, sqlglot_schema(infos, folded), infos)
-        splitter = Splitter(
-            {name: a.rules for name, a in self.catalog.adapters.items()},
-            {(i.source, i.ref.schema, i.ref.name): i for i in infos},
-            self.planner_settings,
-        )
-        split = splitter.split(tree)
+        schema = sqlglot_schema(infos, folded)
+        as_written = tree.copy()
+        tree = optimize(tree, schema, infos)
+        split = self._splitter(infos).split(tree)
+        if _has_subquery(as_written):
+            split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)
         requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
         residual_sql = None
         if split.residual is not None:
@@ -178,6 +184,30 @@ class Federation:
             notes=split.notes,
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
         )
+
+    def _splitter(self, infos: list[TableInfo]) -> Splitter:
+        return Splitter(
+            {name: a.rules for name, a in self.catalog.adapters.items()},
+            {(i.source, i.ref.schema, i.ref.name): i for i in infos},
+            self.planner_settings,
+        )
+
+    def _prefer_as_written(
+        self, split: SplitResult, qualified: exp.Query, infos: list[TableInfo]
+    ) -> SplitResult:
+        """A query that goes whole to one source that plans its own subqueries goes as the
+        user wrote it (names qualified only): the optimizer's decorrelation can turn an
+        indexed correlated subquery into an aggregate over a whole table (TPC-H Q17)."""
+        if split.residual is not None or len(split.fragments) != 1:
+            return split
+        source = split.fragments[0].source
+        if not self.catalog.adapter(source).rules.can("correlated_subquery"):
+            return split
+        alt = self._splitter(infos).split(qualified)
+        if alt.residual is not None or [f.source for f in alt.fragments] != [source]:
+            return split
+        alt.notes.append(f"pushed to {source} as written: it plans its own subqueries")
+        return alt
 
     async def _bind(
         self, tree: exp.Query, params: Mapping[str, Any] | None = None
@@ -316,3 +346,10 @@ def _residual_sql(residual: exp.Query) -> str:
         return to_duckdb_vector(node)  # pgvector operators → DuckDB's list_*distance
 
     return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)
+
+
+def _has_subquery(tree: exp.Query) -> bool:
+    """Whether a query nests a query (a subquery, EXISTS, IN (SELECT)) other than a CTE's."""
+    return any(
+        q is not tree and not isinstance(q.parent, exp.CTE) for q in tree.find_all(exp.Query)
+    )

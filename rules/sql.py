@@ -129,7 +129,9 @@ POSTGRES = RELATIONAL.extend(
         *rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
         *PGVECTOR,
     ],
-    {"window", "bind_join", "vector_search"},
+    # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
+    # query it runs whole goes as written, not as the optimizer decorrelated it.
+    {"window", "bind_join", "vector_search", "correlated_subquery"},
 )
 MYSQL = RELATIONAL.extend(
     "mysql",
