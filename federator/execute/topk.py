@@ -10,8 +10,11 @@ filters and sorts. At run time the producer's actual key count decides (``auto``
 
 Either way, when the residual yields fewer than k rows and the fragment returned as many rows
 as it asked for (there may be more), the limit grows x4 and the fragment runs again; past
-``TopK.max_limit`` it runs without its ORDER BY/LIMIT. So a query never returns fewer than k
-rows when k exist.
+``TopK.max_limit`` it runs without its ORDER BY/LIMIT (the distance then computed here). So a
+query never returns fewer than k rows when k exist. A derived table's top-k counts the rows of
+its own SELECT (``TopK.scope``). With tie-breakers after the distance (``ORDER BY d, id``)
+only candidates strictly nearer than the farthest fetched count: an unfetched row at that
+distance could win its tie, so the answer is the exact one, ties included.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from federator.errors import FederatorError, SourceError
-from federator.plan.model import Fragment
+from federator.plan.model import Fragment, TopK
+from federator.sql.dialect import vector_value
 
 if TYPE_CHECKING:
     from federator.execute.executor import Execution
@@ -73,7 +78,8 @@ async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
     tk = frag.top_k
     assert tk is not None
     adapter = ex.catalog.adapter(frag.source)
-    if state.limit > tk.max_limit and tk.unpushed is not None:
+    unpushed = state.limit > tk.max_limit and tk.unpushed is not None
+    if unpushed:
         query, state.exhausted = tk.unpushed, True
         ex.stats[frag.id].note += "; fetched without the top-k"
     else:
@@ -102,6 +108,8 @@ async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
             stats.ms += (time.perf_counter() - started) * 1000
         ex._running.discard(label)
     table = pa.Table.from_batches(batches) if batches else pa.table({})
+    if unpushed and tk.distance is not None:
+        table = with_distance(tk, table, frag.columns, ex.params)
     if table.num_rows < state.limit:
         state.exhausted = True
     state.rounds += 1
@@ -109,30 +117,76 @@ async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
 
 
 async def grow_top_k(ex: Execution, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
-    """Re-fetch top-k fragments with larger limits until the residual yields k rows."""
+    """Re-fetch top-k fragments with larger limits until their scope of the residual yields
+    k rows (or the source has no more)."""
     states = _states(ex)
     frags = [f for f in ex.plan.fragments if f.top_k is not None and f.id in states]
-    if not frags:
-        return tables
-    k = frags[0].top_k.k  # type: ignore[union-attr]
     while True:
-        rows = await asyncio.to_thread(_residual_rows, ex, tables)
-        grow = [f for f in frags if not states[f.id].exhausted]
-        if rows >= k or not grow:
+        grow = []
+        for f in frags:
+            tk = f.top_k
+            assert tk is not None
+            if states[f.id].exhausted:
+                continue
+            rows = await asyncio.to_thread(_residual_rows, ex, tables, tk)
+            if rows < tk.k:
+                grow.append((f, rows))
+        if not grow:
             return tables
-        for f in grow:
+        for f, rows in grow:
             st = states[f.id]
             st.limit *= f.top_k.growth  # type: ignore[union-attr]
             tables[f.id] = await _run(ex, f, st)
+            k = f.top_k.k  # type: ignore[union-attr]
             ex.stats[f.id].note += f"; grown to limit {st.limit:,} ({rows} of {k} rows survived)"
 
 
-def _residual_rows(ex: Execution, tables: dict[str, pa.Table]) -> int:
-    sql = ex.plan.residual_sql
+def with_distance(
+    tk: TopK, table: pa.Table, columns: list[str], params: dict[str, Any]
+) -> pa.Table:
+    """``table`` (fetched without the top-k, with the vector column) with the distance
+    column computed here in the operator's terms, reduced to the fragment's ``columns``."""
+    import numpy as np
+
+    from federator.adapters.milvus import exact_distances
+
+    assert tk.distance is not None and tk.query_vector is not None
+    q = tk.query_vector
+    raw = params[q.name] if isinstance(q, exp.Placeholder) else q.this
+    vector = vector_value(raw)
+    if vector is None:
+        raise FederatorError(f"the query vector {q.sql()} is not a list of numbers")
+    rows = table.column(tk.vector).to_pylist()
+    matrix = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(vector))
+    distances = exact_distances(tk.metric, matrix, np.asarray(vector, dtype=np.float64))
+    table = table.append_column(tk.distance, pa.array(distances, pa.float64()))
+    return table.select(columns)
+
+
+def _boundary(tk: TopK, state: TopKState, table: pa.Table) -> pa.Table:
+    """The candidates strictly nearer than the farthest one fetched (all, once exhausted):
+    no unfetched row can sort before them, whatever the tie-breakers say."""
+    if not tk.ties or state.exhausted or tk.distance is None or table.num_rows == 0:
+        return table
+    dist = table.column(tk.distance)
+    if tk.metric == "ip":  # inner product: larger is nearer
+        return table.filter(pc.greater(dist, pc.min(dist)))
+    return table.filter(pc.less(dist, pc.max(dist)))
+
+
+def _residual_rows(ex: Execution, tables: dict[str, pa.Table], tk: TopK) -> int:
+    """Rows the residual (``tk.scope`` of it, for a derived table's top-k) yields."""
+    from federator.federation import _residual_sql  # the residual's DuckDB rendering
+
+    sql = ex.plan.residual_sql if tk.scope is None else _residual_sql(tk.scope)
     assert sql is not None
+    states = _states(ex)
     con = duckdb.connect()
     try:
         for fid, table in tables.items():
+            frag = ex.plan.fragment(fid)
+            if frag.top_k is not None and fid in states:
+                table = _boundary(frag.top_k, states[fid], table)
             con.register(fid, table)
         params = {k: v for k, v in ex.params.items() if f"${k}" in sql}
         row = con.sql(f"SELECT count(*) FROM ({sql}) AS _top_k", params=params or None).fetchall()

@@ -88,7 +88,8 @@ class TopK:
     or after it (``post``: over-fetch ``k x factor`` candidates). Either way the executor grows
     the fetch (x``growth``) until the residual yields ``k`` rows or the source has no more.
     ``mode`` is ``pre``, ``post`` or ``auto`` (decided at run time from the producer's actual
-    key count: ``pre`` when it is at most ``threshold`` of ``base_rows``).
+    key count: ``pre`` when it is at most ``threshold`` of ``base_rows``). The residual reads
+    the distance the search returns (``distance``) rather than recomputing it from vectors.
     """
 
     k: int
@@ -100,6 +101,19 @@ class TopK:
     growth: int = 4
     max_limit: int = 16_384  # beyond this the fragment runs without its ORDER BY/LIMIT
     unpushed: exp.Query | None = None  # the fragment's query without the top-k
+    # The distance the search returns, as fragment column ``distance`` (metric ``metric`` of
+    # vector column ``vector`` to ``query_vector``); computed here when fetched ``unpushed``.
+    distance: str | None = None
+    metric: str = ""
+    vector: str = ""
+    query_vector: exp.Expression | None = None
+    # More ORDER BY keys after the distance (tie-breakers, sorted in the residual): k rows
+    # must survive among candidates strictly nearer than the farthest one fetched, since an
+    # unfetched row at that distance could still win its tie.
+    ties: bool = False
+    # The residual SELECT whose k rows count, when the top-k is a derived table's (None: the
+    # whole residual).
+    scope: exp.Select | None = None
 
     def choose(self, keys: int | None) -> str:
         """``pre`` or ``post`` given the producer's key count (None: no keys bound)."""
@@ -137,6 +151,7 @@ class Fragment:
     notes: list[str] = field(default_factory=list)
     types: dict[str, pa.DataType] = field(default_factory=dict)  # known exact output types
     top_k: TopK | None = None  # a vector top-k pushed into this fragment
+    as_written: bool = False  # a derived table's LIMIT query as written: no bind, no top-k
 
     def sql(self) -> str:
         return self.query.sql(dialect="postgres")

@@ -287,6 +287,10 @@ class Splitter:
                 frag = self._own_fragment(select, it, conjuncts)
                 if join.args.get("on") is None:
                     continue
+                if frag is not None and self._semi_join_top_k(
+                    select, join, it, frag, frags, renames
+                ):
+                    continue
                 # The null-extended side only ever matches keys of the preserved side, so it
                 # may take their keys (never the other way round), also through a subquery
                 # left in the residual that passes a fragment's column on (see _passed_keys).
@@ -512,14 +516,17 @@ class Splitter:
     ) -> None:
         """Push the query's ORDER BY <vector distance> LIMIT k into the fragment whose source
         can search vectors (capability ``vector_search``), as pre- or post-filter (TopK)."""
-        if select.parent is not None or any(
+        derived = isinstance(select.parent, exp.Subquery) and isinstance(
+            select.parent.parent, (exp.From, exp.Join)
+        )
+        if (select.parent is not None and not (derived and not free_aliases(select))) or any(
             select.args.get(a) for a in ("group", "having", "distinct", "qualify")
         ):
             return
         if any(isinstance(p.unalias(), exp.AggFunc) for p in select.selects):
             return
         order, limit = select.args.get("order"), select.args.get("limit")
-        if order is None or limit is None or len(order.expressions) != 1:
+        if order is None or limit is None or not order.expressions:
             return
         if not isinstance(limit.expression, exp.Literal) or not limit.expression.is_int:
             return
@@ -544,7 +551,7 @@ class Splitter:
             return
         frag, alias, source_col, _ = origin
         rules = self.rules[frag.source]
-        if not rules.can("vector_search"):
+        if not rules.can("vector_search") or frag.as_written:
             return
         local = key.copy()
         for col in local.find_all(exp.Column):
@@ -558,44 +565,136 @@ class Splitter:
         if refusal is not None:
             self.notes.append(f"vector top-k not pushed into {frag.id}: {refusal}")
             return
-        mode = self.settings.vector_filter
-        if mode in ("pre", "auto") and frag.bind is None:  # auto decides from the actual keys
-            self._force_bind(residual_conj, frags, reverse, frag)
-        base = self._base_rows(frag)
-        threshold = self.settings.prefilter_selectivity
-        if frag.bind is None:
-            why = "no key of another source to bind into the search"
-            mode = "post"
-        else:
-            producer = self.fragment(frag.bind.producer)
-            sel = producer.estimated_rows / base if producer.estimated_rows and base else None
-            shown = f"{sel:.1%}" if sel is not None else "unknown"
-            if mode == "auto":
-                planned = "pre" if sel is None or sel <= threshold else "post"
-                why = (
-                    f"estimated selectivity {shown} of {base or 0:,} rows "
-                    f"({'<=' if planned == 'pre' else '>'} {threshold:.0%}): {planned}-filter "
-                    f"planned; decided at run time from {producer.id}'s actual key count"
-                )
-            else:
-                why = f"forced by planner setting vector_filter={mode} (selectivity {shown})"
+        for other in self.fragments:  # bound to keys that change as the top-k grows
+            if other.bind is not None and other.bind.producer == frag.id:
+                other.bind = None
+                other.notes.append(f"not bound to {frag.id}: its vector top-k may grow")
+        if self.settings.vector_filter in ("pre", "auto") and frag.bind is None:
+            self._force_bind(residual_conj, frags, reverse, frag)  # auto decides at run time
+        mode, why = self._filter_choice(frag)
         frag.top_k = TopK(
             k=k,
             mode=mode,
             factor=self.settings.post_factor,
-            threshold=threshold,
-            base_rows=base,
+            threshold=self.settings.prefilter_selectivity,
+            base_rows=self._base_rows(frag),
             reason=why,
             unpushed=frag.query,
+            ties=len(order.expressions) > 1,
+            scope=select if derived else None,
         )
         frag.query = pushed
-        frag.params = _params(pushed)
+        self._take_distance(select, key, columns[0], frag, local)
+        frag.params = _params(frag.query)
         frag.estimated_rows = k
+        then = ", ".join(o.sql(dialect=Federated) for o in order.expressions[1:])
+        ties = (
+            f"; ties broken by {then} in the residual over every candidate nearer than the "
+            "farthest fetched (grown until k such rows survive)"
+            if then
+            else ""
+        )
         frag.notes.append(
             f"vector top-k: ORDER BY {local.sql(dialect=Federated)} LIMIT {k} pushed down; "
             f"pre-filter binds the other side's keys into the search, post-filter over-fetches "
-            f"k x factor and grows x{frag.top_k.growth} until {k} rows survive; {why}"
+            f"k x factor and grows x{frag.top_k.growth} until {k} rows survive; {why}{ties}"
         )
+
+    def _filter_choice(self, frag: Fragment) -> tuple[str, str]:
+        """Pre- or post-filter for a top-k fragment (``auto``: decided at run time), and why."""
+        mode = self.settings.vector_filter
+        if frag.bind is None:
+            return "post", "no key of another source to bind into the search"
+        base = self._base_rows(frag)
+        threshold = self.settings.prefilter_selectivity
+        producer = self.fragment(frag.bind.producer)
+        sel = producer.estimated_rows / base if producer.estimated_rows and base else None
+        shown = f"{sel:.1%}" if sel is not None else "unknown"
+        if mode != "auto":
+            return mode, f"forced by planner setting vector_filter={mode} (selectivity {shown})"
+        planned = "pre" if sel is None or sel <= threshold else "post"
+        return mode, (
+            f"estimated selectivity {shown} of {base or 0:,} rows "
+            f"({'<=' if planned == 'pre' else '>'} {threshold:.0%}): {planned}-filter "
+            f"planned; decided at run time from {producer.id}'s actual key count"
+        )
+
+    def _semi_join_top_k(
+        self,
+        select: exp.Select,
+        join: exp.Join,
+        it: _Item,
+        lfrag: Fragment,
+        frags: dict[str, Fragment],
+        renames: dict[tuple[str, str], tuple[str, str]],
+    ) -> bool:
+        """A top-k fragment with nothing to bind, LEFT JOINed to ``lfrag`` on an equality
+        with a column the WHERE requires (``NOT x IS NULL``: an ``IN (subquery)`` after
+        decorrelation) is semi-joined to it: the search takes ``lfrag``'s keys (the rows that
+        drops the WHERE drops anyway), pre- or post-filter as for an inner join. True when so."""
+        if self.settings.vector_filter not in ("pre", "auto"):
+            return False
+        required = {
+            (c.this.this.table, c.this.this.name)
+            for c in _conjuncts(select.args.get("where"))
+            if isinstance(c, exp.Not)
+            and isinstance(c.this, exp.Is)
+            and isinstance(c.this.this, exp.Column)
+            and isinstance(c.this.expression, exp.Null)
+        }
+        reverse = {v: k for k, v in renames.items()}
+        for c in _conjuncts(join.args.get("on")):
+            if not isinstance(c, exp.EQ) or not all(
+                isinstance(x, exp.Column) for x in (c.this, c.expression)
+            ):
+                continue
+            mine, theirs = (c.this, c.expression)
+            if mine.table != it.alias:
+                mine, theirs = theirs, mine
+            origin = self._origin(theirs, frags, reverse)
+            if (mine.table, mine.name) not in required or origin is None:
+                continue
+            consumer = origin[0]
+            tk = consumer.top_k
+            if tk is None or consumer.bind is not None or self._depends_on(lfrag, consumer):
+                continue
+            self._bind((lfrag, it.alias, mine.name, mine.name), origin, forced=True)
+            mode, why = self._filter_choice(consumer)
+            consumer.notes = [n.replace(tk.reason, why) for n in consumer.notes]
+            tk.mode, tk.reason = mode, why
+            return True
+        return False
+
+    def _take_distance(
+        self,
+        select: exp.Select,
+        key: VectorDistance,
+        vector: exp.Column,
+        frag: Fragment,
+        local: VectorDistance,
+    ) -> None:
+        """The residual takes the distance the search returns (in the operator's terms) as
+        a fragment column instead of recomputing it, and the vectors are no longer shipped
+        unless the residual still reads them."""
+        tk = frag.top_k
+        assert tk is not None
+        name = "_distance"
+        while name in frag.columns:
+            name += "_"
+        table, column = vector.table, vector.name
+        for node in [n for n in select.find_all(VectorDistance) if n == key]:
+            node.replace(exp.column(name, table=table))
+        frag.query.select(local.copy().as_(name, quoted=True), copy=False)
+        frag.columns.append(name)
+        frag.types[name] = pa.float64()
+        operands = [o for o in (local.this, local.expression) if not isinstance(o, exp.Column)]
+        tk.distance, tk.metric, tk.vector = name, local.metric, column
+        tk.query_vector = operands[0] if operands else None
+        if any(c.table == table and c.name == column for c in select.find_all(exp.Column)):
+            return
+        frag.query.set("expressions", [p for p in frag.query.selects if p.alias_or_name != column])
+        frag.columns.remove(column)
+        frag.types.pop(column, None)
 
     def _force_bind(
         self,
@@ -799,6 +898,9 @@ class Splitter:
         if conjuncts:
             query = query.where(exp.and_(*(c.copy() for c in conjuncts)))
         query = self._inline_ctes(query)
+        as_written = self._derived_whole(members, query, conjuncts, rename)
+        if as_written is not None:
+            query, outputs = as_written
         frag = Fragment(
             id=fid,
             source=source,
@@ -807,10 +909,39 @@ class Splitter:
             estimated_rows=self._estimate_items(members, conjuncts),
             params=_params(query),
             types=self._output_types(query),
+            as_written=as_written is not None,
         )
         self.fragments.append(frag)
         renames = {(a, c): (fid, n) for a, c, n in outputs} if rename else {}
         return frag, renames
+
+    def _derived_whole(
+        self,
+        members: list[_Item],
+        wrapped: exp.Query,
+        conjuncts: list[exp.Expression],
+        rename: bool,
+    ) -> tuple[exp.Query, list[tuple[str, str, str]]] | None:
+        """A derived table its source runs whole but not wrapped in an outer SELECT (Milvus
+        takes one collection, so ``SELECT near.id FROM (SELECT ... ORDER BY d LIMIT 10) AS
+        near`` is refused while the inner vector search is not): the fragment is the inner
+        query as it is (only when no filter from outside was pushed onto it). Only for a
+        LIMIT: keys bound into it, or another ORDER BY, would change which rows it keeps, so
+        such a fragment takes neither (``Fragment.as_written``)."""
+        node = members[0].node
+        if len(members) != 1 or rename or conjuncts or not isinstance(node, exp.Subquery):
+            return None
+        rules = self.rules[members[0].source]  # type: ignore[index]
+        inner = node.this
+        if not isinstance(inner, exp.Select) or not inner.args.get("limit"):
+            return None
+        if rules.refusal(wrapped) is None:
+            return None
+        inner = self._inline_ctes(node.this.copy())
+        if rules.refusal(inner) is not None:
+            return None
+        alias = members[0].alias
+        return inner, [(alias, s.alias_or_name, s.alias_or_name) for s in inner.selects]
 
     def _output_types(self, query: exp.Expression) -> dict[str, pa.DataType]:
         """Exact Arrow types of outputs that are plain base-table columns or simple aggregates."""
@@ -985,6 +1116,10 @@ class Splitter:
             return f"{consumer.id} already bound to {consumer.bind.producer}"
         if not self.rules[consumer.source].can("bind_join"):
             return f"source {consumer.source} takes no bind joins"
+        if consumer.as_written:
+            return f"{consumer.id} is a derived table's LIMIT query as written"
+        if producer.top_k is not None:
+            return f"{producer.id}'s keys change as its vector top-k grows"
         p, c = producer.estimated_rows, consumer.estimated_rows
         if p is None or c is None:
             return "no row estimate"
@@ -1119,8 +1254,8 @@ class Splitter:
         p, c = pfrag.estimated_rows, cfrag.estimated_rows
         if cfrag.bind is not None or pfrag.top_k is not None:
             return f"{cfrag.id} already bound"
-        if not self.rules[cfrag.source].can("bind_join"):
-            return f"source {cfrag.source} takes no bind joins"
+        if not self.rules[cfrag.source].can("bind_join") or cfrag.as_written:
+            return f"source {cfrag.source} takes no bind joins into {cfrag.id}"
         if p is None or c is None:
             return "no row estimate"
         base = self._base_rows(pfrag)
