@@ -203,3 +203,53 @@ def test_distance_comes_from_the_search(fed, data) -> None:
     rows = fed.sql(both, {"q": q}).to_arrow().to_pylist()
     np.testing.assert_allclose([r["v"] for r in rows], data["vectors"][[r["id"] for r in rows]])
     np.testing.assert_allclose([r["d"] for r in rows], np.sort(dist)[:5], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pg_fed(pgvector_dsn: str, data: dict[str, Any], catalog: dict[str, Any]) -> Iterator[Any]:
+    """The same tied vectors in pgvector (table ``shape_items``), SQLite's stock beside them."""
+    import asyncpg
+
+    from federator.sql.dialect import vector_text
+
+    from .conftest import run_async
+
+    async def load() -> None:
+        con = await asyncpg.connect(pgvector_dsn)
+        try:
+            await con.execute("DROP TABLE IF EXISTS shape_items")
+            await con.execute(f"CREATE TABLE shape_items (id int PRIMARY KEY, emb vector({DIM}))")
+            await con.executemany(
+                "INSERT INTO shape_items VALUES ($1, $2::vector)",
+                [(i, vector_text(v)) for i, v in enumerate(data["vectors"])],
+            )
+            await con.execute("ANALYZE shape_items")
+        finally:
+            await con.close()
+
+    run_async(load())
+    sources = {"pg": {"kind": "postgres", "dsn": pgvector_dsn}, "shop": catalog["sources"]["shop"]}
+    with federator.connect({"sources": sources}, timeout=60) as f:
+        yield f
+
+
+@pytest.mark.parametrize(("op", "metric"), [("<->", "l2"), ("<=>", "cosine"), ("<#>", "neg_ip")])
+def test_pgvector_tie_breaker_and_distance_from_the_source(pg_fed, data, op, metric) -> None:
+    """pgvector: the top-k and its distance computed in PostgreSQL (no vectors shipped), the
+    tie-breaker and SQLite's filter in the residual; equal to numpy's lexicographic order."""
+    q = query_vector(data)
+    sql = (
+        f"SELECT i.id, i.emb {op} :q AS d FROM pg.shape_items AS i JOIN shop.stock AS s "
+        "ON s.id = i.id WHERE s.qty <> 2 ORDER BY d, i.id LIMIT 12"
+    )
+    plan = pg_fed.explain(sql, {"q": q})
+    head = plan.split("Residual")[0]
+    assert f'"i"."emb" {op} CAST($1 AS VECTOR) AS "_distance"' in head
+    assert f"{op} CAST($1 AS VECTOR) LIMIT 12" in head and '"emb" AS' not in head
+    assert "i._distance AS d" in plan and "LIST_" not in plan
+    got = pg_fed.sql(sql, {"q": q}).to_arrow().to_pylist()
+    ids = np.array([i for i in range(N) if i % 7 != 2])
+    dist = brute(data["vectors"][ids], q, metric)
+    want = exact_top_k(ids, dist, 12)
+    assert [r["id"] for r in got] == want
+    np.testing.assert_allclose([r["d"] for r in got], np.sort(dist)[:12], rtol=1e-4, atol=1e-4)
