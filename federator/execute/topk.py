@@ -48,6 +48,12 @@ class TopKState:
     rounds: int = 0
 
 
+def _batch_size(ex: Execution, frag: Fragment) -> int:
+    """Most keys one request of ``frag`` takes (its bind batches)."""
+    request = ex.catalog.adapter(frag.source).translate(frag)
+    return request.bind.batch_size if request.bind is not None else 0
+
+
 def _states(ex: Execution) -> dict[str, TopKState]:
     return ex.__dict__.setdefault("_top_k_states", {})
 
@@ -59,6 +65,10 @@ async def fetch_top_k(ex: Execution, frag: Fragment, keys: list[Any] | None) -> 
     nkeys = len(keys) if keys is not None else None
     mode = tk.choose(nkeys)
     stats = ex.stats[frag.id]
+    if mode == "pre" and tk.ties and nkeys and nkeys > _batch_size(ex, frag):
+        # Each request of keys returns its own nearest: the farthest of the union is no
+        # boundary for ties (see _boundary); one post-filtered search is.
+        mode = "post"
     if mode == "pre":
         limit, bound = tk.k, keys
         share = f" ({nkeys / tk.base_rows:.1%} of {tk.base_rows:,})" if tk.base_rows else ""

@@ -253,3 +253,23 @@ def test_pgvector_tie_breaker_and_distance_from_the_source(pg_fed, data, op, met
     want = exact_top_k(ids, dist, 12)
     assert [r["id"] for r in got] == want
     np.testing.assert_allclose([r["d"] for r in got], np.sort(dist)[:12], rtol=1e-4, atol=1e-4)
+
+
+def test_ties_with_keys_in_several_requests(catalog, data, monkeypatch) -> None:
+    """Keys bound in several requests each return their own nearest, so the farthest of
+    their union bounds no tie: a tie-broken top-k is post-filtered instead (exact)."""
+    import federator.adapters.milvus as milvus
+
+    monkeypatch.setattr(milvus, "BIND_BATCH", 100)
+    q = query_vector(data)
+    sql = (
+        "SELECT i.id, i.emb <-> :q AS d FROM m.items AS i JOIN shop.stock AS s ON s.id = i.id "
+        "WHERE s.qty < 6 ORDER BY d, i.id LIMIT 10"
+    )
+    planner = {"vector_filter": "pre", "bind_max_keys": N}
+    with federator.connect(catalog | {"planner": planner}, timeout=120) as f:
+        result = f.sql(sql, {"q": q})
+        got = result.to_arrow().column("id").to_pylist()
+        assert "post-filter (" in result.explain(analyze=True)
+    ids = np.array([i for i in range(N) if i % 7 < 6])
+    assert got == exact_top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
