@@ -396,7 +396,10 @@ class PostgresAdapter(ServerSQLAdapter):
             stmt = await conn.prepare(text)
             ptypes = stmt.get_parameters()
             if verify and await self._server_estimate(conn, text, params, ptypes) < self.bulk_rows:
-                async with contextlib.aclosing(self._rows(conn, stmt, params, schema)) as rows:
+                # A small answer, often of a large query (an aggregate): fetched whole, so that
+                # PostgreSQL may run it with parallel workers, as it never does for a cursor.
+                small = self._rows(conn, stmt, params, schema, whole=True)
+                async with contextlib.aclosing(small) as rows:
                     async for batch in rows:
                         yield batch
             else:
@@ -597,9 +600,16 @@ class PostgresAdapter(ServerSQLAdapter):
                     yield batch
 
     async def _rows(
-        self, conn: Any, stmt: Any, params: list[Any], schema: pa.Schema | None
+        self,
+        conn: Any,
+        stmt: Any,
+        params: list[Any],
+        schema: pa.Schema | None,
+        whole: bool = False,
     ) -> AsyncIterator[pa.RecordBatch]:
-        """The row path: a server-side cursor, ``batch_rows`` Python rows at a time."""
+        """The row path: a server-side cursor, ``batch_rows`` Python rows at a time; or, for
+        an answer known to be small, one fetch of it ``whole`` (a cursor's partial fetches
+        keep PostgreSQL from using parallel workers)."""
         params = _coerce_params(params, [p.name for p in stmt.get_parameters()])
         attrs = stmt.get_attributes()
         names = [a.name for a in attrs]
@@ -609,6 +619,12 @@ class PostgresAdapter(ServerSQLAdapter):
             for a, v in zip(attrs, vectors, strict=True)
         ]
         padded = [a.type.name == "bpchar" for a in attrs]
+        if whole:
+            rows = await stmt.fetch(*params)
+            for start in range(0, max(len(rows), 1), self.batch_rows):
+                chunk = rows[start : start + self.batch_rows]
+                yield _vector_lists(_to_batch(chunk, names, types, padded), vectors)
+            return
         cursor = await stmt.cursor(*params)
         first = True
         while True:
