@@ -69,8 +69,8 @@ async def fetch_top_k(ex: Execution, frag: Fragment, keys: list[Any] | None) -> 
         # Each request of keys returns its own nearest: the farthest of the union is no
         # boundary for ties (see _boundary); one post-filtered search is.
         mode = "post"
-    if mode == "pre":
-        limit, bound = tk.k, keys
+    if mode == "pre":  # with tie-breakers one more, to see whether the k-th ties
+        limit, bound = tk.k + (1 if tk.ties else 0), keys
         share = f" ({nkeys / tk.base_rows:.1%} of {tk.base_rows:,})" if tk.base_rows else ""
         stats.note = f"pre-filter: {nkeys:,} keys{share} bound into the search, limit {limit:,}"
     else:

@@ -273,3 +273,22 @@ def test_ties_with_keys_in_several_requests(catalog, data, monkeypatch) -> None:
         assert "post-filter (" in result.explain(analyze=True)
     ids = np.array([i for i in range(N) if i % 7 < 6])
     assert got == exact_top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
+
+
+def test_derived_top_k_with_a_filter_on_another_source(fed, data) -> None:
+    """A derived table that is itself a hybrid top-k (join, filter elsewhere, tie-breaker):
+    the search is pushed and grown until its own SELECT yields k rows, whatever the outer
+    query then filters."""
+    q = query_vector(data)
+    sql = (
+        "SELECT near.id, s2.qty FROM (SELECT i.id, i.emb <-> :q AS d FROM m.items AS i "
+        "JOIN shop.stock AS s ON s.id = i.id WHERE s.id % 3 = 0 ORDER BY d, i.id LIMIT 10) "
+        "AS near JOIN shop.stock AS s2 ON s2.id = near.id WHERE s2.qty > 2 ORDER BY near.d, "
+        "near.id"
+    )
+    result = fed.sql(sql, {"q": q})
+    got = result.to_arrow().to_pylist()
+    assert "search items" in result.explain(analyze=True)
+    ids = np.array([i for i in range(N) if i % 3 == 0])
+    inner = exact_top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
+    assert [(r["id"], r["qty"]) for r in got] == [(i, i % 7) for i in inner if i % 7 > 2]
