@@ -401,7 +401,9 @@ class Splitter:
         renames: dict[tuple[str, str], tuple[str, str]] = {}
         new_from: list[exp.Expression] = []
         for root, members in groups.items():
-            frag, ren = self._fragment_from_items(select, members, comp_conj[root], residual_conj)
+            frag, ren = self._fragment_from_items(
+                select, members, comp_conj[root], residual_conj, hand_back=True
+            )
             for it in members:
                 frags[it.alias] = frag
             renames.update(ren)
@@ -868,8 +870,12 @@ class Splitter:
         conjuncts: list[exp.Expression],
         residual_conj: list[exp.Expression],
         rename: bool | None = None,
+        hand_back: bool = False,
     ) -> tuple[Fragment, dict[tuple[str, str], tuple[str, str]]]:
-        """One fragment for ``members`` (all on one source); columns the residual still needs."""
+        """One fragment for ``members`` (all on one source); columns the residual still needs.
+
+        ``hand_back``: ``conjuncts`` the fragment cannot take may be appended to
+        ``residual_conj`` (the caller applies them in the residual)."""
         source = members[0].source
         assert source is not None
         aliases = {m.alias for m in members}
@@ -898,9 +904,11 @@ class Splitter:
         if conjuncts:
             query = query.where(exp.and_(*(c.copy() for c in conjuncts)))
         query = self._inline_ctes(query)
-        as_written = self._derived_whole(members, query, conjuncts, rename)
+        as_written = self._derived_whole(members, query, conjuncts if not hand_back else [], rename)
         if as_written is not None:
             query, outputs = as_written
+            residual_conj.extend(conjuncts)  # filters on its rows, after its LIMIT
+            conjuncts = []
         frag = Fragment(
             id=fid,
             source=source,
@@ -925,7 +933,7 @@ class Splitter:
         """A derived table its source runs whole but not wrapped in an outer SELECT (Milvus
         takes one collection, so ``SELECT near.id FROM (SELECT ... ORDER BY d LIMIT 10) AS
         near`` is refused while the inner vector search is not): the fragment is the inner
-        query as it is (only when no filter from outside was pushed onto it). Only for a
+        query as it is (``conjuncts`` from outside, if any, stay in the residual). Only for a
         LIMIT: keys bound into it, or another ORDER BY, would change which rows it keeps, so
         such a fragment takes neither (``Fragment.as_written``)."""
         node = members[0].node

@@ -292,3 +292,23 @@ def test_derived_top_k_with_a_filter_on_another_source(fed, data) -> None:
     ids = np.array([i for i in range(N) if i % 3 == 0])
     inner = exact_top_k(ids, brute(data["vectors"][ids], q, "l2"), 10)
     assert [(r["id"], r["qty"]) for r in got] == [(i, i % 7) for i in inner if i % 7 > 2]
+
+
+def test_filter_on_a_derived_top_k_applies_after_its_limit(fed, data) -> None:
+    """``WHERE near.d < r`` on a derived top-k filters its k rows (after the LIMIT): the
+    search runs as written and the filter stays in the residual."""
+    q = query_vector(data)
+    dist = brute(data["vectors"], q, "l2")
+    levels = np.unique(dist)  # one distance per group of 50 tied rows
+    radius = float(levels[:2].mean())  # between the nearest group and the next
+    sql = (
+        "SELECT near.id, s.qty FROM (SELECT id, emb <-> :q AS d FROM m.items ORDER BY d "
+        "LIMIT 75) AS near JOIN shop.stock AS s ON s.id = near.id WHERE near.d < :r"
+    )
+    plan = fed.explain(sql, {"q": q, "r": radius})
+    assert "limit=75" in plan and "near.d < $r" in plan
+    got = sorted(r["id"] for r in fed.sql(sql, {"q": q, "r": radius}).to_arrow().to_pylist())
+    assert got == np.flatnonzero(dist < radius).tolist()  # the nearest group, all 50
+    farther = sql.replace("near.d < :r", "near.d > :r")  # before the LIMIT it would keep 75
+    rows = fed.sql(farther, {"q": q, "r": radius}).to_arrow().column("id").to_pylist()
+    assert len(rows) == 25 and set(rows) <= set(np.flatnonzero(dist == levels[1]).tolist())
