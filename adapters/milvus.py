@@ -37,7 +37,7 @@ from sqlglot import exp
 from federator.config import SourceConfig
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
-from federator.sql.dialect import VectorDistance, vector_value
+from federator.sql.dialect import VectorDistance, exact_distances, vector_value
 
 METRICS = {"l2": "L2", "cosine": "COSINE", "neg_ip": "IP", "ip": "IP"}
 _OPERATOR = {"L2": "<->", "COSINE": "<=>", "IP": "<#>"}  # the operator that searches an index
@@ -402,25 +402,6 @@ class MilvusAdapter(Adapter):
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def exact_distances(metric: str, vectors: Any, q: Any) -> Any:
-    """pgvector's distance of each row of ``vectors`` to ``q`` (numpy arrays), by ``metric``.
-
-    >>> import numpy as np
-    >>> exact_distances("cosine", np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([1.0, 0.0]))
-    array([0., 1.])
-    """
-    import numpy as np
-
-    if metric == "l2":
-        return np.linalg.norm(vectors - q, axis=1)
-    dots = vectors @ q
-    if metric == "cosine":
-        norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(q)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return 1.0 - dots / norms
-    return -dots if metric == "neg_ip" else dots
-
-
 def _project(call: MilvusCall, row: dict[str, Any]) -> dict[str, Any]:
     return {o.name: row.get(o.field) for o in call.outputs}
 

@@ -33,7 +33,7 @@ from federator.plan.planner import (
 )
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules
-from federator.sql.dialect import Federated, parse, to_duckdb_vector, vector_params
+from federator.sql.dialect import Federated, parse, residual_duckdb_sql, vector_params
 
 PLAN_CACHE_SIZE = 256
 
@@ -175,7 +175,7 @@ class Federation:
         requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
         residual_sql = None
         if split.residual is not None:
-            residual_sql = _residual_sql(split.residual)
+            residual_sql = residual_duckdb_sql(split.residual)
         return Plan(
             fragments=split.fragments,
             requests=requests,
@@ -337,15 +337,6 @@ def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
         raise ParameterError(
             f"missing value for parameter(s): {', '.join(':' + m for m in missing)}"
         )
-
-
-def _residual_sql(residual: exp.Query) -> str:
-    def to_duckdb_param(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Placeholder):
-            return exp.Parameter(this=exp.var(node.name))
-        return to_duckdb_vector(node)  # pgvector operators → DuckDB's list_*distance
-
-    return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)
 
 
 def _has_subquery(tree: exp.Query) -> bool:

@@ -33,7 +33,7 @@ from sqlglot import exp
 
 from federator.errors import FederatorError, SourceError
 from federator.plan.model import Fragment, TopK
-from federator.sql.dialect import vector_value
+from federator.sql.dialect import exact_distances, residual_duckdb_sql, vector_value
 
 if TYPE_CHECKING:
     from federator.execute.executor import Execution
@@ -158,8 +158,6 @@ def with_distance(
     column computed here in the operator's terms, reduced to the fragment's ``columns``."""
     import numpy as np
 
-    from federator.adapters.milvus import exact_distances
-
     assert tk.distance is not None and tk.query_vector is not None
     q = tk.query_vector
     raw = params[q.name] if isinstance(q, exp.Placeholder) else q.this
@@ -186,9 +184,7 @@ def _boundary(tk: TopK, state: TopKState, table: pa.Table) -> pa.Table:
 
 def _residual_rows(ex: Execution, tables: dict[str, pa.Table], tk: TopK) -> int:
     """Rows the residual (``tk.scope`` of it, for a derived table's top-k) yields."""
-    from federator.federation import _residual_sql  # the residual's DuckDB rendering
-
-    sql = ex.plan.residual_sql if tk.scope is None else _residual_sql(tk.scope)
+    sql = ex.plan.residual_sql if tk.scope is None else residual_duckdb_sql(tk.scope)
     assert sql is not None
     states = _states(ex)
     con = duckdb.connect()

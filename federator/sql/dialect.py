@@ -248,3 +248,42 @@ def parse(sql: str) -> exp.Query:
             f"only queries (SELECT, WITH, UNION) are supported, not {stmt.key.upper()}"
         )
     return stmt
+
+
+def residual_duckdb_sql(residual: exp.Query) -> str:
+    """The residual query as DuckDB runs it: ``:name`` parameters as ``$name``, pgvector
+    operators as DuckDB's list distance functions.
+
+    >>> print(residual_duckdb_sql(parse("SELECT a FROM f0 WHERE b = :b")))
+    SELECT
+      a
+    FROM f0
+    WHERE
+      b = $b
+    """
+
+    def to_duckdb_param(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Placeholder):
+            return exp.Parameter(this=exp.var(node.name))
+        return to_duckdb_vector(node)  # pgvector operators → DuckDB's list_*distance
+
+    return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)
+
+
+def exact_distances(metric: str, vectors: Any, q: Any) -> Any:
+    """pgvector's distance of each row of ``vectors`` to ``q`` (numpy arrays), by ``metric``.
+
+    >>> import numpy as np
+    >>> exact_distances("cosine", np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([1.0, 0.0]))
+    array([0., 1.])
+    """
+    import numpy as np
+
+    if metric == "l2":
+        return np.linalg.norm(vectors - q, axis=1)
+    dots = vectors @ q
+    if metric == "cosine":
+        norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 1.0 - dots / norms
+    return -dots if metric == "neg_ip" else dots
