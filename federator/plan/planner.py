@@ -95,6 +95,9 @@ class PlannerSettings:
     bind_max_keys: int = 50_000  # a producer estimated up to this many rows may be bound
     bind_ratio: float = 4.0  # the consumer must be estimated this many times larger
     bind_batch_size: int = 10_000  # keys per request (PostgreSQL array / MySQL IN list)
+    # A producer keeping at least this share of its table's unique keys is not bound: the
+    # keys would match about every row of the other side (a foreign key) and filter nothing.
+    bind_min_share_left: float = 0.9
     # Adaptive ceiling: a larger producer is still bound when the consumer is estimated at
     # least bind_ratio x bind_large_ratio times larger (moving keys beats moving its rows),
     # up to this many keys (the executor drops a bind at run time above its own limit).
@@ -1071,7 +1074,9 @@ class Splitter:
             for producer, consumer in ((left, right), (right, left)):
                 if consumers is not None and consumer[0].id not in consumers:
                     continue  # the preserved side of a LEFT JOIN keeps all its rows
-                reason = self._bind_refusal(producer[0], consumer[0])
+                reason = self._bind_refusal(producer[0], consumer[0]) or self._filters_nothing(
+                    producer
+                )
                 if reason is None:
                     self._bind(producer, consumer)
                     break
@@ -1138,6 +1143,27 @@ class Splitter:
             return f"{consumer.id} estimated {c:,} rows, not {s.bind_ratio:g}x {p:,}"
         if self._depends_on(producer, consumer):
             return "would make a cycle"
+        return None
+
+    def _filters_nothing(self, producer: tuple[Fragment, str, str, str]) -> str | None:
+        """Why binding ``producer``'s keys would filter nothing: it keeps about every value of
+        its table's unique key, so a foreign key on the other side matches them all (TPC-H
+        Q9's unfiltered supplier). None: it may filter."""
+        frag, alias, _, _ = producer
+        rows = self._table_rows(frag, alias)
+        p = frag.estimated_rows
+        if rows is None or p is None or self._key_unique(producer) is not True:
+            return None
+        if p >= self.settings.bind_min_share_left * rows:
+            return f"{frag.id} keeps about all {rows:,} keys of its table: nothing to filter"
+        return None
+
+    def _table_rows(self, frag: Fragment, alias: str) -> int | None:
+        """The catalog's row count of the table ``alias`` names in ``frag``'s query."""
+        for t in frag.query.find_all(exp.Table):
+            if t.alias_or_name == alias and t.parent_select is frag.query:
+                info = self.tables.get((t.catalog, t.db, t.name))
+                return info.rows if info is not None and info.rows else None
         return None
 
     def _bind_key_limit(self, consumer_rows: int) -> int:

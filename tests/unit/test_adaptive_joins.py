@@ -343,3 +343,25 @@ def test_an_in_list_is_rendered_once_for_any_number_of_keys(keys: int) -> None:
     assert names == ["p", "q"] + [f"{BIND_PARAM}{i}" for i in range(keys)]
     assert text.count("%s") == len(names)
     assert text.endswith("`k` IN (" + ", ".join(["%s"] * keys) + ")")
+
+
+Q9_WHOLE_DIMENSION = """
+SELECT s.s_name, sum(l.l_qty) AS qty
+FROM my.db.supplier s, pg.public.lineitem l
+WHERE s.s_suppkey = l.l_suppkey
+GROUP BY s.s_name
+"""
+
+
+def test_a_producer_keeping_every_key_of_its_table_is_not_bound() -> None:
+    """Every supplier's key would match about every lineitem (a foreign key): binding them
+    filters nothing and only makes the lineitem request heavier."""
+    result = split(Q9_WHOLE_DIMENSION, infos())
+    line = by_tables(result)[frozenset({"lineitem"})]
+    assert line.bind is None
+    assert any("keeps about all 500 keys of its table" in n for n in result.notes)
+    # the same supplier side with a filter keeps few keys: bound
+    filtered = split(
+        Q9_WHOLE_DIMENSION.replace("GROUP BY", "AND s.s_nationkey = 3 GROUP BY"), infos()
+    )
+    assert by_tables(filtered)[frozenset({"lineitem"})].bind is not None
