@@ -88,3 +88,33 @@ def infer_decimal(values: list[Any]) -> pa.DataType:
         )
     scale = min(scale, 38 - integer_digits)
     return pa.decimal128(38, max(scale, 0))
+
+
+def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    """The reader's next batch, None at the end (for a worker thread, where StopIteration
+    cannot cross an ``await``)."""
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema | None, strict: bool) -> pa.RecordBatch:
+    """Cast ``batch``'s columns to the types ``schema`` (the catalog's) names for them.
+
+    The casts are safe: one that would lose a digit raises, or with ``strict=False`` leaves
+    the column as it came (a type the engine chose on purpose, e.g. for an expression).
+    """
+    if schema is None:
+        return batch
+    arrays, changed = [], False
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        want = schema.field(name).type if name in schema.names else None
+        if want is not None and column.type != want:
+            try:
+                column, changed = column.cast(want), True
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if strict:
+                    raise
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names) if changed else batch

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from federator.adapters.arrowconv import conform, next_batch
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.sqlbase import SQLAdapter
 
@@ -130,11 +131,12 @@ class FilesAdapter(SQLAdapter):
         try:
             reader = await calls.run(self._start, con, text, params)
             empty = True
-            while (batch := await calls.run(_next_batch, reader)) is not None:
+            while (batch := await calls.run(next_batch, reader)) is not None:
                 empty = False
-                yield _conform(batch, schema)
+                yield conform(batch, schema, strict=False)
             if empty:
-                yield _conform(pa.RecordBatch.from_pylist([], schema=reader.schema), schema)
+                nothing = pa.RecordBatch.from_pylist([], schema=reader.schema)
+                yield conform(nothing, schema, strict=False)
         finally:
             calls.close(con)
 
@@ -214,30 +216,6 @@ def _duckdb() -> Any:
     import duckdb
 
     return duckdb
-
-
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema | None) -> pa.RecordBatch:
-    """Cast columns to the exact types the catalog reported, where DuckDB chose another."""
-    if schema is None:
-        return batch
-    arrays = []
-    changed = False
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
-        if name in schema.names and schema.field(name).type != column.type:
-            try:
-                column = column.cast(schema.field(name).type)
-                changed = True
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names) if changed else batch
 
 
 def _plain(schema: pa.Schema) -> pa.Schema:

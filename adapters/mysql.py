@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiomysql
 import pyarrow as pa
 import pymysql
-from federator.adapters.arrowconv import rows_to_batch
+from federator.adapters.arrowconv import conform, next_batch, rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
 from federator.adapters.sqlbase import ServerSQLAdapter
 from sqlglot import exp
@@ -353,14 +353,14 @@ class MySQLAdapter(ServerSQLAdapter):
         try:
             yielded = False
             while True:
-                batch = await asyncio.to_thread(_next_batch, reader)
+                batch = await asyncio.to_thread(next_batch, reader)
                 if batch is None:
                     break
                 if batch.num_rows or not yielded:
                     yielded = True
-                    yield _conform(batch, schema)
+                    yield conform(batch, schema, strict=True)
             if not yielded:
-                yield _conform(reader.schema.empty_table().to_batches()[0], schema)
+                yield conform(reader.schema.empty_table().to_batches()[0], schema, strict=True)
         finally:
             reader.close()
 
@@ -419,22 +419,3 @@ def _connectorx_refusal(fragment: Fragment) -> str | None:
     if fragment.query.find(exp.Div, exp.Avg) is not None:
         return "division or AVG (MariaDB's result scale exceeds ConnectorX's)"
     return None
-
-
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema | None) -> pa.RecordBatch:
-    if schema is None:
-        return batch
-    arrays = []
-    for name, arr in zip(batch.schema.names, batch.columns, strict=True):
-        want = schema.field(name).type if name in schema.names else None
-        if want is not None and arr.type != want:
-            arr = arr.cast(want)  # safe cast: raises rather than lose a digit
-        arrays.append(arr)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)

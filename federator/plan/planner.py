@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -648,11 +648,7 @@ class Splitter:
             and isinstance(c.this.expression, exp.Null)
         }
         reverse = {v: k for k, v in renames.items()}
-        for c in _conjuncts(join.args.get("on")):
-            if not isinstance(c, exp.EQ) or not all(
-                isinstance(x, exp.Column) for x in (c.this, c.expression)
-            ):
-                continue
+        for c in _column_equalities(_conjuncts(join.args.get("on"))):
             mine, theirs = (c.this, c.expression)
             if mine.table != it.alias:
                 mine, theirs = theirs, mine
@@ -709,13 +705,7 @@ class Splitter:
         consumer: Fragment,
     ) -> None:
         """Bind ``consumer`` to the other side of an equi-join whatever the estimates say."""
-        for c in residual_conj:
-            if not (
-                isinstance(c, exp.EQ)
-                and isinstance(c.this, exp.Column)
-                and isinstance(c.expression, exp.Column)
-            ):
-                continue
+        for c in _column_equalities(residual_conj):
             a, b = (self._origin(col, frags, reverse) for col in (c.this, c.expression))
             if a is None or b is None or a[0] is b[0]:
                 continue
@@ -1053,13 +1043,7 @@ class Splitter:
         reverse = {v: k for k, v in renames.items()}
         passed = passed or {}
         candidates = []
-        for c in residual_conj:
-            if not (
-                isinstance(c, exp.EQ)
-                and isinstance(c.this, exp.Column)
-                and isinstance(c.expression, exp.Column)
-            ):
-                continue
+        for c in _column_equalities(residual_conj):
             left, right = (
                 passed.get((col.table, col.name)) or self._origin(col, frags, reverse)
                 for col in (c.this, c.expression)
@@ -1542,3 +1526,14 @@ def _type_family(t: pa.DataType) -> str:
     if pa.types.is_boolean(t):
         return "bool"
     return str(t)
+
+
+def _column_equalities(conjuncts: Iterable[exp.Expression]) -> Iterator[exp.EQ]:
+    """The ``column = column`` conjuncts: the equi-joins a bind can use."""
+    for c in conjuncts:
+        if (
+            isinstance(c, exp.EQ)
+            and isinstance(c.this, exp.Column)
+            and isinstance(c.expression, exp.Column)
+        ):
+            yield c
