@@ -5,6 +5,10 @@
 The DSN's database is the default namespace (``my.orders`` means ``shop.orders``); other
 databases are reached as ``my.otherdb.table``. Sessions run with ``time_zone = '+00:00'`` so
 TIMESTAMP columns arrive as UTC. TINYINT(1) is MySQL's BOOLEAN and comes back as bool.
+
+Every session is read-only (``SET SESSION TRANSACTION READ ONLY``) and takes one statement per
+request (multi-statements off); parameters are written as literals that need no escaping
+(:mod:`federator.adapters.mysql_literals`), so no ``sql_mode`` can turn a value into SQL.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import asyncio
 import contextlib
 import os
 import re
+import struct
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -22,6 +28,7 @@ import pyarrow as pa
 import pymysql
 from federator.adapters.arrowconv import conform, next_batch, rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
+from federator.adapters.mysql_literals import inline
 from federator.adapters.sqlbase import ServerSQLAdapter
 from sqlglot import exp
 
@@ -32,7 +39,12 @@ if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
 # The session settings of the aiomysql pool, repeated for ConnectorX's connection.
-_SESSION = ["SET time_zone = '+00:00'", "SET div_precision_increment = 30"]
+_SESSION = [
+    "SET time_zone = '+00:00'",
+    "SET div_precision_increment = 30",
+    "SET SESSION TRANSACTION READ ONLY",
+]
+_MULTI_STATEMENTS_OFF = 1  # COM_SET_OPTION's MYSQL_OPTION_MULTI_STATEMENTS_OFF
 
 _SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
 _CATALOG_SQL = """
@@ -165,6 +177,7 @@ class MySQLAdapter(ServerSQLAdapter):
         self.default_schema = self.dsn.database or ""
         self.scan_partitions = int(config.options.get("scan_partitions", 2))
         self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
+        self._locked_down: weakref.WeakSet[aiomysql.Connection] = weakref.WeakSet()
 
     # ---- pool ------------------------------------------------------------------------
     async def _connect_pool(self) -> aiomysql.Pool:
@@ -185,8 +198,33 @@ class MySQLAdapter(ServerSQLAdapter):
             init_command="SET time_zone = '+00:00', div_precision_increment = 30",
         )
         async with pool.acquire() as conn:  # fail here, not in the middle of a query
-            await conn.ping()
+            await self._lock_down(conn)
         return pool
+
+    async def _lock_down(self, conn: aiomysql.Connection) -> None:
+        """Once per physical connection: one statement per request, and no writes.
+
+        aiomysql always asks for multi-statements at the handshake; COM_SET_OPTION turns them
+        off for the session (aiomysql has no public call for it). A read-only session refuses
+        INSERT, DDL and the rest even if some text ever slipped through.
+        """
+        if conn in self._locked_down:
+            return
+        await conn._execute_command(
+            pymysql.constants.COMMAND.COM_SET_OPTION, struct.pack("<H", _MULTI_STATEMENTS_OFF)
+        )
+        await conn._read_packet()  # EOF on success; an error packet raises
+        async with conn.cursor() as cur:
+            await cur.execute("SET SESSION TRANSACTION READ ONLY")
+        self._locked_down.add(conn)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+        """A pooled connection, locked down (see :meth:`_lock_down`)."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            await self._lock_down(conn)
+            yield conn
 
     async def _close_pool(self, pool: aiomysql.Pool) -> None:
         pool.close()
@@ -204,14 +242,13 @@ class MySQLAdapter(ServerSQLAdapter):
         reads NULL again after a restart and cannot prove the absence of a write."""
         if not tables:
             return None
-        pool = await self._get_pool()
         pairs = " OR ".join(["(TABLE_SCHEMA = %s AND TABLE_NAME = %s)"] * len(tables))
         args = [v for t in tables for v in (t.schema, t.name)]
-        async with pool.acquire() as conn, conn.cursor() as cur:
+        async with self._connection() as conn, conn.cursor() as cur:
             if "mariadb" not in conn.get_server_info().lower():
                 # MySQL 8 caches information_schema statistics for a day by default.
                 await cur.execute("SET SESSION information_schema_stats_expiry = 0")
-            await cur.execute(_TOKEN_SQL.replace("{pairs}", pairs), args)
+            await cur.execute(inline(_TOKEN_SQL.replace("{pairs}", pairs), args))
             rows = await cur.fetchall()
         if len(rows) < len({(t.schema, t.name) for t in tables}):
             return None
@@ -225,8 +262,7 @@ class MySQLAdapter(ServerSQLAdapter):
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.cursor() as cur:
+        async with self._connection() as conn, conn.cursor() as cur:
             await cur.execute(_CATALOG_SQL)
             rows = await cur.fetchall()
             await cur.execute(_UNIQUE_SQL)
@@ -368,12 +404,14 @@ class MySQLAdapter(ServerSQLAdapter):
     async def run(
         self, text: str, params: list[Any], schema: pa.Schema | None
     ) -> AsyncIterator[pa.RecordBatch]:
+        text = inline(text, params)  # also turns the SQL's %% escapes into %
         pool = await self._get_pool()
         conn = await pool.acquire()
         finished = False
         try:
+            await self._lock_down(conn)
             cur = await conn.cursor(aiomysql.SSCursor)
-            await cur.execute(text, tuple(params))  # always format: SQL has %% escapes
+            await cur.execute(text)
             names = [d[0] for d in cur.description]
             types = [
                 schema.field(d[0]).type

@@ -204,7 +204,11 @@ class PostgresAdapter(ServerSQLAdapter):
             max_size=self.max_concurrency,
             timeout=self.connect_timeout,
             statement_cache_size=256,
-            server_settings={"application_name": "federator"},
+            # Read-only sessions: even a statement that slipped past the planner cannot write.
+            server_settings={
+                "application_name": "federator",
+                "default_transaction_read_only": "on",
+            },
         )
         async with pool.acquire() as conn:  # fail here, not in the middle of a query
             await conn.execute("SELECT 1")

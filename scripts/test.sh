@@ -73,7 +73,12 @@ fi
 export FEDERATOR_REQUIRE_SERVERS=1
 log "pytest $*"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider tests "$@" || rc=$?
+# Whole suite unless a test path is given: `bash scripts/test.sh tests/unit/test_cli.py -x`.
+for arg in "$@"; do
+    if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then given_path=1; fi
+done
+[ -n "${given_path:-}" ] || set -- tests "$@"
+"$PY" -m pytest -q -p no:cacheprovider "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     log "pytest collected no tests: that is a failure here"
 fi
