@@ -13,6 +13,7 @@ Quick start, with an embedded SQLite source and nothing to install:
 """
 
 from federator.errors import (
+    AmbiguousColumnError,
     BindError,
     CatalogError,
     FederatorError,
@@ -31,6 +32,7 @@ from federator.federation import Federation, connect
 from federator.result import Result
 
 __all__ = [
+    "AmbiguousColumnError",
     "BindError",
     "CatalogError",
     "Federation",

@@ -60,6 +60,17 @@ class UnknownColumnError(BindError):
         super().__init__(f"unknown column {name!r}{_suggest(name, known)}")
 
 
+class AmbiguousColumnError(BindError):
+    """An unqualified column that more than one table of the query has."""
+
+    def __init__(self, name: str, candidates: Iterable[str]):
+        self.candidates = sorted(candidates)
+        super().__init__(
+            f"column {name!r} is ambiguous: it could be {' or '.join(self.candidates)};"
+            " qualify it with its table's name or alias"
+        )
+
+
 class UnsupportedError(FederatorError):
     """A construct the planner cannot handle; the message names it."""
 

@@ -39,7 +39,14 @@ from sqlglot.schema import MappingSchema
 
 from federator.adapters.base import TableInfo
 from federator.catalog import arrow_to_sql_type
-from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
+from federator.errors import (
+    AmbiguousColumnError,
+    BindError,
+    FederatorError,
+    JoinKeyTypeError,
+    UnknownColumnError,
+    UnsupportedError,
+)
 from federator.plan.model import BindJoin, Fragment, TopK
 from federator.rules import RuleSet
 from federator.sql.dialect import Federated, VectorDistance
@@ -136,16 +143,38 @@ def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]
         for run in PASSES:
             tree = run(tree, schema=schema)  # type: ignore[assignment]
     except OptimizeError as e:
-        message = str(e)
-        found = re.search(
-            r"Column '([^']+)' could not be resolved|Unknown column: ([\w.]+)", message
-        )
-        if found:
-            name = found.group(1) or found.group(2)
-            known = sorted({f.name for info in tables for f in info.schema})
-            raise UnknownColumnError(name, known) from None
-        raise UnsupportedError(f"cannot plan this query: {message}") from None
+        raise _optimize_error(str(e), tree, list(tables)) from None
     return tree
+
+
+def _optimize_error(message: str, tree: exp.Query, tables: list[TableInfo]) -> FederatorError:
+    """The typed error for one of sqlglot's optimizer messages."""
+    found = re.search(r"Column '([^']+)' could not be resolved|Unknown column: ([\w.]+)", message)
+    if found:
+        name = found.group(1) or found.group(2)
+        holders = _tables_having(name, tree, tables)
+        if len(holders) > 1:
+            return AmbiguousColumnError(name, [f"{h}.{name}" for h in holders])
+        known = sorted({f.name for info in tables for f in info.schema})
+        return UnknownColumnError(name, known)
+    reused = re.search(r"Alias already used: (\w+)", message)
+    if reused:
+        return BindError(
+            f"table name {reused.group(1)!r} is used more than once in one FROM clause;"
+            " give each an alias (FROM a.t AS x JOIN b.t AS y)"
+        )
+    return UnsupportedError(f"cannot plan this query: {message}")
+
+
+def _tables_having(column: str, tree: exp.Query, tables: list[TableInfo]) -> list[str]:
+    """Names (aliases) of the query's tables that have ``column``, case-insensitively."""
+    by_name = {info.ref.name.lower(): info for info in tables}
+    holders = []
+    for table in tree.find_all(exp.Table):
+        info = by_name.get(table.name.lower())
+        if info and column.lower() in (f.name.lower() for f in info.schema):
+            holders.append(table.alias_or_name)
+    return sorted(set(holders))
 
 
 def sqlglot_schema(

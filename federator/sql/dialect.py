@@ -247,7 +247,26 @@ def parse(sql: str) -> exp.Query:
         raise UnsupportedError(
             f"only queries (SELECT, WITH, UNION) are supported, not {stmt.key.upper()}"
         )
+    _refuse_writes_inside(stmt)
     return stmt
+
+
+def _refuse_writes_inside(query: exp.Query) -> None:
+    """A query that writes somewhere inside (``SELECT … INTO``, a data-modifying CTE) is
+    refused before planning: federator only reads."""
+    for select in query.find_all(exp.Select):
+        into = select.args.get("into")
+        if into is not None:
+            raise UnsupportedError(
+                f"SELECT … INTO {into.this.sql()} writes a table; federator only reads"
+                " (drop the INTO clause and write the result yourself)"
+            )
+    for cte in query.find_all(exp.CTE):
+        if not isinstance(cte.this, exp.Query):
+            raise UnsupportedError(
+                f"the WITH clause {cte.alias!r} runs {cte.this.key.upper()}; only queries"
+                " (SELECT, WITH, UNION) are supported, and federator never writes"
+            )
 
 
 def residual_duckdb_sql(residual: exp.Query) -> str:

@@ -123,3 +123,31 @@ def test_unreachable_source_names_host_port_not_password(kind: str) -> None:
         message = str(info.value)
         assert f"source 'far' unreachable at 127.0.0.1:{port}" in message
         assert "letmein99" not in message
+
+
+def test_ambiguous_column_names_the_candidates(fed: federator.Federation) -> None:
+    with pytest.raises(federator.AmbiguousColumnError, match=r"'id' is ambiguous.*p\.id or u\.id"):
+        fed.sql("SELECT id FROM shop.users u JOIN lake.products p ON u.id = p.id")
+
+
+def test_same_table_name_twice_asks_for_aliases(fed: federator.Federation) -> None:
+    with pytest.raises(federator.BindError, match=r"'users' is used more than once.*alias"):
+        fed.sql("SELECT shop.users.id FROM shop.users JOIN shop.main.users ON true")
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("WITH d AS (DELETE FROM shop.users RETURNING id) SELECT * FROM d", "runs DELETE"),
+        (
+            "WITH d AS (INSERT INTO shop.users (id) VALUES (9) RETURNING id) SELECT * FROM d",
+            "runs INSERT",
+        ),
+        ("SELECT id INTO copy_of_users FROM shop.users", "INTO copy_of_users writes a table"),
+    ],
+)
+def test_writes_inside_a_query_are_refused_by_name(
+    fed: federator.Federation, sql: str, named: str
+) -> None:
+    with pytest.raises(federator.UnsupportedError, match=named):
+        fed.sql(sql)
