@@ -14,6 +14,7 @@ from typing import Any
 from sqlglot import exp
 
 from federator._loop import LoopThread
+from federator.adapters import ALIASES, BUILT_IN
 from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
@@ -107,7 +108,7 @@ class Federation:
     def rules(self) -> FederationRules:
         """The sources' pushdown rule sets: ``fed.rules.add(rule, kind="postgres")`` or
         ``source="pg"`` teaches this federation to push more."""
-        return FederationRules(self.catalog.adapters)
+        return FederationRules(self.catalog.adapters, ALIASES, BUILT_IN)
 
     def _execution(
         self,

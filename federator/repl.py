@@ -330,28 +330,28 @@ class Repl:
 
     # ---- output ----------------------------------------------------------------------------
     def show(self, table: pa.Table, seconds: float) -> None:
-        from federator import cli
+        from federator import formats
 
         rows = table.num_rows
         timing = f" in {_duration(seconds)}" if self.settings.timing else ""
         if self.settings.output:
             path = self.settings.output
-            fmt = cli._format_from_path(path) or "csv"
+            fmt = formats._format_from_path(path) or "csv"
             fmt = "csv" if fmt == "table" else fmt
-            binary = fmt in cli.BINARY_FORMATS
+            binary = fmt in formats.BINARY_FORMATS
             mode = "wb" if binary else "w"
             kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
             with open(path, mode, **kwargs) as out:  # type: ignore[call-overload]
-                cli.write_result(_reader(table), fmt, out)
+                formats.write_result(_reader(table), fmt, out)
             self.console.print(
                 f"wrote {rows:,} row{'s' if rows != 1 else ''} to {path} ({fmt}){timing}",
                 markup=False,
             )
             return
         if self.settings.format == "csv":
-            cli.write_csv(_reader(table), self.out)
+            formats.write_csv(_reader(table), self.out)
         elif self.settings.format == "json":
-            cli.write_json(_reader(table), self.out)
+            formats.write_json(_reader(table), self.out)
         else:
             self.console.print(render_table(table, self.settings.max_rows))
         self.out.flush()
@@ -443,13 +443,13 @@ class Repl:
         self.console.print(f"format is {arg}", markup=False)
 
     def _output(self, arg: str) -> None:
-        from federator import cli
+        from federator import formats
 
         if not arg:
             self.settings.output = None
             self.console.print("results go to the terminal", markup=False)
             return
-        fmt = cli._format_from_path(arg)
+        fmt = formats._format_from_path(arg)
         if fmt is None:
             raise UsageMistake("\\o wants a file ending in .csv, .json, .parquet or .arrow")
         self.settings.output = arg
@@ -753,10 +753,10 @@ def render_table(table: pa.Table, max_rows: int) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from federator import cli
+    from federator import formats
 
     shown = table if max_rows <= 0 else table.slice(0, max_rows)
-    rows, _ = cli._collect_rows(shown.to_batches(), 0)
+    rows, _ = formats._collect_rows(shown.to_batches(), 0)
     out = Table(show_edge=True, header_style="bold")
     for f in table.schema:
         type_ = str(f.type)

@@ -7,16 +7,11 @@ read them, and the executor re-checks them against what it observes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlglot import exp
 
 from federator.adapters.base import TableInfo
 from federator.plan.model import Fragment
-from federator.plan.tree import _conjuncts, free_aliases
-
-if TYPE_CHECKING:
-    from federator.plan.fragments import _Item
+from federator.plan.tree import _conjuncts, _Item, free_aliases
 
 
 class Estimator:
@@ -83,16 +78,6 @@ class Estimator:
                         tuple(k.lower() for k in key) == (col.lower(),) for key in info.unique_keys
                     )
         return None
-
-    def _unique_on(self, item: _Item, columns: set[str]) -> bool | None:
-        """Whether ``columns`` cover a unique key of the item's table; None: not known."""
-        if not isinstance(item.node, exp.Table):
-            return None
-        info = self.tables.get((item.node.catalog, item.node.db, item.node.name))
-        if info is None or info.unique_keys is None:
-            return None
-        lowered = {c.lower() for c in columns}
-        return any({k.lower() for k in key} <= lowered for key in info.unique_keys)
 
 
 def _selectivity(c: exp.Expression) -> float:

@@ -17,7 +17,7 @@ from federator.adapters.base import TableInfo
 from federator.plan.estimate import Estimator
 from federator.plan.model import Fragment
 from federator.plan.settings import PlannerSettings
-from federator.plan.tree import _params, collect_columns, field_type, free_aliases
+from federator.plan.tree import _Item, _params, collect_columns, field_type, free_aliases
 from federator.rules import RuleSet
 
 
@@ -26,16 +26,6 @@ class SplitResult:
     fragments: list[Fragment]
     residual: exp.Query | None
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Item:
-    """One thing in a FROM clause: its alias, its source (None: residual-only), its node."""
-
-    alias: str
-    source: str | None
-    node: exp.Expression
-    rows: int | None = None
 
 
 class FragmentBuilder(Estimator):

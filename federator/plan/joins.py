@@ -12,12 +12,13 @@ import pyarrow as pa
 from sqlglot import exp
 
 from federator.errors import JoinKeyTypeError
-from federator.plan.fragments import FragmentBuilder, _Item
+from federator.plan.fragments import FragmentBuilder
 from federator.plan.model import BindJoin, Fragment
 from federator.plan.tree import (
     _column_equalities,
     _conjuncts,
     _ident,
+    _Item,
     _join_pair,
     _params,
     _unparen,
@@ -50,6 +51,16 @@ class JoinPlanner(FragmentBuilder):
                 if isinstance(side, exp.Column) and side.table in pair:
                     cols[pair.index(side.table)].add(side.name)
         return cols
+
+    def _unique_on(self, item: _Item, columns: set[str]) -> bool | None:
+        """Whether ``columns`` cover a unique key of the item's table; None: not known."""
+        if not isinstance(item.node, exp.Table):
+            return None
+        info = self.tables.get((item.node.catalog, item.node.db, item.node.name))
+        if info is None or info.unique_keys is None:
+            return None
+        lowered = {c.lower() for c in columns}
+        return any({k.lower() for k in key} <= lowered for key in info.unique_keys)
 
     def _key_join(
         self,

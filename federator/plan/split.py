@@ -16,12 +16,13 @@ from collections import defaultdict
 from sqlglot import exp
 
 from federator.errors import UnsupportedError
-from federator.plan.fragments import SplitResult, _Item
+from federator.plan.fragments import SplitResult
 from federator.plan.model import Fragment
 from federator.plan.tree import (
     _conjuncts,
     _direct_queries,
     _is_inner,
+    _Item,
     _join_pair,
     free_aliases,
     rename_columns,

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 from sqlglot import exp
+
+
+@dataclass
+class _Item:
+    """One thing in a FROM clause: its alias, its source (None: residual-only), its node."""
+
+    alias: str
+    source: str | None
+    node: exp.Expression
+    rows: int | None = None
 
 
 def field_type(schema: pa.Schema, name: str) -> pa.DataType | None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pyarrow as pa
 from sqlglot import exp
 
-from federator.plan.fragments import _Item
 from federator.plan.joins import JoinPlanner
 from federator.plan.model import Fragment, TopK
-from federator.plan.tree import _column_equalities, _conjuncts, _params, free_aliases
+from federator.plan.tree import _column_equalities, _conjuncts, _Item, _params, free_aliases
 from federator.sql.dialect import Federated, VectorDistance
 
 
