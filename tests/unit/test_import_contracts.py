@@ -57,3 +57,24 @@ def test_an_import_against_the_layers_fails_the_check(tmp_path: Path) -> None:
     done = lint_imports(tree)
     assert done.returncode == 1
     assert "federator.plan.model -> federator.federation" in done.stdout
+
+
+def test_the_architecture_page_names_every_layer_and_file() -> None:
+    """docs/architecture.md draws the contract's layers, and the files it names exist."""
+    import re
+    import tomllib
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["type"] == "layers")["layers"]
+    drawn = page.split("## Layers", 1)[1].split("```")[1]
+    for layer in layers:
+        for module in re.split(r"\s*[|:]\s*", layer):
+            assert re.search(rf"(?<![\w.]){re.escape(module)}(?![\w.])", drawn), module
+    files = {
+        p.relative_to(ROOT).as_posix()
+        for folder in ("federator", "adapters", "rules", "tests", "bench")
+        for p in (ROOT / folder).rglob("*.py")
+    }
+    for path in set(re.findall(r"[\w/]+\.py", page)):
+        assert any(f == path or f.endswith("/" + path) for f in files), f"no file {path}"
