@@ -8,14 +8,18 @@ stream of Arrow record batches.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 from federator.rules import RuleSet, rule_set_for
 
 from federator.config import SourceConfig
+
+# The request types an adapter makes (Adapter.translate) live with the plan they join.
+from federator.plan.model import BindSpec as BindSpec
+from federator.plan.model import NativeRequest as NativeRequest
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -46,51 +50,10 @@ class TableInfo:
     unique_keys: tuple[tuple[str, ...], ...] | None = None
 
 
-@dataclass
-class NativeRequest:
-    """A backend request ready to send: native text, bound parameters, and how keys bind.
-
-    ``text`` is shown by EXPLAIN verbatim; ``params`` are positional driver parameters.
-    ``bind`` is set for a bind join: the request takes the producer's key values in
-    ``bind.batch_size`` batches.
-    """
-
-    source: str
-    text: str
-    param_names: list[str] = field(default_factory=list)
-    params: list[Any] = field(default_factory=list)
-    schema: pa.Schema | None = None
-    bind: BindSpec | None = None
-    payload: Any = None  # adapter-private: an AST or pipeline to re-render per bind batch
-
-    def with_params(self, values: Mapping[str, Any]) -> NativeRequest:
-        """This request with its ``:name`` parameters bound from ``values``, in driver order."""
-        return replace(
-            self, params=[None if n.startswith("__bind") else values[n] for n in self.param_names]
-        )
-
-    def render_params(self) -> str:
-        return ", ".join(f"${i} = {_short(v)}" for i, v in enumerate(self.params, 1))
-
-
-@dataclass
-class BindSpec:
-    """How a request receives bind-join keys."""
-
-    column: str  # native name of the key column in this source
-    style: str  # "array" (one array parameter) or "in_list" (batched IN lists)
-    batch_size: int
-
-
 def failure_reason(error: BaseException, password: str | None) -> str:
     """A driver's error as one line for a message, with the password masked if it shows."""
     text = f"{type(error).__name__}: {error}".strip()
     return text.replace(password, "***") if password else text
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Adapter(abc.ABC):

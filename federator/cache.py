@@ -94,7 +94,7 @@ if TYPE_CHECKING:
     from federator.adapters.base import Adapter, NativeRequest, TableRef
     from federator.catalog import Catalog
     from federator.config import CatalogConfig
-    from federator.execute.executor import Execution
+    from federator.execute.handle import ExecutionHandle as Execution  # no circle
     from federator.plan.model import Fragment, FragmentStats, Plan
 
 log = logging.getLogger(__name__)

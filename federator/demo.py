@@ -368,7 +368,7 @@ def _run_hybrid(fed: Any, say: Any, indented: Any, out: IO[str]) -> None:
 
 def _show(result: Any, heading: str, title: str, out: IO[str]) -> pa.Table:
     """Print a result's EXPLAIN ANALYZE and its rows; return its table."""
-    from federator.cli import write_table
+    from federator.formats import write_table
 
     plan = result.explain(analyze=True)
     out.write(heading + "\n" + "".join("  " + line + "\n" for line in plan.splitlines()) + "\n")

@@ -34,10 +34,9 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from federator.errors import FederatorError, QueryTimeoutError
-from federator.result import Result
+from federator.result import QueryRunner, Result
 
 if TYPE_CHECKING:
-    from federator.federation import Federation
     from federator.plan.model import Plan
 
 __all__ = ["FeatureLookup", "FeatureTable", "MissingKeysError"]
@@ -89,7 +88,7 @@ class FeatureLookup:
 
     def __init__(
         self,
-        fed: Federation,
+        fed: QueryRunner,
         tables: Mapping[str, str] | Iterable[FeatureTable | tuple[str, str]],
         *,
         timeout: float | None = None,
@@ -251,13 +250,13 @@ class FeatureLookup:
         return pa.Table.from_arrays(arrays, names=names)
 
 
-_PREPARED: weakref.WeakKeyDictionary[Federation, dict[Any, FeatureLookup]] = (
+_PREPARED: weakref.WeakKeyDictionary[QueryRunner, dict[Any, FeatureLookup]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 async def lookup(
-    fed: Federation,
+    fed: QueryRunner,
     keys: Any,
     tables: Mapping[str, str] | Iterable[FeatureTable | tuple[str, str]],
     **options: Any,

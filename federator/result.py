@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -12,8 +13,30 @@ from federator.plan.model import Plan
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlglot import exp
 
-    from federator.federation import Federation
+    from federator._loop import LoopThread
+    from federator.cache import Cache
+
+
+class QueryRunner(Protocol):
+    """What a :class:`Result` (and :mod:`federator.lookup`) uses of the federation that planned
+    it, :class:`federator.Federation`; a protocol, so this layer never imports the one above."""
+
+    _loop: LoopThread
+    cache: Cache
+    open_streams: weakref.WeakSet[Any]
+    timeout: float | None
+
+    async def plan_async(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan: ...
+
+    def _execution(
+        self,
+        plan: Plan,
+        params: dict[str, Any],
+        timeout: float | None,
+        max_staleness: float | None = None,
+    ) -> Execution: ...
 
 
 class Result:
@@ -26,7 +49,7 @@ class Result:
 
     def __init__(
         self,
-        fed: Federation,
+        fed: QueryRunner,
         plan: Plan,
         params: dict[str, Any],
         timeout: float | None,
@@ -88,9 +111,9 @@ class Result:
 
     def to_torch(self, columns: list[str] | None = None, **options: Any) -> Any:
         """Run the query and return tensors: a dict by column, or ``Features(x, y, mask)`` with
-        ``features=[...]`` and ``label=``. Options and policies: :func:`federator.torch.to_torch`.
+        ``features=[...]`` and ``label=``. Options and policies: :func:`federator.tensors.to_torch`.
         """
-        from federator.torch import to_torch
+        from federator.tensors import to_torch
 
         return to_torch(self.to_arrow(), columns, **options)
 

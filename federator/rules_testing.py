@@ -62,7 +62,7 @@ from sqlglot import exp
 
 import federator
 from federator.adapters.base import TableInfo, TableRef
-from federator.cli import parse_params
+from federator.formats import parse_params
 from federator.plan.model import Plan
 
 # One logical shop on every backend, so single-source and cross-source cases mix freely.

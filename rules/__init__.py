@@ -29,7 +29,7 @@ that pushed or refused each expression. Worked examples: ``examples/rules/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,8 +314,17 @@ class FederationRules:
     >>> fed.close()
     """
 
-    def __init__(self, adapters: Mapping[str, Any]):
+    def __init__(
+        self,
+        adapters: Mapping[str, Any],
+        aliases: Mapping[str, str] | None = None,
+        built_in: Collection[str] = (),
+    ):
         self._adapters = adapters
+        # Kind names (federator.adapters' registry) are passed in: adapters import rules,
+        # so rules never import adapters.
+        self._aliases = aliases or {}
+        self._built_in = built_in
 
     def add(self, *rules: Rule, kind: str | None = None, source: str | None = None) -> list[str]:
         """Add ``rules`` for sources of ``kind`` or for ``source``; returns the sources changed
@@ -329,12 +338,10 @@ class FederationRules:
                 raise UnknownSourceError(source, self._adapters)
             names = [source]
         else:
-            from federator.adapters import ALIASES, BUILT_IN
-
-            kind = ALIASES.get(str(kind), str(kind))
+            kind = self._aliases.get(str(kind), str(kind))
             names = sorted(n for n, a in self._adapters.items() if a.kind == kind)
-            if not names and kind not in BUILT_IN:  # a typo, not a catalog without that kind
-                known = sorted(set(BUILT_IN) | {a.kind for a in self._adapters.values()})
+            if not names and kind not in self._built_in:  # a typo, not a catalog without it
+                known = sorted(set(self._built_in) | {a.kind for a in self._adapters.values()})
                 raise CatalogError(
                     f"unknown source kind {kind!r} (known kinds: {', '.join(known)})"
                 )

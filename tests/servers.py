@@ -32,6 +32,9 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
+
+from federator.embedded import free_port, redis_ping
 
 START_TIMEOUT = float(os.environ.get("FEDERATOR_SERVER_TIMEOUT", "60"))
 KEEP_DIRS = os.environ.get("FEDERATOR_KEEP_SERVER_DIRS") == "1"
@@ -122,11 +125,6 @@ _install_signal_handlers()
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _which(name: str, *extra_dirs: str) -> str | None:
@@ -158,6 +156,43 @@ def _wait_until(ready: Callable[[], bool], server: Server, what: str) -> None:
     raise ServerStartError(
         f"{what} did not answer within {START_TIMEOUT:.0f} s:\n{server.log_tail()}"
     )
+
+
+def _launch(
+    what: str,
+    server: Server,
+    argv: list[str],
+    ready: Callable[[], bool],
+    *,
+    output_to_log: bool = False,
+    **popen: Any,
+) -> Server:
+    """Start ``argv`` for ``server`` (its folder is the working directory unless ``cwd`` is
+    given), register it for stopping, and wait until ``ready()``; a server that exits or does
+    not answer in time fails with its log. ``output_to_log``: its stdout and stderr go to
+    ``server.log`` (else the server writes its log itself)."""
+    popen.setdefault("cwd", server.dir)
+    with open(server.log, "wb") if output_to_log else contextlib.nullcontext() as out:
+        server.proc = subprocess.Popen(
+            argv,
+            stdout=out if output_to_log else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if output_to_log else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+    _register(server)
+    _wait_until(ready, server, what)
+    return server
+
+
+def _listens(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _run(cmd: list[str], what: str, **kwargs: object) -> None:
@@ -226,44 +261,43 @@ def start_postgres(bindir: str | None = None) -> Server:
         **kwargs,
     )
     port = free_port()
-    log = os.path.join(d, "log")
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [
-                f"{bindir}/postgres",
-                "-D",
-                data,
-                "-p",
-                str(port),
-                "-k",
-                d,
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=128MB",
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=d,
-            start_new_session=True,
-            **kwargs,  # type: ignore[arg-type]
-        )
-    server = _register(
-        Server("postgres", f"postgresql://postgres@127.0.0.1:{port}/postgres", port, d, proc, log)
+    server = Server(
+        "postgres",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        port,
+        d,
+        log=os.path.join(d, "log"),
     )
     isready = [f"{bindir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-    _wait_until(lambda: subprocess.run(isready).returncode == 0, server, "PostgreSQL")
-    return server
+    return _launch(
+        "PostgreSQL",
+        server,
+        [
+            f"{bindir}/postgres",
+            "-D",
+            data,
+            "-p",
+            str(port),
+            "-k",
+            d,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
+        ],
+        lambda: subprocess.run(isready).returncode == 0,
+        output_to_log=True,
+        env=env,
+        **kwargs,
+    )
 
 
 # ---- MariaDB ------------------------------------------------------------------------------
@@ -294,7 +328,11 @@ def start_mariadb(database: str = "test") -> Server:
     port = free_port()
     sock = os.path.join(d, "sock")
     log = os.path.join(d, "err")
-    proc = subprocess.Popen(
+    server = Server("mariadb", f"mysql://root@127.0.0.1:{port}/{database}", port, d, log=log)
+    ping = [client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"]
+    _launch(
+        "MariaDB",
+        server,
         [
             mariadbd,
             "--no-defaults",
@@ -315,18 +353,7 @@ def start_mariadb(database: str = "test") -> Server:
             "--skip-log-bin",
             "--performance-schema=OFF",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        cwd=d,
-        start_new_session=True,
-    )
-    server = _register(
-        Server("mariadb", f"mysql://root@127.0.0.1:{port}/{database}", port, d, proc, log)
-    )
-    ping = [client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"]
-    _wait_until(
-        lambda: subprocess.run(ping, capture_output=True).returncode == 0, server, "MariaDB"
+        lambda: subprocess.run(ping, capture_output=True).returncode == 0,
     )
     _run(
         [
@@ -343,15 +370,6 @@ def start_mariadb(database: str = "test") -> Server:
 
 
 # ---- Redis --------------------------------------------------------------------------------
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def start_redis() -> Server:
     binary = _which("redis-server")
     if binary is None:
@@ -362,7 +380,10 @@ def start_redis() -> Server:
     d = _tempdir("redis")
     port = free_port()
     log = os.path.join(d, "log")
-    proc = subprocess.Popen(
+    server = Server("redis", f"redis://127.0.0.1:{port}/0", port, d, log=log)
+    return _launch(
+        "Redis",
+        server,
         [
             binary,
             "--port",
@@ -380,15 +401,8 @@ def start_redis() -> Server:
             "--logfile",
             log,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        cwd=d,
-        start_new_session=True,
+        lambda: redis_ping(port),
     )
-    server = _register(Server("redis", f"redis://127.0.0.1:{port}/0", port, d, proc, log))
-    _wait_until(lambda: _redis_ping(port), server, "Redis")
-    return server
 
 
 # ---- MongoDB wire protocol: CongoDB -----------------------------------------------------------
@@ -421,26 +435,21 @@ def start_mongo() -> Server:
     d = _tempdir("mongo")
     port = free_port()
     log = os.path.join(d, "log")
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [node, script],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=MONGO_SERVER_DIR,
-            env={**os.environ, "PORT": str(port)},
-            start_new_session=True,
-        )
-    server = _register(
-        Server("mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, d, proc, log)
-    )
+    server = Server("mongo", f"mongodb://127.0.0.1:{port}/?directConnection=true", port, d, log=log)
 
     def ready() -> bool:
         with open(log, errors="replace") as f:
             return f"ready {port}" in f.read()
 
-    _wait_until(ready, server, "CongoDB")
-    return server
+    return _launch(
+        "CongoDB",
+        server,
+        [node, script],
+        ready,
+        output_to_log=True,
+        cwd=MONGO_SERVER_DIR,
+        env={**os.environ, "PORT": str(port)},
+    )
 
 
 # ---- PostgreSQL 16 with pgvector (PyPI pgserver) -------------------------------------------
@@ -536,7 +545,10 @@ def start_falkordb() -> Server:
     d = _tempdir("falkordb")
     port, bolt = free_port(), _free_port_below(32_768)  # FalkorDB ignores BOLT_PORT >= 32768
     log = os.path.join(d, "log")
-    proc = subprocess.Popen(
+    server = Server("falkordb", f"redis://127.0.0.1:{port}/?bolt_port={bolt}", port, d, log=log)
+    return _launch(
+        "FalkorDB",
+        server,
         [
             f"{bindir}/redis-server",
             "--port",
@@ -558,17 +570,8 @@ def start_falkordb() -> Server:
             "BOLT_PORT",
             str(bolt),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        cwd=d,
-        start_new_session=True,
+        lambda: redis_ping(port),
     )
-    server = _register(
-        Server("falkordb", f"redis://127.0.0.1:{port}/?bolt_port={bolt}", port, d, proc, log)
-    )
-    _wait_until(lambda: _redis_ping(port), server, "FalkorDB")
-    return server
 
 
 # ---- Milvus (PyPI milvus-lite run as a gRPC server) -------------------------------------------
@@ -583,38 +586,10 @@ def start_milvus() -> Server:
         )
     d = _tempdir("milvus")
     port = free_port()
-    log = os.path.join(d, "log")
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "milvus_lite",
-                "server",
-                "--data-dir",
-                d,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=d,
-            start_new_session=True,
-        )
-    server = _register(Server("milvus", f"http://127.0.0.1:{port}", port, d, proc, log))
-
-    def ready() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    _wait_until(ready, server, "milvus-lite server")
-    return server
+    server = Server("milvus", f"http://127.0.0.1:{port}", port, d, log=os.path.join(d, "log"))
+    argv = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", d]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    return _launch("milvus-lite server", server, argv, lambda: _listens(port), output_to_log=True)
 
 
 STARTERS: dict[str, Callable[[], Server]] = {

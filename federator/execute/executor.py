@@ -19,7 +19,7 @@ from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
 
 if TYPE_CHECKING:
-    from federator.cache import Cache
+    from federator.execute.handle import ResultCache
 
 RESIDUAL_BATCH_ROWS = 65_536
 
@@ -34,7 +34,7 @@ class Execution:
         params: Mapping[str, Any],
         timeout: float | None = None,
         bind_fallback_keys: int = 200_000,
-        cache: Cache | None = None,
+        cache: ResultCache | None = None,
         max_staleness: float | None = None,
     ):
         self.plan = plan

@@ -36,7 +36,7 @@ from federator.plan.model import Fragment, TopK
 from federator.sql.dialect import exact_distances, residual_duckdb_sql, vector_value
 
 if TYPE_CHECKING:
-    from federator.execute.executor import Execution
+    from federator.execute.handle import ExecutionHandle
 
 
 @dataclass
@@ -48,17 +48,17 @@ class TopKState:
     rounds: int = 0
 
 
-def _batch_size(ex: Execution, frag: Fragment) -> int:
+def _batch_size(ex: ExecutionHandle, frag: Fragment) -> int:
     """Most keys one request of ``frag`` takes (its bind batches)."""
     request = ex.catalog.adapter(frag.source).translate(frag)
     return request.bind.batch_size if request.bind is not None else 0
 
 
-def _states(ex: Execution) -> dict[str, TopKState]:
+def _states(ex: ExecutionHandle) -> dict[str, TopKState]:
     return ex.__dict__.setdefault("_top_k_states", {})
 
 
-async def fetch_top_k(ex: Execution, frag: Fragment, keys: list[Any] | None) -> pa.Table:
+async def fetch_top_k(ex: ExecutionHandle, frag: Fragment, keys: list[Any] | None) -> pa.Table:
     """The first fetch of a top-k fragment, pre- or post-filtered."""
     tk = frag.top_k
     assert tk is not None
@@ -84,7 +84,7 @@ async def fetch_top_k(ex: Execution, frag: Fragment, keys: list[Any] | None) -> 
     return await _run(ex, frag, state)
 
 
-async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
+async def _run(ex: ExecutionHandle, frag: Fragment, state: TopKState) -> pa.Table:
     tk = frag.top_k
     assert tk is not None
     adapter = ex.catalog.adapter(frag.source)
@@ -126,7 +126,7 @@ async def _run(ex: Execution, frag: Fragment, state: TopKState) -> pa.Table:
     return table
 
 
-async def grow_top_k(ex: Execution, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+async def grow_top_k(ex: ExecutionHandle, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     """Re-fetch top-k fragments with larger limits until their scope of the residual yields
     k rows (or the source has no more)."""
     states = _states(ex)
@@ -182,7 +182,7 @@ def _boundary(tk: TopK, state: TopKState, table: pa.Table) -> pa.Table:
     return table.filter(pc.less(dist, pc.max(dist)))
 
 
-def _residual_rows(ex: Execution, tables: dict[str, pa.Table], tk: TopK) -> int:
+def _residual_rows(ex: ExecutionHandle, tables: dict[str, pa.Table], tk: TopK) -> int:
     """Rows the residual (``tk.scope`` of it, for a derived table's top-k) yields."""
     sql = ex.plan.residual_sql if tk.scope is None else residual_duckdb_sql(tk.scope)
     assert sql is not None

@@ -1,16 +1,15 @@
-"""Plan objects: fragments (one source each), bind joins and the residual query."""
+"""Plan objects: fragments (one source each), bind joins, the native requests adapters make of
+fragments, and the residual query. The contract between planning, adapters and execution."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pyarrow as pa
 from sqlglot import exp
-
-if TYPE_CHECKING:
-    from federator.adapters.base import NativeRequest
 
 
 @dataclass
@@ -234,3 +233,45 @@ def _stats_line(s: FragmentStats) -> str:
     if s.note:
         parts.append(s.note)
     return "analyze: " + ", ".join(parts)
+
+
+# ---- native requests: what an adapter makes of a fragment (Adapter.translate) ---------
+@dataclass
+class NativeRequest:
+    """A backend request ready to send: native text, bound parameters, and how keys bind.
+
+    ``text`` is shown by EXPLAIN verbatim; ``params`` are positional driver parameters.
+    ``bind`` is set for a bind join: the request takes the producer's key values in
+    ``bind.batch_size`` batches.
+    """
+
+    source: str
+    text: str
+    param_names: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    schema: pa.Schema | None = None
+    bind: BindSpec | None = None
+    payload: Any = None  # adapter-private: an AST or pipeline to re-render per bind batch
+
+    def with_params(self, values: Mapping[str, Any]) -> NativeRequest:
+        """This request with its ``:name`` parameters bound from ``values``, in driver order."""
+        return replace(
+            self, params=[None if n.startswith("__bind") else values[n] for n in self.param_names]
+        )
+
+    def render_params(self) -> str:
+        return ", ".join(f"${i} = {_short(v)}" for i, v in enumerate(self.params, 1))
+
+
+@dataclass
+class BindSpec:
+    """How a request receives bind-join keys."""
+
+    column: str  # native name of the key column in this source
+    style: str  # "array" (one array parameter) or "in_list" (batched IN lists)
+    batch_size: int
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from federator.embedded import free_port
 
 pytest.importorskip("torch")
 
@@ -42,15 +43,9 @@ def test_training_example_loss_goes_down(pg_dsn: str, tmp_path: Path) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(pg_dsn: str, redis_dsn: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, str(EXAMPLES / "inference_service.py"),
         "--pg", pg_dsn, "--redis", redis_dsn, "--setup", "--port", str(port), "--budget", "5",
@@ -166,7 +161,7 @@ def test_inference_service_answers_504_past_its_budget(pg_dsn: str, redis_dsn: s
     finally:
         sys.path.remove(str(EXAMPLES))
 
-    port = _free_port()
+    port = free_port()
     app = create_app(catalog(pg_dsn, redis_dsn), budget_s=1e-6)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -8,9 +8,11 @@ from the current planner (read the diff before committing it).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from federator.adapters.base import TableInfo
 
 import federator
@@ -49,12 +51,15 @@ __all__ = [
     "bind_text",
     "collect",
     "differences",
+    "federation_fixture",
     "fixed_tables",
+    "offline_federation",
     "parse_fixture",
     "planning_federation",
     "render_case",
     "squash",
     "update_file",
+    "update_fixtures",
 ]
 
 
@@ -77,6 +82,56 @@ def use_fixed_tables(fed: federator.Federation, tables: dict[str, list[TableInfo
             return infos
 
         fed.catalog.adapters[name].tables = fixed  # type: ignore[method-assign]
+
+
+def offline_federation(
+    sources: dict[str, dict[str, Any]],
+    tables: dict[str, list[TableInfo]] | None = None,
+    *,
+    beside: Iterable[str] = ("lite",),
+    planner: dict[str, Any] | None = None,
+) -> federator.Federation:
+    """A federation over ``sources`` beside the fixture sources named in ``beside``, planning
+    offline: those and ``tables`` (by source) answer ``tables()`` from fixed metadata.
+
+    >>> fed = offline_federation({})  # the fixture SQLite shop alone
+    >>> fed.close()
+    """
+    beside = list(beside)
+    catalog: dict[str, Any] = {"sources": {**sources, **{n: SOURCES[n][0] for n in beside}}}
+    if planner:
+        catalog["planner"] = dict(planner)
+    fed = federator.connect(catalog)
+    fixed = {name: fixed_tables(name, SOURCES[name][1]) for name in beside}
+    use_fixed_tables(fed, {**(tables or {}), **fixed})
+    return fed
+
+
+def federation_fixture(make: Callable[[], federator.Federation]) -> Any:
+    """A module-scoped pytest fixture ``fed`` over ``make()``, closed after the module:
+    ``fed = federation_fixture(mongo_federation)`` in a test module."""
+
+    @pytest.fixture(scope="module")
+    def fed() -> Iterator[federator.Federation]:
+        federation = make()
+        yield federation
+        federation.close()
+
+    return fed
+
+
+def update_fixtures(
+    make: Callable[[], federator.Federation], backend: str, paths: Sequence[str] = ()
+) -> None:
+    """Rewrite the expected sections of ``paths`` (default: every fixture file of ``backend``)
+    from the current planner; a test module's ``__main__`` (read the diff after)."""
+    federation = make()
+    try:
+        for p in [Path(a) for a in paths] or sorted((FIXTURES / backend).glob("*.sql")):
+            update_file(federation, p)
+            print(f"updated {p}")
+    finally:
+        federation.close()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from _data import PRODUCTS, USERS
 
-from federator import cli
+from federator import cli, formats
 from federator.demo import catalog_toml
 
 
@@ -121,13 +121,14 @@ def test_params(capsys: pytest.CaptureFixture[str], catalog_file: Path) -> None:
 
 
 def test_parse_params() -> None:
-    assert cli.parse_params(["a=1", "b=-2.5", "c=hello world", "d='42'", ":e=x=y", "f=1e3"]) == {
+    params = ["a=1", "b=-2.5", "c=hello world", "d='42'", ":e=x=y", "f=1e3"]
+    assert formats.parse_params(params) == {
         "a": 1, "b": -2.5, "c": "hello world", "d": "42", "e": "x=y", "f": 1000.0,
     }  # fmt: skip
-    assert cli.parse_params(["n=nan"]) == {"n": "nan"}
+    assert formats.parse_params(["n=nan"]) == {"n": "nan"}
     for bad in ("novalue", "=3", "a b=1"):
-        with pytest.raises(cli.UsageError):
-            cli.parse_params([bad])
+        with pytest.raises(formats.UsageError):
+            formats.parse_params([bad])
 
 
 def test_bad_param_is_usage_error(capsys: pytest.CaptureFixture[str], catalog_file: Path) -> None:
@@ -265,7 +266,7 @@ def test_binary_to_terminal_is_refused(
 
 
 def test_plain_table_layout() -> None:
-    lines = list(cli.plain_table(["n", "word"], [["1", "a"], ["100", None], ["-2.5", "ccc"]]))
+    lines = list(formats.plain_table(["n", "word"], [["1", "a"], ["100", None], ["-2.5", "ccc"]]))
     assert lines == [
         "n    | word",
         "-----+-----",
@@ -279,13 +280,13 @@ def test_json_value_edge_cases() -> None:
     import datetime as dt
     import decimal
 
-    assert cli.json_value(None) == "null"
-    assert cli.json_value(True) == "true"
-    assert cli.json_value(decimal.Decimal("12.340")) == "12.340"
-    assert cli.json_value(float("inf")) == "null"
-    assert cli.json_value(b"\x00\xff") == '"AP8="'
-    assert cli.json_value(dt.datetime(2024, 1, 2, 3, 4, 5)) == '"2024-01-02T03:04:05"'
-    assert cli.json_value('quote " and \\') == '"quote \\" and \\\\"'
+    assert formats.json_value(None) == "null"
+    assert formats.json_value(True) == "true"
+    assert formats.json_value(decimal.Decimal("12.340")) == "12.340"
+    assert formats.json_value(float("inf")) == "null"
+    assert formats.json_value(b"\x00\xff") == '"AP8="'
+    assert formats.json_value(dt.datetime(2024, 1, 2, 3, 4, 5)) == '"2024-01-02T03:04:05"'
+    assert formats.json_value('quote " and \\') == '"quote \\" and \\\\"'
 
 
 def test_module_entry_point(catalog_file: Path) -> None:

@@ -9,21 +9,17 @@ Fixture cases: tests/fixtures/pushdown/graph/*.sql. Regenerate their expected se
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from _pushdown import (
-    FIXTURES,
-    SOURCES,
     Case,
     collect,
     differences,
-    fixed_tables,
+    federation_fixture,
+    offline_federation,
     params,
-    update_file,
-    use_fixed_tables,
+    update_fixtures,
 )
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.graph import CypherGenerator, GraphTable, quote
@@ -55,32 +51,16 @@ GRAPH = {
 
 def graph_federation() -> federator.Federation:
     """A FalkorDB source "g" (graph "social") with fixed tables beside the fixture SQLite."""
-    fed = federator.connect(
-        {
-            "sources": {
-                "g": {
-                    "kind": "falkordb",
-                    "url": "redis://:s3cret@graph.invalid:6379",
-                    "graph": "social",
-                },
-                "lite": SOURCES["lite"][0],
-            }
-        }
-    )
+    source = {"kind": "falkordb", "url": "redis://:s3cret@graph.invalid:6379", "graph": "social"}
+    infos = [TableInfo("g", TableRef("social", n), s, rows) for n, (s, _, rows) in GRAPH.items()]
+    fed = offline_federation({"g": source}, {"g": infos})
     g = fed.catalog.adapters["g"]
-    infos = []
-    for name, (schema, kind, rows) in GRAPH.items():
+    for name, (_, kind, _) in GRAPH.items():
         g._graph_tables[name] = GraphTable(name, kind)  # type: ignore[attr-defined]
-        infos.append(TableInfo("g", TableRef("social", name), schema, rows))
-    use_fixed_tables(fed, {"g": infos, "lite": fixed_tables("lite", SOURCES["lite"][1])})
     return fed
 
 
-@pytest.fixture(scope="module")
-def fed() -> Iterator[federator.Federation]:
-    federation = graph_federation()
-    yield federation
-    federation.close()
+fed = federation_fixture(graph_federation)
 
 
 def test_there_are_graph_fixtures() -> None:
@@ -114,10 +94,4 @@ def test_generator_helpers() -> None:
 
 
 if __name__ == "__main__":
-    federation = graph_federation()
-    try:
-        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "graph").glob("*.sql")):
-            update_file(federation, p)
-            print(f"updated {p}")
-    finally:
-        federation.close()
+    update_fixtures(graph_federation, "graph", sys.argv[1:])

@@ -11,22 +11,18 @@ import datetime as dt
 import decimal
 import re
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 from _pushdown import (
-    FIXTURES,
-    SOURCES,
     Case,
     collect,
     differences,
-    fixed_tables,
+    federation_fixture,
+    offline_federation,
     params,
-    update_file,
-    use_fixed_tables,
+    update_fixtures,
 )
 from bson import Decimal128, ObjectId
 from federator.adapters.mongo import (
@@ -71,16 +67,10 @@ MONGO_SOURCE: dict[str, Any] = {
 
 def mongo_federation() -> federator.Federation:
     """Mongo with declared tables (no I/O) beside the fixture SQLite source."""
-    fed = federator.connect({"sources": {"mongo": MONGO_SOURCE, "lite": SOURCES["lite"][0]}})
-    use_fixed_tables(fed, {"lite": fixed_tables("lite", SOURCES["lite"][1])})
-    return fed
+    return offline_federation({"mongo": MONGO_SOURCE})
 
 
-@pytest.fixture(scope="module")
-def fed() -> Iterator[federator.Federation]:
-    federation = mongo_federation()
-    yield federation
-    federation.close()
+fed = federation_fixture(mongo_federation)
 
 
 def test_there_are_mongo_fixtures() -> None:
@@ -191,13 +181,7 @@ def test_catalog_errors_name_what_to_fix() -> None:
 
 
 if __name__ == "__main__":
-    federation = mongo_federation()
-    try:
-        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "mongo").glob("*.sql")):
-            update_file(federation, p)
-            print(f"updated {p}")
-    finally:
-        federation.close()
+    update_fixtures(mongo_federation, "mongo", sys.argv[1:])
 
 
 def test_decimal_array_decodes_bid_bytes_exactly() -> None:

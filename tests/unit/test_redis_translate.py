@@ -10,22 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 from _pushdown import (
-    FIXTURES,
-    SOURCES,
     Case,
     collect,
     differences,
-    fixed_tables,
+    federation_fixture,
+    offline_federation,
     params,
-    update_file,
-    use_fixed_tables,
+    update_fixtures,
 )
 from federator.adapters.redis import KVTable, from_text, key_text
 
@@ -60,16 +56,10 @@ REDIS_SOURCE: dict[str, Any] = {
 
 def redis_federation() -> federator.Federation:
     """Redis with declared tables and row counts (no I/O) beside the fixture SQLite source."""
-    fed = federator.connect({"sources": {"kv": REDIS_SOURCE, "lite": SOURCES["lite"][0]}})
-    use_fixed_tables(fed, {"lite": fixed_tables("lite", SOURCES["lite"][1])})
-    return fed
+    return offline_federation({"kv": REDIS_SOURCE})
 
 
-@pytest.fixture(scope="module")
-def fed() -> Iterator[federator.Federation]:
-    federation = redis_federation()
-    yield federation
-    federation.close()
+fed = federation_fixture(redis_federation)
 
 
 def test_there_are_redis_fixtures() -> None:
@@ -135,13 +125,7 @@ def test_values_convert_by_declared_type() -> None:
 
 
 if __name__ == "__main__":
-    federation = redis_federation()
-    try:
-        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "redis").glob("*.sql")):
-            update_file(federation, p)
-            print(f"updated {p}")
-    finally:
-        federation.close()
+    update_fixtures(redis_federation, "redis", sys.argv[1:])
 
 
 def test_unreachable_server_names_source_and_address() -> None:

@@ -8,21 +8,17 @@ the current translator with ``python tests/unit/test_vector_translate.py`` and r
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from _pushdown import (
-    FIXTURES,
-    SOURCES,
     Case,
     collect,
     differences,
-    fixed_tables,
+    federation_fixture,
+    offline_federation,
     params,
-    update_file,
-    use_fixed_tables,
+    update_fixtures,
 )
 from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.milvus import _distance, _filter, _literal, milvus_arrow_type
@@ -43,31 +39,16 @@ VECTORS = pa.schema(
 def milvus_federation(**planner: object) -> federator.Federation:
     """Milvus (collection product_vectors, 100,000 rows) beside the fixture PostgreSQL and
     SQLite sources; no I/O."""
-    catalog = {
-        "sources": {
-            "vec": {"kind": "milvus", "uri": "/nonexistent/vectors.db"},
-            "pg": SOURCES["pg"][0],
-            "lite": SOURCES["lite"][0],
-        },
-        "planner": dict(planner),
-    }
-    fed = federator.connect(catalog)
-    use_fixed_tables(
-        fed,
-        {
-            "vec": [TableInfo("vec", TableRef("default", "product_vectors"), VECTORS, 100_000)],
-            "pg": fixed_tables("pg", SOURCES["pg"][1]),
-            "lite": fixed_tables("lite", SOURCES["lite"][1]),
-        },
+    vectors = TableInfo("vec", TableRef("default", "product_vectors"), VECTORS, 100_000)
+    return offline_federation(
+        {"vec": {"kind": "milvus", "uri": "/nonexistent/vectors.db"}},
+        {"vec": [vectors]},
+        beside=("pg", "lite"),
+        planner=dict(planner),
     )
-    return fed
 
 
-@pytest.fixture(scope="module")
-def fed() -> Iterator[federator.Federation]:
-    federation = milvus_federation()
-    yield federation
-    federation.close()
+fed = federation_fixture(milvus_federation)
 
 
 def test_there_are_milvus_fixtures() -> None:
@@ -128,10 +109,4 @@ def test_arrow_types() -> None:
 
 
 if __name__ == "__main__":
-    federation = milvus_federation()
-    try:
-        for p in [Path(a) for a in sys.argv[1:]] or sorted((FIXTURES / "milvus").glob("*.sql")):
-            update_file(federation, p)
-            print(f"updated {p}")
-    finally:
-        federation.close()
+    update_fixtures(milvus_federation, "milvus", sys.argv[1:])

@@ -1,0 +1,143 @@
+"""Optimizer passes: sqlglot's rewrites over the query, with the catalog as schema.
+
+Passes follow sqlglot's convention: the tree is copied once when planning starts, and every
+pass after that mutates it in place and returns it.
+
+>>> from federator.plan.passes import pass_names
+>>> pass_names()[:2]
+('qualify', 'pushdown_projections')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.eliminate_ctes import eliminate_ctes
+from sqlglot.optimizer.eliminate_joins import eliminate_joins
+from sqlglot.optimizer.merge_subqueries import merge_subqueries
+from sqlglot.optimizer.normalize import normalize
+from sqlglot.optimizer.optimize_joins import optimize_joins
+from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
+from sqlglot.optimizer.pushdown_projections import pushdown_projections
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.simplify import simplify
+from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
+from sqlglot.schema import MappingSchema
+
+from federator.adapters.base import TableInfo
+from federator.catalog import arrow_to_sql_type
+from federator.errors import (
+    AmbiguousColumnError,
+    BindError,
+    FederatorError,
+    UnknownColumnError,
+    UnsupportedError,
+)
+from federator.sql.dialect import Federated
+
+
+def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
+    return qualify(
+        expression,
+        schema=kwargs["schema"],
+        dialect=Federated,
+        validate_qualify_columns=True,
+        quote_identifiers=False,
+        identify=False,
+    )
+
+
+# eliminate_subqueries is left out on purpose: it turns derived tables into CTEs, and derived
+# tables are what the splitter pushes down whole.
+PASSES: tuple[Callable[..., exp.Expression], ...] = (
+    _qualify,
+    lambda e, **k: pushdown_projections(e),
+    lambda e, **k: normalize(e),
+    lambda e, **k: unnest_subqueries(e),
+    lambda e, **k: pushdown_predicates(e, dialect=Federated),
+    lambda e, **k: optimize_joins(e),
+    lambda e, **k: merge_subqueries(e),
+    lambda e, **k: eliminate_joins(e),
+    lambda e, **k: eliminate_ctes(e),
+    lambda e, **k: simplify(e, dialect=Federated),
+)
+PASS_NAMES = (
+    "qualify",
+    "pushdown_projections",
+    "normalize",
+    "unnest_subqueries",
+    "pushdown_predicates",
+    "optimize_joins",
+    "merge_subqueries",
+    "eliminate_joins",
+    "eliminate_ctes",
+    "simplify",
+)
+
+
+def pass_names() -> tuple[str, ...]:
+    return PASS_NAMES
+
+
+def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]) -> exp.Query:
+    """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`."""
+    try:
+        for run in PASSES:
+            tree = run(tree, schema=schema)  # type: ignore[assignment]
+    except OptimizeError as e:
+        raise _optimize_error(str(e), tree, list(tables)) from None
+    return tree
+
+
+def _optimize_error(message: str, tree: exp.Query, tables: list[TableInfo]) -> FederatorError:
+    """The typed error for one of sqlglot's optimizer messages."""
+    found = re.search(r"Column '([^']+)' could not be resolved|Unknown column: ([\w.]+)", message)
+    if found:
+        name = found.group(1) or found.group(2)
+        holders = _tables_having(name, tree, tables)
+        if len(holders) > 1:
+            return AmbiguousColumnError(name, [f"{h}.{name}" for h in holders])
+        known = sorted({f.name for info in tables for f in info.schema})
+        return UnknownColumnError(name, known)
+    reused = re.search(r"Alias already used: (\w+)", message)
+    if reused:
+        return BindError(
+            f"table name {reused.group(1)!r} is used more than once in one FROM clause;"
+            " give each an alias (FROM a.t AS x JOIN b.t AS y)"
+        )
+    return UnsupportedError(f"cannot plan this query: {message}")
+
+
+def _tables_having(column: str, tree: exp.Query, tables: list[TableInfo]) -> list[str]:
+    """Names (aliases) of the query's tables that have ``column``, case-insensitively."""
+    by_name = {info.ref.name.lower(): info for info in tables}
+    holders = []
+    for table in tree.find_all(exp.Table):
+        info = by_name.get(table.name.lower())
+        if info and column.lower() in (f.name.lower() for f in info.schema):
+            holders.append(table.alias_or_name)
+    return sorted(set(holders))
+
+
+def sqlglot_schema(
+    tables: Iterable[TableInfo], folded_sources: Iterable[str] = ()
+) -> MappingSchema:
+    """The catalog as sqlglot's schema for the qualify and annotate passes.
+
+    Names are kept exactly as the servers spell them (``normalize=False``): the query's own
+    identifiers were already folded the PostgreSQL way (unquoted → lower case). Sources whose
+    column names are case-insensitive (MySQL, SQLite, DuckDB) list their columns in lower
+    case, so ``userid`` finds ``UserId`` there; the server reads either spelling.
+    """
+    folded = set(folded_sources)
+    out: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+    for info in tables:
+        cols = {
+            (f.name.lower() if info.source in folded else f.name): arrow_to_sql_type(f.type)
+            for f in info.schema
+        }
+        out.setdefault(info.source, {}).setdefault(info.ref.schema, {})[info.ref.name] = cols
+    return MappingSchema(out, dialect=Federated, normalize=False)

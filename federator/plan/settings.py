@@ -1,0 +1,40 @@
+"""The planner's knobs (catalog ``[planner]``): when to bind, semi-join, pre-/post-filter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PlannerSettings:
+    """Knobs of the split; the defaults suit loopback servers."""
+
+    bind_max_keys: int = 50_000  # a producer estimated up to this many rows may be bound
+    bind_ratio: float = 4.0  # the consumer must be estimated this many times larger
+    bind_batch_size: int = 10_000  # keys per request (PostgreSQL array / MySQL IN list)
+    # A producer keeping at least this share of its table's unique keys is not bound: the
+    # keys would match about every row of the other side (a foreign key) and filter nothing.
+    bind_min_share_left: float = 0.9
+    # Adaptive ceiling: a larger producer is still bound when the consumer is estimated at
+    # least bind_ratio x bind_large_ratio times larger (moving keys beats moving its rows),
+    # up to this many keys (the executor drops a bind at run time above its own limit).
+    bind_large_max_keys: int = 200_000
+    bind_large_ratio: float = 10.0
+    # Semi-join reduction (a keys-only fragment of the producer, bound at run time) where a
+    # plain bind is refused: the producer estimated at most semi_join_selectivity of its
+    # table and the consumer at least semi_join_ratio times the producer.
+    semi_join_selectivity: float = 0.25
+    semi_join_ratio: float = 1.0
+    # A keys-only fragment is one more query and a wait: only for consumers estimated at
+    # least this large (below, fetching them in full on the bulk path was faster here).
+    semi_join_min_rows: int = 100_000
+    # Adaptive binds: False waits for the keys, then binds or fetches in full; True starts
+    # the full fetch at once and cancels it if the keys come first and pay (no waiting when
+    # the bind is dropped, but wasted work when it is not: it lost on a busy 2-core machine).
+    bind_race: bool = False
+    # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
+    # binds the other side's keys into the search, "post" over-fetches k x factor and filters
+    # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.
+    vector_filter: str = "auto"
+    prefilter_selectivity: float = 0.2
+    post_factor: int = 4
