@@ -815,7 +815,11 @@ class MongoAdapter(Adapter):
         if not isinstance(query, exp.Select) or not isinstance(
             query.args.get("from_") and query.args["from_"].this, exp.Table
         ):
-            raise UnsupportedError(f"MongoDB cannot run {query.sql()[:60]} as one pipeline")
+            why = self.rules.refusal(query) or "it does not read one collection"
+            raise UnsupportedError(
+                f"source {self.name!r} (mongo) cannot run this as one pipeline ({why}): "
+                f"{query.sql()}"
+            )
         table = query.args["from_"].this
         ref = TableRef(table.db, table.name)
         collection = self.collections.get(ref) or Collection(ref, {})

@@ -111,6 +111,24 @@ def test_fully_qualified_and_short_names_agree(fed: federator.Federation) -> Non
     assert a == b
 
 
+def test_a_refused_pipeline_says_why_in_whole_words(fed: federator.Federation) -> None:
+    """Issue 12: the error cut the statement mid-word ("… FROM (SELECT or as one pipeline")."""
+    from federator.plan.model import Fragment
+    from federator.sql.dialect import parse
+
+    query = parse(
+        'SELECT "x"."customer_id" AS "customer_id" FROM (SELECT "o"."customer_id" AS '
+        '"customer_id" FROM "mongo"."shop"."orders" AS "o" WHERE "o"."status" = \'returned\') '
+        'AS "x"'
+    )
+    fragment = Fragment(id="f0", source="mongo", query=query, columns=["customer_id"])
+    with pytest.raises(federator.UnsupportedError) as e:
+        fed.catalog.adapters["mongo"].translate(fragment)
+    text = str(e.value)
+    assert "source 'mongo' (mongo) cannot run this as one pipeline" in text
+    assert "rule 'from one collection'" in text and text.endswith(query.sql())
+
+
 # ---- pure helpers -------------------------------------------------------------------------
 def test_like_to_regex() -> None:
     assert like_to_regex("Ber_in%") == "^Ber.in.*$"
