@@ -8,6 +8,7 @@ Catalog entry::
     database = "shop"          # optional: the namespace of unqualified names (mongo.orders)
     databases = ["shop"]       # optional: which databases to list (default: all but system ones)
     sample_size = 1000         # documents sampled per collection for an undeclared schema
+    connect_timeout = 10       # seconds to wait for a usable server (`timeout` is its old name)
     [sources.mongo.tables."shop.orders".columns]   # optional declared schema
     _id = "objectid"
     amount = "decimal(12,2)"
@@ -22,6 +23,8 @@ A column declared ``json`` holds the embedded document as a JSON string.
 ``translate`` is pure: it turns the fragment's SELECT into a pipeline (the rule set in
 :mod:`federator.rules.mongo` guarantees it can), which EXPLAIN prints in shell notation.
 ``execute`` streams the cursor in batches; bind-join keys arrive as a leading ``$in`` match.
+A running aggregation has no driver-side timeout (no socket timeout, no heartbeat that may
+interrupt it): only the query's ``timeout`` ends it, with a ``QueryTimeoutError``.
 """
 
 from __future__ import annotations
@@ -703,8 +706,7 @@ class MongoAdapter(Adapter):
         self.sample_size = int(opts.get("sample_size", DEFAULT_SAMPLE))
         self.discover = bool(opts.get("discover", True))
         self.bind_batch_size = int(opts.get("bind_batch_size", DEFAULT_BIND_BATCH))
-        self.timeout = float(opts.get("timeout", 10.0))  # connecting, selecting a server
-        self.read_timeout = float(opts.get("read_timeout", 300.0))  # one server round trip
+        self.connect_timeout = connect_timeout(config)
         self.declared: dict[TableRef, Collection] = {}
         for key, spec in (opts.get("tables") or {}).items():
             db, _, coll = str(key).partition(".")
@@ -733,13 +735,16 @@ class MongoAdapter(Adapter):
             return
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        ms = int(self.timeout * 1000)
+        # Only the query's timeout ends a running aggregation (QueryTimeoutError). The driver
+        # waits connect_timeout for a usable server, and nothing on a socket: its monitors use
+        # connectTimeoutMS as their socket timeout too, and a heartbeat that times out while
+        # the server is busy interrupts every running operation on that server.
         self._client = AsyncIOMotorClient(
             self.url,
             tz_aware=True,
-            serverSelectionTimeoutMS=ms,
-            connectTimeoutMS=ms,
-            socketTimeoutMS=int(self.read_timeout * 1000),
+            serverSelectionTimeoutMS=int(self.connect_timeout * 1000),
+            connectTimeoutMS=None,
+            socketTimeoutMS=None,
             maxPoolSize=max(self.max_concurrency, 1),
         )
 
@@ -933,6 +938,34 @@ class MongoAdapter(Adapter):
                 ) from None
             names.append(column)
         return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def connect_timeout(config: SourceConfig) -> float:
+    """Seconds a request waits for a usable server (connecting included): the catalog's
+    ``connect_timeout`` (``timeout`` is its older name), default 10. A running aggregation has
+    no driver timeout; the query's own ``timeout`` ends it.
+
+    >>> connect_timeout(SourceConfig("m", "mongo", {"url": "mongodb://h", "timeout": 3}))
+    3.0
+    """
+    opts = config.options
+    if "read_timeout" in opts or "socket_timeout" in opts:
+        raise CatalogError(
+            f"source {config.name!r} (mongo): a running aggregation has no socket timeout; "
+            "remove 'read_timeout'/'socket_timeout' and give the query a 'timeout' "
+            "(federator.connect(..., timeout=S) or fed.sql(..., timeout=S))"
+        )
+    value = opts.get("connect_timeout", opts.get("timeout", 10.0))
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise CatalogError(
+            f"source {config.name!r} (mongo): 'connect_timeout' must be a positive number of "
+            f"seconds, not {value!r}"
+        )
+    return seconds
 
 
 _COEFFICIENT = (1 << 113) - 1

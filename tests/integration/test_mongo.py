@@ -7,7 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
+import re
+import socket
 import sqlite3
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -366,3 +369,76 @@ def test_cursor_streams_in_batches(mongo_dsn: str, orders: list) -> None:
         reader = fed.sql("SELECT n FROM m.orders").to_batches()
         sizes = [b.num_rows for b in reader]
     assert sum(sizes) == len(orders) and max(sizes) <= 100 and len(sizes) >= len(orders) // 100
+
+
+# ---- timeouts: only the query's timeout ends a running aggregation -------------------------
+SLOW_DB = "fedtest_slow"
+# LIKE '%a%a%a%a%a%b' is the regular expression ^.*a.*a.*a.*a.*a.*b$: on 40 a's without a b it
+# backtracks through every way to place five a's, seconds for the collection below.
+SLOW_SQL = "SELECT count(*) AS n FROM m.slow WHERE s LIKE '%a%a%a%a%a%b'"
+
+
+@pytest.fixture(scope="module")
+def slow_url(mongo_dsn: str) -> str:
+    """A collection that SLOW_SQL takes seconds over; the URL makes the driver's heartbeat
+    check the server every 0.5 s (while the server is busy with the aggregation)."""
+    client = MongoClient(mongo_dsn, serverSelectionTimeoutMS=10_000)
+    try:
+        client[SLOW_DB].slow.drop()
+        client[SLOW_DB].slow.insert_many([{"s": s} for s in _slow_strings()])
+    finally:
+        client.close()
+    sep = "&" if "?" in mongo_dsn else "?"
+    return f"{mongo_dsn}{sep}heartbeatFrequencyMS=500"
+
+
+def _slow_catalog(url: str, **options: Any) -> dict[str, Any]:
+    return {"sources": {"m": {"kind": "mongo", "url": url, "database": SLOW_DB, **options}}}
+
+
+def test_an_aggregation_longer_than_the_connect_timeout_finishes(slow_url: str) -> None:
+    """Issue 12: the source's timeout was also the driver's socket and heartbeat timeout, so a
+    busy server's missed heartbeat cancelled the running aggregation ("operation cancelled")."""
+    want = sum(re.fullmatch(r".*a.*a.*a.*a.*a.*b", s) is not None for s in _slow_strings())
+    # 'timeout' is the older name of 'connect_timeout'
+    with federator.connect(_slow_catalog(slow_url, timeout=0.5), timeout=120) as fed:
+        started = time.monotonic()
+        got = fed.sql(SLOW_SQL).to_arrow().to_pylist()
+        took = time.monotonic() - started
+    assert got == [{"n": want}] and want == 7
+    assert took > 1.0, f"the aggregation took {took:.2f} s: too fast to show anything"
+
+
+def test_only_the_query_timeout_ends_a_running_aggregation(slow_url: str) -> None:
+    with federator.connect(_slow_catalog(slow_url, connect_timeout=0.5), timeout=1) as fed:
+        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()  # catalog, warm
+        started = time.monotonic()
+        with pytest.raises(federator.QueryTimeoutError) as e:
+            fed.sql(SLOW_SQL).to_arrow()
+        took = time.monotonic() - started
+    assert "timed out after 1s while running fragment f0 on source 'm'" in str(e.value)
+    assert took < 2.0
+
+
+def test_timeouts_in_the_catalog() -> None:
+    with pytest.raises(federator.CatalogError, match="no socket timeout"):
+        federator.connect(_slow_catalog("mongodb://127.0.0.1:1/", read_timeout=5))
+    with pytest.raises(federator.CatalogError, match="positive number"):
+        federator.connect(_slow_catalog("mongodb://127.0.0.1:1/", connect_timeout="soon"))
+
+
+def test_an_unreachable_server_fails_after_the_connect_timeout() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    with federator.connect(_slow_catalog(url, connect_timeout=0.5), timeout=60) as fed:
+        started = time.monotonic()
+        with pytest.raises(federator.SourceUnreachableError) as e:
+            fed.sql("SELECT s FROM m.slow").to_arrow()
+        took = time.monotonic() - started
+    assert f"127.0.0.1:{port}" in str(e.value) and took < 5
+
+
+def _slow_strings() -> list[str]:
+    return ["a" * 40] * 80 + ["aaaaab"] * 7 + ["aaab", "baaaaa"]
