@@ -80,7 +80,7 @@ def declared_fields(columns: dict[str, str]) -> dict[str, FieldSpec]:
     for name, type_name in columns.items():
         t = str(type_name).strip().lower()
         bson = t if t in ("objectid", "json") else "plain"
-        out[name] = FieldSpec(name, parse_type(t), bson)
+        out[name] = FieldSpec(name, parse_type(str(type_name)), bson)
     return out
 
 
@@ -351,14 +351,37 @@ class Translator:
         table = select.args["from_"].this
         self.alias = table.alias_or_name
         self.projections = {s.alias_or_name: s.unalias() for s in select.selects}
+        self.unnests: dict[str, FieldSpec] = {}  # UNNEST alias -> the array field unwound
+        self.elements: dict[str, str] = {}  # UNNEST(o.tags) AS u(tag): "u" -> "tag"
+        for join in select.args.get("joins") or []:
+            if not isinstance(join.this, exp.Unnest):
+                raise UnsupportedError(f"MongoDB cannot join {join.this.sql()} in a pipeline")
+            alias = join.this.args["alias"]
+            self.unnests[alias.name] = self.spec(join.this.expressions[0])
+            if alias.columns:
+                self.elements[alias.name] = alias.columns[0].name
 
     # -- columns and values
     def spec(self, column: exp.Column) -> FieldSpec:
         name = column.name
+        if column.table in self.unnests:
+            return self._element_spec(column)
         if column.table and column.table != self.alias:
             raise UnsupportedError(f"column {column.sql()} is not of collection {self.alias}")
         spec = self.collection.fields.get(name)
         return spec if spec is not None else FieldSpec(name, pa.string())
+
+    def _element_spec(self, column: exp.Column) -> FieldSpec:
+        """``it.qty`` of ``UNNEST(o.items) AS it``: after ``$unwind`` the array field holds one
+        element, so the path is ``items.qty``; ``u.tag`` of ``UNNEST(o.tags) AS u(tag)`` is
+        the element itself."""
+        array = self.unnests[column.table]
+        element = array.type.value_type if pa.types.is_list(array.type) else pa.string()
+        if self.elements.get(column.table) == column.name:
+            return FieldSpec(array.path, element)
+        if pa.types.is_struct(element) and element.get_field_index(column.name) >= 0:
+            return FieldSpec(f"{array.path}.{column.name}", element.field(column.name).type)
+        return FieldSpec(f"{array.path}.{column.name}", pa.string())
 
     def value(self, node: exp.Expression, spec: FieldSpec | None, like: str = "") -> Any:
         if isinstance(node, exp.Placeholder):
@@ -460,10 +483,7 @@ class Translator:
     def pipeline(self) -> Pipeline:
         select = self.select
         table = select.args["from_"].this
-        stages: list[dict[str, Any]] = []
-        where = select.args.get("where")
-        if where is not None:
-            stages.append({"$match": self.match(where.this)})
+        stages = self._filter_and_unwind()
         group = select.args.get("group")
         aggregates = [n for s in select.selects for n in s.find_all(*AGGREGATES)]
         having = select.args.get("having")
@@ -474,6 +494,24 @@ class Translator:
         else:
             self._plain(pipe)
         return pipe
+
+    def _filter_and_unwind(self) -> list[dict[str, Any]]:
+        """``$match`` on the document, ``$unwind`` of each UNNEST, ``$match`` on elements: WHERE
+        and the inner joins' ON conditions (inner joins filter like WHERE)."""
+        conjuncts = _conjuncts(self.select.args.get("where"))
+        for join in self.select.args.get("joins") or []:
+            conjuncts += _conjuncts(join.args.get("on"))
+        conjuncts = [c for c in conjuncts if not isinstance(c, exp.Boolean) or not c.this]
+        unnested = set(self.unnests)
+        on_elements = [c for c in conjuncts if _aliases(c) & unnested]
+        on_document = [c for c in conjuncts if not _aliases(c) & unnested]
+        stages: list[dict[str, Any]] = []
+        if on_document:
+            stages.append({"$match": self.match(exp.and_(*on_document, copy=False))})
+        stages += [{"$unwind": "$" + spec.path} for spec in self.unnests.values()]
+        if on_elements:
+            stages.append({"$match": self.match(exp.and_(*on_elements, copy=False))})
+        return stages
 
     def _out_field(self, name: str, taken: set[str], i: int) -> str:
         f = name if _SAFE_FIELD.fullmatch(name) and not name.startswith("__") else f"c{i}"
@@ -683,6 +721,18 @@ class Translator:
 
     def _key(self, node: exp.Expression) -> str:
         return node.sql(dialect="postgres")
+
+
+def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        node = node.this
+    return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _aliases(node: exp.Expression) -> set[str]:
+    return {c.table for c in node.find_all(exp.Column)}
 
 
 # ---- the adapter ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 from bson import Decimal128, ObjectId
@@ -442,3 +443,144 @@ def test_an_unreachable_server_fails_after_the_connect_timeout() -> None:
 
 def _slow_strings() -> list[str]:
     return ["a" * 40] * 80 + ["aaaaab"] * 7 + ["aaab", "baaaaa"]
+
+
+# ---- arrays of documents: CROSS JOIN UNNEST(o.items) AS it is $unwind -----------------------
+LINES_DB = "fedtest_lines"
+
+
+def _line_orders() -> list[dict[str, Any]]:
+    """Orders with arrays of {product_id, qty, unit_price}: some empty, null or missing, some
+    elements without qty."""
+    rng = random.Random(12)
+    docs: list[dict[str, Any]] = []
+    for n in range(150):
+        doc: dict[str, Any] = {"n": n, "customer_id": n % N_CUSTOMERS}
+        if n % 9 != 4:
+            doc["status"] = STATUSES[n % len(STATUSES)]
+        items = [
+            {"product_id": rng.randrange(10), "qty": rng.randrange(1, 6), "unit_price": p / 4}
+            for p in (rng.randrange(4, 400) for _ in range(rng.randrange(0, 5)))
+        ]
+        for it in items[1:2] if n % 5 == 0 else []:
+            del it["qty"]
+        if n % 17 == 3:
+            doc["items"] = None
+        elif n % 13 != 6:  # n % 13 == 6: no items field at all
+            doc["items"] = items
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def unnest_setup(mongo_dsn: str, tmp_path_factory: pytest.TempPathFactory):
+    """The orders in MongoDB and, as the truth, in DuckDB (items as a list of structs);
+    customers on SQLite and in DuckDB."""
+    docs = _line_orders()
+    client = MongoClient(mongo_dsn, serverSelectionTimeoutMS=10_000)
+    try:
+        client[LINES_DB].lines.drop()
+        client[LINES_DB].lines.insert_many([dict(d) for d in docs])
+    finally:
+        client.close()
+    customers = [(i, f"c{i}", "gold" if i % 7 == 0 else "basic") for i in range(N_CUSTOMERS)]
+    path = tmp_path_factory.mktemp("lines") / "crm.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, tier TEXT)")
+        con.executemany("INSERT INTO customers VALUES (?, ?, ?)", customers)
+    con.close()
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE customers (id INT, name TEXT, tier TEXT)")
+    duck.executemany("INSERT INTO customers VALUES (?, ?, ?)", customers)
+    duck.execute(
+        "CREATE TABLE lines (n INT, customer_id INT, status TEXT, "
+        "items STRUCT(product_id BIGINT, qty BIGINT, unit_price DOUBLE)[])"
+    )
+    keys = ("product_id", "qty", "unit_price")
+    duck.executemany(
+        "INSERT INTO lines VALUES (?, ?, ?, ?)",
+        [
+            (
+                d["n"],
+                d["customer_id"],
+                d.get("status"),
+                None
+                if d.get("items") is None
+                else [{k: i.get(k) for k in keys} for i in d["items"]],
+            )
+            for d in docs
+        ],
+    )
+    catalog = {
+        "sources": {
+            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": LINES_DB},
+            "crm": {"kind": "sqlite", "path": str(path)},
+        }
+    }
+    with federator.connect(catalog, timeout=60) as fed:
+        yield fed, duck
+
+
+UNNEST_SHAPES = {
+    "elements filtered on the document and on themselves": (
+        "SELECT o.n, it.product_id, it.qty, it.unit_price FROM mongo.lines AS o "
+        "CROSS JOIN UNNEST(o.items) AS it WHERE o.status = 'paid' AND it.qty >= 2",
+        "SELECT o.n, it.product_id, it.qty, it.unit_price FROM lines AS o "
+        "CROSS JOIN UNNEST(o.items) AS it WHERE o.status = 'paid' AND it.qty >= 2",
+    ),
+    "grouped per product: SUM, COUNT, AVG, MAX, HAVING, ORDER BY, LIMIT": (
+        "SELECT it.product_id, sum(it.qty) AS units, count(*) AS n, count(it.qty) AS with_qty, "
+        "avg(it.unit_price) AS mean, max(it.unit_price) AS top FROM mongo.lines AS o, "
+        "UNNEST(o.items) AS it GROUP BY it.product_id HAVING count(*) > 3 "
+        "ORDER BY units DESC, it.product_id LIMIT 6",
+        "SELECT it.product_id, sum(it.qty), count(*), count(it.qty), avg(it.unit_price), "
+        "max(it.unit_price) FROM lines AS o, UNNEST(o.items) AS it GROUP BY it.product_id "
+        "HAVING count(*) > 3 ORDER BY 2 DESC, 1 LIMIT 6",
+    ),
+    "revenue per status: arithmetic on elements in the residual": (
+        "SELECT o.status, sum(it.qty * it.unit_price) AS revenue FROM mongo.lines AS o "
+        "CROSS JOIN UNNEST(o.items) AS it GROUP BY o.status",
+        "SELECT o.status, sum(it.qty * it.unit_price) FROM lines AS o "
+        "CROSS JOIN UNNEST(o.items) AS it GROUP BY o.status",
+    ),
+    "count of all elements": (
+        "SELECT count(*) AS n FROM mongo.lines AS o CROSS JOIN UNNEST(o.items) AS it",
+        "SELECT count(*) FROM lines AS o CROSS JOIN UNNEST(o.items) AS it",
+    ),
+    "DISTINCT products of large quantities": (
+        "SELECT DISTINCT it.product_id FROM mongo.lines AS o CROSS JOIN UNNEST(o.items) AS it "
+        "WHERE it.qty > 3",
+        "SELECT DISTINCT it.product_id FROM lines AS o CROSS JOIN UNNEST(o.items) AS it "
+        "WHERE it.qty > 3",
+    ),
+    "joined with SQLite customers (keys bound before $unwind)": (
+        "SELECT c.name, o.n, it.product_id FROM crm.customers AS c "
+        "JOIN mongo.lines AS o ON o.customer_id = c.id CROSS JOIN UNNEST(o.items) AS it "
+        "WHERE c.tier = 'gold' AND it.unit_price < 50",
+        "SELECT c.name, o.n, it.product_id FROM customers AS c "
+        "JOIN lines AS o ON o.customer_id = c.id CROSS JOIN UNNEST(o.items) AS it "
+        "WHERE c.tier = 'gold' AND it.unit_price < 50",
+    ),
+    "LEFT JOIN UNNEST keeps orders without elements (unnested in the residual)": (
+        "SELECT o.n, it.qty FROM mongo.lines AS o LEFT JOIN UNNEST(o.items) AS it ON TRUE",
+        "SELECT o.n, it.qty FROM lines AS o LEFT JOIN UNNEST(o.items) AS it ON TRUE",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(UNNEST_SHAPES))
+def test_unnest_arrays_of_documents(unnest_setup, name: str) -> None:
+    """Issue 12: ``o.items`` (documents) could not be reached. Equal to DuckDB over the same
+    documents; EXPLAIN shows the $unwind wherever MongoDB runs the unnest."""
+    fed, duck = unnest_setup
+    sql, truth_sql = UNNEST_SHAPES[name]
+    plan = fed.explain(sql)
+    assert ('{"$unwind": "$items"}' in plan) == ("LEFT JOIN" not in sql), plan
+    got = [tuple(r.values()) for r in fed.sql(sql).to_arrow().to_pylist()]
+    want = duck.execute(truth_sql).fetchall()
+    if "ORDER BY" not in sql:
+        got, want = sorted(got, key=repr), sorted(want, key=repr)
+    assert len(want) > 1 or name == "count of all elements"
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-12), (g, w)

@@ -59,6 +59,7 @@ MONGO_SOURCE: dict[str, Any] = {
                 "shipped_at": "timestamp",
                 "address.city": "string",
                 "items": "list<string>",
+                "lines": "list<struct<product_id: int64, qty: int64, unit_price: float64>>",
             },
         },
         "shop.products": {
