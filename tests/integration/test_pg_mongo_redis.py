@@ -293,6 +293,26 @@ SUBQUERY_SHAPES = {
         "SELECT u.id FROM e2e_truth.users AS u WHERE u.vip AND EXISTS "
         "(SELECT 1 FROM e2e_truth.orders AS o WHERE o.user_id = u.id AND o.status IS NULL)",
     ),
+    "NOT EXISTS on Mongo": (
+        "SELECT u.id FROM pg.users AS u WHERE NOT EXISTS "
+        "(SELECT 1 FROM mongo.orders AS o WHERE o.user_id = u.id AND o.status = 'paid')",
+        "SELECT u.id FROM e2e_truth.users AS u WHERE NOT EXISTS "
+        "(SELECT 1 FROM e2e_truth.orders AS o WHERE o.user_id = u.id AND o.status = 'paid')",
+    ),
+    "correlated scalar count on Mongo": (
+        "SELECT u.id, (SELECT count(*) FROM mongo.orders AS o WHERE o.user_id = u.id "
+        "AND o.status = 'shipped') AS n FROM pg.users AS u WHERE u.country = 'FR'",
+        "SELECT u.id, (SELECT count(*) FROM e2e_truth.orders AS o WHERE o.user_id = u.id "
+        "AND o.status = 'shipped') AS n FROM e2e_truth.users AS u WHERE u.country = 'FR'",
+    ),
+    "EXISTS with GROUP BY and HAVING on Mongo": (
+        "SELECT u.id FROM pg.users AS u WHERE EXISTS (SELECT 1 FROM mongo.orders AS o "
+        "WHERE o.user_id = u.id AND o.\"shipping.method\" = 'express' GROUP BY o.user_id "
+        "HAVING count(*) > 3)",
+        "SELECT u.id FROM e2e_truth.users AS u WHERE EXISTS (SELECT 1 FROM e2e_truth.orders AS o "
+        "WHERE o.user_id = u.id AND o.shipping_method = 'express' GROUP BY o.user_id "
+        "HAVING count(*) > 3)",
+    ),
     "scalar subquery on Mongo": (
         "SELECT id FROM pg.users WHERE id > (SELECT max(user_id) - 30 FROM mongo.orders)",
         "SELECT id FROM e2e_truth.users WHERE id > "
