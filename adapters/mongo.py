@@ -878,12 +878,14 @@ class MongoAdapter(Adapter):
         table = query.args["from_"].this
         ref = TableRef(table.db, table.name)
         collection = self.collections.get(ref) or Collection(ref, {})
-        pipe = Translator(query, collection).pipeline()
+        translator = Translator(query, collection)
+        pipe = translator.pipeline()
         request = NativeRequest(source=self.name, text="", payload=pipe)
         request.param_names = sorted({p.name for p in _walk_params(pipe.stages)})
         if fragment.bind is not None:
-            key = fragment.bind.key
-            spec = collection.fields.get(key.name) or FieldSpec(key.name, pa.string())
+            # Before any $unwind: on an element's field (items.product_id) it keeps documents
+            # with some matching element; the residual's join drops the other elements.
+            spec = translator.spec(fragment.bind.key)
             pipe.bind_field, pipe.bind_spec = spec.path, spec
             pipe.stages.insert(0, {"$match": {spec.path: {"$in": BindKeys()}}})
             request.bind = BindSpec(column=spec.path, style="$in", batch_size=self.bind_batch_size)

@@ -561,6 +561,12 @@ UNNEST_SHAPES = {
         "JOIN lines AS o ON o.customer_id = c.id CROSS JOIN UNNEST(o.items) AS it "
         "WHERE c.tier = 'gold' AND it.unit_price < 50",
     ),
+    "joined with SQLite on an element's field (keys bound before $unwind)": (
+        "SELECT c.name, o.n, it.qty FROM crm.customers AS c, mongo.lines AS o, "
+        "UNNEST(o.items) AS it WHERE it.product_id = c.id AND c.tier = 'gold'",
+        "SELECT c.name, o.n, it.qty FROM customers AS c, lines AS o, "
+        "UNNEST(o.items) AS it WHERE it.product_id = c.id AND c.tier = 'gold'",
+    ),
     "LEFT JOIN UNNEST keeps orders without elements (unnested in the residual)": (
         "SELECT o.n, it.qty FROM mongo.lines AS o LEFT JOIN UNNEST(o.items) AS it ON TRUE",
         "SELECT o.n, it.qty FROM lines AS o LEFT JOIN UNNEST(o.items) AS it ON TRUE",
