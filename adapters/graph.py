@@ -13,7 +13,13 @@ becomes one ``MATCH`` pattern with its WHERE, RETURN, ORDER BY, SKIP and LIMIT:
     SELECT a.name, b.name FROM g.Person a JOIN g.FOLLOWS f ON f._src = a._id
       JOIN g.Person b ON f._dst = b._id WHERE a.age > 30
     →  MATCH (a:Person)-[f:FOLLOWS]->(b:Person) WHERE a.age > 30
+       WITH a, f, b
        RETURN a.name AS `name`, b.name AS `name_1`
+
+SQL joins are bags: every path is a row. Each relationship is its own MATCH clause (a join
+may walk one relationship twice, which one Cypher pattern forbids), and ``WITH`` names every
+node and relationship after it (FalkorDB otherwise collapses paths with the same ends), unless
+the answer cannot tell a bag from a set (SELECT DISTINCT; only MIN, MAX, COUNT(DISTINCT)).
 
 GROUP BY with COUNT/SUM/AVG/MIN/MAX (and COUNT(DISTINCT)) becomes ``WITH <keys>, <aggregates>``
 (Cypher groups by the non-aggregated items), HAVING the WHERE after it; a grouped derived
@@ -135,16 +141,17 @@ class CypherGenerator:
             lines.append(_return_as_with(table.raw))
             lines.append("WITH " + ", ".join(quote(c) for c in table.columns))
         rest = [c for c in conjuncts if not self._endpoint(c)]
-        match = self._pattern()
+        patterns = self._patterns()
         if bind_key is not None and raw:
             rest.append(exp.In(this=bind_key.copy(), expressions=[exp.var(f"${KEYS_PARAM}")]))
         elif bind_key is not None:
             rest.append(exp.EQ(this=bind_key.copy(), expression=exp.var("__key")))
             lines.append(f"UNWIND ${KEYS_PARAM} AS __key")
-        if match:
-            lines.append("MATCH " + match)
+        lines.extend("MATCH " + p for p in patterns)
         if rest:
             lines.append("WHERE " + " AND ".join(self.expr(c) for c in rest))
+        if _duplicates_matter(select):
+            lines.extend(self._every_path(raw[0].table.columns if raw else []))
         if _grouped(select):
             lines.extend(self._group(select, bind_key))
         distinct = "DISTINCT " if select.args.get("distinct") else ""
@@ -280,7 +287,12 @@ class CypherGenerator:
             return True
         return False
 
-    def _pattern(self) -> str:
+    def _patterns(self) -> list[str]:
+        """One pattern per relationship (then the lone nodes), each its own MATCH clause.
+
+        Separate clauses because SQL joins may use one relationship twice (a self-loop walked
+        twice), which Cypher's relationship uniqueness forbids inside one MATCH.
+        """
         placed: set[str] = set()
 
         def node(alias: str | None, anon: str) -> str:
@@ -299,10 +311,40 @@ class CypherGenerator:
             src = node(v.src, f"{v.alias}__src")
             dst = node(v.dst, f"{v.alias}__dst")
             parts.append(f"{src}-[{quote(v.alias)}:{quote(v.table.name)}]->{dst}")
+        lone = [
+            node(v.alias, v.alias)
+            for v in self.vars.values()
+            if v.table.kind == "node" and v.alias not in placed
+        ]
+        return parts + ([", ".join(lone)] if lone else [])
+
+    def _every_path(self, raw_columns: list[str]) -> list[str]:
+        """``WITH`` every node and relationship of the pattern, so each path stays a row.
+
+        SQL joins are bags: two parallel relationships, or two middle nodes between the same
+        ends, are two rows. FalkorDB collapses a traversal whose relationships are not used
+        later to one row per distinct end pair (``count(*)`` of a two-hop pattern counts
+        pairs, not paths); naming the relationships after the MATCH keeps every path.
+
+        >>> gen = CypherGenerator({"P": GraphTable("P", "node"), "F": GraphTable("F", "rel")})
+        >>> from federator.sql.dialect import parse
+        >>> q = gen.generate(parse("SELECT a.x FROM P AS a JOIN F AS f ON f._src = a._id"))
+        >>> q.text.splitlines()[1]
+        'WITH a, f, f__dst'
+        """
+        rels = [v for v in self.vars.values() if v.table.kind == "rel"]
+        if not rels:
+            return []
+        names: list[str] = []
         for v in self.vars.values():
-            if v.table.kind == "node" and v.alias not in placed:
-                parts.append(node(v.alias, v.alias))
-        return ", ".join(parts)
+            if v.table.kind == "node":
+                names.append(v.alias)
+            elif v.table.kind == "rel":
+                names.append(v.alias)
+                names.append(v.src or f"{v.alias}__src")
+                names.append(v.dst or f"{v.alias}__dst")
+        names.extend(raw_columns)
+        return ["WITH " + ", ".join(quote(n) for n in dict.fromkeys(names))]
 
     # ---- expressions -----------------------------------------------------------------
     def column(self, col: exp.Column) -> str:
@@ -394,6 +436,18 @@ def _grouped(select: exp.Select) -> bool:
     return select.args.get("group") is not None or any(
         p.find(*AGGREGATES) is not None for p in select.selects
     )
+
+
+def _duplicates_matter(select: exp.Select) -> bool:
+    """False when the answer is the same over a bag or its set of rows: SELECT DISTINCT, or
+    grouping whose aggregates are all MIN, MAX or COUNT(DISTINCT)."""
+    if not _grouped(select):
+        return not select.args.get("distinct")
+    for agg in select.find_all(*AGGREGATES):
+        distinct = isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct)
+        if not (distinct or isinstance(agg, (exp.Min, exp.Max))):
+            return True
+    return False
 
 
 def _return_as_with(text: str) -> str:

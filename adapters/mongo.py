@@ -8,6 +8,7 @@ Catalog entry::
     database = "shop"          # optional: the namespace of unqualified names (mongo.orders)
     databases = ["shop"]       # optional: which databases to list (default: all but system ones)
     sample_size = 1000         # documents sampled per collection for an undeclared schema
+    connect_timeout = 10       # seconds to wait for a usable server (`timeout` is its old name)
     [sources.mongo.tables."shop.orders".columns]   # optional declared schema
     _id = "objectid"
     amount = "decimal(12,2)"
@@ -22,6 +23,8 @@ A column declared ``json`` holds the embedded document as a JSON string.
 ``translate`` is pure: it turns the fragment's SELECT into a pipeline (the rule set in
 :mod:`federator.rules.mongo` guarantees it can), which EXPLAIN prints in shell notation.
 ``execute`` streams the cursor in batches; bind-join keys arrive as a leading ``$in`` match.
+A running aggregation has no driver-side timeout (no socket timeout, no heartbeat that may
+interrupt it): only the query's ``timeout`` ends it, with a ``QueryTimeoutError``.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def declared_fields(columns: dict[str, str]) -> dict[str, FieldSpec]:
     for name, type_name in columns.items():
         t = str(type_name).strip().lower()
         bson = t if t in ("objectid", "json") else "plain"
-        out[name] = FieldSpec(name, parse_type(t), bson)
+        out[name] = FieldSpec(name, parse_type(str(type_name)), bson)
     return out
 
 
@@ -348,14 +351,37 @@ class Translator:
         table = select.args["from_"].this
         self.alias = table.alias_or_name
         self.projections = {s.alias_or_name: s.unalias() for s in select.selects}
+        self.unnests: dict[str, FieldSpec] = {}  # UNNEST alias -> the array field unwound
+        self.elements: dict[str, str] = {}  # UNNEST(o.tags) AS u(tag): "u" -> "tag"
+        for join in select.args.get("joins") or []:
+            if not isinstance(join.this, exp.Unnest):
+                raise UnsupportedError(f"MongoDB cannot join {join.this.sql()} in a pipeline")
+            alias = join.this.args["alias"]
+            self.unnests[alias.name] = self.spec(join.this.expressions[0])
+            if alias.columns:
+                self.elements[alias.name] = alias.columns[0].name
 
     # -- columns and values
     def spec(self, column: exp.Column) -> FieldSpec:
         name = column.name
+        if column.table in self.unnests:
+            return self._element_spec(column)
         if column.table and column.table != self.alias:
             raise UnsupportedError(f"column {column.sql()} is not of collection {self.alias}")
         spec = self.collection.fields.get(name)
         return spec if spec is not None else FieldSpec(name, pa.string())
+
+    def _element_spec(self, column: exp.Column) -> FieldSpec:
+        """``it.qty`` of ``UNNEST(o.items) AS it``: after ``$unwind`` the array field holds one
+        element, so the path is ``items.qty``; ``u.tag`` of ``UNNEST(o.tags) AS u(tag)`` is
+        the element itself."""
+        array = self.unnests[column.table]
+        element = array.type.value_type if pa.types.is_list(array.type) else pa.string()
+        if self.elements.get(column.table) == column.name:
+            return FieldSpec(array.path, element)
+        if pa.types.is_struct(element) and element.get_field_index(column.name) >= 0:
+            return FieldSpec(f"{array.path}.{column.name}", element.field(column.name).type)
+        return FieldSpec(f"{array.path}.{column.name}", pa.string())
 
     def value(self, node: exp.Expression, spec: FieldSpec | None, like: str = "") -> Any:
         if isinstance(node, exp.Placeholder):
@@ -457,10 +483,7 @@ class Translator:
     def pipeline(self) -> Pipeline:
         select = self.select
         table = select.args["from_"].this
-        stages: list[dict[str, Any]] = []
-        where = select.args.get("where")
-        if where is not None:
-            stages.append({"$match": self.match(where.this)})
+        stages = self._filter_and_unwind()
         group = select.args.get("group")
         aggregates = [n for s in select.selects for n in s.find_all(*AGGREGATES)]
         having = select.args.get("having")
@@ -471,6 +494,24 @@ class Translator:
         else:
             self._plain(pipe)
         return pipe
+
+    def _filter_and_unwind(self) -> list[dict[str, Any]]:
+        """``$match`` on the document, ``$unwind`` of each UNNEST, ``$match`` on elements: WHERE
+        and the inner joins' ON conditions (inner joins filter like WHERE)."""
+        conjuncts = _conjuncts(self.select.args.get("where"))
+        for join in self.select.args.get("joins") or []:
+            conjuncts += _conjuncts(join.args.get("on"))
+        conjuncts = [c for c in conjuncts if not isinstance(c, exp.Boolean) or not c.this]
+        unnested = set(self.unnests)
+        on_elements = [c for c in conjuncts if _aliases(c) & unnested]
+        on_document = [c for c in conjuncts if not _aliases(c) & unnested]
+        stages: list[dict[str, Any]] = []
+        if on_document:
+            stages.append({"$match": self.match(exp.and_(*on_document, copy=False))})
+        stages += [{"$unwind": "$" + spec.path} for spec in self.unnests.values()]
+        if on_elements:
+            stages.append({"$match": self.match(exp.and_(*on_elements, copy=False))})
+        return stages
 
     def _out_field(self, name: str, taken: set[str], i: int) -> str:
         f = name if _SAFE_FIELD.fullmatch(name) and not name.startswith("__") else f"c{i}"
@@ -682,6 +723,18 @@ class Translator:
         return node.sql(dialect="postgres")
 
 
+def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.Where):
+        node = node.this
+    return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _aliases(node: exp.Expression) -> set[str]:
+    return {c.table for c in node.find_all(exp.Column)}
+
+
 # ---- the adapter ------------------------------------------------------------------------------
 class MongoAdapter(Adapter):
     """``{"kind": "mongo", "url": "mongodb://host:port/", "database": "shop"}``"""
@@ -703,8 +756,7 @@ class MongoAdapter(Adapter):
         self.sample_size = int(opts.get("sample_size", DEFAULT_SAMPLE))
         self.discover = bool(opts.get("discover", True))
         self.bind_batch_size = int(opts.get("bind_batch_size", DEFAULT_BIND_BATCH))
-        self.timeout = float(opts.get("timeout", 10.0))  # connecting, selecting a server
-        self.read_timeout = float(opts.get("read_timeout", 300.0))  # one server round trip
+        self.connect_timeout = connect_timeout(config)
         self.declared: dict[TableRef, Collection] = {}
         for key, spec in (opts.get("tables") or {}).items():
             db, _, coll = str(key).partition(".")
@@ -733,13 +785,16 @@ class MongoAdapter(Adapter):
             return
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        ms = int(self.timeout * 1000)
+        # Only the query's timeout ends a running aggregation (QueryTimeoutError). The driver
+        # waits connect_timeout for a usable server, and nothing on a socket: its monitors use
+        # connectTimeoutMS as their socket timeout too, and a heartbeat that times out while
+        # the server is busy interrupts every running operation on that server.
         self._client = AsyncIOMotorClient(
             self.url,
             tz_aware=True,
-            serverSelectionTimeoutMS=ms,
-            connectTimeoutMS=ms,
-            socketTimeoutMS=int(self.read_timeout * 1000),
+            serverSelectionTimeoutMS=int(self.connect_timeout * 1000),
+            connectTimeoutMS=None,
+            socketTimeoutMS=None,
             maxPoolSize=max(self.max_concurrency, 1),
         )
 
@@ -815,16 +870,22 @@ class MongoAdapter(Adapter):
         if not isinstance(query, exp.Select) or not isinstance(
             query.args.get("from_") and query.args["from_"].this, exp.Table
         ):
-            raise UnsupportedError(f"MongoDB cannot run {query.sql()[:60]} as one pipeline")
+            why = self.rules.refusal(query) or "it does not read one collection"
+            raise UnsupportedError(
+                f"source {self.name!r} (mongo) cannot run this as one pipeline ({why}): "
+                f"{query.sql()}"
+            )
         table = query.args["from_"].this
         ref = TableRef(table.db, table.name)
         collection = self.collections.get(ref) or Collection(ref, {})
-        pipe = Translator(query, collection).pipeline()
+        translator = Translator(query, collection)
+        pipe = translator.pipeline()
         request = NativeRequest(source=self.name, text="", payload=pipe)
         request.param_names = sorted({p.name for p in _walk_params(pipe.stages)})
         if fragment.bind is not None:
-            key = fragment.bind.key
-            spec = collection.fields.get(key.name) or FieldSpec(key.name, pa.string())
+            # Before any $unwind: on an element's field (items.product_id) it keeps documents
+            # with some matching element; the residual's join drops the other elements.
+            spec = translator.spec(fragment.bind.key)
             pipe.bind_field, pipe.bind_spec = spec.path, spec
             pipe.stages.insert(0, {"$match": {spec.path: {"$in": BindKeys()}}})
             request.bind = BindSpec(column=spec.path, style="$in", batch_size=self.bind_batch_size)
@@ -929,6 +990,34 @@ class MongoAdapter(Adapter):
                 ) from None
             names.append(column)
         return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def connect_timeout(config: SourceConfig) -> float:
+    """Seconds a request waits for a usable server (connecting included): the catalog's
+    ``connect_timeout`` (``timeout`` is its older name), default 10. A running aggregation has
+    no driver timeout; the query's own ``timeout`` ends it.
+
+    >>> connect_timeout(SourceConfig("m", "mongo", {"url": "mongodb://h", "timeout": 3}))
+    3.0
+    """
+    opts = config.options
+    if "read_timeout" in opts or "socket_timeout" in opts:
+        raise CatalogError(
+            f"source {config.name!r} (mongo): a running aggregation has no socket timeout; "
+            "remove 'read_timeout'/'socket_timeout' and give the query a 'timeout' "
+            "(federator.connect(..., timeout=S) or fed.sql(..., timeout=S))"
+        )
+    value = opts.get("connect_timeout", opts.get("timeout", 10.0))
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise CatalogError(
+            f"source {config.name!r} (mongo): 'connect_timeout' must be a positive number of "
+            f"seconds, not {value!r}"
+        )
+    return seconds
 
 
 _COEFFICIENT = (1 << 113) - 1

@@ -63,6 +63,11 @@ def _simple_like(node: exp.Expression) -> bool:
     return "%" not in core and "_" not in core and "\\" not in core
 
 
+def _derived_table(node: exp.Expression) -> bool:
+    """``FROM (SELECT … GROUP BY …) AS c``: its own Cypher, continued with WITH."""
+    return isinstance(node.parent, (exp.From, exp.Join)) and isinstance(node.this, exp.Select)
+
+
 def _graph_table(node: exp.Expression) -> bool:
     """A label or relationship type, or the result of cypher()/paths() (a table of its own)."""
     return isinstance(node.this, exp.Identifier)
@@ -79,6 +84,7 @@ GRAPH = RuleSet(
         Rule(exp.In, guard=_literal_in, name="IN a literal list"),
         Rule(exp.Like, guard=_simple_like, name="LIKE as STARTS WITH/ENDS WITH/CONTAINS"),
         Rule(exp.Table, guard=_graph_table, name="label or relationship table"),
+        Rule(exp.Subquery, guard=_derived_table, name="derived table (its RETURN as WITH)"),
         *rules_for_classes(
             exp.From,
             exp.TableAlias,

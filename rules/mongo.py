@@ -2,7 +2,8 @@
 
 A fragment that passes these rules is one ``aggregate()`` call: WHERE → ``$match``,
 GROUP BY with COUNT/SUM/AVG/MIN/MAX (and COUNT(DISTINCT col)) → ``$group``, HAVING → ``$match``,
-ORDER BY → ``$sort``, OFFSET/LIMIT → ``$skip``/``$limit``, the select list → ``$project``.
+ORDER BY → ``$sort``, OFFSET/LIMIT → ``$skip``/``$limit``, the select list → ``$project``,
+``CROSS JOIN UNNEST(o.items) AS it`` → ``$unwind`` (``it.qty`` is ``items.qty`` after it).
 Everything else is refused and stays in the residual: joins between collections, subqueries,
 set operations, window functions, arithmetic and other functions, comparisons that are not
 ``column op value`` (or two columns of the same collection).
@@ -110,10 +111,44 @@ def _aggregate_argument(node: exp.Expression) -> bool:
 
 
 def _select(node: exp.Expression) -> bool:
-    """One collection, no joins, laterals, windows, locks or set operations around it."""
-    return not any(
-        node.args.get(k) for k in ("joins", "laterals", "windows", "qualify", "with_", "locks")
-    ) and not isinstance(node.parent, exp.SetOperation)
+    """One collection (its arrays unnested at most), no other joins, laterals, windows, locks
+    or set operations around it."""
+    return (
+        not any(node.args.get(k) for k in ("laterals", "windows", "qualify", "with_", "locks"))
+        and all(isinstance(j.this, exp.Unnest) for j in node.args.get("joins") or [])
+        and not isinstance(node.parent, exp.SetOperation)
+    )
+
+
+def _unnest_join(node: exp.Expression) -> bool:
+    """``CROSS JOIN UNNEST(o.items) AS it`` (or ``, UNNEST(…)``, or an inner JOIN whose ON
+    filters the elements): ``$unwind`` of an array field of the collection."""
+    return (
+        isinstance(node.this, exp.Unnest)
+        and not node.side
+        and node.kind.upper() in ("", "INNER", "CROSS")
+        and not node.args.get("using")
+    )
+
+
+def _unnest(node: exp.Expression) -> bool:
+    """One array field of the FROM collection, aliased by a name (``AS it``, its elements'
+    fields are ``it.qty``) or a name and a column (``AS u(tag)``, the element is ``u.tag``),
+    without ordinality."""
+    select = node.parent_select
+    from_ = select.args.get("from_") if select is not None else None
+    alias = node.args.get("alias")
+    column = node.expressions[0] if len(node.expressions) == 1 else None
+    return (
+        isinstance(node.parent, exp.Join)
+        and from_ is not None
+        and isinstance(column, exp.Column)
+        and column.table == from_.this.alias_or_name
+        and alias is not None
+        and bool(alias.name)
+        and len(alias.args.get("columns") or []) <= 1
+        and not node.args.get("offset")
+    )
 
 
 def _from(node: exp.Expression) -> bool:
@@ -152,6 +187,8 @@ MONGO = RuleSet(
         Rule(exp.Select, guard=_select, name="select over one collection"),
         Rule(exp.From, guard=_from, name="from one collection"),
         Rule(exp.Table, guard=_table),
+        Rule(exp.Join, guard=_unnest_join, name="CROSS JOIN UNNEST(array) ($unwind)"),
+        Rule(exp.Unnest, guard=_unnest, name="UNNEST of an array field ($unwind)"),
         *rules_for_classes(
             exp.TableAlias,
             exp.Identifier,

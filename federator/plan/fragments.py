@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -103,17 +104,19 @@ class FragmentBuilder(Estimator):
         residual_conj: list[exp.Expression],
         rename: bool | None = None,
         hand_back: bool = False,
+        also: Sequence[exp.Expression] = (),
     ) -> tuple[Fragment, dict[tuple[str, str], tuple[str, str]]]:
         """One fragment for ``members`` (all on one source); columns the residual still needs.
 
         ``hand_back``: ``conjuncts`` the fragment cannot take may be appended to
-        ``residual_conj`` (the caller applies them in the residual)."""
+        ``residual_conj`` (the caller applies them in the residual). ``also``: residual parts
+        not attached to ``select`` yet whose columns the fragment must output too."""
         source = members[0].source
         assert source is not None
         aliases = {m.alias for m in members}
         needed: dict[str, set[str]] = defaultdict(set)
         collect_columns(select, aliases, needed)
-        for c in residual_conj:
+        for c in [*residual_conj, *also]:
             collect_columns(c, aliases, needed)
         fid = self._new_id()
         rename = len(members) > 1 if rename is None else rename
@@ -164,16 +167,18 @@ class FragmentBuilder(Estimator):
     ) -> tuple[exp.Query, list[tuple[str, str, str]]] | None:
         """A derived table its source runs whole but not wrapped in an outer SELECT (Milvus
         takes one collection, so ``SELECT near.id FROM (SELECT ... ORDER BY d LIMIT 10) AS
-        near`` is refused while the inner vector search is not): the fragment is the inner
-        query as it is (``conjuncts`` from outside, if any, stay in the residual). Only for a
-        LIMIT: keys bound into it, or another ORDER BY, would change which rows it keeps, so
-        such a fragment takes neither (``Fragment.as_written``)."""
+        near`` is refused while the inner vector search is not; MongoDB runs the grouped
+        ``SELECT customer_id FROM orders … GROUP BY customer_id`` that an ``IN (subquery)``
+        decorrelates to, as one pipeline, but not the SELECT around it): the fragment is the
+        inner query as it is (``conjuncts`` from outside, if any, stay in the residual). Keys
+        bound into it, or another ORDER BY, could change which rows a LIMIT keeps, so such a
+        fragment takes neither (``Fragment.as_written``)."""
         node = members[0].node
         if len(members) != 1 or rename or conjuncts or not isinstance(node, exp.Subquery):
             return None
         rules = self.rules[members[0].source]  # type: ignore[index]
         inner = node.this
-        if not isinstance(inner, exp.Select) or not inner.args.get("limit"):
+        if not isinstance(inner, exp.Select):
             return None
         if rules.refusal(wrapped) is None:
             return None

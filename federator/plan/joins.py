@@ -185,7 +185,7 @@ class JoinPlanner(FragmentBuilder):
         if not self.rules[consumer.source].can("bind_join"):
             return f"source {consumer.source} takes no bind joins"
         if consumer.as_written:
-            return f"{consumer.id} is a derived table's LIMIT query as written"
+            return f"{consumer.id} is a derived table's query as written"
         if producer.top_k is not None:
             return f"{producer.id}'s keys change as its vector top-k grows"
         p, c = producer.estimated_rows, consumer.estimated_rows

@@ -157,6 +157,11 @@ class Splitter(TopKPlanner):
                 a = parent[a]
             return a
 
+        for it in items:  # UNNEST(o.items) goes with o where o's source unwinds arrays
+            base = self._unnest_base(it, by_alias)
+            if base is not None:
+                it.source = base.source
+                parent[it.alias] = find(base.alias)
         targets = {
             i: t for i, c in enumerate(conjuncts) if (t := self._conjunct_source(c, by_alias))
         }
@@ -184,7 +189,7 @@ class Splitter(TopKPlanner):
                 pushed[i] = target
 
         groups: dict[str, list[_Item]] = defaultdict(list)
-        for it in items:
+        for it in sorted(items, key=lambda it: isinstance(it.node, exp.Unnest)):  # tables first
             if it.source is not None:
                 groups[find(it.alias)].append(it)
         if not groups:
@@ -202,9 +207,10 @@ class Splitter(TopKPlanner):
         frags: dict[str, Fragment] = {}
         renames: dict[tuple[str, str], tuple[str, str]] = {}
         new_from: list[exp.Expression] = []
+        detached = [it.node for it in items if it.source is None]  # e.g. UNNEST(o.items)
         for root, members in groups.items():
             frag, ren = self._fragment_from_items(
-                select, members, comp_conj[root], residual_conj, hand_back=True
+                select, members, comp_conj[root], residual_conj, hand_back=True, also=detached
             )
             for it in members:
                 frags[it.alias] = frag
@@ -226,6 +232,21 @@ class Splitter(TopKPlanner):
         self._plan_bind_joins(residual_conj, frags, renames)
         self._plan_top_k(select, residual_conj, frags, renames)
         return frags, renames
+
+    def _unnest_base(self, it: _Item, by_alias: dict[str, _Item]) -> _Item | None:
+        """The table item whose array ``it`` unnests (``CROSS JOIN UNNEST(o.items) AS it``)
+        when that table's source takes the unnest with it (MongoDB's ``$unwind``), else None."""
+        node = it.node
+        if it.source is not None or not isinstance(node, exp.Unnest):
+            return None
+        column = node.expressions[0] if len(node.expressions) == 1 else None
+        base = by_alias.get(column.table) if isinstance(column, exp.Column) else None
+        if base is None or base.source is None or not isinstance(base.node, exp.Table):
+            return None
+        probe = (
+            exp.select(column.copy()).from_(base.node.copy()).join(node.copy(), join_type="CROSS")
+        )
+        return base if self.rules[base.source].refusal(probe) is None else None
 
     def _conjunct_source(self, c: exp.Expression, by_alias: dict[str, _Item]) -> str | None:
         aliases = free_aliases(c)

@@ -55,6 +55,7 @@ MONGO_SOURCE: dict[str, Any] = {
                 "shipped_at": "timestamp",
                 "address.city": "string",
                 "items": "list<string>",
+                "lines": "list<struct<product_id: int64, qty: int64, unit_price: float64>>",
             },
         },
         "shop.products": {
@@ -99,6 +100,24 @@ def test_fully_qualified_and_short_names_agree(fed: federator.Federation) -> Non
     a = fed.explain("SELECT id FROM mongo.shop.orders WHERE id = 1")
     b = fed.explain("SELECT id FROM mongo.orders WHERE id = 1")
     assert a == b
+
+
+def test_a_refused_pipeline_says_why_in_whole_words(fed: federator.Federation) -> None:
+    """Issue 12: the error cut the statement mid-word ("… FROM (SELECT or as one pipeline")."""
+    from federator.plan.model import Fragment
+    from federator.sql.dialect import parse
+
+    query = parse(
+        'SELECT "x"."customer_id" AS "customer_id" FROM (SELECT "o"."customer_id" AS '
+        '"customer_id" FROM "mongo"."shop"."orders" AS "o" WHERE "o"."status" = \'returned\') '
+        'AS "x"'
+    )
+    fragment = Fragment(id="f0", source="mongo", query=query, columns=["customer_id"])
+    with pytest.raises(federator.UnsupportedError) as e:
+        fed.catalog.adapters["mongo"].translate(fragment)
+    text = str(e.value)
+    assert "source 'mongo' (mongo) cannot run this as one pipeline" in text
+    assert "rule 'from one collection'" in text and text.endswith(query.sql())
 
 
 # ---- pure helpers -------------------------------------------------------------------------
