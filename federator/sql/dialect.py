@@ -248,7 +248,19 @@ def parse(sql: str) -> exp.Query:
             f"only queries (SELECT, WITH, UNION) are supported, not {stmt.key.upper()}"
         )
     _refuse_writes_inside(stmt)
+    _refuse_cross_join_conditions(stmt)
     return stmt
+
+
+def _refuse_cross_join_conditions(query: exp.Query) -> None:
+    """``CROSS JOIN t ON …`` is an error in standard SQL (MySQL reads it as an inner join);
+    sqlglot's optimizer dropped the ON, which answered a cross product. Refused by name."""
+    for join in query.find_all(exp.Join):
+        if join.args.get("kind") == "CROSS" and (join.args.get("on") or join.args.get("using")):
+            raise SQLSyntaxError(
+                f"CROSS JOIN {join.this.sql()} takes no ON or USING condition;"
+                " write JOIN … ON … for an inner join"
+            )
 
 
 def _refuse_writes_inside(query: exp.Query) -> None:

@@ -151,3 +151,9 @@ def test_writes_inside_a_query_are_refused_by_name(
 ) -> None:
     with pytest.raises(federator.UnsupportedError, match=named):
         fed.sql(sql)
+
+
+def test_cross_join_with_a_condition_is_a_syntax_error(fed: federator.Federation) -> None:
+    """sqlglot's optimizer dropped the ON and answered the cross product."""
+    with pytest.raises(federator.SQLSyntaxError, match=r"CROSS JOIN .* takes no ON"):
+        fed.sql("SELECT u.id FROM shop.users u CROSS JOIN lake.products p ON u.id = p.id")
