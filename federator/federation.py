@@ -33,6 +33,7 @@ from federator.plan.planner import (
 )
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules
+from federator.sql.depth import with_nesting_room
 from federator.sql.dialect import Federated, parse, residual_duckdb_sql, vector_params
 
 PLAN_CACHE_SIZE = 256
@@ -160,6 +161,7 @@ class Federation:
         requests = {fid: r.with_params(params) for fid, r in plan.requests.items()}
         return dataclasses.replace(plan, requests=requests)
 
+    @with_nesting_room  # a query nested MAX_NESTING deep plans; deeper: SQLSyntaxError
     async def _plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         tree = parse(query) if isinstance(query, str) else query.copy()
         _check_params(tree, params)
