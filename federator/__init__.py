@@ -15,6 +15,7 @@ Quick start, with an embedded SQLite source and nothing to install:
 from federator.errors import (
     BindError,
     CatalogError,
+    FederationClosedError,
     FederatorError,
     JoinKeyTypeError,
     ParameterError,
@@ -34,6 +35,7 @@ __all__ = [
     "BindError",
     "CatalogError",
     "Federation",
+    "FederationClosedError",
     "FederatorError",
     "JoinKeyTypeError",
     "ParameterError",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import datetime
+import decimal
 import os
 import sys
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -156,8 +159,8 @@ class Federation:
     def _rules_signature(self) -> tuple[int, ...]:
         return tuple(len(a.rules.rules) for a in self.catalog.adapters.values())
 
-    @staticmethod
-    def _bind_params(plan: Plan, params: Mapping[str, Any]) -> Plan:
+    def _bind_params(self, plan: Plan, params: Mapping[str, Any]) -> Plan:
+        _check_param_types(plan, params, self.catalog.adapters)
         requests = {fid: r.with_params(params) for fid, r in plan.requests.items()}
         return dataclasses.replace(plan, requests=requests)
 
@@ -339,6 +342,65 @@ def _check_params(tree: exp.Expression, params: Mapping[str, Any]) -> None:
         raise ParameterError(
             f"missing value for parameter(s): {', '.join(':' + m for m in missing)}"
         )
+
+
+_SCALAR_PARAM_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    str,
+    bytes,
+    bytearray,
+    memoryview,
+    decimal.Decimal,
+    datetime.date,  # datetime.datetime too
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+)
+_SCALAR_MODULES = ("numpy", "bson", "pyarrow.lib")  # numpy scalars, ObjectId, Arrow scalars
+
+
+def _check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[str, Any]) -> None:
+    """Refuse, before anything is sent, a parameter value that no request using it can bind:
+    scalars, and lists/tuples of them (IN lists, arrays, vectors), bind everywhere; a dict
+    only where the source takes documents (``document_params``: MongoDB)."""
+    documents: dict[str, bool] = {}
+    for request in plan.requests.values():
+        takes = bool(getattr(adapters.get(request.source), "document_params", False))
+        for name in request.param_names:
+            documents[name] = documents.get(name, True) and takes
+    if plan.residual is not None:
+        for node in plan.residual.find_all(exp.Placeholder):
+            documents[node.name] = False
+    for name, value_documents in documents.items():
+        if name in params and not _bindable(params[name], value_documents):
+            raise ParameterError(_param_type_message(name, params[name], value_documents))
+
+
+def _bindable(value: Any, documents: bool) -> bool:
+    if isinstance(value, _SCALAR_PARAM_TYPES) or type(value).__module__ in _SCALAR_MODULES:
+        return True
+    if isinstance(value, list | tuple):
+        return all(_bindable(v, documents) for v in value)
+    if isinstance(value, dict):
+        items = value.items()
+        return documents and all(isinstance(k, str) and _bindable(v, True) for k, v in items)
+    return False
+
+
+def _param_type_message(name: str, value: Any, documents: bool) -> str:
+    kind = type(value).__name__
+    hint = ""
+    if isinstance(value, set | frozenset):
+        hint = "; pass a list (or tuple) for an IN list or an array"
+    elif isinstance(value, dict) and not documents:
+        hint = "; pass JSON as a string (json.dumps) or the fields as separate parameters"
+    return (
+        f"parameter :{name} is a {kind}, which no source here can bind (numbers, strings, bytes,"
+        f" decimals, dates, times, UUIDs, None, and lists of them bind){hint}"
+    )
 
 
 def _has_subquery(tree: exp.Query) -> bool:
