@@ -140,15 +140,18 @@ def test_special_password_connects_and_never_shows(
     assert_hidden(*shown, logs.text)
 
 
-@pytest.mark.parametrize("source", ["pg", "my"])
+@pytest.mark.parametrize(("source", "bulk"), [("pg", False), ("my", False), ("my", True)])
 def test_wrong_password_is_refused_without_showing_it(
     users: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
     logs: pytest.LogCaptureFixture,
     source: str,
+    bulk: bool,
 ) -> None:
+    if bulk:
+        pytest.importorskip("connectorx")
     monkeypatch.setenv("FED_SECRET_PW", WRONG)
-    with federator.connect(catalog(users)) as fed:
+    with federator.connect(catalog(users, bulk_rows=0 if bulk else -1)) as fed:
         with pytest.raises(federator.SourceError) as info:
             fed.sql(f"SELECT id FROM {source}.secret_t").to_arrow()
         text = f"{info.value}\n{info.value!r}\n{info.value.__cause__!r}"
