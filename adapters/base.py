@@ -68,6 +68,8 @@ class Adapter(abc.ABC):
     # Whether the server matches column names in any case (MySQL, SQLite, DuckDB do;
     # PostgreSQL matches quoted names exactly).
     case_insensitive_columns: ClassVar[bool] = True
+    # Whether a dict parameter binds (as a document); elsewhere it is a ParameterError.
+    document_params: ClassVar[bool] = False
 
     def __init__(self, config: SourceConfig):
         self.config = config

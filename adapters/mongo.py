@@ -740,6 +740,7 @@ class MongoAdapter(Adapter):
     """``{"kind": "mongo", "url": "mongodb://host:port/", "database": "shop"}``"""
 
     kind = "mongo"
+    document_params = True  # a dict parameter binds as a document
 
     def __init__(self, config: SourceConfig):
         super().__init__(config)

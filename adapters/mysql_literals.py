@@ -17,6 +17,7 @@ import datetime as dt
 import decimal
 import math
 import numbers
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,13 +66,19 @@ def mysql_literal(value: Any) -> str:
         return _quoted_digits(value.isoformat())
     if isinstance(value, dt.timedelta):
         return _quoted_digits(_duration(value))
+    if isinstance(value, uuid.UUID):
+        return mysql_literal(str(value))
+    if type(value).__module__ in ("numpy", "pyarrow.lib") and hasattr(value, "item"):
+        return mysql_literal(value.item())  # numpy scalars (numpy.bool_ is no bool)
+    if type(value).__module__ == "pyarrow.lib" and hasattr(value, "as_py"):
+        return mysql_literal(value.as_py())
     if isinstance(value, list | tuple):
         if not value:
             raise ParameterError("an empty list has no SQL literal; give at least one value")
         return "(" + ", ".join(mysql_literal(v) for v in value) + ")"
     raise ParameterError(
         f"a value of type {type(value).__name__} cannot be bound on MySQL; "
-        "use str, bytes, int, float, Decimal, bool, date, datetime, time, timedelta or None"
+        "use str, bytes, int, float, Decimal, bool, date, datetime, time, timedelta, UUID or None"
     )
 
 

@@ -31,8 +31,12 @@ Settings (catalog):
     tokens = true              # ask sources for freshness tokens
     token_interval = 0         # >0: reuse a token this many seconds (a write may go unseen
                                # that long: a cheaper check, a looser bound)
-    redis = "redis://127.0.0.1:6379/0"   # shared tier (optional)
+    redis = "redis://127.0.0.1:6379/0"   # shared tier (optional; ${VAR} works here too)
     redis_max_entry_bytes = 33554432     # compressed size limit per entry
+    redis_wait = 0.2                     # circuit breaker: a tier operation not answered in
+                                         # this many seconds is abandoned, and the tier is
+    redis_cooldown = 5                   # skipped this many seconds (queries go to the
+                                         # sources, uncached); then one operation tries again
     redis_check_interval = 0             # >0: an in-process hit trusts the Redis generations
                                          # it read this many seconds ago (another process's
                                          # invalidation may then take that long to be seen)
@@ -151,10 +155,18 @@ class CacheSettings:
     redis: str | None = None
     redis_prefix: str = "federator:cache"
     redis_max_entry_bytes: int = 32 * MiB
-    redis_timeout: float = 2.0
+    redis_timeout: float = 2.0  # the client's connect and socket timeouts
+    redis_wait: float = 0.2  # seconds a tier operation may take before the tier is skipped
+    redis_cooldown: float = 5.0  # seconds the tier stays skipped after a slow or failed one
     redis_check_interval: float = 0.0  # >0: in-process hits re-read Redis generations this often
     compression: str = "zstd"
     table_ttl: Mapping[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        from federator.config import redact_options
+
+        shown = redact_options(dataclasses.asdict(self))
+        return f"CacheSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any] | None) -> CacheSettings:
@@ -168,6 +180,9 @@ class CacheSettings:
             )
         if "compression" in raw and raw["compression"] not in ("zstd", "lz4"):
             raise CatalogError("[cache] compression must be 'zstd' or 'lz4'")
+        for name in ("redis_wait", "redis_cooldown"):
+            if name in raw and not (isinstance(raw[name], int | float) and raw[name] > 0):
+                raise CatalogError(f"[cache] {name} must be a number of seconds above 0")
         try:
             return cls(**raw)
         except TypeError as e:
@@ -373,8 +388,19 @@ def decode_entry(blob: bytes) -> Entry:
 
 
 # ---- the Redis tier ----------------------------------------------------------------------
+class TierSkipped(Exception):
+    """The Redis tier's circuit is open: the operation was not attempted."""
+
+
 class RedisTier:
-    """Compressed Arrow IPC entries and the generation counters, in one Redis."""
+    """Compressed Arrow IPC entries and the generation counters, in one Redis.
+
+    A circuit breaker guards every operation: one that has no answer within ``redis_wait``
+    seconds (a frozen server or network, not only a refused connection) or fails is abandoned,
+    and the tier is skipped for ``redis_cooldown`` seconds; then the next operation tries again.
+    Invalidations that could not be published are kept and sent with the next successful read,
+    so no process serves an entry another process was told is stale.
+    """
 
     def __init__(self, settings: CacheSettings):
         assert settings.redis is not None
@@ -382,7 +408,51 @@ class RedisTier:
         self.prefix = settings.redis_prefix
         self.gens_key = f"{self.prefix}:gens"
         self.timeout = settings.redis_timeout
+        self.wait = settings.redis_wait
+        self.cooldown = settings.redis_cooldown
+        self.open_until = 0.0  # time.monotonic() until which the tier is skipped
+        self.last_failure = ""
+        self.pending_bumps: set[str] = set()
+        self.counters = collections.Counter[str]()
         self._client: Any = None
+
+    def __repr__(self) -> str:
+        from federator.config import redact_dsn
+
+        return f"<RedisTier {redact_dsn(self.url)} {self.state()}>"
+
+    def state(self) -> str:
+        """``closed`` (in use) or ``open`` (skipped: it did not answer or failed lately)."""
+        return "open" if time.monotonic() < self.open_until else "closed"
+
+    def skipped(self) -> str | None:
+        """Why the tier is skipped right now, or None when it is in use."""
+        left = self.open_until - time.monotonic()
+        if left <= 0:
+            return None
+        return f"Redis tier skipped: {self.last_failure}; next try in {left:.1f} s"
+
+    async def _guarded(self, op: Any) -> Any:
+        """Await ``op()`` within ``wait`` seconds; open the circuit when it is slow or fails."""
+        if (why := self.skipped()) is not None:
+            self.counters["skipped"] += 1
+            raise TierSkipped(why)
+        try:
+            async with asyncio.timeout(self.wait):
+                return await op()
+        except TimeoutError:
+            self.counters["timeouts"] += 1
+            self._trip(f"no answer within {self.wait:g} s")
+            raise TierSkipped(self.skipped()) from None
+        except Exception as e:
+            self.counters["failures"] += 1
+            self._trip(f"{type(e).__name__}: {_masked(str(e), self.url)}")
+            raise
+
+    def _trip(self, why: str) -> None:
+        self.last_failure = why
+        self.open_until = time.monotonic() + self.cooldown
+        log.warning("cache: %s; Redis tier skipped for %g s", why, self.cooldown)
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -402,32 +472,51 @@ class RedisTier:
 
     async def read(self, fields: Sequence[str], key: str | None) -> tuple[list[int], bytes | None]:
         """Current generations of ``fields`` and, when ``key`` is given, the stored blob —
-        one round trip."""
-        pipe = self._redis().pipeline(transaction=False)
-        pipe.hmget(self.gens_key, list(fields))
-        if key is not None:
-            pipe.get(self.entry_key(key))
-        replies = await pipe.execute()
+        one round trip (which also publishes invalidations that could not be sent before)."""
+        pending = sorted(self.pending_bumps)
+
+        async def op() -> list[Any]:
+            pipe = self._redis().pipeline(transaction=False)
+            for f in pending:
+                pipe.hincrby(self.gens_key, f, 1)
+            pipe.hmget(self.gens_key, list(fields))
+            if key is not None:
+                pipe.get(self.entry_key(key))
+            return list(await pipe.execute())
+
+        replies = (await self._guarded(op))[len(pending) :]
+        self.pending_bumps.difference_update(pending)
         gens = [int(v) if v is not None else 0 for v in replies[0]]
         return gens, (replies[1] if key is not None else None)
 
     async def write(self, key: str, blob: bytes, ttl: float) -> None:
-        await self._redis().set(self.entry_key(key), blob, px=max(1, int(ttl * 1000)))
+        px = max(1, int(ttl * 1000))
+        await self._guarded(lambda: self._redis().set(self.entry_key(key), blob, px=px))
 
     async def delete(self, key: str) -> None:
-        await self._redis().delete(self.entry_key(key))
+        await self._guarded(lambda: self._redis().delete(self.entry_key(key)))
 
     async def bump(self, fields: Sequence[str]) -> None:
-        pipe = self._redis().pipeline(transaction=True)
-        for f in fields:
-            pipe.hincrby(self.gens_key, f, 1)
-        await pipe.execute()
+        """Publish invalidations; kept for the next successful read when the tier is out."""
+
+        async def op() -> None:
+            pipe = self._redis().pipeline(transaction=True)
+            for f in fields:
+                pipe.hincrby(self.gens_key, f, 1)
+            await pipe.execute()
+
+        try:
+            await self._guarded(op)
+        except Exception:
+            self.pending_bumps.update(fields)
+            raise
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                async with asyncio.timeout(self.wait):  # a frozen server must not hold close()
+                    await client.aclose()
 
 
 # ---- bookkeeping -------------------------------------------------------------------------
@@ -530,10 +619,25 @@ class Cache:
             "invalidated": c["invalidated"],
             "corrupt": c["corrupt"],
             "errors": c["errors"],
+            "redis": self._redis_stats(),
             "entries": len(self._entries),
             "bytes": self._bytes,
             "max_bytes": self.settings.max_bytes,
             "shapes": {sid: s.as_dict() for sid, s in self._shapes.items()},
+        }
+
+    def _redis_stats(self) -> dict[str, Any] | None:
+        """The Redis tier's circuit: ``state`` closed (in use) or open (skipped), operations
+        ``skipped`` while open, ``timeouts`` (no answer within ``redis_wait``), ``failures``."""
+        if self.redis is None:
+            return None
+        c = self.redis.counters
+        return {
+            "state": self.redis.state(),
+            "skipped": c["skipped"],
+            "timeouts": c["timeouts"],
+            "failures": c["failures"],
+            "last_failure": self.redis.last_failure,
         }
 
     def invalidate(self, source: str | None = None, table: str | None = None) -> int:
@@ -558,9 +662,15 @@ class Cache:
         if self.redis is not None:
             try:
                 await self.redis.bump([field_])
+            except TierSkipped as e:
+                log.warning("cache: invalidation of %s not published yet (%s)", field_, e)
             except Exception as e:
                 self._counters["errors"] += 1
-                log.warning("cache: could not publish invalidation of %s to Redis: %s", field_, e)
+                log.warning(
+                    "cache: could not publish invalidation of %s to Redis: %s",
+                    field_,
+                    _masked(str(e), self.redis.url),
+                )
         dropped = [k for k, e in self._entries.items() if field_ in e.gens]
         for k in dropped:
             self._drop(k)
@@ -890,9 +1000,15 @@ class Cache:
                     if len(self._remote_gens) > 4096:
                         self._remote_gens.clear()
                     self._remote_gens[tuple(lookup.fields)] = (time.monotonic(), gens)
+            except TierSkipped as e:
+                lookup.why_not = str(e)
+                return None
             except Exception as e:
                 self._counters["errors"] += 1
-                log.warning("cache: Redis tier unavailable, not caching: %s", e)
+                log.warning(
+                    "cache: Redis tier unavailable, not caching: %s",
+                    _masked(str(e), self.redis.url),
+                )
                 lookup.why_not = f"Redis tier unavailable ({type(e).__name__})"
                 return None
             lookup.gens = dict(zip(lookup.fields, gens, strict=True))
@@ -946,9 +1062,13 @@ class Cache:
             remaining = entry.expires - time.time()
             if remaining > 0:
                 await self.redis.write(lookup.key, blob, remaining)
+        except TierSkipped:
+            lookup.why_not = "kept in process only: Redis tier skipped"
         except Exception as e:
             self._counters["errors"] += 1
-            log.warning("cache: could not store entry in Redis: %s", e)
+            log.warning(
+                "cache: could not store entry in Redis: %s", _masked(str(e), self.redis.url)
+            )
 
     def _put_local(self, key: str, entry: Entry) -> None:
         if entry.nbytes > min(self.settings.max_entry_bytes, self.settings.max_bytes):
@@ -1026,7 +1146,11 @@ class Cache:
         if why:
             return [f"Cache: bypassed ({why})"]
         shown = "TTL" if math.isinf(bound) else f"{bound:g} s"
-        lines = [f"Cache: on, max staleness {shown}{' + Redis tier' if self.redis else ''}"]
+        tier = ""
+        if self.redis is not None:
+            skipped = self.redis.skipped()
+            tier = f" + Redis tier ({skipped})" if skipped else " + Redis tier"
+        lines = [f"Cache: on, max staleness {shown}{tier}"]
         if plan.residual is not None:
             shape_id, _, _, volatile = self._shape(plan)
             shape = self._shapes.get(shape_id)
@@ -1042,6 +1166,17 @@ class Cache:
 
 
 # ---- helpers -----------------------------------------------------------------------------
+def _masked(text: str, url: str) -> str:
+    """A client's error text with the tier URL's password (and any URL's credentials) hidden."""
+    from federator.config import parse_dsn, redact_text
+
+    with contextlib.suppress(Exception):
+        password = parse_dsn(url).password
+        if password:
+            text = text.replace(password, "***")
+    return redact_text(text)
+
+
 @dataclass
 class _Flight:
     """One fetch in progress that identical requests wait for (single flight)."""

@@ -13,11 +13,21 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from federator.errors import CatalogError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Option names and URL query parameters whose values are credentials.
+_SECRET_NAME = re.compile(
+    r"pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+    r"credentials?|auth(_?token)?|sslpassword|sslkey",
+    re.IGNORECASE,
+)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#\s]*:)\S*@")
+_SECRET_QUERY = re.compile(r"([?&;](?:[A-Za-z_.-]*?)(?:" + _SECRET_NAME.pattern + r")=)[^&#\s]*")
 
 
 @dataclass(frozen=True)
@@ -30,16 +40,22 @@ class SourceConfig:
     secrets: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in self.secrets else v) for k, v in self.options.items()}
-        if "dsn" in shown:
-            shown["dsn"] = redact_dsn(str(self.options["dsn"]))
+        shown = redact_options(self.options, self.secrets)
         return f"SourceConfig(name={self.name!r}, kind={self.kind!r}, options={shown!r})"
 
 
 @dataclass(frozen=True)
 class CatalogConfig:
+    """The whole catalog: its sources and every other top-level setting (``[cache]``, ...).
+    ``repr`` shows no credential (see :func:`redact_options`)."""
+
     sources: dict[str, SourceConfig]
     settings: dict[str, Any] = field(default_factory=dict)
+    secrets: frozenset[str] = frozenset()  # setting paths filled from ${VAR}, e.g. "cache.redis"
+
+    def __repr__(self) -> str:
+        settings = redact_options(self.settings, self.secrets)
+        return f"CatalogConfig(sources={self.sources!r}, settings={settings!r})"
 
 
 def load_catalog(catalog: str | os.PathLike[str] | dict[str, Any]) -> CatalogConfig:
@@ -58,8 +74,11 @@ def load_catalog(catalog: str | os.PathLike[str] | dict[str, Any]) -> CatalogCon
     if not isinstance(sources_raw, dict) or not sources_raw:
         raise CatalogError("catalog needs a [sources] table with at least one source")
     sources = {name: _source(name, spec) for name, spec in sources_raw.items()}
-    settings = {k: v for k, v in raw.items() if k != "sources"}
-    return CatalogConfig(sources=sources, settings=settings)
+    secrets: set[str] = set()
+    settings = {
+        k: _substitute(v, "(catalog)", k, secrets) for k, v in raw.items() if k != "sources"
+    }
+    return CatalogConfig(sources=sources, settings=settings, secrets=frozenset(secrets))
 
 
 def _source(name: str, spec: Any) -> SourceConfig:
@@ -77,17 +96,22 @@ def _source(name: str, spec: Any) -> SourceConfig:
 
 
 def _substitute(value: Any, source: str, key: str, secrets: set[str]) -> Any:
+    """``value`` with each ``${VAR}`` replaced by the variable's value; the setting's path goes
+    into ``secrets`` (a URL's secret parts are redacted wherever it is shown anyway). Inside a
+    URL's user:password or query, the value is percent-encoded, so a password with ``#``, ``/``
+    or ``@`` keeps the URL parseable and reaches the server unchanged."""
     if isinstance(value, str):
+        encoded = _encoded_spans(value)
 
         def repl(m: re.Match[str]) -> str:
             var = m.group(1)
             if var not in os.environ:
-                raise CatalogError(
-                    f"source {source!r} setting {key!r} reads ${{{var}}}, which is not set"
-                )
+                where = f"source {source!r}" if source != "(catalog)" else "catalog"
+                raise CatalogError(f"{where} setting {key!r} reads ${{{var}}}, which is not set")
             if key != "dsn":
                 secrets.add(key)
-            return os.environ[var]
+            text = os.environ[var]
+            return quote(text, safe="") if _inside(m.start(), encoded) else text
 
         return _ENV.sub(repl, value)
     if isinstance(value, dict):
@@ -97,9 +121,40 @@ def _substitute(value: Any, source: str, key: str, secrets: set[str]) -> Any:
     return value
 
 
+def _encoded_spans(template: str) -> list[tuple[int, int]]:
+    """Where, in a URL template, substituted text must be percent-encoded: the userinfo
+    (``user:password@``) and the query string. Empty for a string that is not a URL.
+
+    >>> _encoded_spans("postgresql://u:${PW}@h/db?sslpassword=${K}")
+    [(13, 20), (26, 42)]
+    """
+    start = _URL_START.match(template)
+    if start is None:
+        return []
+    spans = []
+    rest = template[start.end() :]
+    authority_end = len(rest)
+    for sep in "/?#":
+        at = rest.find(sep)
+        if at != -1:
+            authority_end = min(authority_end, at)
+    at_sign = rest.rfind("@", 0, authority_end)
+    if at_sign != -1:
+        spans.append((start.end(), start.end() + at_sign))
+    query = template.find("?", start.end() + authority_end)
+    if query != -1:
+        end = template.find("#", query)
+        spans.append((query + 1, len(template) if end == -1 else end))
+    return spans
+
+
+def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
+    return any(lo <= pos < hi for lo, hi in spans)
+
+
 @dataclass(frozen=True)
 class DSN:
-    """A parsed database URL. ``password`` never shows in repr or str."""
+    """A parsed database URL. Its password and secret query values never show in repr or str."""
 
     scheme: str
     host: str
@@ -113,6 +168,13 @@ class DSN:
     def where(self) -> str:
         return f"{self.host}:{self.port}" if self.port else self.host
 
+    def __repr__(self) -> str:
+        query = {k: ("***" if _SECRET_NAME.search(k) else v) for k, v in self.query.items()}
+        return (
+            f"DSN(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, "
+            f"user={self.user!r}, database={self.database!r}, query={query!r})"
+        )
+
 
 def parse_dsn(dsn: str, default_port: int | None = None) -> DSN:
     """Parse ``scheme://user:password@host:port/database?k=v``.
@@ -123,8 +185,13 @@ def parse_dsn(dsn: str, default_port: int | None = None) -> DSN:
     try:
         parts = urlsplit(dsn)
         port = parts.port or default_port
-    except ValueError as e:
-        raise CatalogError(f"malformed DSN {redact_dsn(dsn)!r}: {e}") from None
+    except ValueError:
+        # The parser's own message may quote a piece of a password: it is not shown.
+        raise CatalogError(
+            f"malformed DSN {redact_dsn(dsn)!r}: the host:port part does not parse; a password"
+            " with '#', '/', '@' or '?' must be percent-encoded (a ${VAR} value is encoded"
+            " for you)"
+        ) from None
     if not parts.scheme:
         raise CatalogError(f"DSN {redact_dsn(dsn)!r} needs a scheme such as postgresql://")
     return DSN(
@@ -139,9 +206,48 @@ def parse_dsn(dsn: str, default_port: int | None = None) -> DSN:
 
 
 def redact_dsn(dsn: str) -> str:
-    """Replace the password in a DSN with ``***``.
+    """A URL with its credentials replaced by ``***``: the password of ``user:password@``
+    (up to the last ``@``, so a raw ``@`` or ``/`` in it hides too) and the values of query
+    parameters named like secrets (``password``, ``token``, ``secret``, ``api_key``...).
 
     >>> redact_dsn("postgresql://u:secret@h:5432/db")
     'postgresql://u:***@h:5432/db'
+    >>> redact_dsn("mysql://h/db?user=u&password=pw&ssl=1")
+    'mysql://h/db?user=u&password=***&ssl=1'
     """
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    shown = _USERINFO_PASSWORD.sub(r"\1***@", dsn)
+    return _SECRET_QUERY.sub(r"\1***", shown)
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside ``text`` redacted as :func:`redact_dsn` does.
+
+    >>> redact_text("cannot reach redis://:pw@h:6379/0 now")
+    'cannot reach redis://:***@h:6379/0 now'
+    """
+    return _URL_IN_TEXT.sub(lambda m: redact_dsn(m.group(0)), text)
+
+
+def redact_options(
+    options: Any, secrets: frozenset[str] = frozenset(), path: str = "", hidden: bool = False
+) -> Any:
+    """Settings as they may be shown: values filled from ``${VAR}`` (their paths in
+    ``secrets``) and values under keys named like credentials become ``***``, except URLs,
+    which show with their credentials redacted (:func:`redact_dsn`), as URLs do anywhere.
+    Nested tables and lists are walked.
+
+    >>> redact_options({"dsn": "pg://u:pw@h/d", "auth": {"token": "t"}, "n": 1})
+    {'dsn': 'pg://u:***@h/d', 'auth': {'token': '***'}, 'n': 1}
+    """
+    if isinstance(options, dict):
+        out = {}
+        for k, v in options.items():
+            sub = f"{path}.{k}" if path else str(k)
+            secret = hidden or sub in secrets or bool(_SECRET_NAME.fullmatch(str(k)))
+            out[k] = redact_options(v, secrets, sub, secret)
+        return out
+    if isinstance(options, list | tuple):
+        return [redact_options(v, secrets, path, hidden) for v in options]
+    if isinstance(options, str):
+        return "***" if hidden and "://" not in options else redact_text(options)
+    return "***" if hidden and options is not None else options

@@ -79,6 +79,13 @@ class ParameterError(FederatorError):
     """A :name parameter is missing from params, or a value cannot be bound."""
 
 
+class FederationClosedError(FederatorError):
+    """The Federation was closed (``fed.close()``, or its ``with`` block ended)."""
+
+    def __init__(self) -> None:
+        super().__init__("this Federation is closed; open a new one with federator.connect(...)")
+
+
 class SourceError(FederatorError):
     """A source failed while running a request."""
 

@@ -35,10 +35,12 @@ from federator.catalog import Catalog
 from federator.plan.binding import bind_params, bind_tables, check_params
 from federator.plan.fragments import SplitResult
 from federator.plan.model import Plan
+from federator.plan.param_types import check_param_types
 from federator.plan.passes import PASSES, optimize, pass_names, sqlglot_schema
 from federator.plan.settings import PlannerSettings
 from federator.plan.split import Splitter
 from federator.plan.tree import collect_columns, field_type, free_aliases, rename_columns
+from federator.sql.depth import with_nesting_room
 from federator.sql.dialect import Federated, parse, residual_duckdb_sql
 
 __all__ = [
@@ -72,7 +74,7 @@ class Planner:
         they depend on the text, the parameter names, the catalog and the rule sets, never on
         parameter values, so a repeated query skips parsing and optimizing."""
         if not isinstance(query, str):
-            return bind_params(await self._plan(query, params), params)
+            return self._bind(await self._plan(query, params), params)
         key = (query, frozenset(params), self.catalog.version, self._rules_signature())
         plan = self._plans.get(key)
         if plan is None:
@@ -82,11 +84,16 @@ class Planner:
                 self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(key)
+        return self._bind(plan, params)
+
+    def _bind(self, plan: Plan, params: Mapping[str, Any]) -> Plan:
+        check_param_types(plan, params, self.catalog.adapters)
         return bind_params(plan, params)
 
     def _rules_signature(self) -> tuple[int, ...]:
         return tuple(len(a.rules.rules) for a in self.catalog.adapters.values())
 
+    @with_nesting_room  # a query nested MAX_NESTING deep plans; deeper: SQLSyntaxError
     async def _plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         tree = parse(query) if isinstance(query, str) else query.copy()
         check_params(tree, params)

@@ -32,7 +32,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
@@ -40,6 +39,7 @@ from sqlglot.generator import Generator
 from sqlglot.tokens import TokenType
 
 from federator.errors import ParameterError, SQLSyntaxError, UnsupportedError
+from federator.sql.depth import check_nesting, nesting_room
 
 # ``<#>`` needs a token of its own; this one is unused by PostgreSQL's tokenizer and parser.
 _NEG_IP_TOKEN = TokenType.DCOLONQMARK
@@ -230,9 +230,15 @@ def vector_text(value: Any) -> str:
 
 
 def parse(sql: str) -> exp.Query:
-    """Parse one federated SQL statement; errors carry line and column."""
+    """Parse one federated SQL statement; errors carry line and column. A query may nest
+    :data:`~federator.sql.depth.MAX_NESTING` levels deep (parentheses, function calls,
+    subqueries, CASE); deeper is a :class:`SQLSyntaxError`, never a ``RecursionError``."""
+    dialect = Federated()
     try:
-        statements = [s for s in sqlglot.parse(sql, read=Federated) if s is not None]
+        tokens = dialect.tokenize(sql)
+        check_nesting(tokens)
+        with nesting_room():
+            statements = [s for s in dialect.parser().parse(tokens, sql) if s is not None]
     except ParseError as e:
         err = e.errors[0] if e.errors else {}
         raise SQLSyntaxError(

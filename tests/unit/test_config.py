@@ -184,3 +184,87 @@ def test_federation_never_shows_a_password() -> None:
 def test_source_config_repr_hides_secret_keys() -> None:
     cfg = SourceConfig("s", "redis", {"password": "pw1", "host": "h"}, frozenset({"password"}))
     assert "pw1" not in repr(cfg) and "'h'" in repr(cfg)
+
+
+URL_SPECIAL = "p#ss/w@rd?:%x&y=1"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("postgresql://app:${FED_PW}@h:5432/db", "postgresql://app:{enc}@h:5432/db"),
+        ("mysql://${FED_PW}@h/db", "mysql://{enc}@h/db"),
+        (
+            "postgresql://u@h/db?sslpassword=${FED_PW}&x=1",
+            "postgresql://u@h/db?sslpassword={enc}&x=1",
+        ),
+        ("redis://:${FED_PW}@h:6379/0", "redis://:{enc}@h:6379/0"),
+        ("${FED_PW}", "{raw}"),  # not a URL: the value as it is
+        ("/data/${FED_PW}/lake", "/data/{raw}/lake"),
+    ],
+)
+def test_env_values_are_percent_encoded_inside_urls(
+    monkeypatch: pytest.MonkeyPatch, template: str, expected: str
+) -> None:
+    from urllib.parse import quote
+
+    monkeypatch.setenv("FED_PW", URL_SPECIAL)
+    cfg = load_catalog({"sources": {"s": {"kind": "postgres", "dsn": template}}})
+    dsn = cfg.sources["s"].options["dsn"]
+    assert dsn == expected.format(enc=quote(URL_SPECIAL, safe=""), raw=URL_SPECIAL)
+    if "://" in template:
+        d = parse_dsn(dsn)
+        assert URL_SPECIAL in (d.password, d.user, d.query.get("sslpassword"))
+        assert d.host == "h"
+
+
+def test_a_url_special_password_never_reaches_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import quote
+
+    monkeypatch.setenv("FED_PW", URL_SPECIAL)
+    monkeypatch.setenv("FED_TOKEN", "tok-987")
+    cfg = load_catalog(
+        {
+            "sources": {
+                "pg": {"kind": "postgres", "dsn": "postgresql://u:${FED_PW}@h:5432/d"},
+                "my": {"kind": "mysql", "dsn": "mysql://h/d?user=u&password=${FED_PW}"},
+                "m": {"kind": "mongo", "url": "mongodb://u:${FED_PW}@h/db", "auth": {"token": "x"}},
+                "k": {"kind": "redis", "url": "redis://:plain-secret@h:6379/0"},
+                "g": {"kind": "neo4j", "url": "bolt://h", "password": "${FED_PW}"},
+                "v": {"kind": "milvus", "uri": "http://h", "token": "${FED_TOKEN}"},
+            },
+            "cache": {"redis": "redis://:${FED_PW}@h:6379/0", "ttl": 5},
+        }
+    )
+    assert cfg.settings["cache"]["redis"] == f"redis://:{quote(URL_SPECIAL, safe='')}@h:6379/0"
+    from federator.cache import CacheSettings
+
+    cache = CacheSettings.from_config(cfg.settings["cache"])
+    shown = [repr(cfg), str(cfg), repr(cache), *(repr(s) for s in cfg.sources.values())]
+    shown += [repr(parse_dsn(cfg.sources["my"].options["dsn"]))]
+    for text in shown:
+        for secret in (URL_SPECIAL, quote(URL_SPECIAL, safe=""), "plain-secret", "tok-987"):
+            assert secret not in text
+    assert "redis://:***@h:6379/0" in repr(cache) and "ttl=5" in repr(cache)
+    assert "'token': '***'" in repr(cfg.sources["m"])
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:p@ss/w#rd@h:5/d", "postgresql://u:***@h:5/d"),  # raw @ / # in it
+        ("mysql://h/d?user=u&password=pw&ssl=1", "mysql://h/d?user=u&password=***&ssl=1"),
+        ("https://h/x?api_key=k1&access_token=t2", "https://h/x?api_key=***&access_token=***"),
+        ("mongodb://u:pw@h1,h2/db?authSource=admin", "mongodb://u:***@h1,h2/db?authSource=admin"),
+    ],
+)
+def test_redact_dsn_every_credential_form(dsn: str, shown: str) -> None:
+    assert redact_dsn(dsn) == shown
+
+
+@pytest.mark.parametrize("sep", ["#", "/", "?"])
+def test_malformed_dsn_error_never_quotes_a_password_piece(sep: str) -> None:
+    with pytest.raises(federator.CatalogError) as info:
+        parse_dsn(f"postgresql://u:hunterA{sep}hunterB@h:5432/db")
+    assert "hunterA" not in str(info.value) and "hunterB" not in str(info.value)
+    assert "percent-encoded" in str(info.value)

@@ -75,3 +75,16 @@ def test_values_without_a_literal_are_parameter_errors(value: object) -> None:
 
 def test_lists_become_parenthesised_lists() -> None:
     assert mysql_literal([1, "a"]) == "(1, _utf8mb4 X'61')"
+
+
+def test_uuid_numpy_and_arrow_scalars_are_written_as_their_values() -> None:
+    import uuid
+
+    import numpy as np
+    import pyarrow as pa
+
+    value = uuid.UUID(int=1)
+    assert mysql_literal(value) == mysql_literal(str(value))
+    assert mysql_literal(np.bool_(True)) == "TRUE"
+    assert mysql_literal(np.int32(-3)) == "-3"
+    assert mysql_literal(pa.scalar("a'")) == "_utf8mb4 X'6127'"
