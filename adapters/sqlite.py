@@ -103,8 +103,9 @@ class SQLiteAdapter(SQLAdapter):
         self, text: str, params: list[Any], schema: pa.Schema | None
     ) -> AsyncIterator[pa.RecordBatch]:
         con = await asyncio.to_thread(self._connect)
+        calls = _ThreadCalls(con)
         try:
-            cur = await asyncio.to_thread(con.execute, text, params)
+            cur = await calls.run(con.execute, text, params)
             names = [d[0] for d in cur.description]
             types = [
                 schema.field(n).type if schema is not None and n in schema.names else None
@@ -112,7 +113,7 @@ class SQLiteAdapter(SQLAdapter):
             ]
             first = True
             while True:
-                rows = await asyncio.to_thread(cur.fetchmany, self.batch_rows)
+                rows = await calls.run(cur.fetchmany, self.batch_rows)
                 if not rows and not first:
                     break
                 yield rows_to_batch(rows, names, types)
@@ -120,10 +121,41 @@ class SQLiteAdapter(SQLAdapter):
                 if len(rows) < self.batch_rows:
                     break
         finally:
-            if con is not self._memory:
-                con.close()
+            calls.finish(close=con is not self._memory)
 
     async def close(self) -> None:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
+
+
+class _ThreadCalls:
+    """Runs one connection's blocking calls in a worker thread, one at a time, and ends them
+    safely: a call still running when the query stops (a timeout, a cancel, another fragment's
+    failure) is interrupted (``sqlite3.Connection.interrupt`` is thread-safe) and the
+    connection is closed only after that thread has let go of it. Closing it under a running
+    call crashed the process."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+        self.inflight: asyncio.Future[Any] | None = None
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.inflight = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        return await asyncio.shield(self.inflight)
+
+    def finish(self, *, close: bool) -> None:
+        inflight = self.inflight
+        if inflight is None or inflight.done():
+            if close:
+                self.con.close()
+            return
+        self.con.interrupt()
+
+        def after(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved: the interrupt's OperationalError is expected
+            if close:
+                self.con.close()
+
+        inflight.add_done_callback(after)

@@ -171,3 +171,68 @@ def test_positional_parameters_follow_the_text_order(tmp_path) -> None:
             {"m": 3, "k": 1, "r": 2},
         ).to_arrow()
     assert [(r["id"],) for r in got.to_pylist()] == truth
+
+
+SLOW_SQL = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000)"
+    " SELECT count(*) AS n FROM c"
+)
+
+
+def test_a_stopped_query_is_interrupted_and_its_connection_closed_after(
+    fed: federator.Federation,
+) -> None:
+    """A running statement stopped by a cancel is interrupted in SQLite (it ran on in its
+    thread before), and the connection is closed only once that thread let go of it
+    (closing it under the running call crashed the process)."""
+    import asyncio
+    import threading
+    import time
+
+    adapter = fed.catalog.adapters["shop"]
+    workers_before = threading.active_count()
+
+    async def stop_after(seconds: float) -> float:
+        async def consume() -> None:
+            async for _ in adapter.run(SLOW_SQL, [], None):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(seconds)
+        task.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    for _ in range(5):
+        assert fed._loop.run(stop_after(0.2)) < 1.0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:  # the interrupted statements end within moments
+        busy = [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+        if not any(getattr(t, "_target", None) for t in busy):
+            break
+        time.sleep(0.05)
+    rows = fed.sql("SELECT count(*) AS n FROM shop.users").to_arrow().to_pylist()
+    assert rows == [{"n": len(USERS)}]
+    assert threading.active_count() <= workers_before + 8  # the loop's thread pool, no pile-up
+
+
+def test_a_timed_out_sqlite_query_stops_in_time(tmp_path: Path, shop_db: Path) -> None:
+    import time
+
+    with federator.connect(
+        {"sources": {"shop": {"kind": "sqlite", "path": str(shop_db)}}}, timeout=0.5
+    ) as fed:
+        adapter = fed.catalog.adapters["shop"]
+
+        async def consume() -> None:
+            async for _ in adapter.run(SLOW_SQL, [], None):
+                pass
+
+        import asyncio
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            fed._loop.run(asyncio.wait_for(consume(), 0.5))
+        assert time.monotonic() - started < 1.5
