@@ -42,7 +42,12 @@ from federator.catalog import arrow_to_sql_type
 from federator.errors import JoinKeyTypeError, UnknownColumnError, UnsupportedError
 from federator.plan.model import BindJoin, Fragment, TopK
 from federator.rules import RuleSet
-from federator.sql.dialect import Federated, VectorDistance
+from federator.sql.dialect import (
+    Federated,
+    VectorDistance,
+    mark_integer_division,
+    may_return_rows,
+)
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
@@ -62,7 +67,7 @@ PASSES: tuple[Callable[..., exp.Expression], ...] = (
     _qualify,
     lambda e, **k: pushdown_projections(e),
     lambda e, **k: normalize(e),
-    lambda e, **k: unnest_subqueries(e),
+    lambda e, **k: unnest_keeping_scalars(e),
     lambda e, **k: pushdown_predicates(e, dialect=Federated),
     lambda e, **k: optimize_joins(e),
     lambda e, **k: merge_subqueries(e),
@@ -86,6 +91,28 @@ PASS_NAMES = (
 
 def pass_names() -> tuple[str, ...]:
     return PASS_NAMES
+
+
+def unnest_keeping_scalars(expression: exp.Expression) -> exp.Expression:
+    """sqlglot's ``unnest_subqueries``, except for scalar subqueries that may return more than
+    one row: those stay subqueries, so the engine that runs them raises "more than one row" as
+    SQL requires (unnested, they became joins that returned one row per subquery row).
+
+    >>> from sqlglot import parse_one
+    >>> q = parse_one("SELECT a FROM x WHERE a = (SELECT b FROM y)")
+    >>> unnest_keeping_scalars(q).sql()
+    'SELECT a FROM x WHERE a = (SELECT b FROM y)'
+    """
+    kept = [s for s in expression.find_all(exp.Subquery) if may_return_rows(s)]
+    stand_ins = []
+    for i, subquery in enumerate(kept):
+        stand_in = exp.Anonymous(this=f"__fed_scalar_{i}")  # unnest leaves calls alone
+        subquery.replace(stand_in)
+        stand_ins.append(stand_in)
+    expression = unnest_subqueries(expression)
+    for stand_in, subquery in zip(stand_ins, kept, strict=True):
+        stand_in.replace(subquery)
+    return expression
 
 
 @dataclass
@@ -135,6 +162,7 @@ def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]
     try:
         for run in PASSES:
             tree = run(tree, schema=schema)  # type: ignore[assignment]
+        mark_integer_division(tree, schema)
     except OptimizeError as e:
         message = str(e)
         found = re.search(
