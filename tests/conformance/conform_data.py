@@ -159,18 +159,18 @@ def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
     return [tuple(r.values()) for r in table.to_pylist()]
 
 
-async def load_postgres(dsn: str) -> str:
-    """Tables into database ``conform`` (created fresh); returns its DSN."""
+async def load_postgres(dsn: str, db: str = DB) -> str:
+    """Tables into database ``db`` (created fresh); returns its DSN."""
     import asyncpg
     from servers import dsn_with_database
 
     con = await asyncpg.connect(dsn)
     try:
-        await con.execute(f"DROP DATABASE IF EXISTS {DB}")
-        await con.execute(f"CREATE DATABASE {DB}")
+        await con.execute(f"DROP DATABASE IF EXISTS {db}")
+        await con.execute(f"CREATE DATABASE {db}")
     finally:
         await con.close()
-    target = dsn_with_database(dsn, DB)
+    target = dsn_with_database(dsn, db)
     con = await asyncpg.connect(target)
     try:
         for name, table in TABLES.items():
@@ -181,8 +181,8 @@ async def load_postgres(dsn: str) -> str:
     return target
 
 
-def load_mysql(dsn: str) -> str:
-    """Tables into database ``conform`` (created fresh); returns its DSN."""
+def load_mysql(dsn: str, db: str = DB) -> str:
+    """Tables into database ``db`` (created fresh); returns its DSN."""
     from urllib.parse import urlparse
 
     import pymysql
@@ -194,9 +194,9 @@ def load_mysql(dsn: str) -> str:
     )
     try:
         with con.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {DB}")
-            cur.execute(f"CREATE DATABASE {DB} CHARACTER SET utf8mb4")
-            cur.execute(f"USE {DB}")
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+            cur.execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
+            cur.execute(f"USE {db}")
             for name, table in TABLES.items():
                 cur.execute(_ddl("mysql", name, table.schema, "`"))
                 marks = ", ".join(["%s"] * table.num_columns)
@@ -204,7 +204,7 @@ def load_mysql(dsn: str) -> str:
         con.commit()
     finally:
         con.close()
-    return dsn_with_database(dsn, DB)
+    return dsn_with_database(dsn, db)
 
 
 def write_sqlite(path: Path) -> Path:
@@ -240,19 +240,19 @@ def write_files(folder: Path) -> Path:
     return folder
 
 
-def load_mongo(url: str) -> None:
-    """One collection per table in database ``conform``; NULL stored as null."""
+def load_mongo(url: str, db: str = DB) -> None:
+    """One collection per table in database ``db``; NULL stored as null."""
     from bson import Decimal128
     from pymongo import MongoClient
 
     client = MongoClient(url, serverSelectionTimeoutMS=10_000)
     try:
-        client.drop_database(DB)
+        client.drop_database(db)
         for name, table in TABLES.items():
             docs = [
                 {k: _mongo_value(v, Decimal128) for k, v in r.items()} for r in table.to_pylist()
             ]
-            client[DB][name].insert_many(docs)
+            client[db][name].insert_many(docs)
     finally:
         client.close()
 
@@ -265,20 +265,22 @@ def _mongo_value(v: Any, decimal128: Any) -> Any:
     return v
 
 
-def load_all(pg_dsn: str, mysql_dsn: str, mongo_url: str, folder: Path) -> dict[str, Any]:
-    """Load every kind; the catalog of one federation over all of them."""
-    pg = asyncio.run(load_postgres(pg_dsn))
-    my = load_mysql(mysql_dsn)
-    lite = write_sqlite(folder / "conform.db")
-    files = write_files(folder / "files")
-    load_mongo(mongo_url)
+def load_all(
+    pg_dsn: str, mysql_dsn: str, mongo_url: str, folder: Path, db: str = DB
+) -> dict[str, Any]:
+    """Load every kind (databases named ``db``); the catalog of one federation over all."""
+    pg = asyncio.run(load_postgres(pg_dsn, db))
+    my = load_mysql(mysql_dsn, db)
+    lite = write_sqlite(folder / f"{db}.db")
+    files = write_files(folder / f"{db}_files")
+    load_mongo(mongo_url, db)
     return {
         "sources": {
             "pg": {"kind": "postgres", "dsn": pg},
             "my": {"kind": "mysql", "dsn": my},
             "lite": {"kind": "sqlite", "path": str(lite)},
             "files": {"kind": "files", "path": str(files)},
-            "mongo": {"kind": "mongo", "url": mongo_url, "databases": [DB], "database": DB},
+            "mongo": {"kind": "mongo", "url": mongo_url, "databases": [db], "database": db},
         }
     }
 
