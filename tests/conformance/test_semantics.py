@@ -1,0 +1,85 @@
+"""Regression tests of issue 19 item 5: one meaning per construct on every path.
+
+The federated dialect follows PostgreSQL: integer / integer is an integer truncated toward
+zero, division (and modulo) by zero is an error, a scalar subquery of more than one row is an
+error. Truths are hand-computed from conform_data's rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import federator
+
+ALONE = ("pg", "my", "lite", "files", "mongo")
+PAIRS = (("pg", "my"), ("my", "pg"), ("lite", "files"), ("files", "mongo"))
+
+
+def _values(fed: federator.Federation, sql: str) -> list[tuple]:
+    return sorted(tuple(r.values()) for r in fed.sql(sql).to_arrow().to_pylist())
+
+
+@pytest.mark.parametrize("kind", ALONE)
+def test_integer_division_truncates_on_every_source(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    got = _values(
+        conform_fed, f"SELECT id, id / 2 AS h, -id / 4 AS q FROM {kind}.people WHERE id <= 3"
+    )
+    assert got == [(1, 0, 0), (2, 1, 0), (3, 1, 0)]
+
+
+@pytest.mark.parametrize(("p", "o"), PAIRS)
+def test_integer_division_truncates_once_joined_across_sources(
+    conform_fed: federator.Federation, p: str, o: str
+) -> None:
+    # the issue: pg.customers.id / 2 gave [0, 1, 1] alone but [0.5, 1, 1.5] joined with MySQL
+    sql = (
+        f"SELECT DISTINCT p.id, p.id / 2 AS h FROM {p}.people p JOIN {o}.orders o "
+        "ON o.pid = p.id WHERE p.id <= 3"
+    )
+    assert _values(conform_fed, sql) == [(1, 0), (2, 1), (3, 1)]
+
+
+@pytest.mark.parametrize("kind", ALONE)
+def test_division_by_zero_is_an_error_on_every_source(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    with pytest.raises(federator.FederatorError, match="division by zero"):
+        conform_fed.sql(f"SELECT id, 10 / (n - n) AS v FROM {kind}.people WHERE n = 10").to_arrow()
+
+
+@pytest.mark.parametrize("kind", ALONE)
+def test_modulo_by_zero_is_an_error_on_every_source(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    with pytest.raises(federator.FederatorError, match="division by zero"):
+        conform_fed.sql(f"SELECT id, id % (n - n) AS v FROM {kind}.people WHERE n = 10").to_arrow()
+
+
+@pytest.mark.parametrize(("p", "o"), [(k, k) for k in ALONE] + list(PAIRS))
+def test_scalar_subquery_of_several_rows_is_an_error(
+    conform_fed: federator.Federation, p: str, o: str
+) -> None:
+    # the issue: WHERE id = (SELECT id FROM t) with 3 rows in t returned 3 rows on MySQL,
+    # SQLite and cross-source (the subquery had become a join)
+    sql = f"SELECT id FROM {p}.people WHERE id = (SELECT pid FROM {o}.orders WHERE oid < 103)"
+    with pytest.raises(federator.FederatorError, match=r"(?i)more than (one|1) row"):
+        conform_fed.sql(sql).to_arrow()
+
+
+@pytest.mark.parametrize(("p", "o"), [(k, k) for k in ALONE] + list(PAIRS))
+def test_scalar_subquery_of_one_row_still_answers(
+    conform_fed: federator.Federation, p: str, o: str
+) -> None:
+    sql = f"SELECT id FROM {p}.people WHERE id = (SELECT pid FROM {o}.orders WHERE oid = 102)"
+    assert _values(conform_fed, sql) == [(2,)]
+
+
+def test_sqlite_is_not_given_a_scalar_subquery_of_several_rows(
+    conform_fed: federator.Federation,
+) -> None:
+    plan = conform_fed.explain(
+        "SELECT id FROM lite.people WHERE id = (SELECT pid FROM lite.orders WHERE oid < 103)"
+    )
+    assert "residual on DuckDB" in plan, plan
