@@ -23,6 +23,7 @@ import pymysql
 from federator.adapters.arrowconv import conform, next_batch, rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
 from federator.adapters.sqlbase import ServerSQLAdapter
+from federator.rules.sql import collation_note
 from sqlglot import exp
 
 from federator.config import SourceConfig
@@ -260,6 +261,9 @@ class MySQLAdapter(ServerSQLAdapter):
     # ---- bulk path (ConnectorX) ---------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
+        semantics = collation_note(fragment.query)
+        if semantics is not None and semantics not in fragment.notes:
+            fragment.notes.append(semantics)
         est = fragment.estimated_rows
         wanted = self.bulk_rows == 0 or (self.bulk_rows > 0 and (est or 0) >= self.bulk_rows)
         if wanted and not request.param_names:  # bound: when the bind is dropped at run time

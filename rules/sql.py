@@ -143,6 +143,31 @@ def _duckdb_division(node: exp.Expression) -> bool:
     return _nonzero_literal(node) and not node.args.get("integer", True)
 
 
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between)
+MYSQL_COLLATION_NOTE = (
+    "semantics: string comparisons run on MySQL/MariaDB under the column's collation "
+    "(case- and accent-insensitive by default: 'bob' = 'Bob'), not byte order"
+)
+
+
+def collation_note(query: exp.Expression) -> str | None:
+    """The EXPLAIN note for a fragment that compares strings on a backend whose default
+    collation is case-insensitive: a comparison or IN/BETWEEN with a string literal, or LIKE.
+
+    >>> from federator.sql.dialect import parse
+    >>> collation_note(parse("SELECT a FROM t WHERE name = 'bob'")) == MYSQL_COLLATION_NOTE
+    True
+    >>> collation_note(parse("SELECT a FROM t WHERE n = 1")) is None
+    True
+    """
+    if query.find(exp.Like) is not None:
+        return MYSQL_COLLATION_NOTE
+    for node in query.find_all(*_COMPARISONS):
+        if any(literal.is_string for literal in node.find_all(exp.Literal)):
+            return MYSQL_COLLATION_NOTE
+    return None
+
+
 MOD_RULE = Rule(
     exp.Mod,
     guard=_nonzero_literal,

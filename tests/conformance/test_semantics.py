@@ -83,3 +83,14 @@ def test_sqlite_is_not_given_a_scalar_subquery_of_several_rows(
         "SELECT id FROM lite.people WHERE id = (SELECT pid FROM lite.orders WHERE oid < 103)"
     )
     assert "residual on DuckDB" in plan, plan
+
+
+def test_explain_says_when_a_string_comparison_runs_under_mysql_collation(
+    conform_fed: federator.Federation,
+) -> None:
+    query = "SELECT id FROM my.people WHERE name = 'bob'"
+    plan = conform_fed.explain(query)
+    assert "case- and accent-insensitive" in plan, plan
+    # which is what MariaDB answers: 'bob' and 'Bob' (the federated dialect's truth: id 2 only)
+    assert _values(conform_fed, query) == [(2,), (3,)]
+    assert "insensitive" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
