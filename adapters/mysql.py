@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
 # The session settings of the aiomysql pool, repeated for ConnectorX's connection.
-_SESSION = ["SET time_zone = '+00:00'", "SET div_precision_increment = 30"]
+_SESSION = ["SET time_zone = '+00:00'", "SET div_precision_increment = 16"]
 
 _SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
 _CATALOG_SQL = """
@@ -181,9 +181,10 @@ class MySQLAdapter(ServerSQLAdapter):
             autocommit=True,
             connect_timeout=self.connect_timeout,
             charset="utf8mb4",
-            # UTC timestamps; AVG and division to 30 places, not MySQL's default of 4 more
-            # than the input, which cuts AVG(DECIMAL(15,2)) to 6 places.
-            init_command="SET time_zone = '+00:00', div_precision_increment = 30",
+            # UTC timestamps; AVG and division 16 places finer than the input, not MySQL's
+            # default of 4 (AVG(DECIMAL(15,2)) to 6 places); more (30) made AVG of an INT or a
+            # DECIMAL(12,2) wider than decimal128's 38 digits.
+            init_command="SET time_zone = '+00:00', div_precision_increment = 16",
         )
         async with pool.acquire() as conn:  # fail here, not in the middle of a query
             await conn.ping()

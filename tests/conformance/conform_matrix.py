@@ -137,8 +137,4 @@ KNOWN: dict[tuple[str, str], str] = {
     ("project_string_funcs", "pg"): "UPPER/LOWER of non-ASCII letters follow the server's "
     "locale (the test server's is C: ASCII only)",
     ("project_string_funcs", "lite"): "SQLite's UPPER/LOWER change ASCII letters only",
-    ("agg_group_by", "lite"): "SUM of a NUMERIC(12,2) column stored as REAL does not convert "
-    "back to decimal(12,2) exactly (SourceError: rescaling would lose data)",
-    ("scalar_subquery_agg", "pg+my"): "AVG of a MariaDB DECIMAL arrives as decimal(38,32); the "
-    "residual's comparison casts the other side to it and overflows",
 }

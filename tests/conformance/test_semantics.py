@@ -94,3 +94,33 @@ def test_explain_says_when_a_string_comparison_runs_under_mysql_collation(
     # which is what MariaDB answers: 'bob' and 'Bob' (the federated dialect's truth: id 2 only)
     assert _values(conform_fed, query) == [(2,), (3,)]
     assert "insensitive" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
+
+
+# ---- found by the conformance matrix and the fuzzer -------------------------------------------
+def test_mysql_avg_of_wide_values_fits_decimal128(conform_fed: federator.Federation) -> None:
+    # AVG of INT 2147483647 came as DECIMAL(40, 30) (div_precision_increment 30): ArrowInvalid
+    got = _values(
+        conform_fed, "SELECT avg(n) AS a, avg(score) AS s FROM my.people WHERE id = 4 OR id = 5"
+    )
+    assert [tuple(float(v) for v in row) for row in got] == [(2147483647.0, 99999999.99)]
+
+
+def test_mysql_avg_compares_with_a_decimal_in_the_residual(
+    conform_fed: federator.Federation,
+) -> None:
+    # AVG of a MariaDB DECIMAL(12,2) arrived as decimal(38,32): DuckDB's comparison cast the
+    # other side to it and overflowed on 99999999.99
+    amounts = [10, 5.5, 100, 0.99, 0.99, 20, 1, 40, -5, 999999.99, 3.33, 3.33, 12, 7.25]
+    mean = sum(amounts) / len(amounts)
+    people = {1: 12.5, 2: -3.25, 3: 0, 4: 99999999.99, 6: -99999999.99, 7: 12.5, 8: 7.1}
+    people |= {9: 0.01, 10: 1000, 11: 5.55, 12: 12.5}
+    sql = "SELECT id FROM pg.people WHERE score > (SELECT avg(amount) FROM my.orders)"
+    assert _values(conform_fed, sql) == sorted((i,) for i, s in people.items() if s > mean)
+
+
+def test_sqlite_sum_of_numeric_stored_as_real_is_a_decimal(
+    conform_fed: federator.Federation,
+) -> None:
+    # SQLite sums NUMERIC(12,2) as doubles (100000005.54000001): it failed to convert back
+    sql = "SELECT city, sum(score) AS s FROM lite.people WHERE city = 'Paris' GROUP BY city"
+    assert [(c, str(s)) for c, s in _values(conform_fed, sql)] == [("Paris", "100000005.54")]
