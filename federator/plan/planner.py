@@ -953,18 +953,17 @@ class Splitter:
     ) -> tuple[exp.Query, list[tuple[str, str, str]]] | None:
         """A derived table its source runs whole but not wrapped in an outer SELECT (Milvus
         takes one collection, so ``SELECT near.id FROM (SELECT ... ORDER BY d LIMIT 10) AS
-        near`` is refused while the inner vector search is not): the fragment is the inner
-        query as it is (``conjuncts`` from outside, if any, stay in the residual). Only for a
-        LIMIT: keys bound into it, or another ORDER BY, would change which rows it keeps, so
-        such a fragment takes neither (``Fragment.as_written``)."""
+        near`` is refused while the inner vector search is not; MongoDB runs the grouped
+        subquery a decorrelated IN becomes, not a SELECT around it): the fragment is the inner
+        query as it is (``conjuncts`` from outside, if any, stay in the residual). Keys bound
+        into it, or another ORDER BY, could change which rows a LIMIT keeps, so such a
+        fragment takes neither (``Fragment.as_written``)."""
         node = members[0].node
         if len(members) != 1 or rename or conjuncts or not isinstance(node, exp.Subquery):
             return None
         rules = self.rules[members[0].source]  # type: ignore[index]
         inner = node.this
-        if not isinstance(inner, exp.Select) or not inner.args.get("limit"):
-            return None
-        if rules.refusal(wrapped) is None:
+        if not isinstance(inner, exp.Select) or rules.refusal(wrapped) is None:
             return None
         inner = self._inline_ctes(node.this.copy())
         if rules.refusal(inner) is not None:

@@ -124,3 +124,14 @@ def test_sqlite_sum_of_numeric_stored_as_real_is_a_decimal(
     # SQLite sums NUMERIC(12,2) as doubles (100000005.54000001): it failed to convert back
     sql = "SELECT city, sum(score) AS s FROM lite.people WHERE city = 'Paris' GROUP BY city"
     assert [(c, str(s)) for c, s in _values(conform_fed, sql)] == [("Paris", "100000005.54")]
+
+
+@pytest.mark.parametrize("outer", ["pg", "mongo"])
+def test_in_subquery_over_mongo_is_split_not_refused(
+    conform_fed: federator.Federation, outer: str
+) -> None:
+    # issue 12: the decorrelated subquery was handed to MongoDB whole, wrapped in a SELECT it
+    # cannot run ("MongoDB cannot run SELECT "_u_0"... as one pipeline"); its inner query is
+    # the pipeline now, the rest runs in the residual
+    sql = f"SELECT id FROM {outer}.people WHERE id IN (SELECT pid FROM mongo.orders WHERE qty > 1)"
+    assert _values(conform_fed, sql) == [(1,), (2,), (6,), (7,), (8,), (10,), (12,)]
