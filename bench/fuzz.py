@@ -31,11 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metamorphic-every", type=int, default=1, help="1: on every query")
     args = ap.parse_args(argv)
     pool = servers.ServerPool()
-    pool.prestart(["postgres", "mariadb", "mongo"])
+    pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis"])
     try:
-        pg, my, mongo = (pool.get(k).dsn for k in ("postgres", "mariadb", "mongo"))
+        pg, my, mongo, pgv, kv = (
+            pool.get(k).dsn for k in ("postgres", "mariadb", "mongo", "pgvector", "redis")
+        )
         with tempfile.TemporaryDirectory() as folder:
-            catalog = load_all(pg, my, mongo, Path(folder), db="fuzz")
+            catalog = load_all(pg, my, mongo, Path(folder), "fuzz", pgvector_dsn=pgv, redis_url=kv)
             feds = open_federations(catalog)
             con = truth()
             started = time.monotonic()

@@ -97,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "conformance.md"))
     args = ap.parse_args(argv)
     pool = servers.ServerPool()
-    pool.prestart(["postgres", "mariadb", "mongo"])
+    pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis"])
     try:
-        pg, my, mongo = (pool.get(k).dsn for k in ("postgres", "mariadb", "mongo"))
+        pg, my, mongo, pgv, kv = (
+            pool.get(k).dsn for k in ("postgres", "mariadb", "mongo", "pgvector", "redis")
+        )
         with tempfile.TemporaryDirectory() as folder:
-            catalog = load_all(pg, my, mongo, Path(folder))
+            catalog = load_all(pg, my, mongo, Path(folder), pgvector_dsn=pgv, redis_url=kv)
             con = truth()
             with federator.connect(catalog, timeout=60) as fed:
                 results = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import json
 import math
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -265,10 +266,71 @@ def _mongo_value(v: Any, decimal128: Any) -> Any:
     return v
 
 
+# Redis: one JSON object per row, keyed by the table's first column; declared column types
+_REDIS_TYPES = {
+    "int32": "int64",
+    "string": "string",
+    "decimal128(12, 2)": "decimal(12,2)",
+    "double": "float64",
+    "date32[day]": "date",
+    "timestamp[us]": "timestamp",
+    "bool": "bool",
+}
+
+
+def load_redis(url: str, db: str = DB) -> dict[str, Any]:
+    """Rows as JSON strings under ``{db}:{table}:{key}`` in Redis database 5; the source."""
+    import redis
+
+    url = url.rsplit("/", 1)[0] + "/5"
+    client = redis.Redis.from_url(url)
+    tables: dict[str, Any] = {}
+    try:
+        for key in client.scan_iter(f"{db}:*"):
+            client.delete(key)
+        for name, table in TABLES.items():
+            key_col = table.schema.names[0]
+            pipe = client.pipeline(transaction=False)
+            for row in table.to_pylist():
+                pipe.set(f"{db}:{name}:{row[key_col]}", json.dumps(row, default=_json_value))
+            pipe.execute()
+            tables[name] = {
+                "key": f"{db}:{name}:{{{key_col}}}",
+                "type": "json",
+                "columns": {f.name: _REDIS_TYPES[str(f.type)] for f in table.schema},
+            }
+    finally:
+        client.close()
+    return {"kind": "redis", "url": url, "tables": tables}
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, D):
+        return str(v)
+    if isinstance(v, dt.datetime):
+        return v.isoformat() + "Z"
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    raise TypeError(type(v))
+
+
 def load_all(
-    pg_dsn: str, mysql_dsn: str, mongo_url: str, folder: Path, db: str = DB
+    pg_dsn: str,
+    mysql_dsn: str,
+    mongo_url: str,
+    folder: Path,
+    db: str = DB,
+    *,
+    pgvector_dsn: str | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """Load every kind (databases named ``db``); the catalog of one federation over all."""
+    """Load every kind (databases named ``db``); the catalog of one federation over all.
+    PostgreSQL 16 with pgvector (source ``pgv``) and Redis (``kv``) where given."""
+    extra: dict[str, Any] = {}
+    if pgvector_dsn is not None:
+        extra["pgv"] = {"kind": "postgres", "dsn": asyncio.run(load_postgres(pgvector_dsn, db))}
+    if redis_url is not None:
+        extra["kv"] = load_redis(redis_url, db)
     pg = asyncio.run(load_postgres(pg_dsn, db))
     my = load_mysql(mysql_dsn, db)
     lite = write_sqlite(folder / f"{db}.db")
@@ -281,6 +343,7 @@ def load_all(
             "lite": {"kind": "sqlite", "path": str(lite)},
             "files": {"kind": "files", "path": str(files)},
             "mongo": {"kind": "mongo", "url": mongo_url, "databases": [db], "database": db},
+            **extra,
         }
     }
 

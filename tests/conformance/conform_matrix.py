@@ -18,13 +18,15 @@ from conform_shapes import SHAPES, Shape
 
 import federator
 
-KINDS = ("pg", "my", "lite", "files", "mongo")
+KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv")
 KIND_NAMES = {
-    "pg": "PostgreSQL",
+    "pg": "PostgreSQL 15",
     "my": "MariaDB",
     "lite": "SQLite",
     "files": "Parquet",
-    "mongo": "MongoDB",
+    "mongo": "MongoDB (CongoDB)",
+    "pgv": "PostgreSQL 16 + pgvector",
+    "kv": "Redis (JSON values by key template)",
 }
 # people on the first, orders on the second: every kind with PostgreSQL both ways, a few others
 PAIRS = (
@@ -37,6 +39,9 @@ PAIRS = (
     ("my", "lite"),
     ("lite", "files"),
     ("files", "mongo"),
+    ("pgv", "my"),
+    ("kv", "pg"),
+    ("pg", "kv"),
 )
 CONFIGS: dict[str, tuple[str, str]] = {
     **{k: (k, k) for k in KINDS},
@@ -141,4 +146,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("project_string_funcs", "pg"): "UPPER/LOWER of non-ASCII letters follow the server's "
     "locale (the test server's is C: ASCII only)",
     ("project_string_funcs", "lite"): "SQLite's UPPER/LOWER change ASCII letters only",
+    ("project_string_funcs", "pgv"): "UPPER/LOWER of non-ASCII letters follow the server's "
+    "locale (the pgvector test server's is C: ASCII only)",
 }

@@ -23,9 +23,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def conform_catalog(
-    pg_dsn: str, mysql_dsn: str, mongo_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    pg_dsn: str,
+    mysql_dsn: str,
+    mongo_dsn: str,
+    pgvector_dsn: str,
+    redis_dsn: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
-    return load_all(pg_dsn, mysql_dsn, mongo_dsn, tmp_path_factory.mktemp("conform"))
+    folder = tmp_path_factory.mktemp("conform")
+    return load_all(
+        pg_dsn, mysql_dsn, mongo_dsn, folder, pgvector_dsn=pgvector_dsn, redis_url=redis_dsn
+    )
 
 
 @pytest.fixture(scope="session")

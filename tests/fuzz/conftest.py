@@ -24,9 +24,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def fuzz_federations(
-    pg_dsn: str, mysql_dsn: str, mongo_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    pg_dsn: str,
+    mysql_dsn: str,
+    mongo_dsn: str,
+    pgvector_dsn: str,
+    redis_dsn: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Federations]:
-    catalog = load_all(pg_dsn, mysql_dsn, mongo_dsn, tmp_path_factory.mktemp("fuzz"), db="fuzz")
+    folder = tmp_path_factory.mktemp("fuzz")
+    catalog = load_all(
+        pg_dsn, mysql_dsn, mongo_dsn, folder, "fuzz", pgvector_dsn=pgvector_dsn, redis_url=redis_dsn
+    )
     feds = open_federations(catalog)
     yield feds
     feds.close()

@@ -32,7 +32,7 @@ from sqlglot import exp
 
 import federator
 
-KINDS = ("pg", "my", "lite", "files", "mongo")
+KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv")
 # numeric and date columns; decimals left out on MongoDB (see the module docstring)
 P_COLS = {"id": "int", "n": "int", "x": "float", "score": "dec", "born": "date"}
 O_COLS = {"oid": "int", "pid": "int", "qty": "int", "amount": "dec"}
@@ -360,8 +360,7 @@ def run(
 
 # Failures found and not fixed yet: (check, kind, text in the detail) → why. A run counts them
 # apart from new failures; see the README's Semantics section and the report of issue 12.
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
-}
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
 
 def known(failure: str) -> bool:
