@@ -991,6 +991,9 @@ class Splitter:
             elif isinstance(node, exp.Count):
                 out[proj.alias_or_name] = pa.int64()
                 continue
+            elif (temporal := _temporal_coalesce(node, tables)) is not None:
+                out[proj.alias_or_name] = temporal
+                continue
             if not isinstance(node, exp.Column) or node.table not in tables:
                 continue
             t = field_type(tables[node.table].schema, node.name)
@@ -1381,6 +1384,16 @@ class Splitter:
 
 
 # ---- tree helpers -------------------------------------------------------------------------
+def _temporal_coalesce(node: exp.Expression, tables: dict) -> pa.DataType | None:
+    """The date/timestamp type of ``COALESCE(column, …)`` over such a column: SQLite answers
+    it as text (found by the fuzzer: COALESCE(born, DATE '2000-01-01') came back a string)."""
+    if not isinstance(node, exp.Coalesce) or not isinstance(node.this, exp.Column):
+        return None
+    info = tables.get(node.this.table)
+    t = field_type(info.schema, node.this.name) if info is not None else None
+    return t if t is not None and (pa.types.is_date(t) or pa.types.is_timestamp(t)) else None
+
+
 def _is_inner(join: exp.Join) -> bool:
     return not join.side and join.kind.upper() in ("", "INNER", "CROSS")
 

@@ -7,6 +7,8 @@ error. Truths are hand-computed from conform_data's rows.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 import federator
@@ -135,3 +137,10 @@ def test_in_subquery_over_mongo_is_split_not_refused(
     # the pipeline now, the rest runs in the residual
     sql = f"SELECT id FROM {outer}.people WHERE id IN (SELECT pid FROM mongo.orders WHERE qty > 1)"
     assert _values(conform_fed, sql) == [(1,), (2,), (6,), (7,), (8,), (10,), (12,)]
+
+
+def test_sqlite_coalesce_of_a_date_is_a_date(conform_fed: federator.Federation) -> None:
+    # found by the fuzzer: SQLite keeps dates as text, and COALESCE(born, DATE '…') came back
+    # as the string '1970-01-01' where every other source answers a date
+    sql = "SELECT id, COALESCE(born, DATE '2000-01-01') AS b FROM lite.people WHERE id IN (3, 5)"
+    assert _values(conform_fed, sql) == [(3, dt.date(2000, 1, 1)), (5, dt.date(1970, 1, 1))]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ VALUES = {
     "float": ["0", "0.5", "-1.5", "1e300", "2.25", "NULL"],
     "dec": ["0", "12.5", "-3.25", "5.55", "1000", "NULL"],
     "date": ["DATE '1990-05-01'", "DATE '2000-01-01'", "DATE '1970-01-01'", "NULL"],
+    "str": ["'bob'", "'Bob'", "''", "'Zoë'", "'Paris'", "'alice'", "NULL"],
 }
 AGGS = ("count", "sum", "min", "max", "avg")
 
@@ -58,6 +60,12 @@ class Query:
     params: dict[str, Any] = field(default_factory=dict)
 
     def sql(self, p: str, o: str, p_src: str | None = None, o_src: str | None = None) -> str:
+        """The federated text over ``p_src.p`` and ``o_src.o``; without sources, the truth's
+        text for DuckDB (integer division spelled out: DuckDB's own ``/`` is a double)."""
+        text = self._sql(p, o, p_src, o_src)
+        return _integer_ops(text, truth=p_src is None)
+
+    def _sql(self, p: str, o: str, p_src: str | None, o_src: str | None) -> str:
         pt = f"{p_src}.{p}" if p_src else p
         ot = f"{o_src}.{o}" if o_src else o
         text = f"SELECT {', '.join(self.select)} FROM {pt} p"
@@ -78,13 +86,54 @@ class Query:
         return self.order
 
 
+_INT_OP = re.compile(r"I(DIV|MOD)\[([^|\]]+)\|([^\]]+)\]")
+
+
+def _integer_ops(text: str, truth: bool) -> str:
+    """``IDIV[a|b]``/``IMOD[a|b]`` (integer operands) as federated SQL, or as DuckDB must run
+    them to mean the same: truncating division, and an error on a zero divisor."""
+
+    def spell(m: re.Match[str]) -> str:
+        op, a, b = m.group(1), m.group(2), m.group(3)
+        if not truth:
+            return f"{a} {'/' if op == 'DIV' else '%'} ({b})"
+        value = f"CAST(trunc(({a}) / ({b})) AS BIGINT)" if op == "DIV" else f"({a}) % ({b})"
+        return f"CASE WHEN ({b}) = 0 THEN error('division by zero') ELSE {value} END"
+
+    return _INT_OP.sub(spell, text)
+
+
 def _columns(q_join: bool, kinds: dict[str, str]) -> list[tuple[str, str]]:
     cols = [(f"p.{c}", t) for c, t in P_COLS.items() if not (t == "dec" and kinds["p"] == "mongo")]
+    if kinds["p"] != "my":  # MariaDB's case-insensitive collation is a documented difference
+        cols += [("p.name", "str"), ("p.city", "str")]
     if q_join:
         cols += [
             (f"o.{c}", t) for c, t in O_COLS.items() if not (t == "dec" and kinds["o"] == "mongo")
         ]
     return cols
+
+
+def _expression(rng: random.Random, col: str, typ: str) -> str:
+    """A projection over ``col``: integer division and modulo (by literals and by an
+    expression that can be zero), arithmetic, COALESCE, CASE, string functions."""
+    k = rng.choice((2, 3, -4))
+    by_type = {
+        "int": (
+            f"IDIV[{col}|{k}]",
+            f"IMOD[{col}|{k}]",
+            f"{col} % 1000 + {k}",  # no overflow: it follows the source (documented)
+            f"COALESCE({col}, 0) % 1000 * 2",
+            f"IDIV[100|{col} - 7]",
+            f"CASE WHEN {col} > 3 THEN 'big' WHEN {col} IS NULL THEN 'none' ELSE 'small' END",
+        ),
+        "float": (f"{col} * 2", f"{col} / {k}", f"COALESCE({col}, -1.0)"),
+        "dec": (f"{col} / 4", f"{col} * 2", f"-{col}"),
+        "date": (f"COALESCE({col}, DATE '2000-01-01')",),
+        # not UPPER/LOWER: non-ASCII case mapping follows the backend's locale (documented)
+        "str": (f"LENGTH({col})", f"COALESCE({col}, '?') || '!'", f"SUBSTRING({col}, 1, 2)"),
+    }
+    return rng.choice(by_type[typ])
 
 
 def _literal(rng: random.Random, typ: str, params: dict[str, Any]) -> str:
@@ -110,6 +159,9 @@ def _predicate(
         return f"NOT ({_predicate(rng, cols, params, depth + 1)})"
     col, typ = rng.choice(cols)
     kind = rng.random()
+    if typ == "str" and kind < 0.2:
+        pattern = rng.choice(("'a%'", "'%o%'", "'_ob'", "'%'", "''"))
+        return f"{col} {rng.choice(('', 'NOT '))}LIKE {pattern}"
     if kind < 0.5:
         op = rng.choice(("=", "<>", "<", "<=", ">", ">="))
         return f"{col} {op} {_literal(rng, typ, params)}"
@@ -152,7 +204,10 @@ def generate(rng: random.Random, kinds: dict[str, str]) -> Query:
         query = Query(select, join, where, group=[key], params=params)
     else:
         picked = rng.sample(cols, rng.randint(1, min(3, len(cols))))
-        select = [f"{c} AS c{i}" for i, (c, _) in enumerate(picked)]
+        select = [
+            f"{_expression(rng, c, t) if rng.random() < 0.3 else c} AS c{i}"
+            for i, (c, t) in enumerate(picked)
+        ]
         if rng.random() < 0.2:
             select[0] = "DISTINCT " + select[0]
         query = Query(select, join, where, params=params)
