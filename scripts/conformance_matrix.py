@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "conformance.md"))
     args = ap.parse_args(argv)
     pool = servers.ServerPool()
-    pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis"])
+    pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb"])
     try:
-        pg, my, mongo, pgv, kv = (
-            pool.get(k).dsn for k in ("postgres", "mariadb", "mongo", "pgvector", "redis")
-        )
+        kinds = ("postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb")
+        pg, my, mongo, pgv, kv, g = (pool.get(k).dsn for k in kinds)
         with tempfile.TemporaryDirectory() as folder:
-            catalog = load_all(pg, my, mongo, Path(folder), pgvector_dsn=pgv, redis_url=kv)
+            catalog = load_all(
+                pg, my, mongo, Path(folder), pgvector_dsn=pgv, redis_url=kv, falkordb_url=g
+            )
             con = truth()
             with federator.connect(catalog, timeout=60) as fed:
                 results = {

@@ -21,6 +21,7 @@ federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mong
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -314,6 +315,43 @@ def _json_value(v: Any) -> Any:
     raise TypeError(type(v))
 
 
+def load_falkordb(url: str, graph: str = DB) -> dict[str, Any]:
+    """One label per table (``people``, ``orders``), a node per row, NULL properties left out
+    (Cypher's NULL); dates and timestamps as FalkorDB's date()/localdatetime(). The source."""
+    from urllib.parse import urlsplit
+
+    from falkordb import FalkorDB
+
+    parts = urlsplit(url)
+    client = FalkorDB(
+        host=parts.hostname, port=parts.port, socket_timeout=30, socket_connect_timeout=10
+    )
+    g = client.select_graph(graph)
+    with contextlib.suppress(Exception):  # a fresh server has no such graph yet
+        g.delete()
+    for name, table in TABLES.items():
+        rows = [
+            {k: _graph_value(v) for k, v in row.items() if v is not None}
+            for row in table.to_pylist()
+        ]
+        temporal = [
+            f"n.{f.name} = {'date' if pa.types.is_date(f.type) else 'localdatetime'}(r.{f.name})"
+            for f in table.schema
+            if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+        ]
+        set_temporal = f" SET {', '.join(temporal)}" if temporal else ""
+        g.query(f"UNWIND $rows AS r CREATE (n:{name}) SET n = r{set_temporal}", {"rows": rows})
+    return {"kind": "falkordb", "url": f"redis://{parts.hostname}:{parts.port}", "graph": graph}
+
+
+def _graph_value(v: Any) -> Any:
+    if isinstance(v, D):
+        return float(v)  # Cypher has no decimal type
+    if isinstance(v, (dt.date, dt.datetime)):
+        return v.isoformat()
+    return v
+
+
 def load_all(
     pg_dsn: str,
     mysql_dsn: str,
@@ -323,14 +361,18 @@ def load_all(
     *,
     pgvector_dsn: str | None = None,
     redis_url: str | None = None,
+    falkordb_url: str | None = None,
 ) -> dict[str, Any]:
     """Load every kind (databases named ``db``); the catalog of one federation over all.
-    PostgreSQL 16 with pgvector (source ``pgv``) and Redis (``kv``) where given."""
+    PostgreSQL 16 with pgvector (source ``pgv``), Redis (``kv``) and FalkorDB (``g``) where
+    given."""
     extra: dict[str, Any] = {}
     if pgvector_dsn is not None:
         extra["pgv"] = {"kind": "postgres", "dsn": asyncio.run(load_postgres(pgvector_dsn, db))}
     if redis_url is not None:
         extra["kv"] = load_redis(redis_url, db)
+    if falkordb_url is not None:
+        extra["g"] = load_falkordb(falkordb_url, db)
     pg = asyncio.run(load_postgres(pg_dsn, db))
     my = load_mysql(mysql_dsn, db)
     lite = write_sqlite(folder / f"{db}.db")

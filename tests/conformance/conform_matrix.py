@@ -18,7 +18,7 @@ from conform_shapes import SHAPES, Shape
 
 import federator
 
-KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv")
+KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g")
 KIND_NAMES = {
     "pg": "PostgreSQL 15",
     "my": "MariaDB",
@@ -27,6 +27,7 @@ KIND_NAMES = {
     "mongo": "MongoDB (CongoDB)",
     "pgv": "PostgreSQL 16 + pgvector",
     "kv": "Redis (JSON values by key template)",
+    "g": "FalkorDB (label tables)",
 }
 # people on the first, orders on the second: every kind with PostgreSQL both ways, a few others
 PAIRS = (
@@ -42,6 +43,8 @@ PAIRS = (
     ("pgv", "my"),
     ("kv", "pg"),
     ("pg", "kv"),
+    ("g", "pg"),
+    ("pg", "g"),
 )
 CONFIGS: dict[str, tuple[str, str]] = {
     **{k: (k, k) for k in KINDS},

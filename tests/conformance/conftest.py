@@ -28,11 +28,18 @@ def conform_catalog(
     mongo_dsn: str,
     pgvector_dsn: str,
     redis_dsn: str,
+    falkordb_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("conform")
     return load_all(
-        pg_dsn, mysql_dsn, mongo_dsn, folder, pgvector_dsn=pgvector_dsn, redis_url=redis_dsn
+        pg_dsn,
+        mysql_dsn,
+        mongo_dsn,
+        folder,
+        pgvector_dsn=pgvector_dsn,
+        redis_url=redis_dsn,
+        falkordb_url=falkordb_url,
     )
 
 

@@ -144,3 +144,33 @@ def test_sqlite_coalesce_of_a_date_is_a_date(conform_fed: federator.Federation) 
     # as the string '1970-01-01' where every other source answers a date
     sql = "SELECT id, COALESCE(born, DATE '2000-01-01') AS b FROM lite.people WHERE id IN (3, 5)"
     assert _values(conform_fed, sql) == [(3, dt.date(2000, 1, 1)), (5, dt.date(1970, 1, 1))]
+
+
+def test_graph_fragment_whose_bind_join_is_dropped_runs_without_keys(
+    conform_catalog: dict, conform_truth
+) -> None:
+    # found by the fuzzer with bind joins forced on: a bind into a FalkorDB fragment dropped
+    # at run time ran the bound Cypher with no keys ("Missing parameters")
+    forced = {**conform_catalog, "planner": {"bind_ratio": 1e-9, "bind_min_share_left": 2.0}}
+    sql = (
+        "SELECT p.name FROM {p} p WHERE (NOT (p.city IS NOT NULL) "
+        "OR p.id IN (SELECT pid FROM {o} WHERE pid IS NOT NULL))"
+    )
+    want = sorted(conform_truth.sql(sql.format(p="people", o="orders")).fetchall(), key=str)
+    with federator.connect(forced, timeout=60) as fed:
+        got = fed.sql(sql.format(p="pgv.people", o="g.orders")).to_arrow().to_pylist()
+    assert sorted(((r["name"],) for r in got), key=str) == want
+
+
+def test_two_redis_fragments_of_one_table_with_other_columns_are_not_shared(
+    conform_fed: federator.Federation, conform_truth
+) -> None:
+    # found by the fuzzer: identical requests run once, and two Redis scans of kv.orders (the
+    # join's and the EXISTS subquery's) had the same text but not the same columns
+    sql = (
+        "SELECT o.oid FROM {p} p JOIN {o} o ON o.pid = p.id "
+        "WHERE EXISTS (SELECT 1 FROM {o} q WHERE q.pid = p.id) AND o.amount IS NOT NULL"
+    )
+    want = sorted(conform_truth.sql(sql.format(p="people", o="orders")).fetchall())
+    got = conform_fed.sql(sql.format(p="kv.people", o="kv.orders")).to_arrow().to_pylist()
+    assert sorted((r["oid"],) for r in got) == want

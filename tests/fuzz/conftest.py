@@ -29,11 +29,19 @@ def fuzz_federations(
     mongo_dsn: str,
     pgvector_dsn: str,
     redis_dsn: str,
+    falkordb_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Federations]:
     folder = tmp_path_factory.mktemp("fuzz")
     catalog = load_all(
-        pg_dsn, mysql_dsn, mongo_dsn, folder, "fuzz", pgvector_dsn=pgvector_dsn, redis_url=redis_dsn
+        pg_dsn,
+        mysql_dsn,
+        mongo_dsn,
+        folder,
+        "fuzz",
+        pgvector_dsn=pgvector_dsn,
+        redis_url=redis_dsn,
+        falkordb_url=falkordb_url,
     )
     feds = open_federations(catalog)
     yield feds

@@ -33,7 +33,7 @@ from sqlglot import exp
 
 import federator
 
-KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv")
+KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g")
 # numeric and date columns; decimals left out on MongoDB (see the module docstring)
 P_COLS = {"id": "int", "n": "int", "x": "float", "score": "dec", "born": "date"}
 O_COLS = {"oid": "int", "pid": "int", "qty": "int", "amount": "dec"}
