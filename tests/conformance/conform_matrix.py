@@ -121,6 +121,7 @@ KNOWN: dict[tuple[str, str], str] = {
         for shape in (
             "filter_string_eq",
             "filter_not_like",
+            "filter_like_case",
             "filter_in_list",
             "distinct",
             "agg_group_by",

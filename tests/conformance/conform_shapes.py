@@ -47,6 +47,7 @@ SHAPES: list[Shape] = [
     Shape("filter_unicode", "SELECT id FROM {p} WHERE name = 'Zoë' OR city = 'Zürich'"),
     Shape("filter_like_prefix", "SELECT id FROM {p} WHERE name LIKE 'a%'"),
     Shape("filter_like_underscore", "SELECT id FROM {p} WHERE name LIKE '_ob'"),
+    Shape("filter_like_case", "SELECT id FROM {p} WHERE name LIKE 'b%' OR name NOT LIKE '%o%'"),
     Shape("filter_not_like", "SELECT id FROM {p} WHERE name NOT LIKE '%e%'"),
     Shape("filter_in_list", "SELECT id FROM {p} WHERE city IN ('Paris', 'Lima')"),
     Shape("filter_in_with_null", "SELECT id FROM {p} WHERE n IN (3, NULL, 7)"),
