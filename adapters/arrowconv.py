@@ -30,7 +30,7 @@ def to_array(values: list[Any], type_: pa.DataType | None) -> pa.Array:
     elif pa.types.is_boolean(type_):
         values = [None if v is None else bool(v) for v in values]
     elif pa.types.is_decimal(type_):
-        values = [_decimal(v) for v in values]
+        values = [_decimal(v, type_.scale) for v in values]
     elif (pa.types.is_date(type_) or pa.types.is_timestamp(type_)) and any(
         isinstance(v, str) for v in values
     ):
@@ -52,9 +52,17 @@ def _text(v: Any) -> Any:
     return str(v)
 
 
-def _decimal(v: Any) -> Any:
+def _decimal(v: Any, scale: int) -> Any:
+    """A value for a decimal column of ``scale``: a float (SQLite keeps NUMERIC(p, s) values,
+    and their SUM, as doubles) is rounded to the scale, as the column's type says it is.
+
+    >>> _decimal(100000005.54000001, 2), _decimal(3, 2)
+    (Decimal('100000005.54'), Decimal('3'))
+    """
     if v is None or isinstance(v, decimal.Decimal):
         return v
+    if isinstance(v, float):
+        return decimal.Decimal(repr(v)).quantize(decimal.Decimal(1).scaleb(-scale))
     return decimal.Decimal(str(v))
 
 

@@ -454,7 +454,11 @@ def _filter(where: exp.Expression | None, names: list[str]) -> list[str | tuple[
     out: list[str | tuple[str, str]] = []
 
     def emit(node: exp.Expression) -> None:
-        if isinstance(node, exp.Where):
+        if isinstance(node, (exp.Is, exp.Like, exp.ILike)) and node.args.get("negate"):
+            plain = node.copy()  # sqlglot writes x IS NOT NULL as Is(negate=True)
+            plain.set("negate", None)
+            emit(exp.Not(this=plain))
+        elif isinstance(node, exp.Where):
             emit(node.this)
         elif isinstance(node, exp.Paren):
             out.append("(")

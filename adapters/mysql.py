@@ -30,6 +30,7 @@ from federator.adapters.arrowconv import conform, next_batch, rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
 from federator.adapters.mysql_literals import inline
 from federator.adapters.sqlbase import ServerSQLAdapter
+from federator.rules.sql import collation_note
 from sqlglot import exp
 
 from federator.config import SourceConfig
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 # The session settings of the aiomysql pool, repeated for ConnectorX's connection.
 _SESSION = [
     "SET time_zone = '+00:00'",
-    "SET div_precision_increment = 30",
+    "SET div_precision_increment = 16",
     "SET SESSION TRANSACTION READ ONLY",
 ]
 _MULTI_STATEMENTS_OFF = 1  # COM_SET_OPTION's MYSQL_OPTION_MULTI_STATEMENTS_OFF
@@ -193,9 +194,10 @@ class MySQLAdapter(ServerSQLAdapter):
             autocommit=True,
             connect_timeout=self.connect_timeout,
             charset="utf8mb4",
-            # UTC timestamps; AVG and division to 30 places, not MySQL's default of 4 more
-            # than the input, which cuts AVG(DECIMAL(15,2)) to 6 places.
-            init_command="SET time_zone = '+00:00', div_precision_increment = 30",
+            # UTC timestamps; AVG and division 16 places finer than the input, not MySQL's
+            # default of 4 (AVG(DECIMAL(15,2)) to 6 places); more (30) made AVG of an INT or a
+            # DECIMAL(12,2) wider than decimal128's 38 digits.
+            init_command="SET time_zone = '+00:00', div_precision_increment = 16",
         )
         async with pool.acquire() as conn:  # fail here, not in the middle of a query
             await self._lock_down(conn)
@@ -296,6 +298,9 @@ class MySQLAdapter(ServerSQLAdapter):
     # ---- bulk path (ConnectorX) ---------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
+        semantics = collation_note(fragment.query)
+        if semantics is not None and semantics not in fragment.notes:
+            fragment.notes.append(semantics)
         est = fragment.estimated_rows
         wanted = self.bulk_rows == 0 or (self.bulk_rows > 0 and (est or 0) >= self.bulk_rows)
         if wanted and not request.param_names:  # bound: when the bind is dropped at run time

@@ -41,6 +41,13 @@ def sqlite_type(declared: str) -> pa.DataType:
     return pa.float64()
 
 
+def _case_sensitive_like(con: sqlite3.Connection) -> sqlite3.Connection:
+    """LIKE as the federated dialect means it: case-sensitive (SQLite's own LIKE folds ASCII
+    case; found by the fuzzer: 'O''Brien' NOT LIKE '%o%' was false)."""
+    con.execute("PRAGMA case_sensitive_like = ON")
+    return con
+
+
 class SQLiteAdapter(SQLAdapter):
     """``{"kind": "sqlite", "path": "shop.db"}``"""
 
@@ -65,11 +72,14 @@ class SQLiteAdapter(SQLAdapter):
     def _connect(self) -> sqlite3.Connection:
         if self.path == ":memory:":
             if self._memory is None:
-                self._memory = sqlite3.connect(":memory:", check_same_thread=False)
+                self._memory = _case_sensitive_like(
+                    sqlite3.connect(":memory:", check_same_thread=False)
+                )
             return self._memory
         if not Path(self.path).exists():
             raise CatalogError(f"source {self.name!r}: SQLite file {self.path!r} does not exist")
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        return _case_sensitive_like(con)
 
     async def tables(self) -> list[TableInfo]:
         return await asyncio.to_thread(self._tables)

@@ -44,7 +44,7 @@ class Federation:
     def __init__(self, config: CatalogConfig, *, timeout: float | None = None):
         self.config = config
         settings = config.settings.get("planner", {})
-        self.planner_settings = PlannerSettings(**settings)
+        self.planner_settings = PlannerSettings.from_catalog(settings)
         self.timeout = timeout if timeout is not None else config.settings.get("timeout")
         # Rule plug-ins (catalog `rules = [...]`, entry points) import before the adapters copy
         # their kind's rule set; their `federator_rules(fed)` hooks run once the sources exist.

@@ -24,9 +24,23 @@ def _plain_select(node: exp.Expression) -> bool:
 
 
 def _group(node: exp.Expression) -> bool:
-    return not any(node.args.get(k) for k in ("grouping_sets", "cube", "rollup", "totals")) and all(
-        isinstance(e, exp.Column) for e in node.expressions
+    """GROUP BY properties with an aggregate: Cypher groups by the other WITH items only when
+    there is one (``WITH o.pid`` alone keeps every row: a decorrelated IN came back doubled)."""
+    select = node.parent
+    aggregated = isinstance(select, exp.Select) and any(
+        s.find(*AGGREGATES) is not None for s in select.selects
     )
+    return (
+        aggregated
+        and not any(node.args.get(k) for k in ("grouping_sets", "cube", "rollup", "totals"))
+        and all(isinstance(e, exp.Column) for e in node.expressions)
+    )
+
+
+def _default_nulls(node: exp.Expression) -> bool:
+    """Cypher puts NULLs last ascending and first descending, as the federated dialect does by
+    default; an explicit NULLS FIRST/LAST against that stays in the residual."""
+    return bool(node.args.get("nulls_first")) == bool(node.args.get("desc"))
 
 
 def _aggregate(node: exp.Expression) -> bool:
@@ -78,6 +92,7 @@ GRAPH = RuleSet(
     [
         Rule(exp.Select, guard=_plain_select, name="MATCH … [WITH grouping] RETURN"),
         Rule(exp.Group, guard=_group, name="group by properties"),
+        Rule(exp.Ordered, guard=_default_nulls, name="order with NULLs where Cypher puts them"),
         *(Rule(c, guard=_aggregate, name="aggregate of a value") for c in AGGREGATES),
         Rule(exp.Star, guard=_count_star, name="COUNT(*)"),
         Rule(exp.Join, guard=_inner, name="inner join (one pattern)"),
@@ -94,7 +109,6 @@ GRAPH = RuleSet(
             exp.Where,
             exp.Having,
             exp.Order,
-            exp.Ordered,
             exp.Limit,
             exp.Offset,
             exp.Distinct,

@@ -41,6 +41,15 @@ def _is_value(node: exp.Expression) -> bool:
     return isinstance(node, VALUES)
 
 
+def _where(node: exp.Expression) -> bool:
+    """No conjunct that is a bare value (``WHERE active``, ``WHERE TRUE``): the adapter turns
+    conditions into keys, so such a filter stays in the residual. Comparisons are judged by
+    their own rules (only those on key columns pass)."""
+    cond = node.this.unnest()
+    conjuncts = cond.flatten() if isinstance(cond, exp.And) else [cond]
+    return not any(isinstance(c.unnest(), (exp.Column, *VALUES)) for c in conjuncts)
+
+
 def key_rules(key_columns: Collection[str]) -> list[Rule]:
     """Rules accepting ``key = value`` and ``key IN (values)`` for these column names."""
     keys = frozenset(key_columns)
@@ -74,13 +83,13 @@ REDIS = RuleSet(
         Rule(exp.Select, guard=_select, name="projection of one table"),
         Rule(exp.From, guard=lambda n: isinstance(n.this, exp.Table), name="from one table"),
         Rule(exp.Limit, guard=_limit, name="limit by a number"),
+        Rule(exp.Where, guard=_where, name="key conditions"),
         *rules_for_classes(
             exp.Table,
             exp.TableAlias,
             exp.Identifier,
             exp.Column,
             exp.Alias,
-            exp.Where,
             exp.And,
             exp.Paren,
             *VALUES,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from federator.rules import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
-from federator.sql.dialect import VECTOR_OPS
+from federator.sql.dialect import VECTOR_OPS, may_return_rows
 
 STRUCTURE = (
     exp.Select,
@@ -69,8 +69,6 @@ SCALARS = (
     exp.Add,
     exp.Sub,
     exp.Mul,
-    exp.Div,
-    exp.Mod,
     exp.Neg,
     exp.Case,
     exp.If,
@@ -123,10 +121,66 @@ def _pgvector_operands(node: exp.Expression) -> exp.Expression:
 
 PGVECTOR = [Rule(cls, write=_pgvector_operands, note="pgvector") for cls in VECTOR_OPS]
 
+# Division and modulo mean what they mean on PostgreSQL (integer / integer truncates toward
+# zero, by zero is an error). PostgreSQL takes them all; the others only where their answer is
+# the same: a divisor that is a non-zero literal (by zero they give NULL or inf), and for
+# division the result type they would give (see _same_division). Else the residual computes.
+DIVISION = (exp.Div, exp.Mod)
+
+
+def _nonzero_literal(node: exp.Expression) -> bool:
+    d = node.expression
+    return isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0
+
+
+def _sqlite_division(node: exp.Expression) -> bool:
+    """SQLite truncates integer / integer and divides reals as doubles, as we do."""
+    return _nonzero_literal(node)
+
+
+def _duckdb_division(node: exp.Expression) -> bool:
+    """DuckDB's ``/`` of integers is a double: only non-integer divisions go there."""
+    return _nonzero_literal(node) and not node.args.get("integer", True)
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between)
+MYSQL_COLLATION_NOTE = (
+    "semantics: string comparisons run on MySQL/MariaDB under the column's collation "
+    "(case- and accent-insensitive by default: 'bob' = 'Bob'), not byte order"
+)
+
+
+def collation_note(query: exp.Expression) -> str | None:
+    """The EXPLAIN note for a fragment that compares strings on a backend whose default
+    collation is case-insensitive: a comparison or IN/BETWEEN with a string literal, or LIKE.
+
+    >>> from federator.sql.dialect import parse
+    >>> collation_note(parse("SELECT a FROM t WHERE name = 'bob'")) == MYSQL_COLLATION_NOTE
+    True
+    >>> collation_note(parse("SELECT a FROM t WHERE n = 1")) is None
+    True
+    """
+    if query.find(exp.Like) is not None:
+        return MYSQL_COLLATION_NOTE
+    for node in query.find_all(*_COMPARISONS):
+        if any(literal.is_string for literal in node.find_all(exp.Literal)):
+            return MYSQL_COLLATION_NOTE
+    return None
+
+
+MOD_RULE = Rule(
+    exp.Mod,
+    guard=_nonzero_literal,
+    name="modulo by a non-zero literal",
+    note="modulo by zero is NULL there and an error in the federated dialect",
+)
+
 POSTGRES = RELATIONAL.extend(
     "postgres",
     [
-        *rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
+        *rules_for_classes(
+            *WINDOWS, *DIVISION, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike
+        ),
         *PGVECTOR,
     ],
     # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
@@ -139,18 +193,49 @@ MYSQL = RELATIONAL.extend(
         Rule(
             exp.Join, guard=_not_full_join, name="join without FULL", note="MySQL has no FULL JOIN"
         ),
+        MOD_RULE,
         *rules_for_classes(*WINDOWS),
     ],
     {"window", "bind_join"},
 )
+
+
+def _one_row_at_most(node: exp.Expression) -> bool:
+    return not may_return_rows(node)
+
+
 SQLITE = RELATIONAL.extend(
     "sqlite",
-    [Rule(exp.Join, guard=_not_full_join, name="join without FULL")],
+    [
+        Rule(exp.Join, guard=_not_full_join, name="join without FULL"),
+        Rule(
+            exp.Subquery,
+            guard=_one_row_at_most,
+            name="subquery (a scalar one of one row at most)",
+            note="SQLite answers a scalar subquery of several rows with the first, not an error",
+        ),
+        MOD_RULE,
+        Rule(
+            exp.Div,
+            guard=_sqlite_division,
+            name="division by a non-zero literal",
+            note="division by zero is NULL on SQLite and an error in the federated dialect",
+        ),
+    ],
     {"bind_join"},
 )
 DUCKDB_FILES = RELATIONAL.extend(
     "files",
-    rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
+    [
+        *rules_for_classes(*WINDOWS, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike),
+        MOD_RULE,
+        Rule(
+            exp.Div,
+            guard=_duckdb_division,
+            name="non-integer division by a non-zero literal",
+            note="DuckDB divides integers as doubles and by zero gives NULL or inf",
+        ),
+    ],
     {"window", "bind_join"},
 )
 

@@ -78,7 +78,7 @@ class Execution:
     # ---- fragments ---------------------------------------------------------------------
     async def _fetch_all(self) -> dict[str, pa.Table]:
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
-        first: dict[tuple[str, str, str], str] = {}  # identical requests run once
+        first: dict[tuple[str, str, str, str], str] = {}  # identical requests run once
         try:
             async with asyncio.TaskGroup() as group:
                 for frag in self.plan.fragments:
@@ -95,12 +95,13 @@ class Execution:
             raise _first_cause(group_error) from None
         return {fid: t.result() for fid, t in tasks.items()}
 
-    def _share_key(self, frag: Fragment) -> tuple[str, str, str] | None:
-        """What makes two fragments the same request (None: never shared: bound or top-k)."""
+    def _share_key(self, frag: Fragment) -> tuple[str, str, str, str] | None:
+        """What makes two fragments the same request (None: never shared: bound or top-k).
+        The columns too: a Redis request's text names keys, not the fields it returns."""
         if frag.bind is not None or frag.top_k is not None:
             return None
         request = self.plan.requests[frag.id]
-        return frag.source, request.text, repr(request.params)
+        return frag.source, request.text, repr(request.params), repr(frag.columns)
 
     async def _shared(self, frag: Fragment, task: asyncio.Task[pa.Table], fid: str) -> pa.Table:
         """The result of an identical request (a subquery repeated in the query)."""

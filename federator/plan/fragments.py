@@ -178,9 +178,7 @@ class FragmentBuilder(Estimator):
             return None
         rules = self.rules[members[0].source]  # type: ignore[index]
         inner = node.this
-        if not isinstance(inner, exp.Select):
-            return None
-        if rules.refusal(wrapped) is None:
+        if not isinstance(inner, exp.Select) or rules.refusal(wrapped) is None:
             return None
         inner = self._inline_ctes(node.this.copy())
         if rules.refusal(inner) is not None:
@@ -205,6 +203,9 @@ class FragmentBuilder(Estimator):
                 agg, node = type(node), node.this
             elif isinstance(node, exp.Count):
                 out[proj.alias_or_name] = pa.int64()
+                continue
+            elif (temporal := _temporal_coalesce(node, tables)) is not None:
+                out[proj.alias_or_name] = temporal
                 continue
             if not isinstance(node, exp.Column) or node.table not in tables:
                 continue
@@ -238,3 +239,13 @@ class FragmentBuilder(Estimator):
                     )
                 )
         return query
+
+
+def _temporal_coalesce(node: exp.Expression, tables: dict) -> pa.DataType | None:
+    """The date/timestamp type of ``COALESCE(column, …)`` over such a column: SQLite answers
+    it as text (found by the fuzzer: COALESCE(born, DATE '2000-01-01') came back a string)."""
+    if not isinstance(node, exp.Coalesce) or not isinstance(node.this, exp.Column):
+        return None
+    info = tables.get(node.this.table)
+    t = field_type(info.schema, node.this.name) if info is not None else None
+    return t if t is not None and (pa.types.is_date(t) or pa.types.is_timestamp(t)) else None

@@ -36,7 +36,7 @@ from federator.errors import (
     UnknownColumnError,
     UnsupportedError,
 )
-from federator.sql.dialect import Federated
+from federator.sql.dialect import Federated, mark_integer_division, may_return_rows
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
@@ -56,7 +56,7 @@ PASSES: tuple[Callable[..., exp.Expression], ...] = (
     _qualify,
     lambda e, **k: pushdown_projections(e),
     lambda e, **k: normalize(e),
-    lambda e, **k: unnest_subqueries(e),
+    lambda e, **k: unnest_keeping_scalars(e),
     lambda e, **k: pushdown_predicates(e, dialect=Federated),
     lambda e, **k: optimize_joins(e),
     lambda e, **k: merge_subqueries(e),
@@ -82,11 +82,34 @@ def pass_names() -> tuple[str, ...]:
     return PASS_NAMES
 
 
+def unnest_keeping_scalars(expression: exp.Expression) -> exp.Expression:
+    """sqlglot's ``unnest_subqueries``, except for scalar subqueries that may return more than
+    one row: those stay subqueries, so the engine that runs them raises "more than one row" as
+    SQL requires (unnested, they became joins that returned one row per subquery row).
+
+    >>> from sqlglot import parse_one
+    >>> q = parse_one("SELECT a FROM x WHERE a = (SELECT b FROM y)")
+    >>> unnest_keeping_scalars(q).sql()
+    'SELECT a FROM x WHERE a = (SELECT b FROM y)'
+    """
+    kept = [s for s in expression.find_all(exp.Subquery) if may_return_rows(s)]
+    stand_ins = []
+    for i, subquery in enumerate(kept):
+        stand_in = exp.Anonymous(this=f"__fed_scalar_{i}")  # unnest leaves calls alone
+        subquery.replace(stand_in)
+        stand_ins.append(stand_in)
+    expression = unnest_subqueries(expression)
+    for stand_in, subquery in zip(stand_ins, kept, strict=True):
+        stand_in.replace(subquery)
+    return expression
+
+
 def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]) -> exp.Query:
     """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`."""
     try:
         for run in PASSES:
             tree = run(tree, schema=schema)  # type: ignore[assignment]
+        mark_integer_division(tree, schema)
     except OptimizeError as e:
         raise _optimize_error(str(e), tree, list(tables)) from None
     return tree

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from federator.errors import CatalogError
+
+_POSITIVE = ("bind_ratio", "bind_large_ratio", "semi_join_ratio", "bind_batch_size", "post_factor")
+_VECTOR_FILTERS = ("auto", "pre", "post")
 
 
 @dataclass
@@ -38,3 +45,35 @@ class PlannerSettings:
     vector_filter: str = "auto"
     prefilter_selectivity: float = 0.2
     post_factor: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "vector_filter":
+                if value not in _VECTOR_FILTERS:
+                    raise CatalogError(
+                        f"[planner] vector_filter is {value!r}; use one of {_VECTOR_FILTERS}"
+                    )
+            elif f.name == "bind_race":
+                if not isinstance(value, bool):
+                    raise CatalogError(f"[planner] bind_race is {value!r}; use true or false")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise CatalogError(f"[planner] {f.name} is {value!r}; it takes a number")
+            elif value <= 0 if f.name in _POSITIVE else value < 0:
+                bound = "greater than 0" if f.name in _POSITIVE else "0 or more"
+                raise CatalogError(f"[planner] {f.name} is {value!r}; it must be {bound}")
+
+    @classmethod
+    def from_catalog(cls, settings: Mapping[str, Any]) -> PlannerSettings:
+        """The catalog's ``[planner]`` table; an unknown key names the known ones.
+
+        >>> PlannerSettings.from_catalog({"bind_ratio": 2}).bind_ratio
+        2
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise CatalogError(
+                f"[planner] has no setting {unknown[0]!r}; known: {', '.join(known)}"
+            )
+        return cls(**settings)

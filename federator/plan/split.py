@@ -258,7 +258,9 @@ class Splitter(TopKPlanner):
             return None
         source = next(iter(sources))
         assert source is not None
-        if self.rules[source].refusal(self._inline_ctes(c.copy())) is not None:
+        # judged as a WHERE: a rule set may take a comparison yet not a bare column as a filter
+        where = exp.Where(this=self._inline_ctes(c.copy()))
+        if self.rules[source].refusal(where) is not None:
             return None
         return source
 

@@ -151,6 +151,95 @@ for _cls in VECTOR_OPS:
     Generator.TRANSFORMS.setdefault(_cls, _vector_sql)
 
 
+# ---- scalar subqueries -----------------------------------------------------------------------
+_NOT_SCALAR_PARENTS = (
+    *(exp.From, exp.Join, exp.Lateral, exp.In, exp.Exists, exp.Any, exp.All),
+    *(exp.SetOperation, exp.CTE, exp.Subquery),
+)
+
+
+def is_scalar_subquery(node: exp.Expression) -> bool:
+    """A subquery used as a value (not a table, IN/EXISTS operand or set-operation branch)."""
+    return isinstance(node, exp.Subquery) and not isinstance(
+        node.parent,
+        _NOT_SCALAR_PARENTS,
+    )
+
+
+def may_return_rows(node: exp.Expression) -> bool:
+    """A scalar subquery that is not provably at most one row: one row is guaranteed by an
+    aggregate without GROUP BY, or by LIMIT 1."""
+    if not is_scalar_subquery(node):
+        return False
+    query = node.this
+    if not isinstance(query, exp.Select):
+        return True
+    limit = query.args.get("limit")
+    if limit is not None and limit.expression is not None and limit.expression.name == "1":
+        return False
+    grouped = query.args.get("group") is not None or query.args.get("having") is not None
+    aggregated = bool(query.selects) and all(
+        s.find(exp.AggFunc) is not None and s.find(exp.Window) is None for s in query.selects
+    )
+    return grouped or not aggregated
+
+
+# ---- division -------------------------------------------------------------------------------
+def mark_integer_division(tree: exp.Expression, schema: Any) -> exp.Expression:
+    """Mark each ``/`` whose operands are both integers (arg ``integer``), from the types of
+    ``schema``'s columns: the federated dialect divides integers as PostgreSQL does (an
+    integer, truncated toward zero), and the residual needs to know which divisions those are
+    once the columns come from fragments. Marks only; the tree is otherwise unchanged.
+
+    >>> q = parse("SELECT t.a / 2 AS h, t.b / 2 AS g FROM t AS t")
+    >>> q = mark_integer_division(q, {"t": {"a": "INT", "b": "DOUBLE"}})
+    >>> [d.args["integer"] for d in q.find_all(exp.Div)]
+    [True, False]
+    """
+    if tree.find(exp.Div) is None:
+        return tree
+    from sqlglot.optimizer.annotate_types import annotate_types
+
+    typed = annotate_types(tree.copy(), schema=schema, dialect=Federated)
+    for node, twin in zip(tree.walk(), typed.walk(), strict=True):
+        if isinstance(node, exp.Div) and isinstance(twin, exp.Div):
+            ints = exp.DataType.INTEGER_TYPES
+            node.set("integer", twin.left.is_type(*ints) and twin.right.is_type(*ints))
+    return tree
+
+
+def duckdb_division(node: exp.Div | exp.Mod) -> exp.Expression:
+    """``a / b`` (or ``a % b``) as DuckDB must run it for the federated dialect's meaning:
+    integer division where ``mark_integer_division`` marked it, and division by zero an error
+    (DuckDB alone gives NULL or inf).
+
+    >>> q = parse("SELECT t.a / t.b FROM t AS t")
+    >>> q = mark_integer_division(q, {"t": {"a": "INT", "b": "INT"}})
+    >>> duckdb_division(q.find(exp.Div)).sql("duckdb")
+    "t.a // CASE WHEN t.b = 0 THEN ERROR('division by zero') ELSE t.b END"
+    """
+    divisor = node.expression
+    if isinstance(divisor, exp.Literal) and divisor.is_number and float(divisor.this) != 0:
+        guarded: exp.Expression = divisor.copy()
+    else:
+        guarded = _error_if_zero(divisor)
+    if isinstance(node, exp.Mod):
+        return exp.Mod(this=node.this.copy(), expression=guarded)
+    if node.args.get("integer"):
+        return exp.IntDiv(this=node.this.copy(), expression=guarded)
+    return exp.Div(this=node.this.copy(), expression=guarded)
+
+
+def _error_if_zero(divisor: exp.Expression) -> exp.Expression:
+    if isinstance(divisor, (exp.Binary, exp.Unary)):
+        divisor = exp.paren(divisor, copy=False)
+    zero = exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0))
+    return exp.Case(
+        ifs=[exp.If(this=zero, true=exp.func("error", exp.Literal.string("division by zero")))],
+        default=divisor.copy(),
+    )
+
+
 # ---- the residual (DuckDB) ------------------------------------------------------------------
 _DUCKDB_FUNCS = {
     "l2": "list_distance",
@@ -302,6 +391,8 @@ def residual_duckdb_sql(residual: exp.Query) -> str:
     def to_duckdb_param(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Placeholder):
             return exp.Parameter(this=exp.var(node.name))
+        if isinstance(node, (exp.Div, exp.Mod)):
+            return duckdb_division(node)
         return to_duckdb_vector(node)  # pgvector operators → DuckDB's list_*distance
 
     return residual.transform(to_duckdb_param).sql(dialect="duckdb", pretty=True)

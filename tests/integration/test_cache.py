@@ -209,6 +209,9 @@ def child(cat: dict[str, Any], query: str, params: dict[str, Any], action: str =
 
 def redis_catalog(loaded: tuple[str, str], redis_dsn: str, **cache: Any) -> dict[str, Any]:
     prefix = f"test:{uuid.uuid4().hex[:8]}"
+    # These tests are about sharing, not the circuit breaker (test_cache_breaker.py): a busy
+    # machine must not open the circuit on a slow but healthy tier.
+    cache.setdefault("redis_wait", 5.0)
     return catalog(*loaded, tokens=False, redis=redis_dsn, redis_prefix=prefix, **cache)
 
 

@@ -268,3 +268,24 @@ def test_malformed_dsn_error_never_quotes_a_password_piece(sep: str) -> None:
         parse_dsn(f"postgresql://u:hunterA{sep}hunterB@h:5432/db")
     assert "hunterA" not in str(info.value) and "hunterB" not in str(info.value)
     assert "percent-encoded" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("planner", "named"),
+    [
+        ({"bind_ratio": 0}, "bind_ratio is 0; it must be greater than 0"),
+        ({"bind_max_keys": -1}, "bind_max_keys is -1; it must be 0 or more"),
+        ({"bind_ratio": "4"}, "bind_ratio is '4'; it takes a number"),
+        ({"vector_filter": "sometimes"}, "vector_filter is 'sometimes'"),
+        ({"bind_ratoi": 2}, "no setting 'bind_ratoi'; known: bind_max_keys, bind_ratio"),
+    ],
+)
+def test_planner_settings_are_checked(tmp_path, planner: dict, named: str) -> None:
+    """A bad [planner] value is a CatalogError naming it (bind_ratio = 0 divided by zero)."""
+    import re
+
+    import federator
+
+    catalog = {"sources": {"f": {"kind": "files", "path": str(tmp_path)}}, "planner": planner}
+    with pytest.raises(federator.CatalogError, match=re.escape(named)):
+        federator.connect(catalog)

@@ -1,0 +1,15 @@
+"""sqlglot writes ``x IS NOT NULL`` and ``x NOT LIKE p`` as ``Is``/``Like`` with ``negate``:
+the translators with a filter language of their own must keep the NOT (the conformance matrix
+found FalkorDB answering ``IS NOT NULL`` as ``IS NULL``)."""
+
+from __future__ import annotations
+
+from federator.adapters.milvus import _filter
+
+from federator.sql.dialect import parse
+
+
+def test_milvus_filter_keeps_is_not_null_and_not_like() -> None:
+    where = parse("SELECT a FROM t WHERE b IS NOT NULL AND c NOT LIKE 'x%' AND d IS NULL")
+    text = "".join(p for p in _filter(where.args["where"], []) if isinstance(p, str))
+    assert text == '((not (b is null) and not (c like "x%")) and d is null)'
