@@ -22,6 +22,7 @@ from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
 from federator.errors import ParameterError, UnknownTableError, UnsupportedError
 from federator.execute import Execution
+from federator.execute.residual import default_engine
 from federator.plan.model import Plan
 from federator.plan.planner import (
     PASSES,
@@ -67,6 +68,7 @@ class Federation:
         self.cache = Cache(config, self.catalog)  # fed.cache.invalidate(...), .stats()
         self._loop = LoopThread()
         self.cache.loop = self._loop
+        default_engine().warm_in_background()  # the residual engine's first use, off the clock
         self._closed = False
         _OPEN.add(self)
         self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()

@@ -1,0 +1,138 @@
+"""The residual engine: one in-process DuckDB database, a cursor per residual, run in a pool of
+worker threads sized to the cores, so residuals of concurrent queries run at once (DuckDB
+releases the GIL while it works).
+
+A fresh ``duckdb.connect()`` per residual costs about 50 ms, most of a tiny residual's time,
+and the first one in a process far more; a cursor of a database that is already open costs
+microseconds. Each cursor is a connection of its own: the fragments it registers (``f0``,
+``f1``, …) are visible to it alone and go away when it closes. ``Federation`` warms the engine
+in a background thread when it is created, so that ``connect()`` stays fast and the first query
+does not pay for it.
+
+The database and the pool belong to one process: after a ``fork`` (DataLoader workers) the
+child makes its own, as DuckDB's and the pool's threads do not survive a fork.
+
+>>> import pyarrow as pa
+>>> engine = default_engine()
+>>> con = engine.cursor()
+>>> con.register("f0", pa.table({"x": [1, 2, 3]}))
+>>> con.sql("SELECT sum(x) AS s FROM f0").fetchall()
+[(6,)]
+>>> con.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+T = TypeVar("T")
+
+
+def default_workers() -> int:
+    """Worker threads for residuals: one per core the process may use (at least 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 2
+    return max(2, cores)
+
+
+class _ProcessState:
+    """What one process owns: the DuckDB database and the worker threads."""
+
+    def __init__(self, workers: int):
+        self.pid = os.getpid()
+        self.database = duckdb.connect()
+        self.database.execute("SET enable_progress_bar = false")  # the REPL draws its own
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="federator-residual")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(duckdb.Error):
+            self.database.close()
+
+
+class ResidualEngine:
+    """Cursors of one shared DuckDB database and the threads residuals run on."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or default_workers()
+        self._lock = threading.Lock()
+        self._state: _ProcessState | None = None
+        self._warmed = False
+
+    def _current(self) -> _ProcessState:
+        with self._lock:
+            if self._state is None or self._state.pid != os.getpid():
+                self._state = _ProcessState(self.workers)  # a forked child's are unusable
+            return self._state
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the shared database; close it when done."""
+        return self._current().database.cursor()
+
+    async def run(self, con: duckdb.DuckDBPyConnection, fn: Callable[..., T], *args: Any) -> T:
+        """Run a DuckDB call on a worker thread; on cancellation interrupt ``con`` and wait for
+        the thread to let go of it, so that it can be closed."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._current().pool, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            con.interrupt()
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    def warm(self) -> None:
+        """Open the database and run one tiny residual through Arrow, paying the first use's
+        one-time costs (DuckDB's start, its Arrow scan and export paths) now."""
+        state = self._current()
+        con = state.database.cursor()
+        try:
+            con.register("warm", pa.table({"k": pa.array([1, 2], pa.int64()), "v": ["a", "b"]}))
+            reader = con.sql("SELECT v, count(*) AS n FROM warm GROUP BY v").to_arrow_reader(1024)
+            reader.read_all()
+        finally:
+            con.close()
+        state.pool.submit(int).result()  # start a worker thread too
+
+    def warm_in_background(self) -> None:
+        """``warm()`` on a background thread, once per engine and process; errors are left for
+        the first real residual to report."""
+        with self._lock:
+            if self._warmed and self._state is not None and self._state.pid == os.getpid():
+                return
+            self._warmed = True
+        # Not a daemon: one killed inside DuckDB at interpreter exit aborts the process.
+        threading.Thread(target=self._warm_quietly, name="federator-warm").start()
+
+    def _warm_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.warm()
+
+    def close(self) -> None:
+        """Close the database and stop the threads (a later use opens them again)."""
+        with self._lock:
+            state, self._state, self._warmed = self._state, None, False
+        if state is not None and state.pid == os.getpid():
+            state.close()
+
+
+_DEFAULT = ResidualEngine()
+atexit.register(_DEFAULT.close)  # before DuckDB's own teardown, while threads can still stop
+
+
+def default_engine() -> ResidualEngine:
+    """The process's residual engine, shared by every ``Federation``."""
+    return _DEFAULT
