@@ -1,7 +1,10 @@
 """Load: many concurrent mixed queries against real PostgreSQL and MariaDB for a while.
 
 ``python -m bench.load`` is a short smoke run (10 s, 50 concurrent);
-``python -m bench.load --seconds 60 --concurrency 200`` is the issue's load (issue 19, item 11).
+``python -m bench.load --seconds 60 --concurrency 200`` is the issue's load (issue 19, item 11):
+200 clients, each sending its next query when its answer comes (a closed loop, so the mean
+latency is about 200 / throughput); ``--rate 60 --concurrency 200`` is an open loop instead:
+60 queries arrive per second, at most 200 in flight, latency counted from each arrival.
 
 The mix, drawn at random per query (``--mix``): single-source PostgreSQL (a key lookup),
 single-source MariaDB (an aggregate over one key), a small cross-source join PostgreSQL x
@@ -290,6 +293,43 @@ async def run_async_workers(
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
 
 
+async def run_open_loop(
+    fed: Any,
+    mix: list[tuple[str, float]],
+    rate: float,
+    concurrency: int,
+    seconds: float,
+    tally: Tally,
+) -> None:
+    """Queries arrive at ``rate`` per second whatever the answers' pace (at most
+    ``concurrency`` in flight); a latency counts from the arrival, waiting for a slot included."""
+    kinds, weights = zip(*mix, strict=True)
+    rng = random.Random(0)
+    slots = asyncio.Semaphore(concurrency)
+    start = time.perf_counter()
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(q: Query, arrival: float) -> None:
+        try:
+            result = await fed.sql_async(q.sql, q.params, max_staleness=q.max_staleness)
+            table = await result.to_arrow_async()
+        except Exception as e:
+            tally.note(q, 0, None, f"{type(e).__name__}: {e}")
+            return
+        finally:
+            slots.release()
+        tally.note(q, time.perf_counter() - arrival, table)
+
+    for i in range(int(rate * seconds)):
+        arrival = start + i / rate
+        await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+        await slots.acquire()
+        task = asyncio.create_task(one(draw(rng.choices(kinds, weights)[0], rng), arrival))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    await asyncio.gather(*running)
+
+
 def run_thread_workers(
     fed: Any, mix: list[tuple[str, float]], threads: int, seconds: float, tally: Tally
 ) -> None:
@@ -334,6 +374,7 @@ def measure(
     mix: list[tuple[str, float]],
     concurrency: int,
     threads: int,
+    rate: float,
     seconds: float,
     timeout: float,
 ) -> Outcome:
@@ -352,6 +393,8 @@ def measure(
             t0 = time.perf_counter()
             if threads:
                 await asyncio.to_thread(run_thread_workers, fed, mix, threads, seconds, tally)
+            elif rate:
+                await run_open_loop(fed, mix, rate, concurrency, seconds, tally)
             else:
                 await run_async_workers(fed, mix, concurrency, seconds, tally)
             elapsed = time.perf_counter() - t0
@@ -379,7 +422,11 @@ def measure(
 def report(o: Outcome, args: argparse.Namespace, command: str) -> list[str]:
     t = o.tally
     total = len(t.all_latencies())
-    how = f"{args.threads} threads (sync API)" if args.threads else f"{args.concurrency} concurrent"
+    how = f"{args.concurrency} concurrent clients, each sending its next query on an answer"
+    if args.threads:
+        how = f"{args.threads} threads of the sync API, each sending its next query on an answer"
+    elif args.rate:
+        how = f"{args.rate:g} queries/s arriving (open loop, at most {args.concurrency} in flight)"
     mib = 1024 * 1024
     lines = [
         "# federator load",
@@ -446,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10, help="how long to load (default 10)")
     ap.add_argument("--concurrency", type=int, default=50, help="concurrent asyncio queries")
     ap.add_argument("--threads", type=int, default=0, help="use N threads of the sync API instead")
+    ap.add_argument("--rate", type=float, default=0, help="open loop: queries arriving per second")
     ap.add_argument("--mix", default=DEFAULT_MIX, help=f"kind=weight,... (default {DEFAULT_MIX})")
     ap.add_argument("--timeout", type=float, default=30, help="federator timeout per query")
     ap.add_argument("--pg", help="DSN of a running PostgreSQL (default: start one)")
@@ -458,7 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(load(e.pg_dsn, e.mysql_dsn))
         outcome = measure(
-            e.pg_dsn, e.mysql_dsn, mix, args.concurrency, args.threads, args.seconds, args.timeout
+            e.pg_dsn,
+            e.mysql_dsn,
+            mix,
+            args.concurrency,
+            args.threads,
+            args.rate,
+            args.seconds,
+            args.timeout,
         )
     finally:
         e.stop()

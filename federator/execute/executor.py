@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from federator.cache import Cache
 
 RESIDUAL_BATCH_ROWS = 65_536
+RESIDUAL_HEAD_BATCHES = 2  # read by the call that starts the residual: one thread hop, not three
 
 
 class Execution:
@@ -211,15 +212,18 @@ class Execution:
         con = engine.cursor()  # its own connection: its fragment names are its alone
         try:
             params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
-            reader = await engine.run(con, self._start_residual, con, tables, params)
-            empty = True
-            while (batch := await engine.run(con, _next_batch, reader)) is not None:
+            reader, head = await engine.run(con, self._start_residual, con, tables, params)
+            if not head:
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            for batch in head:  # a small answer comes whole in the first call to the engine
                 self.residual_stats.rows += batch.num_rows
                 self.residual_stats.bytes += batch.nbytes
-                empty = False
                 yield batch
-            if empty:
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            more = len(head) == RESIDUAL_HEAD_BATCHES
+            while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
+                self.residual_stats.rows += batch.num_rows
+                self.residual_stats.bytes += batch.nbytes
+                yield batch
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
             con.close()
@@ -229,15 +233,21 @@ class Execution:
         con: duckdb.DuckDBPyConnection,
         tables: dict[str, pa.Table],
         params: dict[str, Any],
-    ) -> pa.RecordBatchReader:
-        """Register the fragments' tables and start the residual (on a worker thread)."""
+    ) -> tuple[pa.RecordBatchReader, list[pa.RecordBatch]]:
+        """Register the fragments' tables, start the residual and read its first batches (on a
+        worker thread): fewer than ``RESIDUAL_HEAD_BATCHES`` of them are the whole answer."""
         try:
             for fid, table in tables.items():
                 con.register(fid, table)
             relation = con.sql(self.plan.residual_sql, params=params or None)
             if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
-                return relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)
-            return relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
+                reader = relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)
+            else:
+                reader = relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
+            head: list[pa.RecordBatch] = []
+            while len(head) < RESIDUAL_HEAD_BATCHES and (batch := _next_batch(reader)) is not None:
+                head.append(batch)
+            return reader, head
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
 

@@ -10,7 +10,9 @@ in a background thread when it is created, so that ``connect()`` stays fast and 
 does not pay for it.
 
 The database and the pool belong to one process: after a ``fork`` (DataLoader workers) the
-child makes its own, as DuckDB's and the pool's threads do not survive a fork.
+child makes its own, as DuckDB's and the pool's threads do not survive a fork. The child never
+frees the parent's: destroying a DuckDB database inherited through ``fork`` waits for threads
+that no longer exist, or crashes.
 
 >>> import pyarrow as pa
 >>> engine = default_engine()
@@ -26,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -70,11 +74,15 @@ class ResidualEngine:
         self._lock = threading.Lock()
         self._state: _ProcessState | None = None
         self._warmed = False
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_parent(ref()))
 
     def _current(self) -> _ProcessState:
         with self._lock:
-            if self._state is None or self._state.pid != os.getpid():
-                self._state = _ProcessState(self.workers)  # a forked child's are unusable
+            if self._state is not None and self._state.pid != os.getpid():
+                _forget_parent(self)  # a fork the hook missed
+            if self._state is None:
+                self._state = _ProcessState(self.workers)
             return self._state
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -127,6 +135,19 @@ class ResidualEngine:
             state, self._state, self._warmed = self._state, None, False
         if state is not None and state.pid == os.getpid():
             state.close()
+
+
+_INHERITED: list[_ProcessState] = []  # a forked child's copies of its parent's, never freed
+
+
+def _forget_parent(engine: ResidualEngine | None) -> None:
+    """In a forked child: set the parent's database and threads aside for good, unfreed."""
+    if engine is None or engine._state is None or engine._state.pid == os.getpid():
+        return
+    state, engine._state, engine._warmed = engine._state, None, False
+    engine._lock = threading.Lock()  # another thread of the parent may have held it
+    _INHERITED.append(state)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(state))  # not even at interpreter exit
 
 
 _DEFAULT = ResidualEngine()
