@@ -57,7 +57,6 @@ class _ProcessState:
     def __init__(self, workers: int):
         self.pid = os.getpid()
         self.database = duckdb.connect()
-        self.database.execute("SET enable_progress_bar = false")  # the REPL draws its own
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="federator-residual")
 
     def close(self) -> None:
@@ -87,7 +86,9 @@ class ResidualEngine:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the shared database; close it when done."""
-        return self._current().database.cursor()
+        con = self._current().database.cursor()
+        con.execute("SET enable_progress_bar = false")  # per connection; the REPL draws its own
+        return con
 
     async def run(self, con: duckdb.DuckDBPyConnection, fn: Callable[..., T], *args: Any) -> T:
         """Run a DuckDB call on a worker thread; on cancellation interrupt ``con`` and wait for
@@ -106,7 +107,7 @@ class ResidualEngine:
         """Open the database and run one tiny residual through Arrow, paying the first use's
         one-time costs (DuckDB's start, its Arrow scan and export paths) now."""
         state = self._current()
-        con = state.database.cursor()
+        con = self.cursor()
         try:
             con.register("warm", pa.table({"k": pa.array([1, 2], pa.int64()), "v": ["a", "b"]}))
             reader = con.sql("SELECT v, count(*) AS n FROM warm GROUP BY v").to_arrow_reader(1024)
