@@ -91,16 +91,18 @@ class ResidualEngine:
         return con
 
     async def run(self, con: duckdb.DuckDBPyConnection, fn: Callable[..., T], *args: Any) -> T:
-        """Run a DuckDB call on a worker thread; on cancellation interrupt ``con`` and wait for
-        the thread to let go of it, so that it can be closed."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._current().pool, fn, *args)
+        """Run a DuckDB call on a worker thread; on cancellation drop it if it is still
+        waiting for a thread, else interrupt ``con`` and wait for the thread to let go of it,
+        so that it can be closed."""
+        work = self._current().pool.submit(fn, *args)
+        future = asyncio.wrap_future(work)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            con.interrupt()
-            with contextlib.suppress(BaseException):
-                await future
+            if not work.cancel():  # running: DuckDB stops at its next check
+                con.interrupt()
+                with contextlib.suppress(BaseException):
+                    await future
             raise
 
     def warm(self) -> None:

@@ -85,6 +85,40 @@ async def test_cancelling_interrupts_a_running_residual() -> None:
         engine.close()
 
 
+async def test_cancelling_a_residual_still_waiting_for_a_thread_drops_it() -> None:
+    """With every worker busy, a cancelled residual is dropped from the queue: its
+    cancellation does not wait for the busy worker, and it never runs."""
+    engine = ResidualEngine(workers=2)
+    import threading
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def busy() -> None:
+        release.wait(30)
+
+    def queued() -> None:
+        ran.append("queued")
+
+    cons = [engine.cursor() for _ in range(3)]
+    try:
+        blockers = [asyncio.ensure_future(engine.run(c, busy)) for c in cons[:2]]
+        waiting = asyncio.ensure_future(engine.run(cons[2], queued))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)  # a bound: it must not wait for the workers
+        assert not release.is_set()  # the workers were busy all along
+        release.set()
+        await asyncio.gather(*blockers)
+        assert ran == []
+    finally:
+        release.set()
+        for c in cons:
+            c.close()
+        engine.close()
+
+
 def test_the_default_engine_warms_and_answers() -> None:
     engine = default_engine()
     engine.warm()
