@@ -12,7 +12,8 @@ MariaDB with its aggregate on the residual (uncached), and the same join with fi
 served from the join cache. Every answer is checked against values computed from the generated
 data. The report gives throughput, p50/p99 per kind, the first cross-source query after
 ``connect()``, server connections per source (sampled from ``pg_stat_activity`` and
-``information_schema.PROCESSLIST``), RSS at start, peak and end; it is printed and written to
+``information_schema.PROCESSLIST``), RSS at start, peak, end and per quarter of the run (flat, or
+growing?); it is printed and written to
 ``bench/results/load.md`` (``--out``).
 
 Servers start the way ``python -m bench`` starts them (tests/servers.py), or come from
@@ -200,6 +201,7 @@ class Monitor:
         self.peak = {"pg": 0, "my": 0}
         self.last = {"pg": 0, "my": 0}
         self.peak_rss = 0
+        self.rss_samples: list[tuple[float, int]] = []  # (perf_counter, bytes)
         self._stop = asyncio.Event()
 
     async def counts(self) -> dict[str, int]:
@@ -232,7 +234,9 @@ class Monitor:
                 self.last = await self._counts(pg, my)
                 for k, v in self.last.items():
                     self.peak[k] = max(self.peak[k], v)
-                self.peak_rss = max(self.peak_rss, rss())
+                now_rss = rss()
+                self.peak_rss = max(self.peak_rss, now_rss)
+                self.rss_samples.append((time.perf_counter(), now_rss))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.every)
         finally:
@@ -362,6 +366,7 @@ class Outcome:
     rss_start: int
     rss_peak: int
     rss_end: int
+    rss_quarters: list[int]  # the largest RSS sampled in each quarter of the run
     conns_peak: dict[str, int]
     conns_after: dict[str, int]
     connect_s: float
@@ -387,7 +392,7 @@ def measure(
             fed.sql(q.sql, q.params, max_staleness=q.max_staleness).to_arrow()
         rss_start = rss()
 
-        async def main() -> tuple[float, dict[str, int]]:
+        async def main() -> tuple[float, dict[str, int], list[int]]:
             monitor = Monitor(pg_dsn, mysql_dsn)
             sampling = asyncio.create_task(monitor.run())
             t0 = time.perf_counter()
@@ -400,9 +405,9 @@ def measure(
             elapsed = time.perf_counter() - t0
             monitor.stop()
             await sampling
-            return elapsed, monitor.peak | {"rss": monitor.peak_rss}
+            return elapsed, monitor.peak | {"rss": monitor.peak_rss}, quarters(monitor, t0)
 
-        elapsed, peaks = asyncio.run(main())
+        elapsed, peaks, rss_quarters = asyncio.run(main())
         rss_end = rss()
     conns_after = asyncio.run(Monitor(pg_dsn, mysql_dsn).counts())
     return Outcome(
@@ -411,11 +416,24 @@ def measure(
         rss_start,
         max(peaks.pop("rss"), rss_end),
         rss_end,
+        rss_quarters,
         peaks,
         conns_after,
         connect_s,
         first_cross_s,
     )
+
+
+def quarters(monitor: Monitor, t0: float) -> list[int]:
+    samples = [(t - t0, b) for t, b in monitor.rss_samples if t >= t0]
+    if not samples:
+        return []
+    span = max(t for t, _ in samples) or 1.0
+    out = [0, 0, 0, 0]
+    for t, b in samples:
+        q = min(3, int(4 * t / span))
+        out[q] = max(out[q], b)
+    return out
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -465,7 +483,8 @@ def report(o: Outcome, args: argparse.Namespace, command: str) -> list[str]:
         f"{o.conns_after['my']}.",
         "",
         f"RSS: {o.rss_start / mib:.0f} MiB at start (after one query of each kind), "
-        f"{o.rss_peak / mib:.0f} MiB peak, {o.rss_end / mib:.0f} MiB at end.",
+        f"{o.rss_peak / mib:.0f} MiB peak, {o.rss_end / mib:.0f} MiB at end; the largest in each "
+        f"quarter of the run: {', '.join(f'{b / mib:.0f}' for b in o.rss_quarters)} MiB.",
     ]
     if t.first_error:
         lines += ["", f"First error: {t.first_error[:300]}"]
