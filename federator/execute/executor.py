@@ -226,7 +226,7 @@ class Execution:
                 yield batch
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
-            con.close()
+            engine.release(con)
 
     def _start_residual(
         self,

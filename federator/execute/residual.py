@@ -17,10 +17,10 @@ that no longer exist, or crashes.
 >>> import pyarrow as pa
 >>> engine = default_engine()
 >>> con = engine.cursor()
->>> con.register("f0", pa.table({"x": [1, 2, 3]}))
+>>> _ = con.register("f0", pa.table({"x": [1, 2, 3]}))
 >>> con.sql("SELECT sum(x) AS s FROM f0").fetchall()
 [(6,)]
->>> con.close()
+>>> engine.release(con)
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import duckdb
 import pyarrow as pa
 
 T = TypeVar("T")
+RECYCLE_AFTER = 5_000  # residuals per DuckDB database, then a fresh one (see cursor())
 
 
 def default_workers() -> int:
@@ -51,25 +52,43 @@ def default_workers() -> int:
     return max(2, cores)
 
 
+class _Database:
+    """One DuckDB database and the cursors it handed out (all of them, and those still open)."""
+
+    def __init__(self) -> None:
+        self.connection = duckdb.connect()
+        self.handed_out = 0
+        self.open = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self.connection.close()
+
+
 class _ProcessState:
-    """What one process owns: the DuckDB database and the worker threads."""
+    """What one process owns: the current database, older ones that still have open cursors,
+    and the worker threads."""
 
     def __init__(self, workers: int):
         self.pid = os.getpid()
-        self.database = duckdb.connect()
+        self.database = _Database()
+        self.owners: dict[int, _Database] = {}  # id(cursor) -> the database it belongs to
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="federator-residual")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(duckdb.Error):
-            self.database.close()
+        databases = {id(d): d for d in [self.database, *self.owners.values()]}
+        self.owners.clear()
+        for database in databases.values():
+            database.close()
 
 
 class ResidualEngine:
     """Cursors of one shared DuckDB database and the threads residuals run on."""
 
-    def __init__(self, workers: int | None = None):
+    def __init__(self, workers: int | None = None, recycle_after: int = RECYCLE_AFTER):
         self.workers = workers or default_workers()
+        self.recycle_after = recycle_after
         self._lock = threading.Lock()
         self._state: _ProcessState | None = None
         self._warmed = False
@@ -78,17 +97,49 @@ class ResidualEngine:
 
     def _current(self) -> _ProcessState:
         with self._lock:
-            if self._state is not None and self._state.pid != os.getpid():
-                _forget_parent(self)  # a fork the hook missed
-            if self._state is None:
-                self._state = _ProcessState(self.workers)
-            return self._state
+            return self._current_locked()
+
+    def _current_locked(self) -> _ProcessState:
+        if self._state is not None and self._state.pid != os.getpid():
+            _forget_parent(self)  # a fork the hook missed
+        if self._state is None:
+            self._state = _ProcessState(self.workers)
+        return self._state
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own to the shared database; close it when done."""
-        con = self._current().database.cursor()
+        """A connection of its own to the shared database; hand it back with ``release``."""
+        with self._lock:
+            state = self._current_locked()
+            database = state.database
+            if database.handed_out >= self.recycle_after:
+                # A long-lived DuckDB database keeps ~1 KB per statement it ran; a fresh one
+                # every few thousand residuals keeps memory flat. The old one closes with its
+                # last cursor.
+                state.database = _Database()
+                if database.open == 0:
+                    database.close()
+                database = state.database
+            con = database.connection.cursor()
+            database.handed_out += 1
+            database.open += 1
+            state.owners[id(con)] = database
         con.execute("SET enable_progress_bar = false")  # per connection; the REPL draws its own
         return con
+
+    def release(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Close a cursor from ``cursor()`` (and its database, if it was replaced meanwhile and
+        this was its last cursor)."""
+        with self._lock:
+            state = self._state
+            owner = None
+            if state is not None and state.pid == os.getpid():
+                owner = state.owners.pop(id(con), None)
+            con.close()
+            if owner is None:
+                return
+            owner.open -= 1
+            if owner.open == 0 and owner is not state.database:
+                owner.close()
 
     async def run(self, con: duckdb.DuckDBPyConnection, fn: Callable[..., T], *args: Any) -> T:
         """Run a DuckDB call on a worker thread; on cancellation drop it if it is still
@@ -115,7 +166,7 @@ class ResidualEngine:
             reader = con.sql("SELECT v, count(*) AS n FROM warm GROUP BY v").to_arrow_reader(1024)
             reader.read_all()
         finally:
-            con.close()
+            self.release(con)
         state.pool.submit(int).result()  # start a worker thread too
 
     def warm_in_background(self) -> None:

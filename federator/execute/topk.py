@@ -187,7 +187,8 @@ def _residual_rows(ex: Execution, tables: dict[str, pa.Table], tk: TopK) -> int:
     sql = ex.plan.residual_sql if tk.scope is None else residual_duckdb_sql(tk.scope)
     assert sql is not None
     states = _states(ex)
-    con = default_engine().cursor()
+    engine = default_engine()
+    con = engine.cursor()
     try:
         for fid, table in tables.items():
             frag = ex.plan.fragment(fid)
@@ -198,4 +199,4 @@ def _residual_rows(ex: Execution, tables: dict[str, pa.Table], tk: TopK) -> int:
         row = con.sql(f"SELECT count(*) FROM ({sql}) AS _top_k", params=params or None).fetchall()
         return int(row[0][0]) if row else 0
     finally:
-        con.close()
+        engine.release(con)

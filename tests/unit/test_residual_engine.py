@@ -20,7 +20,7 @@ def _own_fragment(engine: ResidualEngine, n: int) -> list[tuple[int, int]]:
         con.register("f0", pa.table({"x": [n, n + 1, n + 2]}))
         return con.sql("SELECT min(x), count(*) FROM f0").fetchall()
     finally:
-        con.close()
+        engine.release(con)
 
 
 def test_concurrent_cursors_each_see_only_their_own_fragments() -> None:
@@ -42,7 +42,7 @@ def test_fragments_go_away_with_their_cursor() -> None:
             with pytest.raises(Exception, match="f0"):
                 con.sql("SELECT * FROM f0").fetchall()
         finally:
-            con.close()
+            engine.release(con)
     finally:
         engine.close()
 
@@ -64,7 +64,7 @@ async def test_residuals_run_at_once_on_the_worker_threads() -> None:
         tags = await asyncio.gather(*(engine.run(c, meet, i) for i, c in enumerate(cons)))
         assert tags == [0, 1]
         for c in cons:
-            c.close()
+            engine.release(c)
     finally:
         engine.close()
 
@@ -79,7 +79,7 @@ async def test_cancelling_interrupts_a_running_residual() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)  # a bound, not a speed check
-        con.close()
+        engine.release(con)
         assert _own_fragment(engine, 5) == [(5, 3)]  # the engine still serves
     finally:
         engine.close()
@@ -115,7 +115,28 @@ async def test_cancelling_a_residual_still_waiting_for_a_thread_drops_it() -> No
     finally:
         release.set()
         for c in cons:
-            c.close()
+            engine.release(c)
+        engine.close()
+
+
+def test_a_used_database_is_replaced_and_closed_with_its_last_cursor() -> None:
+    """Every ``recycle_after`` cursors a fresh database takes over (a long-lived one grows by
+    about 1 KB per statement); a cursor of the old one keeps working until it is released."""
+    engine = ResidualEngine(recycle_after=3)
+    try:
+        held = engine.cursor()
+        held.register("f0", pa.table({"x": [10, 20]}))
+        first = engine._current().database
+        answers = [_own_fragment(engine, n) for n in range(10)]
+        assert answers == [[(n, 3)] for n in range(10)]
+        assert engine._current().database is not first
+        assert first.open == 1  # only the held cursor: the old database is still open
+        assert held.sql("SELECT sum(x) FROM f0").fetchall() == [(30,)]
+        engine.release(held)
+        assert first.open == 0
+        with pytest.raises(Exception, match=r"(?i)closed"):
+            first.connection.cursor()
+    finally:
         engine.close()
 
 
@@ -137,7 +158,7 @@ if pid == 0:
     if sys.argv[1] == "use":
         con = engine.cursor()
         assert con.sql("SELECT 42").fetchall() == [(42,)]
-        con.close()
+        engine.release(con)
     sys.exit(0)  # a normal exit: the interpreter finalizes what it inherited
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
