@@ -869,8 +869,10 @@ class Cache:
         return _Lookup(key, fields, {}, tokens, bound, ttl, inherit_age=True)
 
     def _shape(self, plan: Plan) -> tuple[str, str, str, str | None]:
-        cached = self._plan_shapes.get(id(plan))
-        if cached is not None and cached[0] is plan:
+        # Keyed by the planned trees: each query binds its parameters into a new Plan that
+        # shares them, and re-deriving the shape per query costs a tree copy.
+        cached = self._plan_shapes.get(id(plan.fragments))
+        if cached is not None and _same_trees(cached[0], plan):
             return cached[1:]  # type: ignore[return-value]
         parts = [f"{f.source}: {_abstract_literals(f.query)}" for f in plan.fragments]
         residual = plan.residual
@@ -887,7 +889,7 @@ class Cache:
         shape_id = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         if len(self._plan_shapes) > 1024:
             self._plan_shapes.clear()
-        self._plan_shapes[id(plan)] = (plan, shape_id, text, exact, volatile)  # type: ignore[assignment]
+        self._plan_shapes[id(plan.fragments)] = (plan, shape_id, text, exact, volatile)  # type: ignore[assignment]
         return shape_id, text, exact, volatile
 
     # ---- the one lookup/fetch/store path ----------------------------------------------
@@ -1194,6 +1196,10 @@ class _Flight:
             if parked is not None and time.monotonic() - parked > self.STALL:
                 return self
         return self.future.result()
+
+
+def _same_trees(a: Plan, b: Plan) -> bool:
+    return a.fragments is b.fragments and a.residual is b.residual
 
 
 async def _computed_join(ex: Execution) -> AsyncIterator[pa.RecordBatch]:

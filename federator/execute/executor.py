@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from federator.catalog import Catalog
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
+from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from federator.execute.handle import ResultCache
 
 RESIDUAL_BATCH_ROWS = 65_536
+RESIDUAL_HEAD_BATCHES = 2  # read by the call that starts the residual: one thread hop, not three
 
 
 class Execution:
@@ -207,48 +209,48 @@ class Execution:
         assert self.plan.residual_sql is not None
         tables = await grow_top_k(self, tables)  # no-op unless a vector top-k was pushed
         started = time.perf_counter()
-        con = duckdb.connect()
+        engine = default_engine()
+        con = engine.cursor()  # its own connection: its fragment names are its alone
         try:
-            con.execute("SET enable_progress_bar = false")  # the REPL draws its own
-            for fid, table in tables.items():
-                con.register(fid, table)
             params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
-            reader = await _interruptible(con, self._start_residual, con, params)
-            empty = True
-            while (batch := await _interruptible(con, _next_batch, reader)) is not None:
+            reader, head = await engine.run(con, self._start_residual, con, tables, params)
+            if not head:
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            for batch in head:  # a small answer comes whole in the first call to the engine
                 self.residual_stats.rows += batch.num_rows
                 self.residual_stats.bytes += batch.nbytes
-                empty = False
                 yield batch
-            if empty:
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            more = len(head) == RESIDUAL_HEAD_BATCHES
+            while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
+                self.residual_stats.rows += batch.num_rows
+                self.residual_stats.bytes += batch.nbytes
+                yield batch
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
-            con.close()
+            engine.release(con)
 
     def _start_residual(
-        self, con: duckdb.DuckDBPyConnection, params: dict[str, Any]
-    ) -> pa.RecordBatchReader:
+        self,
+        con: duckdb.DuckDBPyConnection,
+        tables: dict[str, pa.Table],
+        params: dict[str, Any],
+    ) -> tuple[pa.RecordBatchReader, list[pa.RecordBatch]]:
+        """Register the fragments' tables, start the residual and read its first batches (on a
+        worker thread): fewer than ``RESIDUAL_HEAD_BATCHES`` of them are the whole answer."""
         try:
+            for fid, table in tables.items():
+                con.register(fid, table)
             relation = con.sql(self.plan.residual_sql, params=params or None)
             if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
-                return relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)
-            return relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
+                reader = relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)
+            else:
+                reader = relation.fetch_arrow_reader(RESIDUAL_BATCH_ROWS)
+            head: list[pa.RecordBatch] = []
+            while len(head) < RESIDUAL_HEAD_BATCHES and (batch := _next_batch(reader)) is not None:
+                head.append(batch)
+            return reader, head
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
-
-
-async def _interruptible(con: duckdb.DuckDBPyConnection, fn: Any, *args: Any) -> Any:
-    """Run a DuckDB call in a worker thread; on cancellation interrupt it and wait for the
-    thread to let go of the connection, so it can be closed."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        con.interrupt()
-        with contextlib.suppress(BaseException):
-            await future
-        raise
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

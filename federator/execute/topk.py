@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
 from federator.errors import FederatorError, SourceError
+from federator.execute.residual import default_engine
 from federator.plan.model import Fragment, TopK
 from federator.sql.dialect import exact_distances, residual_duckdb_sql, vector_value
 
@@ -187,7 +187,8 @@ def _residual_rows(ex: ExecutionHandle, tables: dict[str, pa.Table], tk: TopK) -
     sql = ex.plan.residual_sql if tk.scope is None else residual_duckdb_sql(tk.scope)
     assert sql is not None
     states = _states(ex)
-    con = duckdb.connect()
+    engine = default_engine()
+    con = engine.cursor()
     try:
         for fid, table in tables.items():
             frag = ex.plan.fragment(fid)
@@ -198,4 +199,4 @@ def _residual_rows(ex: ExecutionHandle, tables: dict[str, pa.Table], tk: TopK) -
         row = con.sql(f"SELECT count(*) FROM ({sql}) AS _top_k", params=params or None).fetchall()
         return int(row[0][0]) if row else 0
     finally:
-        con.close()
+        engine.release(con)

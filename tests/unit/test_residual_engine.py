@@ -1,0 +1,187 @@
+"""The residual engine: one DuckDB database, a cursor per residual, worker threads (no servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pytest
+
+from federator.execute.residual import ResidualEngine, default_engine
+
+
+def _own_fragment(engine: ResidualEngine, n: int) -> list[tuple[int, int]]:
+    """Register ``f0`` holding n, n+1, n+2 on a fresh cursor and read it back."""
+    con = engine.cursor()
+    try:
+        con.register("f0", pa.table({"x": [n, n + 1, n + 2]}))
+        return con.sql("SELECT min(x), count(*) FROM f0").fetchall()
+    finally:
+        engine.release(con)
+
+
+def test_concurrent_cursors_each_see_only_their_own_fragments() -> None:
+    engine = ResidualEngine(workers=2)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: _own_fragment(engine, n), range(0, 4000, 10)))
+        assert answers == [[(n, 3)] for n in range(0, 4000, 10)]
+    finally:
+        engine.close()
+
+
+def test_fragments_go_away_with_their_cursor() -> None:
+    engine = ResidualEngine()
+    try:
+        _own_fragment(engine, 1)
+        con = engine.cursor()
+        try:
+            with pytest.raises(Exception, match="f0"):
+                con.sql("SELECT * FROM f0").fetchall()
+        finally:
+            engine.release(con)
+    finally:
+        engine.close()
+
+
+async def test_residuals_run_at_once_on_the_worker_threads() -> None:
+    """Two residuals that each wait for the other to have started finish only if they run
+    concurrently (on one thread at a time, the first would wait forever)."""
+    engine = ResidualEngine(workers=2)
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet(tag: int) -> int:
+        barrier.wait()
+        return tag
+
+    try:
+        cons = [engine.cursor(), engine.cursor()]
+        tags = await asyncio.gather(*(engine.run(c, meet, i) for i, c in enumerate(cons)))
+        assert tags == [0, 1]
+        for c in cons:
+            engine.release(c)
+    finally:
+        engine.close()
+
+
+async def test_cancelling_interrupts_a_running_residual() -> None:
+    engine = ResidualEngine()
+    con = engine.cursor()
+    long = "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b"
+    try:
+        task = asyncio.ensure_future(engine.run(con, lambda: con.sql(long).fetchall()))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)  # a bound, not a speed check
+        engine.release(con)
+        assert _own_fragment(engine, 5) == [(5, 3)]  # the engine still serves
+    finally:
+        engine.close()
+
+
+async def test_cancelling_a_residual_still_waiting_for_a_thread_drops_it() -> None:
+    """With every worker busy, a cancelled residual is dropped from the queue: its
+    cancellation does not wait for the busy worker, and it never runs."""
+    engine = ResidualEngine(workers=2)
+    import threading
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def busy() -> None:
+        release.wait(30)
+
+    def queued() -> None:
+        ran.append("queued")
+
+    cons = [engine.cursor() for _ in range(3)]
+    try:
+        blockers = [asyncio.ensure_future(engine.run(c, busy)) for c in cons[:2]]
+        waiting = asyncio.ensure_future(engine.run(cons[2], queued))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)  # a bound: it must not wait for the workers
+        assert not release.is_set()  # the workers were busy all along
+        release.set()
+        await asyncio.gather(*blockers)
+        assert ran == []
+    finally:
+        release.set()
+        for c in cons:
+            engine.release(c)
+        engine.close()
+
+
+def test_a_used_database_is_replaced_and_closed_with_its_last_cursor() -> None:
+    """Every ``recycle_after`` cursors a fresh database takes over (a long-lived one grows by
+    about 1 KB per statement); a cursor of the old one keeps working until it is released."""
+    engine = ResidualEngine(recycle_after=3)
+    try:
+        held = engine.cursor()
+        held.register("f0", pa.table({"x": [10, 20]}))
+        first = engine._current().database
+        answers = [_own_fragment(engine, n) for n in range(10)]
+        assert answers == [[(n, 3)] for n in range(10)]
+        assert engine._current().database is not first
+        assert first.open == 1  # only the held cursor: the old database is still open
+        assert held.sql("SELECT sum(x) FROM f0").fetchall() == [(30,)]
+        engine.release(held)
+        assert first.open == 0
+        with pytest.raises(Exception, match=r"(?i)closed"):
+            first.connection.cursor()
+    finally:
+        engine.close()
+
+
+def test_the_default_engine_warms_and_answers() -> None:
+    engine = default_engine()
+    engine.warm()
+    assert _own_fragment(engine, 7) == [(7, 3)]
+
+
+FORK_SCRIPT = """
+import os, signal, sys
+from federator.execute.residual import default_engine
+
+engine = default_engine()
+engine.warm()  # the parent's database and threads exist before the fork
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a hang fails the test instead of stalling it
+    if sys.argv[1] == "use":
+        con = engine.cursor()
+        assert con.sql("SELECT 42").fetchall() == [(42,)]
+        engine.release(con)
+    sys.exit(0)  # a normal exit: the interpreter finalizes what it inherited
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("child", ["use", "exit"])
+def test_a_forked_child_opens_its_own_database_and_exits_cleanly(child: str) -> None:
+    """DataLoader workers fork: the child must neither use nor free its parent's database
+    (freeing it crashes, using it hangs), and must get one of its own."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, child], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_a_script_that_connects_and_exits_at_once_exits_cleanly() -> None:
+    """The warm-up runs on a thread of its own; exiting while it is inside DuckDB must neither
+    abort the interpreter nor hang it."""
+    code = (
+        "import federator\n"
+        "federator.connect({'sources': {'s': {'kind': 'sqlite', 'path': ':memory:'}}})\n"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
