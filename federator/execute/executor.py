@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from federator.catalog import Catalog
+from federator.deadline import ascope
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
@@ -55,7 +56,7 @@ class Execution:
             None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
         )
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline), ascope(self.timeout):
                 if self.plan.residual is None:
                     async for batch in self._fragment_batches(self.plan.fragments[0], None):
                         yield batch
