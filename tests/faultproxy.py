@@ -5,11 +5,11 @@ Modes (:meth:`FaultProxy.set_mode`):
 
 ``pass``       forward both ways.
 ``blackhole``  accept new connections and never answer; existing ones stop forwarding.
-``freeze``     connections open now stop forwarding once ``after`` more bytes came from the
-               server (0: at once), as on a stalled route; connections opened later pass, so a
-               cancel or KILL sent on a new connection still reaches the server.
-``close``      reset connections open now once ``after`` more bytes came from the server, and
-               reset every new one at once: the server seems dead.
+``freeze``     every connection, open now or later, stops forwarding once ``after`` more
+               bytes came from the server on it (0: at once), as on a stalled route; with
+               ``after`` > 0 a short exchange on a new connection (a cancel, a KILL) passes.
+``close``      the same, but the connection is reset instead: the server seems to die
+               mid-result (``after`` 0: every connection is reset at once).
 
 >>> proxy = FaultProxy("127.0.0.1", 5432).start()  # doctest: +SKIP
 >>> proxy.set_mode("blackhole"); proxy.stop()  # doctest: +SKIP
@@ -51,6 +51,7 @@ class FaultProxy:
         self.upstream = (host, port)
         self.port = 0
         self.mode = "pass"
+        self._after = 0
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -98,7 +99,7 @@ class FaultProxy:
         return sum(1 for link in self._links if not link.client.is_closing())
 
     async def _set_mode(self, mode: str, after: int) -> None:
-        self.mode = mode
+        self.mode, self._after = mode, after
         for link in list(self._links):
             if mode == "pass":
                 link.fault, link.budget = "pass", None
@@ -119,9 +120,11 @@ class FaultProxy:
         link = _Link(client=writer)
         self._links.add(link)
         try:
-            if self.mode == "close":
+            if self.mode == "close" and self._after == 0:
                 _reset(link)
                 return
+            if self.mode in ("freeze", "close"):
+                link.fault, link.budget = self.mode, self._after
             if self.mode == "blackhole":
                 link.fault, link.budget = "blackhole", 0
                 await _discard(reader)
