@@ -256,6 +256,21 @@ class MySQLAdapter(ServerSQLAdapter):
             raise
         return conn
 
+    async def _fetchall(self, sql: str) -> list[tuple[Any, ...]]:
+        """Every row of one statement, on a pooled connection (see :meth:`_start`)."""
+        pool = await self._get_pool()
+        conn, cur = await self._start(pool, sql)
+        outcome: BaseException | None = None
+        try:
+            rows = list(await cur.fetchall())
+            await cur.close()
+            return rows
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
     async def _start(
         self, pool: aiomysql.Pool, text: str
     ) -> tuple[aiomysql.Connection, aiomysql.SSCursor]:
@@ -487,11 +502,8 @@ class MySQLAdapter(ServerSQLAdapter):
         """``text`` cut into ``scan_partitions`` ranges of the integer column ``key`` (as
         ConnectorX's own partitioning does), read at once on one connection each."""
         column = "`" + key.replace("`", "``") + "`"
-        async with self._connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                f"SELECT MIN({column}), MAX({column}) FROM ({text}) AS federator_range"
-            )
-            low, high = await cur.fetchone()
+        sql = f"SELECT MIN({column}), MAX({column}) FROM ({text}) AS federator_range"
+        [(low, high)] = await self._fetchall(sql)
         if low is None or high is None:
             return [text]
         n = self.scan_partitions

@@ -256,10 +256,9 @@ class PostgresAdapter(ServerSQLAdapter):
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
-        pool = await self._get_pool()
-        rows = await pool.fetch(_CATALOG_SQL)
+        rows = await self._fetch(_CATALOG_SQL)
         unique: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-        for r in await pool.fetch(_UNIQUE_SQL):
+        for r in await self._fetch(_UNIQUE_SQL):
             unique.setdefault((r["nspname"], r["relname"]), []).append(tuple(r["cols"]))
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
@@ -625,6 +624,21 @@ class PostgresAdapter(ServerSQLAdapter):
             await self._release(pool, conn, outcome)
 
     # ---- connections: dead ones replaced, interrupted ones torn down with their backend --------
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Every row of one statement, in its own transaction (see :meth:`_begin`)."""
+        pool = await self._get_pool()
+        conn = await self._begin(pool)
+        outcome: BaseException | None = None
+        try:
+            rows = await conn.fetch(sql, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
     async def _begin(self, pool: asyncpg.Pool, begin: str = _BEGIN) -> Any:
         """A pooled connection inside a new read-only transaction. A connection the server
         closed while idle in the pool fails on this first command: it is dropped and the
