@@ -292,28 +292,25 @@ class MySQLAdapter(ServerSQLAdapter):
     async def _release(
         self, pool: aiomysql.Pool, conn: aiomysql.Connection, outcome: BaseException | None
     ) -> None:
-        """Give ``conn`` back after a clean end. After an error the server reported, the
-        connection is closed (an unbuffered result left unread poisons it). After anything
-        else (a timeout, a cancel, a lost or frozen network, a consumer that stopped midway)
-        the server may still be running the statement: the socket is closed at once and the
-        server thread killed from another connection, within :data:`CLEANUP_SECONDS`."""
+        """Give ``conn`` back after a clean end. After an error the server reported or a lost
+        connection, the connection is closed (an unbuffered result left unread poisons it).
+        After anything else (a timeout, a cancel, a frozen network, a consumer that stopped
+        midway) the server may still be running the statement: the socket is closed at once and
+        the server thread killed from another connection, within :data:`CLEANUP_SECONDS`."""
         if outcome is None:
             pool.release(conn)
             return
         thread = conn.thread_id() if conn.server_thread_id else None
         _drop(conn)
         pool.release(conn)
-        statement_failed = isinstance(outcome, pymysql.err.MySQLError) and not _connection_lost(
-            outcome
-        )
-        if thread is not None and not statement_failed:
+        if thread is not None and not isinstance(outcome, pymysql.err.MySQLError):
             await cleanup(self._kill(thread))
 
     async def _kill(self, thread: int | None = None, tag: str | None = None) -> None:
         """KILL server threads of ours (statement and session) from a new connection: one by
         id, or every one whose statement carries ``tag`` (the ConnectorX reads)."""
         d = self.dsn
-        conn = await aiomysql.connect(
+        conn = aiomysql.Connection(
             host=d.host,
             port=d.port or 3306,
             user=d.user or "root",
@@ -322,6 +319,7 @@ class MySQLAdapter(ServerSQLAdapter):
             autocommit=True,
         )
         try:
+            await conn._connect()  # aiomysql.connect() leaves the socket open when cancelled
             async with conn.cursor() as cur:
                 threads = [thread] if thread is not None else []
                 if tag is not None:

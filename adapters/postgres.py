@@ -649,7 +649,7 @@ class PostgresAdapter(ServerSQLAdapter):
                 await conn.execute(begin)
                 return conn
             except _DEAD_CONNECTION:
-                conn.terminate()
+                _close_now(conn)
                 await pool.release(conn)
                 if attempt == 2:
                     raise
@@ -674,10 +674,10 @@ class PostgresAdapter(ServerSQLAdapter):
                 return
             except (Exception, asyncio.CancelledError):
                 pass  # fall through: tear it down
-        pid = conn.get_server_pid()
-        conn.terminate()
+        pid = _close_now(conn)
         await pool.release(conn)
-        await cleanup(self._terminate_backend(pid))
+        if pid is not None:
+            await cleanup(self._terminate_backend(pid))
 
     async def _terminate_backend(self, pid: int) -> None:
         """End the server process of an abandoned connection (its query with it): a cancel
@@ -738,6 +738,17 @@ class PostgresAdapter(ServerSQLAdapter):
         values = _coerce_params(params, [p.name for p in ptypes])
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {text}", *values)
         return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def _close_now(conn: Any) -> int | None:
+    """Close a pooled connection without a word to the server; its backend's pid, or None
+    when asyncpg had already closed it (and handed it back to the pool)."""
+    try:
+        pid = conn.get_server_pid()
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        return None
+    return pid
 
 
 def _copy_outcome(outcome: BaseException | None) -> BaseException | None:

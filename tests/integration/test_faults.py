@@ -151,18 +151,26 @@ def _federation(path: str, dsn: str, timeout: float = TIMEOUT) -> federator.Fede
 
 
 # ---- what the server sees -----------------------------------------------------------------
-def _server_queries(path: str, admin: str, user: str = USER) -> list[Any]:
-    """Statements of ``user`` on fault_rows still running on the server."""
+def _server_queries(path: str, admin: str, user: str = USER, running: bool = False) -> list[Any]:
+    """Statements of ``user`` on fault_rows still on the server: running, or (PostgreSQL,
+    unless ``running``) left idle in an open transaction."""
     if path.startswith("pg"):
+        # running: executing for a while (not being prepared, which a cancel would miss)
+        state = (
+            "state = 'active' AND now() - query_start > interval '0.3 s'"
+            if running
+            else "state <> 'idle'"
+        )
         sql = (
-            "SELECT pid, query FROM pg_stat_activity WHERE usename = $1 AND state <> 'idle'"
-            " AND query LIKE '%fault_rows%'"
+            f"SELECT pid, query FROM pg_stat_activity WHERE usename = $1 AND {state}"
+            " AND query LIKE '%fault_rows%' AND backend_type = 'client backend'"
         )
         return _run(_pg(admin, sql, user))
     return _my(
         admin,
         "SELECT ID, INFO FROM information_schema.PROCESSLIST"
-        f" WHERE USER = '{user}' AND INFO LIKE '%fault_rows%'",
+        f" WHERE USER = '{user}' AND INFO LIKE '%fault_rows%'"
+        + (" AND TIME_MS > 300" if running else ""),
     )
 
 
@@ -190,7 +198,7 @@ def _kill_sessions(path: str, admin: str, user: str = USER) -> int:
 def _cancel_statement(path: str, admin: str) -> bool:
     """Cancel fault_user's running statement as an operator would (pg_cancel_backend,
     KILL QUERY); False while there is none yet."""
-    running = _server_queries(path, admin)
+    running = _server_queries(path, admin, running=True)
     for row in running:
         if path.startswith("pg"):
             _run(_pg(admin, "SELECT pg_cancel_backend($1)", row[0]))
@@ -221,7 +229,7 @@ def _eventually(check: Callable[[], bool], seconds: float = 1.0) -> bool:
 
 def _assert_scans(fed: federator.Federation) -> None:
     """The federation answers: every row, ids checked against the loaded range."""
-    ids = fed.sql(SCAN).to_arrow().column("id").to_pylist()
+    ids = fed.sql(SCAN, timeout=60).to_arrow().column("id").to_pylist()  # a loaded machine
     assert sorted(ids) == list(range(1, ROWS + 1))
 
 
