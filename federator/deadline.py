@@ -103,9 +103,12 @@ def waiting_for(what: str) -> Iterator[None]:
     d.waiting.append(what)
     try:
         yield
-    finally:
-        with contextlib.suppress(ValueError):
-            d.waiting.remove(what)
+    except asyncio.CancelledError:
+        raise  # kept: the timeout that is unwinding names it
+    except BaseException:
+        d.waiting.remove(what)
+        raise
+    d.waiting.remove(what)
 
 
 async def within(work: Awaitable[T], timeout: float | None, stage: str = "planning") -> T:

@@ -254,6 +254,22 @@ def test_blackhole_while_planning(path: str, admin: str, proxy: FaultProxy) -> N
     assert _eventually(lambda: proxy.open_connections == 0)
 
 
+@pytest.mark.parametrize("path", ["pg-row", "my-row"])
+def test_blackhole_while_reading_the_catalog(path: str, admin: str, proxy: FaultProxy) -> None:
+    """Connected, then silent while the catalog is read again: the timeout names that read."""
+    fed = _federation(path, proxy.dsn(_as_user(admin, USER)))
+    fed.sql(SCAN)
+    proxy.set_mode("blackhole")
+    fed.catalog.refresh()
+    error, seconds = _timed(lambda: fed.sql(SCAN))
+    assert isinstance(error, QueryTimeoutError), repr(error)
+    assert f"reading the catalog of source 's' at 127.0.0.1:{proxy.port}" in str(error)
+    assert seconds <= TIMEOUT + SLACK
+    proxy.set_mode("pass")
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_blackhole_while_running(path: str, admin: str, proxy: FaultProxy) -> None:
     """The catalog is read, then the network goes silent: the query ends at the timeout,
