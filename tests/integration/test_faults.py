@@ -307,6 +307,25 @@ def test_fault_mid_result(path: str, fault: str, admin: str, proxy: FaultProxy) 
     _assert_closed_cleanly(fed, path, admin)
 
 
+@pytest.mark.parametrize("path", ["pg-row"])  # a cursor: each batch is a round trip
+def test_freeze_between_streamed_batches(path: str, admin: str, proxy: FaultProxy) -> None:
+    """``to_batches()`` resumes the query for each batch: the timeout holds after the first."""
+    kind, options = PATHS[path]
+    source = {"kind": kind, "dsn": proxy.dsn(_as_user(admin, USER)), "batch_rows": 5000}
+    fed = federator.connect({"sources": {"s": {**source, **options}}}, timeout=TIMEOUT)
+    started = time.monotonic()
+    reader = fed.sql(SCAN).to_batches()
+    assert reader.read_next_batch().num_rows == 5000
+    proxy.set_mode("freeze", after=FREEZE_AFTER)
+    error, _ = _timed(lambda: sum(b.num_rows for b in reader))
+    assert isinstance(error, QueryTimeoutError), repr(error)
+    assert time.monotonic() - started <= TIMEOUT + SLACK
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    proxy.set_mode("pass")
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+
+
 # ---- the server cancels the statement ------------------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 def test_statement_cancelled_by_server(path: str, admin: str) -> None:
