@@ -491,6 +491,8 @@ class MySQLAdapter(ServerSQLAdapter):
             finished = True
         except SourceError as e:
             reason = failure_reason(e, d.password).removeprefix("SourceError: ")
+            if d.password:  # as written in the URI, too
+                reason = reason.replace(quote(d.password, safe=""), "***")
             raise SourceError(f"source {self.name!r} at {self.where}: {reason}") from None
         finally:
             if not finished:
