@@ -35,8 +35,8 @@ from federator.adapters.sqlbase import ServerSQLAdapter
 from sqlglot import exp
 
 from federator.config import SourceConfig
-from federator.deadline import CLEANUP_SECONDS, cleanup
-from federator.errors import SourceError
+from federator.deadline import CLEANUP_SECONDS, bound, cleanup
+from federator.errors import SourceError, SourceUnreachableError
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -309,27 +309,42 @@ class MySQLAdapter(ServerSQLAdapter):
     async def _kill(self, thread: int | None = None, tag: str | None = None) -> None:
         """KILL server threads of ours (statement and session) from a new connection: one by
         id, or every one whose statement carries ``tag`` (the ConnectorX reads)."""
+        async with self._side_connection(CLEANUP_SECONDS) as conn, conn.cursor() as cur:
+            threads = [thread] if thread is not None else []
+            if tag is not None:
+                await cur.execute(inline(_TAGGED_SQL, [f"%{tag}%"]))
+                threads += [int(r[0]) for r in await cur.fetchall()]
+            for t in threads:
+                with contextlib.suppress(pymysql.err.MySQLError):  # already gone: 1094
+                    await cur.execute(f"KILL {int(t)}")
+
+    @contextlib.asynccontextmanager
+    async def _side_connection(self, timeout: float) -> AsyncIterator[aiomysql.Connection]:
+        """A new connection outside the pool (a KILL, a login check), closed on the way out."""
         d = self.dsn
         conn = aiomysql.Connection(
             host=d.host,
             port=d.port or 3306,
             user=d.user or "root",
             password=d.password or "",
-            connect_timeout=CLEANUP_SECONDS,
+            connect_timeout=timeout,
             autocommit=True,
         )
         try:
             await conn._connect()  # aiomysql.connect() leaves the socket open when cancelled
-            async with conn.cursor() as cur:
-                threads = [thread] if thread is not None else []
-                if tag is not None:
-                    await cur.execute(inline(_TAGGED_SQL, [f"%{tag}%"]))
-                    threads += [int(r[0]) for r in await cur.fetchall()]
-                for t in threads:
-                    with contextlib.suppress(pymysql.err.MySQLError):  # already gone: 1094
-                        await cur.execute(f"KILL {int(t)}")
+            yield conn
         finally:
             _drop(conn)
+
+    async def _check_login(self) -> None:
+        """Log in once, as ConnectorX is about to: it retries a refused login for 30 s
+        (a changed password, say), where this answers at once with the server's reason."""
+        try:
+            async with self._side_connection(bound(self.connect_timeout) or 10):
+                pass
+        except (OSError, pymysql.err.MySQLError) as e:
+            reason = failure_reason(e, self.dsn.password)
+            raise SourceUnreachableError(self.name, self.where, reason) from None
 
     async def _close_pool(self, pool: aiomysql.Pool) -> None:
         pool.close()
@@ -478,6 +493,7 @@ class MySQLAdapter(ServerSQLAdapter):
         # not to: keep to the host:port the catalog names (as aiomysql does).
         uri += "?prefer_socket=false"
         tag = f"federator-cx {os.urandom(8).hex()}"
+        await self._check_login()
         queries = [text] if partition is None else await self._partitions(text, partition)
         read = self._cx.read(uri, [f"/* {tag} */ {q}" for q in queries], self.batch_rows, _SESSION)
         finished = False
