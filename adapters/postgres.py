@@ -659,13 +659,19 @@ class PostgresAdapter(ServerSQLAdapter):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _release(self, pool: asyncpg.Pool, conn: Any, outcome: BaseException | None) -> None:
-        """Give ``conn`` back. After a clean end or an error the server reported, the
-        connection is healthy: rolled back and pooled. After anything else (a timeout, a
-        cancel, a lost or frozen connection, a consumer that stopped midway) the server may
-        still be working on it: the connection is closed at once and its backend terminated
-        from another connection, all within :data:`CLEANUP_SECONDS`."""
-        if outcome is None or (
-            isinstance(outcome, asyncpg.PostgresError) and not isinstance(outcome, _DEAD_CONNECTION)
+        """Give ``conn`` back. After a clean end, an error the server reported, or a consumer
+        that stopped between two cursor fetches (GeneratorExit; the COPY path never passes it
+        here), the connection is healthy: rolled back and pooled. After anything else (a
+        timeout, a cancel, a lost or frozen connection, a half-read COPY) the server may still
+        be working on it: the connection is closed at once and its backend terminated from
+        another connection, all within :data:`CLEANUP_SECONDS`."""
+        if (
+            outcome is None
+            or isinstance(outcome, GeneratorExit)  # row path: the server waits between fetches
+            or (
+                isinstance(outcome, asyncpg.PostgresError)
+                and not isinstance(outcome, _DEAD_CONNECTION)
+            )
         ):
             try:
                 if outcome is not None:

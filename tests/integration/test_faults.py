@@ -326,6 +326,26 @@ def test_freeze_between_streamed_batches(path: str, admin: str, proxy: FaultProx
     _assert_closed_cleanly(fed, path, admin)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_consumer_stops_early(path: str, admin: str) -> None:
+    """A caller that stops after the first batch: nothing keeps running on the server, the
+    session is pooled or closed, the federation answers again."""
+    kind, options = PATHS[path]
+    source = {"kind": kind, "dsn": _as_user(admin, USER), "batch_rows": 5000, **options}
+    fed = federator.connect({"sources": {"s": source}}, timeout=30)
+
+    async def first_batch_only() -> int:
+        async with contextlib.aclosing(fed.sql(SCAN).__aiter__()) as batches:
+            async for batch in batches:
+                return batch.num_rows
+        return 0
+
+    assert _run(first_batch_only()) > 0
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+
+
 # ---- the server cancels the statement ------------------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 def test_statement_cancelled_by_server(path: str, admin: str) -> None:
