@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import struct
@@ -26,15 +27,17 @@ from urllib.parse import quote
 import aiomysql
 import pyarrow as pa
 import pymysql
-from federator.adapters.arrowconv import conform, next_batch, rows_to_batch
+from federator.adapters.arrowconv import conform, rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
+from federator.adapters.cxworker import CXWorkers
 from federator.adapters.mysql_literals import inline
 from federator.adapters.sqlbase import ServerSQLAdapter
 from federator.rules.sql import collation_note
 from sqlglot import exp
 
 from federator.config import SourceConfig
-from federator.errors import SourceError
+from federator.deadline import CLEANUP_SECONDS, bound, cleanup
+from federator.errors import SourceError, SourceUnreachableError
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -73,6 +76,11 @@ SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE, UPDATE_TIME,
 FROM information_schema.TABLES
 WHERE {pairs}
 ORDER BY TABLE_SCHEMA, TABLE_NAME
+"""
+
+# Server threads running a tagged statement (an interrupted ConnectorX read's), never this one.
+_TAGGED_SQL = """
+SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()
 """
 
 _INTEGERS = {
@@ -179,6 +187,11 @@ class MySQLAdapter(ServerSQLAdapter):
         self.scan_partitions = int(config.options.get("scan_partitions", 2))
         self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
         self._locked_down: weakref.WeakSet[aiomysql.Connection] = weakref.WeakSet()
+        self._cx = CXWorkers(self.max_concurrency)  # ConnectorX worker processes
+
+    async def close(self) -> None:
+        await super().close()
+        await self._cx.close()
 
     # ---- pool ------------------------------------------------------------------------
     async def _connect_pool(self) -> aiomysql.Pool:
@@ -222,11 +235,118 @@ class MySQLAdapter(ServerSQLAdapter):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
-        """A pooled connection, locked down (see :meth:`_lock_down`)."""
+        """A pooled connection, locked down (see :meth:`_lock_down`); torn down with its
+        server thread if the work on it is interrupted (see :meth:`_release`)."""
         pool = await self._get_pool()
-        async with pool.acquire() as conn:
-            await self._lock_down(conn)
+        conn = await self._acquire(pool)
+        outcome: BaseException | None = None
+        try:
             yield conn
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
+    async def _acquire(self, pool: aiomysql.Pool) -> aiomysql.Connection:
+        """A pooled connection, locked down (torn down again if that fails)."""
+        conn = await pool.acquire()
+        try:
+            await self._lock_down(conn)
+        except BaseException as e:
+            await self._release(pool, conn, e)
+            raise
+        return conn
+
+    async def _fetchall(self, sql: str) -> list[tuple[Any, ...]]:
+        """Every row of one statement, on a pooled connection (see :meth:`_start`)."""
+        pool = await self._get_pool()
+        conn, cur = await self._start(pool, sql)
+        outcome: BaseException | None = None
+        try:
+            rows = list(await cur.fetchall())
+            await cur.close()
+            return rows
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
+    async def _start(
+        self, pool: aiomysql.Pool, text: str
+    ) -> tuple[aiomysql.Connection, aiomysql.SSCursor]:
+        """A pooled connection with ``text`` started on an unbuffered cursor. A connection the
+        server closed while it sat idle in the pool (KILL, wait_timeout, a restart) fails on
+        this first use: it is dropped and the statement sent once more on another."""
+        for attempt in (1, 2):
+            conn = await self._acquire(pool)
+            try:
+                cur = await conn.cursor(aiomysql.SSCursor)
+                await cur.execute(text)
+                return conn, cur
+            except BaseException as e:
+                await self._release(pool, conn, e)
+                if attempt == 2 or not _connection_lost(e):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _release(
+        self, pool: aiomysql.Pool, conn: aiomysql.Connection, outcome: BaseException | None
+    ) -> None:
+        """Give ``conn`` back after a clean end. After an error the server reported or a lost
+        connection, the connection is closed (an unbuffered result left unread poisons it).
+        After anything else (a timeout, a cancel, a frozen network, a consumer that stopped
+        midway) the server may still be running the statement: the socket is closed at once and
+        the server thread killed from another connection, within :data:`CLEANUP_SECONDS`."""
+        if outcome is None:
+            pool.release(conn)
+            return
+        thread = conn.thread_id() if conn.server_thread_id else None
+        _drop(conn)
+        pool.release(conn)
+        if thread is not None and not isinstance(outcome, pymysql.err.MySQLError):
+            await cleanup(self._kill(thread))
+
+    async def _kill(self, thread: int | None = None, tag: str | None = None) -> None:
+        """KILL server threads of ours (statement and session) from a new connection: one by
+        id, or every one whose statement carries ``tag`` (the ConnectorX reads)."""
+        async with self._side_connection(CLEANUP_SECONDS) as conn, conn.cursor() as cur:
+            threads = [thread] if thread is not None else []
+            if tag is not None:
+                await cur.execute(inline(_TAGGED_SQL, [f"%{tag}%"]))
+                threads += [int(r[0]) for r in await cur.fetchall()]
+            for t in threads:
+                with contextlib.suppress(pymysql.err.MySQLError):  # already gone: 1094
+                    await cur.execute(f"KILL {int(t)}")
+
+    @contextlib.asynccontextmanager
+    async def _side_connection(self, timeout: float) -> AsyncIterator[aiomysql.Connection]:
+        """A new connection outside the pool (a KILL, a login check), closed on the way out."""
+        d = self.dsn
+        conn = aiomysql.Connection(
+            host=d.host,
+            port=d.port or 3306,
+            user=d.user or "root",
+            password=d.password or "",
+            connect_timeout=timeout,
+            autocommit=True,
+        )
+        try:
+            await conn._connect()  # aiomysql.connect() leaves the socket open when cancelled
+            yield conn
+        finally:
+            _drop(conn)
+
+    async def _check_login(self) -> None:
+        """Log in once, as ConnectorX is about to: it retries a refused login for 30 s
+        (a changed password, say), where this answers at once with the server's reason."""
+        try:
+            async with self._side_connection(bound(self.connect_timeout) or 10):
+                pass
+        except (OSError, pymysql.err.MySQLError) as e:
+            reason = failure_reason(e, self.dsn.password)
+            raise SourceUnreachableError(self.name, self.where, reason) from None
 
     async def _close_pool(self, pool: aiomysql.Pool) -> None:
         pool.close()
@@ -366,44 +486,56 @@ class MySQLAdapter(ServerSQLAdapter):
         self, text: str, schema: pa.Schema | None, partition: str | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
         """A parameterless query through ConnectorX's Arrow stream (Rust, no Python row
-        objects), in the same session settings as the pool; columns cast to the exact types."""
-        import connectorx as cx
+        objects), in the same session settings as the pool; columns cast to the exact types.
 
+        The read runs in a worker process (:mod:`federator.adapters.cxworker`). Its statements
+        carry a tag comment, so that an interrupted read's server threads are found in the
+        process list and killed."""
         d = self.dsn
         auth = quote(d.user or "root", safe="") + ":" + quote(d.password or "", safe="")
         uri = f"mysql://{auth}@{d.host}:{d.port or 3306}/{quote(d.database or '', safe='')}"
-
-        parts: dict[str, Any] = {}
-        if partition is not None:
-            parts = {"partition_on": partition, "partition_num": self.scan_partitions}
-
-        def open_reader() -> pa.RecordBatchReader:
-            return cx.read_sql(
-                uri,
-                text,
-                return_type="arrow_stream",
-                batch_size=self.batch_rows,
-                pre_execution_query=_SESSION,
-                **parts,
-            )
-
-        try:
-            reader = await asyncio.to_thread(open_reader)
-        except RuntimeError as e:
-            raise SourceError(failure_reason(e, d.password)) from None
+        # The Rust driver switches a loopback connection to the server's Unix socket unless told
+        # not to: keep to the host:port the catalog names (as aiomysql does).
+        uri += "?prefer_socket=false"
+        tag = f"federator-cx {os.urandom(8).hex()}"
+        await self._check_login()
+        queries = [text] if partition is None else await self._partitions(text, partition)
+        read = self._cx.read(uri, [f"/* {tag} */ {q}" for q in queries], self.batch_rows, _SESSION)
+        finished = False
         try:
             yielded = False
-            while True:
-                batch = await asyncio.to_thread(next_batch, reader)
-                if batch is None:
-                    break
-                if batch.num_rows or not yielded:
-                    yielded = True
-                    yield conform(batch, schema, strict=True)
-            if not yielded:
-                yield conform(reader.schema.empty_table().to_batches()[0], schema, strict=True)
+            async with contextlib.aclosing(read) as batches:
+                async for batch in batches:
+                    if batch.num_rows or not yielded:
+                        yielded = True
+                        yield conform(batch, schema, strict=True)
+            finished = True
+        except SourceError as e:
+            reason = failure_reason(e, d.password).removeprefix("SourceError: ")
+            if d.password:  # as written in the URI, too
+                reason = reason.replace(quote(d.password, safe=""), "***")
+            raise SourceError(f"source {self.name!r} at {self.where}: {reason}") from None
         finally:
-            reader.close()
+            if not finished:
+                await cleanup(self._kill(tag=tag))
+
+    async def _partitions(self, text: str, key: str) -> list[str]:
+        """``text`` cut into ``scan_partitions`` ranges of the integer column ``key`` (as
+        ConnectorX's own partitioning does), read at once on one connection each."""
+        column = "`" + key.replace("`", "``") + "`"
+        sql = f"SELECT MIN({column}), MAX({column}) FROM ({text}) AS federator_range"
+        [(low, high)] = await self._fetchall(sql)
+        if low is None or high is None:
+            return [text]
+        n = self.scan_partitions
+        bounds = [int(low) + (int(high) - int(low) + 1) * i // n for i in range(n)]
+        bounds.append(int(high) + 1)
+        part = f"federator_part.{column}"
+        return [
+            f"SELECT * FROM ({text}) AS federator_part WHERE {lo} <= {part} AND {part} < {hi}"
+            for lo, hi in itertools.pairwise(bounds)
+            if hi > lo
+        ]
 
     # ---- execution -------------------------------------------------------------------
     async def run(
@@ -411,12 +543,9 @@ class MySQLAdapter(ServerSQLAdapter):
     ) -> AsyncIterator[pa.RecordBatch]:
         text = inline(text, params)  # also turns the SQL's %% escapes into %
         pool = await self._get_pool()
-        conn = await pool.acquire()
-        finished = False
+        conn, cur = await self._start(pool, text)
+        outcome: BaseException | None = None
         try:
-            await self._lock_down(conn)
-            cur = await conn.cursor(aiomysql.SSCursor)
-            await cur.execute(text)
             names = [d[0] for d in cur.description]
             types = [
                 schema.field(d[0]).type
@@ -433,12 +562,33 @@ class MySQLAdapter(ServerSQLAdapter):
                 if len(rows) < self.batch_rows:
                     break
             await cur.close()
-            finished = True
+        except BaseException as e:
+            outcome = e
+            raise
         finally:
-            if not finished:
-                # An unbuffered result left unread poisons the connection: drop it.
-                conn.close()
-            pool.release(conn)
+            await self._release(pool, conn, outcome)
+
+
+# Client and server errors of a connection that is gone: server gone away, lost connection
+# during query, packet sequence broken, connection killed.
+_LOST = {2006, 2013, 2014, 2055, 1927}
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` says the connection is gone (not that the statement failed)."""
+    if isinstance(error, (ConnectionError, pymysql.err.InterfaceError)):
+        return True
+    return isinstance(error, pymysql.err.OperationalError) and bool(
+        error.args and error.args[0] in _LOST
+    )
+
+
+def _drop(conn: aiomysql.Connection) -> None:
+    """Close a connection's socket now, without flushing (the network may be frozen)."""
+    writer = conn._writer
+    if writer is not None:
+        writer.transport.abort()
+    conn.close()
 
 
 def _connectorx_refusal(fragment: Fragment) -> str | None:

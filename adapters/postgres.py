@@ -30,6 +30,7 @@ from federator.adapters.sqlbase import BIND_PARAM, ServerSQLAdapter
 from sqlglot import exp
 
 from federator.config import SourceConfig
+from federator.deadline import CLEANUP_SECONDS, cleanup
 from federator.errors import SourceError
 from federator.plan.model import bind_batches
 from federator.sql.dialect import vector_text
@@ -42,6 +43,18 @@ BIND_BULK_KEYS = 1_000  # a bound fetch of at least this many keys may take the 
 _LOW, _HIGH = "__ctid_low__", "__ctid_high__"  # parameters of a partition's ctid range
 _MAX_BLOCK = 2**32 - 1  # a tid's block number is 32 bits: the open end of the last range
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+_BEGIN = "BEGIN READ ONLY"
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# What a pooled connection the server closed while it sat idle fails with on its first command
+# (asyncpg notices the close a moment later: "cannot switch to state 15" is that race).
+_DEAD_CONNECTION = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+)
 
 # A relation's kind and current size in pages (not relpages: that is as of the last ANALYZE).
 _PAGES_SQL = """
@@ -243,10 +256,9 @@ class PostgresAdapter(ServerSQLAdapter):
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
-        pool = await self._get_pool()
-        rows = await pool.fetch(_CATALOG_SQL)
+        rows = await self._fetch(_CATALOG_SQL)
         unique: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-        for r in await pool.fetch(_UNIQUE_SQL):
+        for r in await self._fetch(_UNIQUE_SQL):
             unique.setdefault((r["nspname"], r["relname"]), []).append(tuple(r["cols"]))
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
@@ -392,11 +404,9 @@ class PostgresAdapter(ServerSQLAdapter):
         cast to the parameter's type: no value is ever written into the SQL text.
         """
         pool = await self._get_pool()
-        conn = await pool.acquire()
-        finished = False
+        conn = await self._begin(pool)
+        outcome: BaseException | None = None
         try:
-            tx = conn.transaction(readonly=True)
-            await tx.start()
             stmt = await conn.prepare(text)
             ptypes = stmt.get_parameters()
             if verify and await self._server_estimate(conn, text, params, ptypes) < self.bulk_rows:
@@ -411,12 +421,12 @@ class PostgresAdapter(ServerSQLAdapter):
                 async with contextlib.aclosing(copied) as batches:
                     async for batch in batches:
                         yield batch
-            await tx.commit()
-            finished = True
+            await conn.execute("COMMIT")
+        except BaseException as e:
+            outcome = e
+            raise
         finally:
-            if not finished:
-                conn.terminate()  # a half-read COPY leaves the connection unusable
-            await pool.release(conn)
+            await self._release(pool, conn, _copy_outcome(outcome))
 
     async def run_partitioned(
         self,
@@ -433,11 +443,10 @@ class PostgresAdapter(ServerSQLAdapter):
         pool = await self._get_pool()
         conns: list[Any] = []
         tasks: list[asyncio.Task[None]] = []
-        finished = False
+        outcome: BaseException | None = None
         try:
-            conns.append(await pool.acquire())
+            conns.append(await self._begin(pool, _BEGIN_SNAPSHOT))
             lead = conns[0]
-            await lead.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             row = await lead.fetchrow(_PAGES_SQL, scan.table)
             pages = int(row["pages"]) if row is not None and row["kind"] in ("r", "m") else 0
             n = min(scan.partitions, pages)
@@ -451,9 +460,8 @@ class PostgresAdapter(ServerSQLAdapter):
             else:
                 snapshot = await lead.fetchval("SELECT pg_catalog.pg_export_snapshot()")
                 for _ in range(n - 1):
-                    conn = await pool.acquire()
+                    conn = await self._begin(pool, _BEGIN_SNAPSHOT)
                     conns.append(conn)
-                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     await conn.execute(f"SET TRANSACTION SNAPSHOT {_snapshot_literal(snapshot)}")
                 queue: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue(
                     maxsize=2 * n
@@ -470,17 +478,19 @@ class PostgresAdapter(ServerSQLAdapter):
                         yield batch
             for conn in conns:
                 await conn.execute("COMMIT")
-            finished = True
+        except BaseException as e:
+            outcome = e
+            raise
         finally:
             for task in tasks:
                 if not task.done():
                     task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            for conn in conns:
-                if not finished:
-                    conn.terminate()  # a half-read COPY leaves the connection unusable
-                await pool.release(conn)
+            for task in tasks:
+                await cleanup(task)
+            await asyncio.gather(
+                *(self._release(pool, c, _copy_outcome(outcome)) for c in conns),
+                return_exceptions=True,
+            )
 
     async def _copy_into(
         self,
@@ -559,6 +569,7 @@ class PostgresAdapter(ServerSQLAdapter):
             await queue.put(None)
 
         task = asyncio.get_running_loop().create_task(copy())
+        getter: asyncio.Future[bytes | None] | None = None
         try:
             yielded = False
             while True:
@@ -587,21 +598,110 @@ class PostgresAdapter(ServerSQLAdapter):
                     [], schema=pa.schema([pa.field(s.name, _empty_type(s)) for s in specs])
                 )
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await cleanup(task)
 
     # ---- execution -------------------------------------------------------------------
     async def run(
         self, text: str, params: list[Any], schema: pa.Schema | None
     ) -> AsyncIterator[pa.RecordBatch]:
         pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
+        conn = await self._begin(pool)
+        outcome: BaseException | None = None
+        try:
             stmt = await conn.prepare(text)
             async with contextlib.aclosing(self._rows(conn, stmt, params, schema)) as rows:
                 async for batch in rows:
                     yield batch
+            await conn.execute("COMMIT")
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
+    # ---- connections: dead ones replaced, interrupted ones torn down with their backend --------
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Every row of one statement, in its own transaction (see :meth:`_begin`)."""
+        pool = await self._get_pool()
+        conn = await self._begin(pool)
+        outcome: BaseException | None = None
+        try:
+            rows = await conn.fetch(sql, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
+    async def _begin(self, pool: asyncpg.Pool, begin: str = _BEGIN) -> Any:
+        """A pooled connection inside a new read-only transaction. A connection the server
+        closed while idle in the pool fails on this first command: it is dropped and the
+        transaction begun once more on another (nothing of the query was sent yet)."""
+        for attempt in (1, 2):
+            conn = await pool.acquire()
+            try:
+                await conn.execute(begin)
+                return conn
+            except _DEAD_CONNECTION:
+                _close_now(conn)
+                await pool.release(conn)
+                if attempt == 2:
+                    raise
+            except BaseException as e:
+                await self._release(pool, conn, e)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _release(self, pool: asyncpg.Pool, conn: Any, outcome: BaseException | None) -> None:
+        """Give ``conn`` back. After a clean end, an error the server reported, or a consumer
+        that stopped between two cursor fetches (GeneratorExit; the COPY path never passes it
+        here), the connection is healthy: rolled back and pooled. After anything else (a
+        timeout, a cancel, a lost or frozen connection, a half-read COPY) the server may still
+        be working on it: the connection is closed at once and its backend terminated from
+        another connection, all within :data:`CLEANUP_SECONDS`."""
+        if (
+            outcome is None
+            or isinstance(outcome, GeneratorExit)  # row path: the server waits between fetches
+            or (
+                isinstance(outcome, asyncpg.PostgresError)
+                and not isinstance(outcome, _DEAD_CONNECTION)
+            )
+        ):
+            try:
+                if outcome is not None:
+                    await asyncio.wait_for(conn.execute("ROLLBACK"), CLEANUP_SECONDS)
+                await asyncio.wait_for(pool.release(conn), CLEANUP_SECONDS)
+                return
+            except (Exception, asyncio.CancelledError):
+                pass  # fall through: tear it down
+        pid = _close_now(conn)
+        await pool.release(conn)
+        if pid is not None:
+            await cleanup(self._terminate_backend(pid))
+
+    async def _terminate_backend(self, pid: int) -> None:
+        """End the server process of an abandoned connection (its query with it): a cancel
+        request would not stop a backend blocked writing to a frozen socket; this does."""
+        d = self.dsn
+        conn = await asyncpg.connect(
+            host=d.host,
+            port=d.port,
+            user=d.user,
+            password=d.password,
+            database=d.database,
+            timeout=CLEANUP_SECONDS,
+            server_settings={"application_name": "federator-cancel"},
+        )
+        try:
+            await conn.fetchval("SELECT pg_catalog.pg_terminate_backend($1)", pid)
+        finally:
+            conn.terminate()
 
     async def _rows(
         self,
@@ -644,6 +744,25 @@ class PostgresAdapter(ServerSQLAdapter):
         values = _coerce_params(params, [p.name for p in ptypes])
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {text}", *values)
         return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def _close_now(conn: Any) -> int | None:
+    """Close a pooled connection without a word to the server; its backend's pid, or None
+    when asyncpg had already closed it (and handed it back to the pool)."""
+    try:
+        pid = conn.get_server_pid()
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        return None
+    return pid
+
+
+def _copy_outcome(outcome: BaseException | None) -> BaseException | None:
+    """How a COPY ended, for :meth:`PostgresAdapter._release`: an error of ours (a decode
+    error, a non-finite NUMERIC) leaves the COPY half-read, so the connection is torn down."""
+    if outcome is None or isinstance(outcome, asyncpg.PostgresError):
+        return outcome
+    return asyncio.CancelledError()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from federator.adapters.base import Adapter, BindSpec, NativeRequest, failure_re
 from sqlglot import exp
 
 from federator.config import SourceConfig, parse_dsn
+from federator.deadline import bound
 from federator.errors import CatalogError, SourceUnreachableError
 from federator.plan.model import Fragment, bind_batches
 
@@ -244,8 +245,13 @@ class ServerSQLAdapter(SQLAdapter):
             return self._pool
         async with self._pool_lock:
             if self._pool is None:
+                limit = bound(self.connect_timeout)  # the handshake too, not only TCP
                 try:
-                    self._pool = await self._connect_pool()
+                    async with asyncio.timeout(limit):
+                        self._pool = await self._connect_pool()
+                except TimeoutError:
+                    reason = f"no answer within {limit:.3g} s"
+                    raise SourceUnreachableError(self.name, self.where, reason) from None
                 except self.connect_errors as e:
                     reason = failure_reason(e, self.dsn.password)
                     raise SourceUnreachableError(self.name, self.where, reason) from None

@@ -9,6 +9,7 @@ import pyarrow as pa
 from federator.adapters import adapter_class
 from federator.adapters.base import Adapter, TableInfo, TableRef
 from federator.config import CatalogConfig
+from federator.deadline import waiting_for
 from federator.errors import SourceError, UnknownSourceError, UnknownTableError
 
 
@@ -31,15 +32,18 @@ class Catalog:
             raise UnknownSourceError(source, self.adapters) from None
 
     async def tables(self, source: str) -> dict[TableRef, TableInfo]:
-        """Tables of one source, discovered on first use and kept until :meth:`refresh`."""
+        """Tables of one source, discovered on first use and kept until :meth:`refresh`.
+        A query's deadline (:mod:`federator.deadline`) bounds the read and the wait for another
+        query's read of the same source; a timeout names the source."""
         if source in self._tables:
             return self._tables[source]
         adapter = self.adapter(source)
         lock = self._locks.setdefault(source, asyncio.Lock())
-        async with lock:
-            if source not in self._tables:
-                infos = await adapter.tables()
-                self._tables[source] = {info.ref: info for info in infos}
+        with waiting_for(f"reading the catalog of source {source!r} at {adapter.where}"):
+            async with lock:
+                if source not in self._tables:
+                    infos = await adapter.tables()
+                    self._tables[source] = {info.ref: info for info in infos}
         return self._tables[source]
 
     def refresh(self, source: str | None = None) -> None:

@@ -18,6 +18,7 @@ from federator.adapters import ALIASES, BUILT_IN
 from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
+from federator.deadline import within
 from federator.execute import Execution
 from federator.execute.residual import default_engine
 from federator.plan.model import Plan
@@ -79,8 +80,8 @@ class Federation:
         ``max_staleness``: seconds of age a cached answer may have (0 bypasses the cache;
         None: the catalog's ``[cache] max_staleness``)."""
         params = vector_params(params or {})
-        plan = self._loop.run(self.plan_async(query, params))
         timeout = timeout if timeout is not None else self.timeout
+        plan = self._loop.run(within(self.plan_async(query, params), timeout))
         return Result(self, plan, params, timeout, max_staleness=max_staleness)
 
     async def sql_async(
@@ -92,8 +93,8 @@ class Federation:
         max_staleness: float | None = None,
     ) -> Result:
         params = vector_params(params or {})
-        plan = await self._loop.run_async(self.plan_async(query, params))
         timeout = timeout if timeout is not None else self.timeout
+        plan = await self._loop.run_async(within(self.plan_async(query, params), timeout))
         return Result(self, plan, params, timeout, max_staleness=max_staleness)
 
     def explain(

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from federator.catalog import Catalog
+from federator.deadline import ascope
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
@@ -52,26 +53,39 @@ class Execution:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
     async def stream(self) -> AsyncIterator[pa.RecordBatch]:
-        """Every batch of the answer; the first batch carries the schema (it may be empty)."""
+        """Every batch of the answer; the first batch carries the schema (it may be empty).
+
+        The deadline is armed around each step, in the task that asks for the next batch: a
+        caller may resume the stream from another task each time (``Result.to_batches`` does),
+        and a timeout bound to the first task would never fire in the later ones."""
         deadline = (
             None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
         )
-        try:
-            async with asyncio.timeout_at(deadline):
-                if self.plan.residual is None:
-                    async for batch in self._fragment_batches(self.plan.fragments[0], None):
+        async with contextlib.aclosing(self._batches()) as batches:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        batch = await anext(batches)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    running = ", ".join(sorted(self._running)) or "the residual"
+                    raise QueryTimeoutError(self.timeout or 0, running) from None
+                yield batch
+
+    async def _batches(self) -> AsyncIterator[pa.RecordBatch]:
+        async with ascope(self.timeout):
+            if self.plan.residual is None:
+                async for batch in self._fragment_batches(self.plan.fragments[0], None):
+                    yield batch
+            elif self.cache is not None:  # the join cache, which falls back to the below
+                async with contextlib.aclosing(self.cache.join_batches(self)) as joined:
+                    async for batch in joined:
                         yield batch
-                elif self.cache is not None:  # the join cache, which falls back to the below
-                    async with contextlib.aclosing(self.cache.join_batches(self)) as joined:
-                        async for batch in joined:
-                            yield batch
-                else:
-                    tables = await self._fetch_all()
-                    async for batch in self._residual(tables):
-                        yield batch
-        except TimeoutError:
-            running = ", ".join(sorted(self._running)) or "the residual"
-            raise QueryTimeoutError(self.timeout or 0, running) from None
+            else:
+                tables = await self._fetch_all()
+                async for batch in self._residual(tables):
+                    yield batch
 
     async def to_table(self) -> pa.Table:
         batches = [b async for b in self.stream()]
