@@ -1,0 +1,65 @@
+"""How long the running query may still take, for the adapters that tell their server
+(MongoDB ``maxTimeMS``, FalkorDB's ``GRAPH.QUERY … timeout``, a Bolt transaction timeout, a
+Milvus request's gRPC deadline), so server-side work ends with the query even where a
+cancel cannot reach the server; and a bounded teardown for the cancel itself.
+
+The query's deadline is kept by :mod:`federator.deadline` (the executor sets it for each
+run). Where that module is absent the budget is unknown and only the per-call limits apply.
+
+>>> import asyncio
+>>> asyncio.run(teardown(asyncio.sleep(10), seconds=0.01))  # gives up after 0.01 s
+>>> remaining_ms(None, cap=60.0)
+60000
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+# Bound on the work after an interruption: a killCursors/killOp, a connection close.
+TEARDOWN_SECONDS = 0.5
+
+
+def remaining() -> float | None:
+    """Seconds left before the running query's deadline (None: no timeout, or not known)."""
+    try:
+        from federator import deadline
+    except ImportError:  # the deadline module is not part of this installation
+        return None
+    return deadline.remaining()
+
+
+def query_timeout() -> float | None:
+    """The running query's whole ``timeout`` in seconds (None: none, or not known)."""
+    try:
+        from federator import deadline
+    except ImportError:
+        return None
+    current = deadline.current()
+    return None if current is None else current.timeout
+
+
+def remaining_ms(left: float | None, cap: float | None = None) -> int | None:
+    """Whole milliseconds (at least 1) of the smaller of ``left`` and ``cap`` seconds, for a
+    server-side limit; None when neither limits it."""
+    limits = [s for s in (left, cap) if s is not None]
+    if not limits:
+        return None
+    return max(1, int(min(limits) * 1000))
+
+
+async def teardown(work: Awaitable[Any], seconds: float = TEARDOWN_SECONDS) -> None:
+    """Run teardown ``work`` (a kill, a close) for at most ``seconds``; its failures are
+    swallowed: it runs while another error (or a cancel) is on its way to the caller."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()  # retrieved: a failed teardown is not worth a warning

