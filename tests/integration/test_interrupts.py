@@ -232,3 +232,75 @@ def test_falkordb_timeout_ends_the_query_on_the_server(falkor: dict[str, Any]) -
     assert took <= 1 + 1, f"the timeout took {took:.2f} s"
     assert running == [], f"FalkorDB still runs {running}"
     assert answer == [{"n": 10}]
+
+
+# ---- Redis -------------------------------------------------------------------------------------
+N_KEYS = 60_000
+
+
+@pytest.fixture(scope="module")
+def redis_source(redis_dsn: str) -> dict[str, Any]:
+    """60,000 hashes read by a SCAN of 5 keys per call: thousands of round trips."""
+    import redis
+
+    client = redis.Redis.from_url(redis_dsn)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(N_KEYS):
+            pipe.hset(f"interrupts:{i}", mapping={"v": i})
+        pipe.execute()
+    finally:
+        client.close()
+    table = {"key": "interrupts:{id}", "type": "hash", "columns": {"id": "int64", "v": "int64"}}
+    return {
+        "kind": "redis",
+        "url": redis_dsn,
+        "scan_count": 5,
+        "batch_rows": 100,
+        "tables": {"big": table},
+    }
+
+
+def _scan_calls(url: str) -> int:
+    """SCAN commands the server has run (INFO commandstats), from a connection of the test's."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_redis_scan_stops_at_the_timeout(redis_source: dict[str, Any]) -> None:
+    url = redis_source["url"]
+    with federator.connect({"sources": {"kv": redis_source}}, timeout=0.5) as fed:
+        before = _scan_calls(url)
+        started = time.monotonic()
+        with pytest.raises(federator.QueryTimeoutError, match="on source 'kv'"):
+            fed.sql("SELECT count(*) AS n FROM kv.big").to_arrow()
+        took = time.monotonic() - started
+        at_error = _scan_calls(url)
+        time.sleep(0.5)
+        later = _scan_calls(url)
+        answer = fed.sql("SELECT v FROM kv.big WHERE id = 4242", timeout=30).to_arrow()
+    assert took <= 0.5 + 1, f"the timeout took {took:.2f} s"
+    assert at_error > before  # it was scanning (the test shows something)
+    assert later == at_error, f"{later - at_error} SCAN calls after the timeout"
+    assert answer.to_pylist() == [{"v": 4242}]
+
+
+def test_redis_scan_stops_when_the_result_is_closed(redis_source: dict[str, Any]) -> None:
+    url = redis_source["url"]
+    with federator.connect({"sources": {"kv": redis_source}}, timeout=30) as fed:
+        reader = fed.sql("SELECT id, v FROM kv.big").to_batches()
+        first = reader.read_next_batch()
+        reader.close()
+        del reader  # the caller stops reading
+        at_close = _scan_calls(url)
+        time.sleep(0.5)
+        later = _scan_calls(url)
+        answer = fed.sql("SELECT count(*) AS n FROM kv.big").to_arrow().to_pylist()
+    assert first.num_rows > 0 and all(r["v"] == r["id"] for r in first.to_pylist())
+    assert later == at_close, f"{later - at_close} SCAN calls after the result was closed"
+    assert answer == [{"n": N_KEYS}]
