@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.budget import server_seconds, teardown
 from federator.rules.milvus import order_distance, vector_operands
 from sqlglot import exp
 
@@ -160,6 +161,12 @@ class MilvusAdapter(Adapter):
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
+
+    def _server_timeout(self) -> float:
+        """The gRPC deadline of a request: the query's remaining time (the server drops the
+        request at it, and the worker thread that waits for it returns), at most the source's
+        ``timeout``. A cancelled request cannot be called back otherwise."""
+        return server_seconds(self.call_timeout) or self.call_timeout
 
     async def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         client = await self._get_client()
@@ -292,7 +299,7 @@ class MilvusAdapter(Adapter):
 
     async def _load(self, collection: str) -> None:
         if collection not in self._loaded:
-            await self._call("load_collection", collection)
+            await self._call("load_collection", collection, timeout=self._server_timeout())
             self._loaded.add(collection)
 
     async def _search(
@@ -315,6 +322,7 @@ class MilvusAdapter(Adapter):
             filter=text,
             output_fields=call.output_fields or ([call.pk] if call.pk else []),
             search_params={"metric_type": METRICS[call.metric]},
+            timeout=self._server_timeout(),
         )
         rows = []
         for hit in hits[0] if hits else []:
@@ -375,6 +383,7 @@ class MilvusAdapter(Adapter):
                 output_fields=fields,
                 limit=call.limit,
                 offset=call.offset,
+                timeout=self._server_timeout(),
             )
             yield _batch([_project(call, r) for r in rows], schema)
             return
@@ -386,6 +395,7 @@ class MilvusAdapter(Adapter):
             filter=text or "",
             output_fields=fields,
             batch_size=min(self.batch_rows, 16_384),
+            timeout=self._server_timeout(),
         )
         first = True
         try:
@@ -396,7 +406,7 @@ class MilvusAdapter(Adapter):
                 first = False
                 yield _batch([_project(call, r) for r in rows], schema)
         finally:
-            await asyncio.to_thread(iterator.close)
+            await teardown(asyncio.to_thread(iterator.close))
         if first:
             yield _empty(schema)
 

@@ -18,6 +18,7 @@ What each test server lets us observe:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -304,3 +305,79 @@ def test_redis_scan_stops_when_the_result_is_closed(redis_source: dict[str, Any]
     assert first.num_rows > 0 and all(r["v"] == r["id"] for r in first.to_pylist())
     assert later == at_close, f"{later - at_close} SCAN calls after the result was closed"
     assert answer == [{"n": N_KEYS}]
+
+
+# ---- Milvus ------------------------------------------------------------------------------------
+N_VECTORS = 200_000
+SLOW_SEARCH = (
+    "SELECT id FROM v.big WHERE s LIKE '%a%a%a%a%b%' ORDER BY emb <-> '[0.5, 0.5]' LIMIT 100"
+)
+
+
+@pytest.fixture(scope="module")
+def milvus_source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """200,000 rows that a LIKE filter takes most of a second to search on milvus-lite."""
+    pytest.importorskip("pymilvus", reason="pip install pymilvus==3.0.2 milvus-lite==3.2.2")
+    from pymilvus import DataType, MilvusClient
+
+    uri = str(tmp_path_factory.mktemp("milvus") / "slow.db")
+    client = MilvusClient(uri)
+    try:
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("s", DataType.VARCHAR, max_length=64)
+        schema.add_field("emb", DataType.FLOAT_VECTOR, dim=2)
+        index = client.prepare_index_params()
+        index.add_index("emb", index_type="FLAT", metric_type="L2")
+        client.create_collection("big", schema=schema, index_params=index)
+        rows = [{"id": i, "s": "a" * 40, "emb": [float(i % 7), 1.0]} for i in range(N_VECTORS)]
+        for start in range(0, N_VECTORS, 50_000):
+            client.insert("big", rows[start : start + 50_000])
+    finally:
+        client.close()
+    return {"kind": "milvus", "uri": uri}
+
+
+def test_milvus_search_timeout_is_typed_and_the_source_answers_after(
+    milvus_source: dict[str, Any],
+) -> None:
+    with federator.connect({"sources": {"v": milvus_source}}, timeout=30) as fed:
+        fed.sql("SELECT id FROM v.big WHERE id = 1").to_arrow()  # catalog, load, warm
+        started = time.monotonic()
+        with pytest.raises(federator.QueryTimeoutError, match="on source 'v'"):
+            fed.sql(SLOW_SEARCH, timeout=0.3).to_arrow()
+        took = time.monotonic() - started
+        answer = fed.sql("SELECT id, s FROM v.big WHERE id = 7").to_arrow().to_pylist()
+    assert took <= 0.3 + 1, f"the timeout took {took:.2f} s"
+    assert answer == [{"id": 7, "s": "a" * 40}]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(record.getMessage())
+
+
+@needs_deadline
+def test_milvus_search_carries_the_remaining_budget_as_its_deadline(
+    milvus_source: dict[str, Any],
+) -> None:
+    """The search's gRPC deadline is the query's: the server gives up on it (DEADLINE_EXCEEDED,
+    which pymilvus logs from the worker thread) instead of running to the source's 60 s."""
+    records = _Records()
+    pymilvus_log = logging.getLogger("pymilvus")  # it does not propagate to the root logger
+    pymilvus_log.addHandler(records)
+    try:
+        with federator.connect({"sources": {"v": milvus_source}}, timeout=30) as fed:
+            fed.sql("SELECT id FROM v.big WHERE id = 1").to_arrow()
+            with pytest.raises(federator.QueryTimeoutError):
+                fed.sql(SLOW_SEARCH, timeout=0.3).to_arrow()
+            gone = time.monotonic() + 1.0
+            while not records.texts and time.monotonic() < gone:
+                time.sleep(0.05)
+    finally:
+        pymilvus_log.removeHandler(records)
+    assert any("DEADLINE_EXCEEDED" in t and "search" in t for t in records.texts), records.texts
