@@ -27,19 +27,19 @@ SERVER_GRACE_SECONDS = 0.25
 def remaining() -> float | None:
     """Seconds left before the running query's deadline (None: no timeout, or not known)."""
     try:
-        from federator import deadline
+        from federator.deadline import remaining as query_remaining
     except ImportError:  # the deadline module is not part of this installation
         return None
-    return deadline.remaining()
+    return query_remaining()
 
 
 def query_timeout() -> float | None:
     """The running query's whole ``timeout`` in seconds (None: none, or not known)."""
     try:
-        from federator import deadline
+        from federator.deadline import current as query_deadline
     except ImportError:
         return None
-    current = deadline.current()
+    current = query_deadline()
     return None if current is None else current.timeout
 
 
