@@ -169,8 +169,11 @@ class MilvusAdapter(Adapter):
         return server_seconds(self.call_timeout) or self.call_timeout
 
     async def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.fn(*args, **kwargs)`` in a worker thread, with the gRPC deadline of
+        :meth:`_server_timeout`."""
         client = await self._get_client()
-        return await asyncio.to_thread(getattr(client, fn), *args, **kwargs)
+        call = getattr(client, fn)
+        return await asyncio.to_thread(call, *args, timeout=self._server_timeout(), **kwargs)
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
@@ -299,7 +302,7 @@ class MilvusAdapter(Adapter):
 
     async def _load(self, collection: str) -> None:
         if collection not in self._loaded:
-            await self._call("load_collection", collection, timeout=self._server_timeout())
+            await self._call("load_collection", collection)
             self._loaded.add(collection)
 
     async def _search(
@@ -322,7 +325,6 @@ class MilvusAdapter(Adapter):
             filter=text,
             output_fields=call.output_fields or ([call.pk] if call.pk else []),
             search_params={"metric_type": METRICS[call.metric]},
-            timeout=self._server_timeout(),
         )
         rows = []
         for hit in hits[0] if hits else []:
@@ -383,7 +385,6 @@ class MilvusAdapter(Adapter):
                 output_fields=fields,
                 limit=call.limit,
                 offset=call.offset,
-                timeout=self._server_timeout(),
             )
             yield _batch([_project(call, r) for r in rows], schema)
             return
@@ -395,7 +396,6 @@ class MilvusAdapter(Adapter):
             filter=text or "",
             output_fields=fields,
             batch_size=min(self.batch_rows, 16_384),
-            timeout=self._server_timeout(),
         )
         first = True
         try:
