@@ -163,9 +163,10 @@ class MilvusAdapter(Adapter):
             await asyncio.to_thread(client.close)
 
     def _server_timeout(self) -> float:
-        """The gRPC deadline of a request: the query's remaining time (the server drops the
-        request at it, and the worker thread that waits for it returns), at most the source's
-        ``timeout``. A cancelled request cannot be called back otherwise."""
+        """The gRPC deadline of a request: the query's remaining time, at most the source's
+        ``timeout``. At it the request ends and the worker thread waiting for it returns (a
+        cancelled request cannot be called back otherwise); a Milvus server cancels the
+        request's work, milvus-lite finishes a search it started."""
         return server_seconds(self.call_timeout) or self.call_timeout
 
     async def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
