@@ -987,8 +987,9 @@ class MongoAdapter(Adapter):
     async def _stop(self, cursor: Any, comment: str) -> None:
         """End an interrupted aggregation on the server: kill its cursor (killCursors) and,
         while the aggregate command itself still runs, the operation (killOp, found by its
-        comment through $currentOp). Servers without these (CongoDB) answer with errors,
-        which are ignored: the server's maxTimeMS still bounds the work."""
+        comment through $currentOp). A server without these answers with errors, which are
+        ignored: maxTimeMS still bounds the work (CongoDB, the test server, has none of the
+        three and runs an aggregation it started to its end)."""
         from pymongo.errors import PyMongoError
 
         with contextlib.suppress(PyMongoError):
