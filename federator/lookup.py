@@ -234,7 +234,7 @@ class FeatureLookup:
                 lacking = pc.filter(arrays[0], pc.is_null(index)).to_pylist()
                 raise MissingKeysError(
                     f"{spec.table} has no row for {len(lacking)} key(s): "
-                    f"{', '.join(map(repr, lacking[:10]))}{', …' if len(lacking) > 10 else ''}"
+                    f"{lacking if len(lacking) <= 10 else str(lacking[:10])[:-1] + ', …]'}"
                 )
             rows = part.drop_columns([_KEY]).take(index)
             if spec.columns is None and spec.key in rows.column_names:
