@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.budget import server_seconds
 from federator.rules.graph import AGGREGATES
 from sqlglot import exp
 
@@ -542,22 +543,35 @@ class FalkorTransport(Transport):
 
 
 class BoltTransport(Transport):
-    def __init__(self, url: str, user: str | None, password: str | None, database: str | None):
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        password: str | None,
+        database: str | None,
+        connect_timeout: float = 60.0,
+    ):
         self.url, self.database = url, database
+        self.connect_timeout = connect_timeout
         self.auth = (user, password or "") if user else None
         self._driver: Any = None
+        self._timeouts: bool | None = None  # whether the server honours transaction timeouts
 
     async def run(
         self, cypher: str, params: dict[str, Any], timeout: float
     ) -> tuple[list[str], list[list[Any]]]:
-        if self._driver is None:
-            import neo4j
+        import neo4j
 
+        if self._driver is None:
             self._driver = neo4j.AsyncGraphDatabase.driver(
-                self.url, auth=self.auth, connection_timeout=timeout
+                self.url, auth=self.auth, connection_timeout=self.connect_timeout
             )
         async with self._driver.session(database=self.database) as session:
-            result = await session.run(cypher, params)
+            if self._timeouts is None:
+                self._timeouts = await _takes_transaction_timeouts(session)
+            # the transaction timeout: the server ends the query at the query's deadline
+            query = neo4j.Query(cypher, timeout=timeout if self._timeouts else None)
+            result = await session.run(query, params)
             names = list(result.keys())
             rows = [list(r) for r in await result.values()]
         return names, rows
@@ -566,6 +580,17 @@ class BoltTransport(Transport):
         driver, self._driver = self._driver, None
         if driver is not None:
             await driver.close()
+
+
+async def _takes_transaction_timeouts(session: Any) -> bool:
+    """Whether a Bolt server answers a query sent with a transaction timeout as it answers it
+    without: FalkorDB's Bolt endpoint (which calls itself Neo4j) reads an empty graph then."""
+    import neo4j
+
+    count = "MATCH (n) RETURN count(n) AS n"
+    plain = await (await session.run(count)).values()
+    timed = await (await session.run(neo4j.Query(count, timeout=60))).values()
+    return plain == timed
 
 
 # ---- the adapter ---------------------------------------------------------------------------
@@ -620,10 +645,19 @@ class GraphAdapter(Adapter):
         await self.transport.close()
 
     async def cypher(self, text: str, params: dict[str, Any] | None = None) -> tuple[list, list]:
+        """Run Cypher; the server is told to stop it just after the query's deadline (a
+        cancelled request cannot be stopped otherwise: FalkorDB keeps running a query whose
+        client went away), and at most after the source's ``timeout``."""
+        server_timeout = server_seconds(self.call_timeout) or self.call_timeout
         try:
             return await asyncio.wait_for(
-                self.transport.run(text, params or {}, self.call_timeout), self.call_timeout
+                self.transport.run(text, params or {}, server_timeout), self.call_timeout
             )
+        except TimeoutError:  # before OSError, of which it is a kind: the server answered late
+            raise SourceError(
+                f"{self.kind} source {self.name!r}: a Cypher query took longer than "
+                f"{self.call_timeout:g} s (set 'timeout' in the catalog)"
+            ) from None
         except (OSError, ConnectionError) as e:
             raise SourceUnreachableError(
                 self.name, self.where, f"{type(e).__name__}: {e}"
@@ -834,4 +868,5 @@ class Neo4jAdapter(GraphAdapter):
             o.get("user"),
             None if o.get("password") is None else str(o["password"]),
             None if database is None else str(database),
+            self.call_timeout,
         )

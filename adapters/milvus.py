@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.budget import server_seconds, teardown
 from federator.rules.milvus import order_distance, vector_operands
 from sqlglot import exp
 
@@ -161,9 +162,19 @@ class MilvusAdapter(Adapter):
         if client is not None:
             await asyncio.to_thread(client.close)
 
+    def _server_timeout(self) -> float:
+        """The gRPC deadline of a request: the query's remaining time, at most the source's
+        ``timeout``. At it the request ends and the worker thread waiting for it returns (a
+        cancelled request cannot be called back otherwise); a Milvus server cancels the
+        request's work, milvus-lite finishes a search it started."""
+        return server_seconds(self.call_timeout) or self.call_timeout
+
     async def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.fn(*args, **kwargs)`` in a worker thread, with the gRPC deadline of
+        :meth:`_server_timeout`."""
         client = await self._get_client()
-        return await asyncio.to_thread(getattr(client, fn), *args, **kwargs)
+        call = getattr(client, fn)
+        return await asyncio.to_thread(call, *args, timeout=self._server_timeout(), **kwargs)
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
@@ -396,7 +407,7 @@ class MilvusAdapter(Adapter):
                 first = False
                 yield _batch([_project(call, r) for r in rows], schema)
         finally:
-            await asyncio.to_thread(iterator.close)
+            await teardown(asyncio.to_thread(iterator.close))
         if first:
             yield _empty(schema)
 

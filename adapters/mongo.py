@@ -24,15 +24,19 @@ A column declared ``json`` holds the embedded document as a JSON string.
 :mod:`federator.rules.mongo` guarantees it can), which EXPLAIN prints in shell notation.
 ``execute`` streams the cursor in batches; bind-join keys arrive as a leading ``$in`` match.
 A running aggregation has no driver-side timeout (no socket timeout, no heartbeat that may
-interrupt it): only the query's ``timeout`` ends it, with a ``QueryTimeoutError``.
+interrupt it): only the query's ``timeout`` ends it, with a ``QueryTimeoutError``. The server
+is told the query's remaining time as ``maxTimeMS``, and an interrupted aggregation (timeout,
+cancel, a result closed early) has its cursor killed and its operation killed (``killOp``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,13 +45,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from federator.adapters.arrowconv import to_array
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.budget import query_timeout, server_ms, teardown
 from federator.adapters.declared import parse_type
 from federator.rules import mongo as _mongo_rules  # noqa: F401  (registers the rule set)
 from federator.rules.mongo import AGGREGATES, is_value
 from sqlglot import exp
 
 from federator.config import SourceConfig, redact_dsn
-from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
+from federator.errors import (
+    CatalogError,
+    QueryTimeoutError,
+    SourceError,
+    SourceUnreachableError,
+    UnsupportedError,
+)
 from federator.plan.model import Fragment
 
 SYSTEM_DATABASES = ("admin", "local", "config")
@@ -935,10 +946,17 @@ class MongoAdapter(Adapter):
     async def _run(
         self, coll: Any, pipe: Pipeline, stages: list[dict[str, Any]], schema: pa.Schema | None
     ) -> AsyncIterator[pa.RecordBatch]:
-        from pymongo.errors import PyMongoError
+        from pymongo.errors import ExecutionTimeout, PyMongoError
 
-        cursor = coll.aggregate(stages, batchSize=min(self.batch_rows, 10_000))
-        yielded = False
+        # The comment names the operation for a killOp; maxTimeMS makes the server itself end
+        # it just after the query's deadline, should no kill reach it (a frozen network).
+        comment = f"federator {uuid.uuid4().hex}"
+        options: dict[str, Any] = {"batchSize": min(self.batch_rows, 10_000), "comment": comment}
+        limit = server_ms()
+        if limit is not None:
+            options["maxTimeMS"] = limit
+        cursor = coll.aggregate(stages, **options)
+        yielded = finished = False
         try:
             while True:  # one Arrow batch per batch_rows documents, never the whole result
                 docs = await cursor.to_list(length=self.batch_rows)
@@ -948,15 +966,42 @@ class MongoAdapter(Adapter):
                 yielded = True
                 if len(docs) < self.batch_rows and not cursor.alive:
                     break
+            finished = True
+        except ExecutionTimeout:
+            raise QueryTimeoutError(
+                query_timeout() or 0,
+                f"aggregate on {pipe.database}.{pipe.collection} (source {self.name!r})",
+            ) from None
         except PyMongoError as e:
             raise SourceError(
                 f"source {self.name!r} (mongo): aggregate on "
                 f"{pipe.database}.{pipe.collection} failed: {e}"
             ) from None
         finally:
-            await cursor.close()
+            if finished:
+                await cursor.close()
+            else:  # a timeout, a cancel, a closed result, an error: stop the server's work
+                await teardown(self._stop(cursor, comment))
         if not yielded:
             yield self._batch(pipe, [], schema)
+
+    async def _stop(self, cursor: Any, comment: str) -> None:
+        """End an interrupted aggregation on the server: kill its cursor (killCursors) and,
+        while the aggregate command itself still runs, the operation (killOp, found by its
+        comment through $currentOp). A server without these answers with errors, which are
+        ignored: maxTimeMS still bounds the work (CongoDB, the test server, has none of the
+        three and runs an aggregation it started to its end)."""
+        from pymongo.errors import PyMongoError
+
+        with contextlib.suppress(PyMongoError):
+            await cursor.close()
+        admin = self._client.admin
+        with contextlib.suppress(PyMongoError):
+            ops = await admin.aggregate(
+                [{"$currentOp": {}}, {"$match": {"command.comment": comment}}]
+            ).to_list(length=None)
+            for op in ops:
+                await admin.command("killOp", op=op["opid"])
 
     def _batch(
         self, pipe: Pipeline, docs: list[dict[str, Any]], schema: pa.Schema | None

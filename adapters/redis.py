@@ -23,6 +23,7 @@ that does not convert to its declared type is an error naming the key and the fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import itertools
@@ -328,7 +329,10 @@ class RedisAdapter(Adapter):
         query = self.rules.rewrite(fragment.query)  # rules may write a node as another
         source_table = query.args.get("from_") and query.args["from_"].this
         if not isinstance(query, exp.Select) or not isinstance(source_table, exp.Table):
-            raise UnsupportedError(f"Redis cannot run {query.sql()[:60]}")
+            raise UnsupportedError(
+                f"source {self.name!r} (redis) reads one declared table per request; "
+                f"it cannot run: {query.sql()}"
+            )
         table = self.kv_tables.get(source_table.name)
         if table is None:
             raise UnsupportedError(f"source {self.name!r} has no table {source_table.name!r}")
@@ -482,7 +486,23 @@ class RedisAdapter(Adapter):
         outputs = [
             (c, kind, params[v.name] if isinstance(v, Param) else v) for c, kind, v in req.outputs
         ]
-        schema = request.schema
+        # closed at once when the query ends early (a LIMIT, a cancel, a timeout): no SCAN or
+        # fetch is sent after that
+        rows = self._rows(t, keys, filters, outputs, request.schema, req.limit)
+        async with contextlib.aclosing(keys), contextlib.aclosing(rows):
+            async for batch in rows:
+                yield batch
+
+    async def _rows(
+        self,
+        t: KVTable,
+        keys: AsyncIterator[list[tuple[str, dict[str, str]]]],
+        filters: dict[str, list[set[Any]]],
+        outputs: list[tuple[str, str, Any]],
+        schema: pa.Schema | None,
+        limit: int | None,
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The rows of the keys, ``batch_rows`` at a time, filtered, at most ``limit``."""
         rows: list[dict[str, Any]] = []
         total = 0
         yielded = False
@@ -492,13 +512,13 @@ class RedisAdapter(Adapter):
                     continue
                 rows.append(row)
                 total += 1
-                if req.limit is not None and total >= req.limit:
+                if limit is not None and total >= limit:
                     break
-            if len(rows) >= self.batch_rows or (req.limit is not None and total >= req.limit):
+            if len(rows) >= self.batch_rows or (limit is not None and total >= limit):
                 yield _batch(rows, outputs, schema)
                 yielded = True
                 rows = []
-            if req.limit is not None and total >= req.limit:
+            if limit is not None and total >= limit:
                 break
         if rows or not yielded:
             yield _batch(rows, outputs, schema)

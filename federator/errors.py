@@ -36,6 +36,20 @@ class BindError(FederatorError):
     """A name in the query does not resolve."""
 
 
+def clip(text: str, width: int = 80) -> str:
+    """``text`` whole if it fits in ``width`` characters, else cut at a word and ended with
+    an ellipsis: for a value echoed in a message, never for the message itself.
+
+    >>> clip("features of user 42 from the cache tier", 24)
+    'features of user 42 …'
+    """
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    return (cut[: space + 1] if space > width // 2 else cut) + "…"
+
+
 def _suggest(name: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -233,7 +233,8 @@ class FeatureLookup:
             if self.missing == "error" and index.null_count:
                 lacking = pc.filter(arrays[0], pc.is_null(index)).to_pylist()
                 raise MissingKeysError(
-                    f"{spec.table} has no row for {len(lacking)} key(s): {lacking[:10]}"
+                    f"{spec.table} has no row for {len(lacking)} key(s): "
+                    f"{lacking if len(lacking) <= 10 else str(lacking[:10])[:-1] + ', …]'}"
                 )
             rows = part.drop_columns([_KEY]).take(index)
             if spec.columns is None and spec.key in rows.column_names:

@@ -62,6 +62,7 @@ from sqlglot import exp
 
 import federator
 from federator.adapters.base import TableInfo, TableRef
+from federator.errors import clip
 from federator.formats import parse_params
 from federator.plan.model import Plan
 
@@ -480,8 +481,7 @@ def _interesting(node: exp.Expression) -> bool:
 
 
 def _short(node: exp.Expression, width: int = 60) -> str:
-    text = node.sql()
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return clip(node.sql(), width)
 
 
 def explain_rules(fed: federator.Federation, plan: Plan) -> list[str]:

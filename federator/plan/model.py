@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
+from federator.errors import clip
+
 
 @dataclass
 class BindJoin:
@@ -273,5 +275,4 @@ class BindSpec:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clip(repr(value), 80)

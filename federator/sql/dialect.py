@@ -38,7 +38,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.generator import Generator
 from sqlglot.tokens import TokenType
 
-from federator.errors import ParameterError, SQLSyntaxError, UnsupportedError
+from federator.errors import ParameterError, SQLSyntaxError, UnsupportedError, clip
 from federator.sql.depth import check_nesting, nesting_room
 
 # ``<#>`` needs a token of its own; this one is unused by PostgreSQL's tokenizer and parser.
@@ -314,7 +314,10 @@ def vector_text(value: Any) -> str:
     """
     vec = vector_value(value)
     if vec is None:
-        raise ParameterError(f"not a vector: {value!r:.60}")
+        raise ParameterError(
+            f"not a vector: {clip(repr(value), 60)}; pass a list of numbers, a numpy array, "
+            "a torch tensor or '[1.0, 2.0, …]' text"
+        )
     return "[" + ",".join(repr(x) for x in vec) + "]"
 
 

@@ -145,3 +145,18 @@ def test_unreachable_server_names_source_and_address() -> None:
         fed.sql("SELECT id FROM kv.t")
     assert "'kv'" in str(info.value) and "127.0.0.1:9" in str(info.value)
     assert "pw1" not in str(info.value)
+
+
+def test_a_request_redis_cannot_run_is_named_whole(fed: federator.Federation) -> None:
+    """The refusal prints the whole statement (it was cut at 60 characters, mid-word)."""
+    from sqlglot import parse_one
+
+    from federator.plan.model import Fragment
+
+    long_name = "a_rather_long_column_alias_that_passes_sixty_characters_easily"
+    query = parse_one(f"SELECT 1 AS {long_name} UNION ALL SELECT 2")
+    adapter = fed.catalog.adapter("kv")
+    with pytest.raises(federator.UnsupportedError) as e:
+        adapter.translate(Fragment("f0", "kv", query, [long_name]))
+    assert str(e.value).endswith(f"cannot run: {query.sql()}")
+    assert "source 'kv' (redis)" in str(e.value)
