@@ -13,7 +13,7 @@ in the residual.
 
 from __future__ import annotations
 
-from federator.rules import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)

@@ -10,7 +10,7 @@ vector search); without ORDER BY it is a scalar query. No joins, grouping or exp
 
 from __future__ import annotations
 
-from federator.rules import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 from federator.sql.dialect import VECTOR_OPS, VectorDistance

@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 VALUE_TYPES = (exp.Literal, exp.Placeholder, exp.Boolean)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 VALUES = (exp.Literal, exp.Placeholder, exp.Boolean)

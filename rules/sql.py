@@ -7,7 +7,7 @@ no FULL OUTER JOIN, and so on.
 
 from __future__ import annotations
 
-from federator.rules import Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
 
 from federator.sql.dialect import VECTOR_OPS, may_return_rows
