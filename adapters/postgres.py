@@ -6,92 +6,67 @@ Rows stream from a cursor inside a read-only transaction, ``batch_rows`` at a ti
 into Arrow columns with exact types: NUMERIC(p, s) → decimal128(p, s), TIMESTAMPTZ → UTC,
 CHAR(n) without its blank padding (PostgreSQL ignores it in comparisons, so joins elsewhere
 must too), JSON as text.
+
+Here: the adapter (catalog, translation, the row path, the COPY and partitioned-scan runs).
+Its connections (pool, read-only transactions, teardown) are :mod:`pg_connections`; type
+mapping and row conversion :mod:`pg_types`; the COPY format :mod:`pgcopy` and its SQL
+:mod:`pg_bulk`; ctid-range partitions :mod:`pg_partitions` (all in ``federator.adapters``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import decimal
-import itertools
 import json
-import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pyarrow as pa
 from federator.adapters import pgcopy
-from federator.adapters.arrowconv import rows_to_batch
 from federator.adapters.base import NativeRequest, TableInfo, TableRef
-from federator.adapters.sqlbase import BIND_PARAM, ServerSQLAdapter
+from federator.adapters.pg_bulk import (
+    _BULK_BLOCK_BYTES,
+    _decode,
+    _empty_type,
+    _filtered,
+    _setting_sql,
+    _split,
+    _type_sql,
+    replace_parameters,
+)
+from federator.adapters.pg_connections import PostgresConnections
+from federator.adapters.pg_partitions import (
+    _BEGIN_SNAPSHOT,
+    _HIGH,
+    _LOW,
+    _PAGES_SQL,
+    PartitionedScan,
+    _drain,
+    _plain_scan,
+    _snapshot_literal,
+    ctid_ranges,
+)
+from federator.adapters.pg_types import (
+    _CATALOG_SQL,
+    _UNIQUE_SQL,
+    _coerce_params,
+    _output_type,
+    _to_batch,
+    _vector_lists,
+    pg_arrow_type,
+)
+from federator.adapters.sqlbase import BIND_PARAM
 from sqlglot import exp
 
 from federator.config import SourceConfig
-from federator.deadline import CLEANUP_SECONDS, cleanup
-from federator.errors import SourceError
+from federator.deadline import cleanup
 from federator.plan.model import bind_batches
-from federator.sql.dialect import vector_text
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
 
-_BULK_BLOCK_BYTES = 4 << 20  # decode the COPY stream in blocks of about this size
 BIND_BULK_KEYS = 1_000  # a bound fetch of at least this many keys may take the COPY path
-_LOW, _HIGH = "__ctid_low__", "__ctid_high__"  # parameters of a partition's ctid range
-_MAX_BLOCK = 2**32 - 1  # a tid's block number is 32 bits: the open end of the last range
-_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
-_BEGIN = "BEGIN READ ONLY"
-_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-# What a pooled connection the server closed while it sat idle fails with on its first command
-# (asyncpg notices the close a moment later: "cannot switch to state 15" is that race).
-_DEAD_CONNECTION = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    ConnectionError,
-)
-
-# A relation's kind and current size in pages (not relpages: that is as of the last ANALYZE).
-_PAGES_SQL = """
-SELECT c.relkind AS kind,
-       pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::bigint AS pages
-FROM pg_catalog.pg_class c
-WHERE c.oid = to_regclass($1::text)
-"""
-
-_CATALOG_SQL = """
-SELECT n.nspname, c.relname, a.attname, t.typname, a.atttypmod,
-       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE s.n_live_tup END AS rows
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
-WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%'
-  AND has_schema_privilege(n.oid, 'USAGE')
-ORDER BY n.nspname, c.relname, a.attnum
-"""
-
-# Column sets unique on their own: primary keys and unique indexes without predicate or expression.
-_UNIQUE_SQL = """
-SELECT n.nspname, c.relname,
-       array_agg(a.attname::text ORDER BY k.ord) AS cols
-FROM pg_catalog.pg_index i
-JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-WHERE i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-GROUP BY n.nspname, c.relname, i.indexrelid
-"""
 
 # Freshness tokens (see PostgresAdapter.freshness_token).
 _SNAPSHOT_SQL = "SELECT pg_catalog.pg_current_snapshot()::text"
@@ -107,71 +82,8 @@ JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel
 LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
 """
 
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "bool": pa.bool_(),
-    "int2": pa.int16(),
-    "int4": pa.int32(),
-    "int8": pa.int64(),
-    "oid": pa.int64(),
-    "float4": pa.float32(),
-    "float8": pa.float64(),
-    "text": pa.string(),
-    "varchar": pa.string(),
-    "bpchar": pa.string(),
-    "name": pa.string(),
-    "char": pa.string(),
-    "uuid": pa.string(),
-    "json": pa.string(),
-    "jsonb": pa.string(),
-    "xml": pa.string(),
-    "inet": pa.string(),
-    "cidr": pa.string(),
-    "citext": pa.string(),
-    "bytea": pa.binary(),
-    "date": pa.date32(),
-    "time": pa.time64("us"),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "interval": pa.month_day_nano_interval(),
-}
-_ARRAYS = {f"_{name}": pa.list_(t) for name, t in _SIMPLE_TYPES.items()}
 
-
-def pg_arrow_type(typname: str, typmod: int = -1) -> pa.DataType | None:
-    """Arrow type of a PostgreSQL type; None where only the values can tell (bare NUMERIC).
-
-    >>> pg_arrow_type("numeric", (15 << 16) + 2 + 4)
-    Decimal128Type(decimal128(15, 2))
-    """
-    if typname == "numeric":
-        if typmod < 4:
-            return None
-        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-        return (
-            pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
-        )
-    if typname == "vector":
-        return VECTOR
-    return _SIMPLE_TYPES.get(typname) or _ARRAYS.get(typname) or pa.string()
-
-
-VECTOR = pa.list_(pa.float32())  # pgvector's vector
-
-
-def _vector_lists(batch: pa.RecordBatch, vectors: list[bool]) -> pa.RecordBatch:
-    """pgvector columns, text ('[1,2,3]') on the wire and in COPY, as list<float32>."""
-    if not any(vectors):
-        return batch
-    import pyarrow.compute as pc
-
-    arrays = [
-        pc.split_pattern(pc.utf8_trim(col, "[]"), ",").cast(VECTOR) if is_vector else col
-        for col, is_vector in zip(batch.columns, vectors, strict=True)
-    ]
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
-
-
-class PostgresAdapter(ServerSQLAdapter):
+class PostgresAdapter(PostgresConnections):
     """PostgreSQL source; options: ``dsn``, ``max_concurrency`` (pool size), ``batch_rows``,
     ``bulk_rows`` (fragments estimated at this many rows or more stream through binary COPY,
     decoded by :mod:`federator.adapters.pgcopy`; ``0`` always, ``-1`` never; default from the
@@ -203,35 +115,6 @@ class PostgresAdapter(ServerSQLAdapter):
         # at partition_rows or more.
         self.scan_partitions = int(config.options.get("scan_partitions", 1))
         self.partition_rows = int(config.options.get("partition_rows", 1_000_000))
-
-    # ---- pool ------------------------------------------------------------------------
-    async def _connect_pool(self) -> asyncpg.Pool:
-        d = self.dsn
-        pool = await asyncpg.create_pool(
-            host=d.host,
-            port=d.port,
-            user=d.user,
-            password=d.password,
-            database=d.database,
-            min_size=0,
-            max_size=self.max_concurrency,
-            timeout=self.connect_timeout,
-            statement_cache_size=256,
-            # Read-only sessions: even a statement that slipped past the planner cannot write.
-            server_settings={
-                "application_name": "federator",
-                "default_transaction_read_only": "on",
-            },
-        )
-        async with pool.acquire() as conn:  # fail here, not in the middle of a query
-            await conn.execute("SELECT 1")
-        return pool
-
-    async def _close_pool(self, pool: asyncpg.Pool) -> None:
-        try:
-            await asyncio.wait_for(pool.close(), timeout=5)
-        except TimeoutError:
-            pool.terminate()
 
     # ---- freshness (federator.cache) ------------------------------------------------
     async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:
@@ -623,86 +506,6 @@ class PostgresAdapter(ServerSQLAdapter):
         finally:
             await self._release(pool, conn, outcome)
 
-    # ---- connections: dead ones replaced, interrupted ones torn down with their backend --------
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        """Every row of one statement, in its own transaction (see :meth:`_begin`)."""
-        pool = await self._get_pool()
-        conn = await self._begin(pool)
-        outcome: BaseException | None = None
-        try:
-            rows = await conn.fetch(sql, *args)
-            await conn.execute("COMMIT")
-            return rows
-        except BaseException as e:
-            outcome = e
-            raise
-        finally:
-            await self._release(pool, conn, outcome)
-
-    async def _begin(self, pool: asyncpg.Pool, begin: str = _BEGIN) -> Any:
-        """A pooled connection inside a new read-only transaction. A connection the server
-        closed while idle in the pool fails on this first command: it is dropped and the
-        transaction begun once more on another (nothing of the query was sent yet)."""
-        for attempt in (1, 2):
-            conn = await pool.acquire()
-            try:
-                await conn.execute(begin)
-                return conn
-            except _DEAD_CONNECTION:
-                _close_now(conn)
-                await pool.release(conn)
-                if attempt == 2:
-                    raise
-            except BaseException as e:
-                await self._release(pool, conn, e)
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _release(self, pool: asyncpg.Pool, conn: Any, outcome: BaseException | None) -> None:
-        """Give ``conn`` back. After a clean end, an error the server reported, or a consumer
-        that stopped between two cursor fetches (GeneratorExit; the COPY path never passes it
-        here), the connection is healthy: rolled back and pooled. After anything else (a
-        timeout, a cancel, a lost or frozen connection, a half-read COPY) the server may still
-        be working on it: the connection is closed at once and its backend terminated from
-        another connection, all within :data:`CLEANUP_SECONDS`."""
-        if (
-            outcome is None
-            or isinstance(outcome, GeneratorExit)  # row path: the server waits between fetches
-            or (
-                isinstance(outcome, asyncpg.PostgresError)
-                and not isinstance(outcome, _DEAD_CONNECTION)
-            )
-        ):
-            try:
-                if outcome is not None:
-                    await asyncio.wait_for(conn.execute("ROLLBACK"), CLEANUP_SECONDS)
-                await asyncio.wait_for(pool.release(conn), CLEANUP_SECONDS)
-                return
-            except (Exception, asyncio.CancelledError):
-                pass  # fall through: tear it down
-        pid = _close_now(conn)
-        await pool.release(conn)
-        if pid is not None:
-            await cleanup(self._terminate_backend(pid))
-
-    async def _terminate_backend(self, pid: int) -> None:
-        """End the server process of an abandoned connection (its query with it): a cancel
-        request would not stop a backend blocked writing to a frozen socket; this does."""
-        d = self.dsn
-        conn = await asyncpg.connect(
-            host=d.host,
-            port=d.port,
-            user=d.user,
-            password=d.password,
-            database=d.database,
-            timeout=CLEANUP_SECONDS,
-            server_settings={"application_name": "federator-cancel"},
-        )
-        try:
-            await conn.fetchval("SELECT pg_catalog.pg_terminate_backend($1)", pid)
-        finally:
-            conn.terminate()
-
     async def _rows(
         self,
         conn: Any,
@@ -746,264 +549,9 @@ class PostgresAdapter(ServerSQLAdapter):
         return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
 
 
-def _close_now(conn: Any) -> int | None:
-    """Close a pooled connection without a word to the server; its backend's pid, or None
-    when asyncpg had already closed it (and handed it back to the pool)."""
-    try:
-        pid = conn.get_server_pid()
-        conn.terminate()
-    except asyncpg.InterfaceError:
-        return None
-    return pid
-
-
 def _copy_outcome(outcome: BaseException | None) -> BaseException | None:
     """How a COPY ended, for :meth:`PostgresAdapter._release`: an error of ours (a decode
     error, a non-finite NUMERIC) leaves the COPY half-read, so the connection is torn down."""
     if outcome is None or isinstance(outcome, asyncpg.PostgresError):
         return outcome
     return asyncio.CancelledError()
-
-
-@dataclass(frozen=True)
-class PartitionedScan:
-    """A whole-table scan run as ctid ranges: the table, the SELECT with its range as two
-    parameters, the parameter names in order, and how many partitions."""
-
-    table: str  # quoted name for to_regclass
-    text: str
-    names: list[str]
-    partitions: int
-
-
-def ctid_ranges(pages: int, partitions: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """``[low, high)`` tid ranges covering a table of ``pages`` pages in ``partitions`` even
-    parts; the last is open-ended, so rows in pages added since the size was read count too.
-
-    >>> ctid_ranges(10, 3)
-    [((0, 0), (3, 0)), ((3, 0), (6, 0)), ((6, 0), (4294967295, 0))]
-    """
-    bounds = [pages * i // partitions for i in range(partitions)] + [_MAX_BLOCK]
-    return [((lo, 0), (hi, 0)) for lo, hi in itertools.pairwise(bounds)]
-
-
-def _plain_scan(tree: exp.Expression) -> bool:
-    """A SELECT of columns of one table: no join, grouping, ordering, limit or nesting."""
-    if not isinstance(tree, exp.Select):
-        return False
-    if any(tree.args.get(k) for k in ("joins", "group", "having", "order", "limit", "offset")):
-        return False
-    if tree.args.get("distinct") or tree.find(exp.AggFunc, exp.Window) is not None:
-        return False
-    tables = list(tree.find_all(exp.Table))
-    return len(tables) == 1 and len(list(tree.find_all(exp.Select))) == 1
-
-
-def _snapshot_literal(snapshot: str) -> str:
-    """A snapshot id as a SQL literal (SET TRANSACTION SNAPSHOT takes no parameters)."""
-    if not _SNAPSHOT_ID.fullmatch(snapshot):
-        raise SourceError(f"unexpected snapshot id from pg_export_snapshot(): {snapshot!r}")
-    return f"'{snapshot}'"
-
-
-async def _drain(
-    queue: asyncio.Queue[pa.RecordBatch | BaseException | None], partitions: int
-) -> AsyncIterator[pa.RecordBatch]:
-    """Batches from the partitions' queue until each has finished; the first failure raises."""
-    left = partitions
-    while left:
-        item = await queue.get()
-        if item is None:
-            left -= 1
-        elif isinstance(item, BaseException):
-            raise item
-        else:
-            yield item
-
-
-def _output_type(name: str, typname: str, schema: pa.Schema | None) -> pa.DataType | None:
-    if schema is not None and name in schema.names:
-        return schema.field(name).type
-    return pg_arrow_type(typname)
-
-
-def _to_batch(
-    rows: list[Any], names: list[str], types: list[pa.DataType | None], padded: list[bool]
-) -> pa.RecordBatch:
-    if any(padded) and rows:
-        rows = [
-            tuple(
-                v.rstrip(" ") if p and v is not None else v for v, p in zip(r, padded, strict=True)
-            )
-            for r in rows
-        ]
-    for i, t in enumerate(types):
-        if t is not None and pa.types.is_decimal(t) and rows:
-            _check_finite_decimals(rows, i, names[i])
-    return rows_to_batch(rows, names, types)
-
-
-def _check_finite_decimals(rows: list[Any], i: int, name: str) -> None:
-    for r in rows:
-        v = r[i]
-        if v is not None and not v.is_finite():
-            raise SourceError(
-                f"column {name!r} holds NUMERIC {v}, which decimal128 cannot hold; "
-                f"cast it to double precision in the query"
-            )
-
-
-def _coerce_params(params: list[Any], types: list[str]) -> list[Any]:
-    """asyncpg wants Python values of the parameter's server type; accept text for dates,
-    timestamps and numbers as PostgreSQL itself would."""
-    return [_coerce(v, t) for v, t in zip(params, types, strict=False)]
-
-
-def _coerce(value: Any, typname: str) -> Any:
-    if typname == "vector":  # pgvector: asyncpg has no codec for it and sends text
-        return vector_text(value)
-    if not isinstance(value, str):
-        if typname == "numeric" and isinstance(value, (int, float)):
-            return decimal.Decimal(str(value))
-        if typname in ("float4", "float8") and isinstance(value, decimal.Decimal):
-            return float(value)
-        return value
-    try:
-        if typname == "date":
-            return dt.date.fromisoformat(value)
-        if typname in ("timestamp", "timestamptz"):
-            parsed = dt.datetime.fromisoformat(value)
-            if typname == "timestamptz" and parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            return parsed
-        if typname in ("int2", "int4", "int8"):
-            return int(value)
-        if typname in ("float4", "float8"):
-            return float(value)
-        if typname == "numeric":
-            return decimal.Decimal(value)
-    except (ValueError, decimal.InvalidOperation):
-        from federator.errors import ParameterError
-
-        raise ParameterError(f"parameter value {value!r} is not a valid {typname}") from None
-    return value
-
-
-def _filtered(query: Any) -> bool:
-    """Whether a fragment's row count depends on predicates, joins, grouping or a limit."""
-    from sqlglot import exp
-
-    return any(query.find(kind) is not None for kind in (exp.Where, exp.Join, exp.Group, exp.Limit))
-
-
-def _decode(decoder: pgcopy.CopyDecoder, final: bool) -> pa.RecordBatch | None:
-    try:
-        return decoder.decode(final)
-    except pgcopy.CopyDecodeError as e:
-        raise SourceError(str(e)) from None
-
-
-def _split(batch: pa.RecordBatch, rows: int) -> list[pa.RecordBatch]:
-    if batch.num_rows <= rows:
-        return [batch]
-    return [batch.slice(i, rows) for i in range(0, batch.num_rows, rows)]
-
-
-def _empty_type(spec: pgcopy.ColumnSpec) -> pa.DataType:
-    return pa.decimal128(38, 0) if pa.types.is_null(spec.type) else spec.type
-
-
-def _setting_sql(number: int, t: Any) -> str:
-    """Parameter ``$number`` read back from its setting, once per query: as a scalar subquery
-    (an initplan; an expression would be re-read and re-parsed for every row). An array's
-    subquery is cast again, so that ``= ANY(...)`` takes it as an array, not as a subquery's
-    rows.
-
-    >>> from types import SimpleNamespace as T
-    >>> print(_setting_sql(1, T(schema=None, name="int4")))
-    (SELECT current_setting('federator.p1')::"pg_catalog"."int4")
-    >>> print(_setting_sql(2, T(schema=None, name="int8[]")))
-    ((SELECT current_setting('federator.p2')::"pg_catalog"."int8"[])::"pg_catalog"."int8"[])
-    """
-    type_sql = _type_sql(t)
-    read = f"(SELECT current_setting('federator.p{number}')::{type_sql})"
-    return f"({read}::{type_sql})" if str(t.name).endswith("[]") else read
-
-
-def _type_sql(t: Any) -> str:
-    """A parameter's type as SQL: schema-qualified, quoted (asyncpg names arrays ``elem[]``).
-
-    >>> from types import SimpleNamespace as T
-    >>> _type_sql(T(schema="pg_catalog", name="int8[]")), _type_sql(T(schema=None, name="date"))
-    ('"pg_catalog"."int8"[]', '"pg_catalog"."date"')
-    """
-    schema = str(t.schema or "pg_catalog").replace('"', '""')
-    name = str(t.name)
-    suffix = "[]" if name.endswith("[]") else ""
-    name = name.removesuffix("[]").replace('"', '""')
-    return f'"{schema}"."{name}"{suffix}'
-
-
-def replace_parameters(text: str, replacements: list[str]) -> str:
-    r"""``$n`` placeholders in SQL text replaced, skipping string literals, quoted identifiers,
-    comments and dollar-quoted strings.
-
-    >>> replace_parameters("SELECT '$1', \"$1\", $1 -- $1", ["x"])
-    'SELECT \'$1\', "$1", x -- $1'
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "'" or c == '"':
-            backslash = (
-                c == "'"
-                and i > 0
-                and text[i - 1] in "eE"
-                and not (i > 1 and (text[i - 2].isalnum() or text[i - 2] == "_"))
-            )
-            j = i + 1
-            while j < n:
-                if backslash and text[j] == "\\":
-                    j += 2
-                    continue
-                if text[j] == c:
-                    if j + 1 < n and text[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            out.append(text[i : j + 1])
-            i = j + 1
-        elif text.startswith("--", i):
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            out.append(text[i:j])
-            i = j
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            out.append(text[i:j])
-            i = j
-        elif c == "$":
-            j = i + 1
-            while j < n and text[j].isdigit():
-                j += 1
-            if j > i + 1 and not (i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")):
-                out.append(replacements[int(text[i + 1 : j]) - 1])
-                i = j
-                continue
-            k = text.find("$", i + 1)
-            tag = text[i : k + 1] if k >= 0 else ""
-            if tag and all(ch.isalnum() or ch == "_" for ch in tag[1:-1]):
-                end = text.find(tag, k + 1)
-                end = n if end < 0 else end + len(tag)
-                out.append(text[i:end])
-                i = end
-            else:
-                out.append(c)
-                i += 1
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)

@@ -22,7 +22,7 @@ from _pushdown import (
     update_fixtures,
 )
 from federator.adapters.base import TableInfo, TableRef
-from federator.adapters.graph import CypherGenerator, GraphTable, quote
+from federator.adapters.cypher import CypherGenerator, GraphTable, quote
 
 import federator
 from federator.sql.dialect import parse

@@ -25,13 +25,8 @@ from _pushdown import (
     update_fixtures,
 )
 from bson import Decimal128, ObjectId
-from federator.adapters.mongo import (
-    FieldSpec,
-    from_bson,
-    like_to_regex,
-    sampled_fields,
-    to_bson,
-)
+from federator.adapters.mongo_pipeline import like_to_regex
+from federator.adapters.mongo_types import FieldSpec, from_bson, sampled_fields, to_bson
 
 import federator
 from federator.errors import CatalogError
@@ -204,7 +199,7 @@ if __name__ == "__main__":
 
 
 def test_decimal_array_decodes_bid_bytes_exactly() -> None:
-    from federator.adapters.mongo import decimal_array
+    from federator.adapters.mongo_types import decimal_array
 
     t = pa.decimal128(20, 2)
     values = [Decimal128("12.34"), None, Decimal128("-0.5"), Decimal128("7"), Decimal128("1E+3")]

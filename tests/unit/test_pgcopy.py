@@ -10,7 +10,7 @@ import struct
 import pyarrow as pa
 import pytest
 from federator.adapters import pgcopy
-from federator.adapters.postgres import replace_parameters
+from federator.adapters.pg_bulk import replace_parameters
 
 D = decimal.Decimal
 PG_EPOCH = dt.datetime(2000, 1, 1)
