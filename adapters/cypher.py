@@ -35,6 +35,7 @@ from federator.rules.graph import AGGREGATES
 from sqlglot import exp
 
 from federator.errors import UnsupportedError
+from federator.sql.trees import conjuncts as _conjuncts
 
 KEYS_PARAM = "__keys"
 
@@ -444,11 +445,3 @@ def _return_as_with(text: str) -> str:
         raise UnsupportedError("cypher() text must end in a RETURN clause")
     at = found[-1]
     return text[: at.start()] + "WITH" + text[at.end() :].rstrip().rstrip(";")
-
-
-def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
-    if node is None:
-        return []
-    if isinstance(node, exp.Where):
-        node = node.this
-    return list(node.flatten()) if isinstance(node, exp.And) else [node]

@@ -22,6 +22,7 @@ from federator.rules.mongo import AGGREGATES, is_value
 from sqlglot import exp
 
 from federator.errors import UnsupportedError
+from federator.sql.trees import conjuncts as _conjuncts
 
 
 def like_to_regex(pattern: str) -> str:
@@ -513,14 +514,6 @@ class Translator:
 
     def _key(self, node: exp.Expression) -> str:
         return node.sql(dialect="postgres")
-
-
-def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
-    if node is None:
-        return []
-    if isinstance(node, exp.Where):
-        node = node.this
-    return list(node.flatten()) if isinstance(node, exp.And) else [node]
 
 
 def _aliases(node: exp.Expression) -> set[str]:

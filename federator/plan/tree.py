@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 from sqlglot import exp
 
+from federator.sql.trees import conjuncts as _conjuncts
+
 
 @dataclass
 class _Item:
@@ -29,14 +31,6 @@ def field_type(schema: pa.Schema, name: str) -> pa.DataType | None:
 
 def _is_inner(join: exp.Join) -> bool:
     return not join.side and join.kind.upper() in ("", "INNER", "CROSS")
-
-
-def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
-    if node is None:
-        return []
-    if isinstance(node, exp.Where):
-        node = node.this
-    return list(node.flatten()) if isinstance(node, exp.And) else [node]
 
 
 def _join_pair(c: exp.Expression) -> tuple[str, str] | None:
