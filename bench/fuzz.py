@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--metamorphic-every", type=int, default=1, help="1: on every query")
+    ap.add_argument(
+        "--progress-every", type=int, default=500, help="print the counts so far every N queries"
+    )
     args = ap.parse_args(argv)
     pool = servers.ServerPool()
     pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb"])
@@ -43,7 +46,17 @@ def main(argv: list[str] | None = None) -> int:
             con = truth()
             started = time.monotonic()
             try:
-                report = run(feds, con, args.queries, args.seed, args.metamorphic_every)
+                report = run(
+                    feds,
+                    con,
+                    args.queries,
+                    args.seed,
+                    args.metamorphic_every,
+                    progress=lambda so_far: print(
+                        f"[{time.monotonic() - started:.0f} s] {so_far.text()}", flush=True
+                    ),
+                    progress_every=args.progress_every,
+                )
             finally:
                 feds.close()
                 con.close()

@@ -381,12 +381,22 @@ class Report:
 
 
 def run(
-    feds: Federations, truth: Any, queries: int, seed: int, metamorphic_every: int = 1
+    feds: Federations,
+    truth: Any,
+    queries: int,
+    seed: int,
+    metamorphic_every: int = 1,
+    progress: Callable[[Report], None] | None = None,
+    progress_every: int = 500,
 ) -> Report:
     """``queries`` random queries of ``seed``; kinds of both tables chosen per query; the
-    metamorphic checks on every ``metamorphic_every``-th query."""
+    metamorphic checks on every ``metamorphic_every``-th query; ``progress`` is called with
+    the report so far every ``progress_every`` queries (a long run killed early keeps its
+    counts)."""
     report = Report(seed)
     for i in range(queries):
+        if progress is not None and i and i % progress_every == 0:
+            progress(report)
         rng = random.Random(f"{seed}:{i}")
         kinds = {"p": rng.choice(KINDS), "o": rng.choice(KINDS)}
         q = generate(rng, kinds)
