@@ -108,6 +108,11 @@ class Adapter(abc.ABC):
                 return info.rows
         return None
 
+    async def estimate_rows(self, fragment: Fragment, request: NativeRequest) -> int | None:
+        """The source's own estimate of the rows ``request`` (``fragment`` translated, not
+        bound, parameters set) returns; None where the source has none to give."""
+        return None
+
     @abc.abstractmethod
     def translate(self, fragment: Fragment) -> NativeRequest:
         """The native request for a fragment (pure; no I/O)."""

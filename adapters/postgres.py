@@ -542,6 +542,27 @@ class PostgresAdapter(PostgresConnections):
             if len(rows) < self.batch_rows:
                 break
 
+    async def estimate_rows(self, fragment: Fragment, request: NativeRequest) -> int | None:
+        """PostgreSQL's estimate of the request's rows: EXPLAIN with its parameters bound, in a
+        read-only transaction of its own (nothing runs)."""
+        payload = request.payload
+        values = dict(zip(request.param_names, request.params, strict=True))
+        params = [values[n] for n in payload.unbound_names]
+        pool = await self._get_pool()
+        conn = await self._begin(pool)
+        outcome: BaseException | None = None
+        try:
+            stmt = await conn.prepare(payload.unbound_text)
+            ptypes = stmt.get_parameters()
+            rows = await self._server_estimate(conn, payload.unbound_text, params, ptypes)
+            await conn.execute("COMMIT")
+            return max(1, round(rows))
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, outcome)
+
     async def _server_estimate(self, conn: Any, text: str, params: list[Any], ptypes: Any) -> float:
         """PostgreSQL's row estimate for a query (EXPLAIN with the parameters bound)."""
         values = _coerce_params(params, [p.name for p in ptypes])

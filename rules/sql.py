@@ -185,7 +185,16 @@ POSTGRES = RELATIONAL.extend(
     ],
     # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
     # query it runs whole goes as written, not as the optimizer decorrelated it.
-    {"window", "bind_join", "vector_search", "correlated_subquery"},
+    # partial_aggregate: a GROUP BY of its rows may be pushed below a cross-source join
+    # (federator.plan.partial_agg); group_by_bytes: strings group and compare by code point.
+    {
+        "window",
+        "bind_join",
+        "vector_search",
+        "correlated_subquery",
+        "partial_aggregate",
+        "group_by_bytes",
+    },
 )
 MYSQL = RELATIONAL.extend(
     "mysql",
@@ -196,7 +205,7 @@ MYSQL = RELATIONAL.extend(
         MOD_RULE,
         *rules_for_classes(*WINDOWS),
     ],
-    {"window", "bind_join"},
+    {"window", "bind_join", "partial_aggregate"},
 )
 
 
@@ -236,7 +245,7 @@ DUCKDB_FILES = RELATIONAL.extend(
             note="DuckDB divides integers as doubles and by zero gives NULL or inf",
         ),
     ],
-    {"window", "bind_join"},
+    {"window", "bind_join", "partial_aggregate", "group_by_bytes"},
 )
 
 for _kind, _rules in {

@@ -1,11 +1,20 @@
 """Cardinality estimates: rows of a fragment, of a query, of a key's table.
 
-From the catalog's row counts and unique keys and fixed selectivities per predicate shape;
-the bind-join and top-k decisions (:mod:`federator.plan.joins`, :mod:`federator.plan.vector_topk`)
-read them, and the executor re-checks them against what it observes.
+From the sources themselves where they answered (``observed``: each relational source's own
+estimate of the fragment as it will be sent, asked by the planner before the bind decisions,
+see :meth:`federator.plan.planner.Planner`), else from the catalog's row counts and unique keys
+and fixed selectivities per predicate shape. The bind-join and top-k decisions
+(:mod:`federator.plan.joins`, :mod:`federator.plan.vector_topk`) read them, and the executor
+re-checks them against what it observes. Each fragment records where its estimate came from
+(``Fragment.estimate_origin``), which EXPLAIN prints.
+
+>>> estimate_key(Fragment("f0", "pg", exp.select("a").from_("t"), ["a"]))
+('pg', 'SELECT a FROM t')
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from sqlglot import exp
 
@@ -13,11 +22,35 @@ from federator.adapters.base import TableInfo
 from federator.plan.model import Fragment
 from federator.plan.tree import _conjuncts, _Item, free_aliases
 
+ORIGIN_SOURCE = "source EXPLAIN"
+ORIGIN_CATALOG = "catalog stats"
+ORIGIN_GUESS = "catalog stats x default selectivities"
+ORIGIN_DEFAULT = "default"
+
+
+def estimate_key(frag: Fragment) -> tuple[str, str]:
+    """What a source estimate is kept under: the fragment's source and query (its shape,
+    parameters as ``:name``, no bind)."""
+    return frag.source, frag.query.sql(dialect="postgres")
+
 
 class Estimator:
-    """Row estimates from the catalog's tables (``tables``: by source, schema, name)."""
+    """Row estimates from the sources (``observed``, by :func:`estimate_key`) and the
+    catalog's tables (``tables``: by source, schema, name)."""
 
     tables: dict[tuple[str, str, str], TableInfo]
+    observed: Mapping[tuple[str, str], int] = {}
+
+    def _settle_estimate(self, frag: Fragment) -> None:
+        """The source's own estimate for ``frag`` where it gave one; else say how the
+        catalog's was made."""
+        found = self.observed.get(estimate_key(frag))
+        if found is not None:
+            frag.estimated_rows, frag.estimate_origin = found, ORIGIN_SOURCE
+        elif frag.estimated_rows is None:
+            frag.estimate_origin = ORIGIN_DEFAULT
+        else:
+            frag.estimate_origin = ORIGIN_GUESS if _filtered(frag.query) else ORIGIN_CATALOG
 
     def _estimate_items(self, members: list[_Item], conjuncts: list[exp.Expression]) -> int | None:
         sizes = [m.rows for m in members if m.rows is not None]
@@ -78,6 +111,15 @@ class Estimator:
                         tuple(k.lower() for k in key) == (col.lower(),) for key in info.unique_keys
                     )
         return None
+
+
+def _filtered(query: exp.Expression) -> bool:
+    """Whether a fixed selectivity went into the catalog estimate of ``query``."""
+    if not isinstance(query, exp.Select):
+        return True
+    return any(query.args.get(k) for k in ("where", "group", "having", "limit", "distinct")) or any(
+        isinstance(s.unalias(), exp.AggFunc) for s in query.selects
+    )
 
 
 def _selectivity(c: exp.Expression) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -37,9 +37,11 @@ class FragmentBuilder(Estimator):
         rules: dict[str, RuleSet],
         tables: dict[tuple[str, str, str], TableInfo],
         settings: PlannerSettings | None = None,
+        observed: Mapping[tuple[str, str], int] | None = None,
     ):
         self.rules = rules
         self.tables = tables
+        self.observed = observed or {}
         self.settings = settings or PlannerSettings()
         self.fragments: list[Fragment] = []
         self.notes: list[str] = []
@@ -93,6 +95,7 @@ class FragmentBuilder(Estimator):
             params=_params(body),
             types=self._output_types(body),
         )
+        self._settle_estimate(frag)
         self.fragments.append(frag)
         return frag
 
@@ -154,6 +157,7 @@ class FragmentBuilder(Estimator):
             types=self._output_types(query),
             as_written=as_written is not None,
         )
+        self._settle_estimate(frag)
         self.fragments.append(frag)
         renames = {(a, c): (fid, n) for a, c, n in outputs} if rename else {}
         return frag, renames

@@ -153,6 +153,8 @@ class Fragment:
     types: dict[str, pa.DataType] = field(default_factory=dict)  # known exact output types
     top_k: TopK | None = None  # a vector top-k pushed into this fragment
     as_written: bool = False  # a derived table's LIMIT query as written: no bind, no top-k
+    # Where estimated_rows came from: the source's EXPLAIN, the catalog's stats, a default.
+    estimate_origin: str = ""
 
     def sql(self) -> str:
         return self.query.sql(dialect="postgres")
@@ -209,6 +211,8 @@ class Plan:
         req = self.requests[frag.id]
         kind = self.source_kinds.get(frag.source, "?")
         est = f"{frag.estimated_rows:,}" if frag.estimated_rows is not None else "unknown"
+        if frag.estimate_origin:
+            est += f" ({frag.estimate_origin})"
         out = [f"Fragment {frag.id}: source {frag.source} ({kind}), estimated rows {est}"]
         out.extend("  " + ln for ln in req.text.splitlines())
         if req.params:
@@ -222,8 +226,24 @@ class Plan:
             )
         out.extend(f"  note: {n}" for n in frag.notes)
         if stats is not None:
-            out.append("  " + _stats_line(stats))
+            out.append("  " + _stats_line(stats) + _estimate_error(frag.estimated_rows, stats))
         return out
+
+
+def _estimate_error(estimated: int | None, s: FragmentStats) -> str:
+    """How far the estimate was from the rows that came, for EXPLAIN ANALYZE.
+
+    >>> _estimate_error(1_000, FragmentStats(rows=250))
+    ', estimate error 4.0x too high (1,000 estimated)'
+    """
+    if estimated is None or s.cached or s.bound_keys is not None:
+        return ""
+    est, actual = max(estimated, 1), max(s.rows, 1)
+    if est == actual:
+        return ", estimate exact"
+    way = "high" if est > actual else "low"
+    factor = max(est, actual) / min(est, actual)
+    return f", estimate error {factor:.1f}x too {way} ({estimated:,} estimated)"
 
 
 def _stats_line(s: FragmentStats) -> str:

@@ -10,7 +10,8 @@ One idea per module, in the order a query meets them:
 - :mod:`federator.plan.split`: cutting the tree into fragments and a residual, built on
   :mod:`~federator.plan.fragments`, :mod:`~federator.plan.joins` (joins within and across
   sources: bind joins, semi-joins), :mod:`~federator.plan.vector_topk` and
-  :mod:`~federator.plan.estimate` (cardinality);
+  :mod:`~federator.plan.estimate` (cardinality), fed by
+  :mod:`~federator.plan.source_estimates` (the sources' own estimates);
 - :mod:`federator.plan.model`: Fragment, BindJoin, TopK, Plan.
 
 >>> import federator
@@ -38,6 +39,7 @@ from federator.plan.model import Plan
 from federator.plan.param_types import check_param_types
 from federator.plan.passes import PASSES, optimize, pass_names, sqlglot_schema
 from federator.plan.settings import PlannerSettings
+from federator.plan.source_estimates import SourceEstimates
 from federator.plan.split import Splitter
 from federator.plan.tree import collect_columns, field_type, free_aliases, rename_columns
 from federator.sql.depth import with_nesting_room
@@ -68,6 +70,7 @@ class Planner:
         self.catalog = catalog
         self.settings = settings or PlannerSettings()
         self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
+        self._estimates = SourceEstimates()
 
     async def plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         """The plan of ``query`` with ``params`` bound. Plans of query texts are kept (LRU):
@@ -103,7 +106,7 @@ class Planner:
         schema = sqlglot_schema(infos, folded)
         as_written = tree.copy()
         tree = optimize(tree, schema, infos)
-        split = self._splitter(infos).split(tree)
+        split = await self._split_with_source_estimates(tree, infos, params)
         if _has_subquery(as_written):
             split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)
         requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
@@ -119,12 +122,31 @@ class Planner:
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
         )
 
-    def _splitter(self, infos: list[TableInfo]) -> Splitter:
+    def _splitter(
+        self, infos: list[TableInfo], observed: Mapping[tuple[str, str], int] | None = None
+    ) -> Splitter:
         return Splitter(
             {name: a.rules for name, a in self.catalog.adapters.items()},
             {(i.source, i.ref.schema, i.ref.name): i for i in infos},
             self.settings,
+            observed,
         )
+
+    async def _split_with_source_estimates(
+        self, tree: exp.Query, infos: list[TableInfo], params: Mapping[str, Any]
+    ) -> SplitResult:
+        """Split once on the catalog's estimates; when that leaves a residual, ask the
+        sources for their estimates of the fragments and split again on those, so the bind
+        decisions see them (the split is deterministic: the fragments come out the same)."""
+        first = self._splitter(infos).split(tree.copy())
+        if first.residual is None or self.settings.source_estimate_seconds <= 0:
+            return first
+        observed = await self._estimates.ask(
+            self.catalog, first.fragments, params, self.settings.source_estimate_seconds
+        )
+        if not observed:
+            return first
+        return self._splitter(infos, observed).split(tree)
 
     def _prefer_as_written(
         self, split: SplitResult, qualified: exp.Query, infos: list[TableInfo]

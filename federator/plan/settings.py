@@ -45,6 +45,10 @@ class PlannerSettings:
     vector_filter: str = "auto"
     prefilter_selectivity: float = 0.2
     post_factor: int = 4
+    # Before the bind decisions, each relational source is asked for its own row estimate of
+    # its fragments (EXPLAIN), all at once, within this many seconds (0: never asked); a
+    # source that errs or is late leaves the catalog's estimate in place.
+    source_estimate_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -6,7 +6,8 @@ accepts whole, becomes one fragment. Otherwise, within a SELECT, the tables of o
 grouped by the conjuncts that join them (inner joins only), each group becomes a fragment with
 the filters that touch only its tables, and what is left is the residual run on DuckDB.
 Join grouping and bind joins: :mod:`federator.plan.joins`; vector top-k:
-:mod:`federator.plan.vector_topk`; estimates: :mod:`federator.plan.estimate`.
+:mod:`federator.plan.vector_topk`; aggregates before the join:
+:mod:`federator.plan.partial_agg`; estimates: :mod:`federator.plan.estimate`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlglot import exp
 from federator.errors import UnsupportedError
 from federator.plan.fragments import SplitResult
 from federator.plan.model import Fragment
+from federator.plan.partial_agg import PartialAggregation
 from federator.plan.tree import (
     _conjuncts,
     _direct_queries,
@@ -30,7 +32,7 @@ from federator.plan.tree import (
 from federator.plan.vector_topk import TopKPlanner
 
 
-class Splitter(TopKPlanner):
+class Splitter(TopKPlanner, PartialAggregation):
     """Cuts an optimized, qualified tree into fragments and a residual (mutates the tree)."""
 
     # ---- entry -------------------------------------------------------------------------
@@ -229,6 +231,8 @@ class Splitter(TopKPlanner):
             select.set("where", exp.Where(this=exp.and_(*residual_conj, copy=False)))
         if renames:
             rename_columns(select, renames)
+        if not left:
+            self._aggregate_before_join(select, frags)
         self._plan_bind_joins(residual_conj, frags, renames)
         self._plan_top_k(select, residual_conj, frags, renames)
         return frags, renames
