@@ -543,7 +543,7 @@ class MySQLAdapter(ServerSQLAdapter):
         """MariaDB/MySQL's estimate of the request's rows (``EXPLAIN FORMAT=JSON``: each
         table's rows x filtered, multiplied along the join; histograms where collected). None
         for what it does not estimate (groups, DISTINCT, LIMIT, subqueries) and where it
-        did not estimate a filter (a scan with a condition kept at 100 %)."""
+        did not estimate a condition (kept at 100 %)."""
         if not _explain_estimates(fragment.query):
             return None
         payload = request.payload
@@ -641,8 +641,9 @@ def _explain_estimates(query: exp.Expression) -> bool:
 
 def explained_rows(plan: dict[str, Any]) -> int | None:
     """Rows of a MariaDB/MySQL ``EXPLAIN FORMAT=JSON`` plan: the product of each table's
-    rows x filtered %; None when a table's filter went unestimated (a scan with a condition
-    at 100 %: no index or histogram told the optimizer its selectivity).
+    rows x filtered %; None when a table's condition went unestimated (kept at 100 %: no
+    histogram told the optimizer its selectivity; ``ANALYZE TABLE … PERSISTENT FOR ALL``
+    collects them).
 
     >>> explained_rows({"query_block": {"table": {"rows": 1000, "filtered": 25.0}}})
     250
@@ -654,10 +655,12 @@ def explained_rows(plan: dict[str, Any]) -> int | None:
     tables = [s.get("table") or s.get("block-nl-join", {}).get("table") for s in steps]
     if not tables or None in tables:
         return None
+    if any(s.get("block-nl-join", {}).get("attached_condition") for s in steps):
+        return None  # a join condition checked on the join buffer: its selectivity not estimated
     rows = 1.0
     for t in tables:
         filtered = float(t.get("filtered", 100))
-        if t.get("access_type") == "ALL" and t.get("attached_condition") and filtered >= 100:
+        if t.get("attached_condition") and filtered >= 100:
             return None
         rows *= float(t.get("rows", 0)) * filtered / 100
     return max(1, round(rows))

@@ -44,6 +44,7 @@ class FragmentBuilder(Estimator):
         self.observed = observed or {}
         self.settings = settings or PlannerSettings()
         self.fragments: list[Fragment] = []
+        self.ungrouped: list[Fragment] = []  # fragments as they were before a partial aggregate
         self.notes: list[str] = []
         self._ids = itertools.count()
         self._ctes: dict[str, exp.Query] = {}

@@ -21,11 +21,13 @@ a source whose collation is case-insensitive, unless it groups by bytes).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pyarrow as pa
 from sqlglot import exp
 
+from federator.plan.estimate import estimate_key
 from federator.plan.fragments import FragmentBuilder
 from federator.plan.model import Fragment
 from federator.plan.tree import _params
@@ -33,14 +35,23 @@ from federator.sql.dialect import residual_duckdb_sql
 
 _DECOMPOSABLE = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
 _PARTIAL_PREFIX = "_pa"
+# Grouped in the source only when it estimates at most this share of the rows as groups.
+MIN_REDUCTION = 0.7
 
 
 class PartialAggregation(FragmentBuilder):
-    """Pushes a partial aggregate below a cross-source join (see the module docstring)."""
+    """Pushes a partial aggregate below a cross-source join (see the module docstring).
+
+    ``ungrouped`` keeps each regrouped fragment as it was, so the planner can ask its source
+    for both estimates and the next split keep the grouping only where it merges rows."""
+
+    ungrouped: list[Fragment]
 
     def _aggregate_before_join(self, select: exp.Select, frags: dict[str, Fragment]) -> None:
         """Rewrite ``select`` (the residual over fragments cross joined, WHERE = the joins)
         and one fragment of ``frags`` when its aggregates read that fragment only."""
+        if not self.settings.partial_aggregate:
+            return
         refs = self._fragment_refs(select, frags)
         aggs = scope_aggregates(select)
         if refs is None or len(refs) < 2 or not aggs or _has_nested_query(select):
@@ -51,7 +62,7 @@ class PartialAggregation(FragmentBuilder):
             return
         ref, frag = why
         keys = sorted(_outside_columns(select, ref))
-        if not self._reduces(frag, keys):
+        if self._key_unique_in(frag, keys):
             return
         self._rewrite(select, aggs, ref, frag, keys)
 
@@ -104,18 +115,30 @@ class PartialAggregation(FragmentBuilder):
             return f"source {frag.source} takes no partial aggregates"
         return ref, frag
 
-    def _reduces(self, frag: Fragment, keys: list[str]) -> bool:
-        """Whether grouping ``frag`` by ``keys`` may merge rows: not when they cover a unique
-        key of its one table (known from the catalog)."""
+    def _key_unique_in(self, frag: Fragment, keys: list[str]) -> bool:
+        """Whether ``keys`` cover a unique key of ``frag``'s one table (from the catalog):
+        grouping by them would merge no rows."""
         tables = list(frag.query.find_all(exp.Table))
         if len(tables) != 1:
-            return True
+            return False
         info = self.tables.get((tables[0].catalog, tables[0].db, tables[0].name))
         if info is None or info.unique_keys is None:
-            return True
+            return False
         sources = {_projection(frag, k) for k in keys}
         names = {c.name.lower() for c in sources if isinstance(c, exp.Column)}
-        return not any({k.lower() for k in key} <= names for key in info.unique_keys)
+        return any({k.lower() for k in key} <= names for key in info.unique_keys)
+
+    def _merges_too_few(self, frag: Fragment, grouped: exp.Select) -> str | None:
+        """Why grouping does not pay, from the source's estimates of ``frag`` as it is and
+        grouped (both asked when the plan was split first): under half the rows merged."""
+        before = self.observed.get(estimate_key(frag))
+        after = self.observed.get((frag.source, grouped.sql(dialect="postgres")))
+        if before is None or after is None or after <= MIN_REDUCTION * before:
+            return None
+        return (
+            f"{frag.source} estimates {after:,} groups of {before:,} rows for {frag.id}, "
+            f"more than {MIN_REDUCTION:g} of them"
+        )
 
     def _rewrite(
         self,
@@ -148,7 +171,7 @@ class PartialAggregation(FragmentBuilder):
         query.set("expressions", projections)
         groups = [_projection(frag, k).copy() for k in keys]
         query.set("group", exp.Group(expressions=groups) if groups else None)
-        refusal = self.rules[frag.source].refusal(query)
+        refusal = self.rules[frag.source].refusal(query) or self._merges_too_few(frag, query)
         if refusal is not None:
             self.notes.append(f"no partial aggregate before the join: {refusal}")
             return
@@ -174,6 +197,7 @@ class PartialAggregation(FragmentBuilder):
         return types
 
     def _regroup(self, frag: Fragment, query: exp.Select, keys: list[str], outs: list[str]) -> None:
+        self.ungrouped.append(dataclasses.replace(frag, notes=[]))
         before = frag.estimated_rows
         frag.query = query
         frag.columns = [*keys, *outs]

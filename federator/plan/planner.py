@@ -138,11 +138,13 @@ class Planner:
         """Split once on the catalog's estimates; when that leaves a residual, ask the
         sources for their estimates of the fragments and split again on those, so the bind
         decisions see them (the split is deterministic: the fragments come out the same)."""
-        first = self._splitter(infos).split(tree.copy())
+        splitter = self._splitter(infos)
+        first = splitter.split(tree.copy())
         if first.residual is None or self.settings.source_estimate_seconds <= 0:
             return first
+        asked = [*first.fragments, *splitter.ungrouped]
         observed = await self._estimates.ask(
-            self.catalog, first.fragments, params, self.settings.source_estimate_seconds
+            self.catalog, asked, params, self.settings.source_estimate_seconds
         )
         if not observed:
             return first

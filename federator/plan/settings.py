@@ -10,6 +10,7 @@ from federator.errors import CatalogError
 
 _POSITIVE = ("bind_ratio", "bind_large_ratio", "semi_join_ratio", "bind_batch_size", "post_factor")
 _VECTOR_FILTERS = ("auto", "pre", "post")
+_SWITCHES = ("bind_race", "partial_aggregate")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class PlannerSettings:
     vector_filter: str = "auto"
     prefilter_selectivity: float = 0.2
     post_factor: int = 4
+    # Aggregate before the join: a GROUP BY whose aggregates read one fragment's columns
+    # only is computed partially in that fragment (federator.plan.partial_agg).
+    partial_aggregate: bool = True
     # Before the bind decisions, each relational source is asked for its own row estimate of
     # its fragments (EXPLAIN), all at once, within this many seconds (0: never asked); a
     # source that errs or is late leaves the catalog's estimate in place.
@@ -58,9 +62,9 @@ class PlannerSettings:
                     raise CatalogError(
                         f"[planner] vector_filter is {value!r}; use one of {_VECTOR_FILTERS}"
                     )
-            elif f.name == "bind_race":
+            elif f.name in _SWITCHES:
                 if not isinstance(value, bool):
-                    raise CatalogError(f"[planner] bind_race is {value!r}; use true or false")
+                    raise CatalogError(f"[planner] {f.name} is {value!r}; use true or false")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise CatalogError(f"[planner] {f.name} is {value!r}; it takes a number")
             elif value <= 0 if f.name in _POSITIVE else value < 0:
