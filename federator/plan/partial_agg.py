@@ -12,7 +12,10 @@ unrewritten aggregate, so the answer's types do not change.
 
 Not rewritten: DISTINCT aggregates, other aggregate functions, FILTER clauses, window
 functions, subqueries in the SELECT, and groups the source would form differently (strings on
-a source whose collation is case-insensitive, unless it groups by bytes).
+a source whose collation is case-insensitive, unless it groups by bytes). Nor where grouping
+would merge few rows: keys covering a unique key of the table, a fragment joined on several
+keys (a fact's foreign keys: TPC-H's order line by order and supplier), or, from the source's
+own estimates, more groups than ``MIN_REDUCTION`` of the rows.
 
 >>> from sqlglot import parse_one
 >>> [type(a).__name__ for a in scope_aggregates(parse_one("SELECT SUM(x), COUNT(*) FROM t"))]
@@ -32,6 +35,7 @@ from federator.plan.fragments import FragmentBuilder
 from federator.plan.model import Fragment
 from federator.plan.tree import _params
 from federator.sql.dialect import residual_duckdb_sql
+from federator.sql.trees import conjuncts
 
 _DECOMPOSABLE = (exp.Sum, exp.Count, exp.Avg, exp.Min, exp.Max)
 _PARTIAL_PREFIX = "_pa"
@@ -63,6 +67,14 @@ class PartialAggregation(FragmentBuilder):
         ref, frag = why
         keys = sorted(_outside_columns(select, ref))
         if self._key_unique_in(frag, keys):
+            return
+        joined = _join_keys(select, ref)
+        if len(joined) > 1:
+            self.notes.append(
+                f"no partial aggregate before the join: {frag.id} joins on several keys "
+                f"({', '.join(sorted(joined))}): together they are about unique (a fact's "
+                "foreign keys), so grouping by them would merge few rows"
+            )
             return
         self._rewrite(select, aggs, ref, frag, keys)
 
@@ -259,6 +271,18 @@ def _outside_columns(select: exp.Select, ref: str) -> set[str]:
 
     walk(select)
     return out
+
+
+def _join_keys(select: exp.Select, ref: str) -> set[str]:
+    """Output names of fragment ``ref`` that ``select``'s WHERE equates with another
+    fragment's column (the equi-join keys)."""
+    found = set()
+    for c in conjuncts(select.args.get("where")):
+        if isinstance(c, exp.EQ) and all(isinstance(s, exp.Column) for s in (c.this, c.expression)):
+            tables = {c.this.table, c.expression.table}
+            if ref in tables and len(tables) == 2:
+                found |= {s.name for s in (c.this, c.expression) if s.table == ref}
+    return found
 
 
 def _projection(frag: Fragment, output: str) -> exp.Expression:
