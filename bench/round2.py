@@ -13,6 +13,7 @@ import asyncio
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def _run(env: Any, qids: list[str], repeats: int) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     ratios: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    planning: dict[str, list[float]] = {}
     try:
         for qid in qids:
             q = queries[qid]
@@ -94,6 +96,7 @@ def _run(env: Any, qids: list[str], repeats: int) -> list[str]:
             moved, correct = [], []
             for name, fed in feds.items():
                 sql = q.sql(tp.federated_names(tpch.SPLIT))
+                planning.setdefault(name, []).append(_planning_ms(fed, sql))
                 seconds, (res, table) = tpch._best(lambda s=sql, f=fed: _answer(f, s), repeats)
                 ratios[name].append(seconds / pg_s)
                 cells += [f"{seconds:.3f}", f"{seconds / pg_s:.2f}"]
@@ -112,7 +115,31 @@ def _run(env: Any, qids: list[str], repeats: int) -> list[str]:
         loop.run_until_complete(truth_conn.close())
         loop.close()
     means = ", ".join(f"{n} {_geomean(r):.2f}" for n, r in ratios.items())
-    return [*rows, "", f"Geometric mean ratio to single PostgreSQL: {means}."]
+    plans = "; ".join(
+        f"{n}: " + ", ".join(f"{q} {ms:.0f}" for q, ms in zip(qids, v, strict=True))
+        for n, v in planning.items()
+    )
+    return [
+        *rows,
+        "",
+        f"Geometric mean ratio to single PostgreSQL: {means}.",
+        "",
+        f"Planning ms, cold (no plan or estimate kept; median of 3): {plans}.",
+    ]
+
+
+def _planning_ms(fed: Any, sql: str) -> float:
+    """Planning time with nothing kept: the plan cache and the sources' estimates cold."""
+    from federator.plan.source_estimates import SourceEstimates
+
+    times = []
+    for _ in range(3):
+        fed.planner._plans.clear()
+        fed.planner._estimates = SourceEstimates()
+        t = time.perf_counter()
+        fed.explain(sql)
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[1]
 
 
 def _answer(fed: Any, sql: str) -> tuple[Any, Any]:
