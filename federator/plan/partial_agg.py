@@ -109,6 +109,7 @@ class PartialAggregation(FragmentBuilder):
                 not isinstance(agg, _DECOMPOSABLE)
                 or isinstance(agg.this, exp.Distinct)
                 or agg.find(exp.Placeholder, exp.Filter) is not None
+                or isinstance(agg.parent, exp.Filter)
             ):
                 return f"{agg.sql()} is not split into partial aggregates"
             read |= {c.table for c in agg.find_all(exp.Column)}

@@ -69,12 +69,19 @@ class SourceEstimates:
     async def _settle(
         self, asks: dict[_Key, asyncio.Task[int | None]], seconds: float | None
     ) -> None:
-        """Wait up to ``seconds`` for the asks; keep the answers, cancel the late ones."""
-        done, late = await asyncio.wait(asks.values(), timeout=seconds)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
+        """Wait up to ``seconds`` for the asks; keep the answers, cancel the late ones (all of
+        them when planning itself is cancelled)."""
+        try:
+            done, late = await asyncio.wait(asks.values(), timeout=seconds)
+        except BaseException:
+            done, late = set(), set(asks.values())
+            raise
+        finally:
+            for task in asks.values():
+                if not task.done():
+                    task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
         for key, task in asks.items():
             if task not in done or task.cancelled():
                 log.debug("no estimate from %s within %.3g s", key[0], seconds or 0)

@@ -105,6 +105,7 @@ def test_the_residual_finishes_each_aggregate_cast_to_its_unrewritten_type() -> 
     ("select", "why"),
     [
         ("count(DISTINCT l.l_qty)", "is not split into partial aggregates"),
+        ("sum(l.l_qty) FILTER (WHERE l.l_flag = 'R')", "is not split into partial aggregates"),
         ("sum(l.l_qty) + count(o.o_orderkey)", "the aggregates read no fragment or several"),
     ],
 )
