@@ -210,20 +210,20 @@ class PartialAggregation(FragmentBuilder):
         return types
 
     def _regroup(self, frag: Fragment, query: exp.Select, keys: list[str], outs: list[str]) -> None:
+        """``frag`` becomes ``query``. Its estimate stays the rows it reads (what a bind into it
+        saves), the groups it sends are noted."""
         self.ungrouped.append(dataclasses.replace(frag, notes=[]))
-        before = frag.estimated_rows
+        groups = self.observed.get((frag.source, query.sql(dialect="postgres")))
         frag.query = query
         frag.columns = [*keys, *outs]
         frag.params = _params(query)
         frag.types = self._output_types(query)
         grouped = ", ".join(keys) if keys else "nothing (one row)"
+        sends = f"; {frag.source} estimates {groups:,} groups" if groups is not None else ""
         frag.notes.append(
-            f"partial aggregate before the join: grouped by {grouped}; the residual finishes "
-            f"the aggregates ({before:,} rows estimated before grouping)"
-            if before is not None
-            else f"partial aggregate before the join: grouped by {grouped}"
+            f"partial aggregate before the join: grouped by {grouped}{sends}; the residual "
+            "finishes the aggregates (the estimate is of the rows grouped)"
         )
-        self._settle_estimate(frag)
 
 
 def scope_aggregates(select: exp.Select) -> list[exp.AggFunc]:
