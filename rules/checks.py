@@ -47,6 +47,17 @@ _TEXT_SHAPES: dict[tuple[type[exp.Expression], str], re.Pattern[str]] = {
     (exp.Window, "over"): _NAME,
 }
 
+# Classes sqlglot builds no node of exactly: a rule matches a node's exact class, so a rule on
+# one of these would never match anything.
+_BASE_CLASSES = tuple(
+    getattr(exp, name)
+    for name in (
+        "Expression", "Condition", "Predicate", "Binary", "Unary", "Func", "AggFunc",
+        "Connector", "Query", "DerivedTable", "SubqueryPredicate",
+    )
+    if hasattr(exp, name)
+)  # fmt: skip
+
 _INTERNAL_FILES = {os.path.abspath(__file__), os.path.join(os.path.dirname(__file__), "base.py")}
 _INTERNAL_FILES.add(os.path.join(os.path.dirname(__file__), "__init__.py"))
 
@@ -75,6 +86,11 @@ def describe(value: Any) -> str:
 def match_problem(match: Any) -> str | None:
     """What is wrong with a rule's ``match``, or None when it is an expression class or a
     function name."""
+    if isinstance(match, type) and match in _BASE_CLASSES:
+        return (
+            f"a rule matches a node's exact class, and no node is exactly exp.{match.__name__} "
+            "(a base class): name the classes, e.g. rules_for_classes(exp.EQ, exp.GT)"
+        )
     if isinstance(match, type) and issubclass(match, exp.Expression):
         return None
     if isinstance(match, str) and _FUNCTION.fullmatch(match):
@@ -114,7 +130,9 @@ def function_problem(role: str, fn: Any) -> str | None:
 
 
 def function_label(fn: Callable[..., Any]) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    """A function's name for a message: ``Class.method``, ``_guard`` or ``<lambda>``."""
+    name = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    return name.rsplit("<locals>.", 1)[-1]
 
 
 def text_problem(node: exp.Expression, key: str, text: str) -> str | None:
