@@ -22,9 +22,22 @@ Users teach a backend more with the same API, three ways:
 * from installed packages: entry points of the group ``federator.rules`` (a module, or a
   callable taking the federation).
 
-Rule authors check their rules with fixture files (``federator rules test FIXTURES...`` or
+Rule authors check their rules with fixture files that name the plug-ins they test
+(``-- rules: ../my_rules.py``; ``federator rules test DIR`` or
 :func:`federator.rules_testing.assert_fixtures`); ``federator explain --verbose`` names the rule
 that pushed or refused each expression. Worked examples: ``examples/rules/``.
+
+Every mistake is a :class:`~federator.errors.RuleError` naming the rule and the file:line it
+was made at: a malformed rule when it is made or added, a guard or write that raises (chained to
+what it raised) or a write that returns anything but a sqlglot tree the backend's dialect
+renders, while planning, before any native text exists:
+
+>>> import federator
+>>> fed = federator.connect({"sources": {"lite": {"kind": "sqlite", "path": ":memory:"}}})
+>>> fed.rules.add("SIMILARITY", kind="sqlite")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+federator.errors.RuleError: rule 'SIMILARITY' (defined at ...): ... write Rule('SIMILARITY')
+>>> fed.close()
 """
 
 from __future__ import annotations
