@@ -470,9 +470,28 @@ def _plugins(*groups: Iterable[str]) -> tuple[str, ...]:
 def check_files(
     paths: Iterable[str | Path], *, rules: Iterable[str] = (), catalog: str | Path | None = None
 ) -> list[CaseResult]:
-    """Every case of the files (folders: every ``*.sql`` inside), each file planned with the
+    r"""Every case of the files (folders: every ``*.sql`` inside), each file planned with the
     plug-ins of its ``-- rules:`` lines on top of ``rules``. A plug-in that fails to load
-    fails the cases that need it, with the reason; the other files still run."""
+    fails the cases that need it, with the reason; the other files still run.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "my_rules.py").write_text(
+    ...     "from federator.rules import Rule\n"
+    ...     "def federator_rules(fed):\n"
+    ...     "    fed.rules.add(Rule('SIMILARITY'), kind='sqlite')\n")
+    >>> _ = (folder / "cases.sql").write_text(
+    ...     "-- rules: my_rules.py\n"
+    ...     "-- case: similarity() is pushed\n"
+    ...     "SELECT id FROM lite.customers WHERE similarity(name, 'ada') > 0.3\n"
+    ...     "-- fragment lite\n"
+    ...     'SELECT "customers"."id" AS "id" FROM "customers" AS "customers"\n'
+    ...     "WHERE SIMILARITY(\"customers\".\"name\", 'ada') > 0.3\n"
+    ...     "-- residual\n"
+    ...     "none\n")
+    >>> [r.status for r in check_files([folder])]
+    ['pass']
+    """
     extra = list(rules)
     feds: dict[tuple[str, ...], federator.Federation | FederatorError] = {}
     results = []
