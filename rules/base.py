@@ -276,4 +276,11 @@ _REGISTRY: dict[str, RuleSet] = {}
 
 def register(kind: str, rule_set: RuleSet) -> None:
     """Register the built-in (or a replacement) rule set for a backend kind."""
+    if not isinstance(rule_set, RuleSet):
+        raise RuleError(
+            f"register({kind!r}, ...) takes a RuleSet; got {describe(rule_set)}: "
+            f"wrap the rules, register({kind!r}, RuleSet({kind!r}, RULES))",
+            None,
+            definition_site(),
+        )
     _REGISTRY[kind] = rule_set

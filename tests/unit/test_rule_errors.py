@@ -135,6 +135,8 @@ def test_a_list_or_other_object_passed_to_add_is_refused(
         add_rules("postgres", "F")  # type: ignore[arg-type]
     with pytest.raises(RuleError, match="RuleSet takes Rule objects, not the string 'F'"):
         RuleSet("toy", ["F"])  # type: ignore[list-item]
+    with pytest.raises(RuleError, match=r"register\('postgres', \.\.\.\) takes a RuleSet; got \["):
+        rules_module.register("postgres", [Rule("F")])  # type: ignore[arg-type]
 
 
 # ---- while planning ---------------------------------------------------------------------
