@@ -105,6 +105,8 @@ class Rule:
             return True
         try:
             return bool(self.guard(node))
+        except RuleError:  # another rule's, already named
+            raise
         except Exception as e:
             raise self._failed("guard", e, node) from e
 
@@ -115,6 +117,8 @@ class Rule:
             return node
         try:
             result = self.write(node)
+        except RuleError:
+            raise
         except Exception as e:
             raise self._failed("write", e, node) from e
         problem = written_problem(result, dialect)
@@ -123,8 +127,6 @@ class Rule:
         return result
 
     def _failed(self, role: str, error: Exception, node: exp.Expression) -> RuleError:
-        if isinstance(error, RuleError):
-            return error
         fn = function_label(getattr(self, role))
         return RuleError(
             f"{role} {fn} raised {type(error).__name__}: {error} (on {_shown(node)})",
