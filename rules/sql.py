@@ -175,6 +175,17 @@ MOD_RULE = Rule(
     note="modulo by zero is NULL there and an error in the federated dialect",
 )
 
+
+def _average_as_sum_over_count(node: exp.Expression) -> exp.Expression:
+    """PostgreSQL's AVG of a double keeps a sum of squares that overflows from |x| > 1e154 (an
+    error, where the mean itself is fine): such an AVG goes as SUM / NULLIF(COUNT, 0)."""
+    if not node.meta.get("float") or isinstance(node.parent, exp.Window):
+        return node
+    argument = node.this
+    count = exp.Nullif(this=exp.Count(this=argument.copy()), expression=exp.Literal.number(0))
+    return exp.Div(this=exp.Sum(this=argument.copy()), expression=count)
+
+
 POSTGRES = RELATIONAL.extend(
     "postgres",
     [
@@ -182,6 +193,7 @@ POSTGRES = RELATIONAL.extend(
             *WINDOWS, *DIVISION, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike
         ),
         *PGVECTOR,
+        Rule(exp.Avg, write=_average_as_sum_over_count, name="AVG of a double as SUM / COUNT"),
     ],
     # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
     # query it runs whole goes as written, not as the optimizer decorrelated it.

@@ -36,7 +36,12 @@ from federator.errors import (
     UnknownColumnError,
     UnsupportedError,
 )
-from federator.sql.dialect import Federated, mark_integer_division, may_return_rows
+from federator.sql.dialect import (
+    Federated,
+    mark_float_averages,
+    mark_integer_division,
+    may_return_rows,
+)
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
@@ -110,6 +115,7 @@ def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]
         for run in PASSES:
             tree = run(tree, schema=schema)  # type: ignore[assignment]
         mark_integer_division(tree, schema)
+        mark_float_averages(tree, schema)
     except OptimizeError as e:
         raise _optimize_error(str(e), tree, list(tables)) from None
     return tree

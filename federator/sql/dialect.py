@@ -208,6 +208,29 @@ def mark_integer_division(tree: exp.Expression, schema: Any) -> exp.Expression:
     return tree
 
 
+def mark_float_averages(tree: exp.Expression, schema: Any) -> exp.Expression:
+    """Mark each ``AVG`` whose argument is a floating-point number (``meta["float"]``), from the
+    types of ``schema``'s columns, so a backend rule can rewrite it (PostgreSQL's AVG of a
+    double also sums the squares, and fails with "value out of range" from |x| > 1e154).
+
+    >>> q = parse("SELECT AVG(t.a) AS i, AVG(t.b) AS f FROM t AS t")
+    >>> q = mark_float_averages(q, {"t": {"a": "INT", "b": "DOUBLE"}})
+    >>> [a.meta["float"] for a in q.find_all(exp.Avg)]
+    [False, True]
+    """
+    if tree.find(exp.Avg) is None:
+        return tree
+    from sqlglot.optimizer.annotate_types import annotate_types
+
+    typed = annotate_types(tree.copy(), schema=schema, dialect=Federated)
+    floats = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
+    for node, twin in zip(tree.walk(), typed.walk(), strict=True):
+        if isinstance(node, exp.Avg) and isinstance(twin, exp.Avg):
+            argument = twin.this.this if isinstance(twin.this, exp.Distinct) else twin.this
+            node.meta["float"] = bool(argument is not None and argument.is_type(*floats))
+    return tree
+
+
 def duckdb_division(node: exp.Div | exp.Mod) -> exp.Expression:
     """``a / b`` (or ``a % b``) as DuckDB must run it for the federated dialect's meaning:
     integer division where ``mark_integer_division`` marked it, and division by zero an error

@@ -180,3 +180,16 @@ def test_sqlite_like_is_case_sensitive(conform_fed: federator.Federation) -> Non
     # found by the fuzzer: SQLite's LIKE folds ASCII case, so O'Brien NOT LIKE '%o%' was false
     sql = "SELECT id FROM lite.people WHERE name NOT LIKE '%o%' AND name LIKE '%B%'"
     assert _values(conform_fed, sql) == [(8,)]  # O'Brien: no lowercase o (case-folded: none)
+
+
+@pytest.mark.parametrize("kind", ("pg", "pgv", "my", "lite", "files", "mongo"))
+def test_avg_of_a_double_near_the_square_root_of_the_range(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    # fuzz seed 4242 query 9751: PostgreSQL's AVG(double) also sums squares, and 1e300 squared
+    # overflowed ("value out of range: overflow") though the mean is 1e300 / 3
+    sql = f"SELECT city, avg(x) AS a FROM {kind}.people WHERE city = 'Paris' GROUP BY city"
+    ((city, mean),) = _values(conform_fed, sql)
+    assert city == "Paris" and mean == pytest.approx((0.0 + 1e300 - 0.25) / 3, rel=1e-12)
+    window = f"SELECT id, avg(x) OVER () AS a FROM {kind}.people WHERE id IN (1, 2)"
+    assert _values(conform_fed, window) == [(1, -0.5), (2, -0.5)]
