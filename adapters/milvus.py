@@ -445,7 +445,13 @@ def _literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
-    return json.dumps(str(value))
+    return _string(str(value))
+
+
+def _string(text: str) -> str:
+    """A Milvus string literal: JSON quoting with non-ASCII letters as they are (Milvus's
+    parser knows no ``\\u`` escapes: ``"Z\\u00fcrich"`` was refused)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 _OPS = {
@@ -492,6 +498,15 @@ def _filter(where: exp.Expression | None, names: list[str]) -> list[str | tuple[
         elif isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
             emit(node.this)
             out.append(" is null")
+        elif isinstance(node, exp.In) and node.find_ancestor(exp.Not) is not None:
+            # Milvus's `in` is false, not unknown, on a NULL value, so `not (x in [..])` kept
+            # NULL rows (found by the conformance matrix); `==` is unknown there, as in SQL
+            out.append("(")
+            for i, e in enumerate(node.expressions):
+                if i:
+                    out.append(" or ")
+                emit(exp.EQ(this=node.this.copy(), expression=e.copy()))
+            out.append(")")
         elif isinstance(node, exp.In):
             emit(node.this)
             out.append(" in [")
@@ -521,7 +536,7 @@ def _filter(where: exp.Expression | None, names: list[str]) -> list[str | tuple[
                 names.append(node.name)
             out.append(("param", node.name))
         elif isinstance(node, exp.Literal):
-            out.append(json.dumps(node.this) if node.is_string else node.this)
+            out.append(_string(node.this) if node.is_string else node.this)
         elif isinstance(node, exp.Boolean):
             out.append("true" if node.this else "false")
         elif isinstance(node, exp.Neg):

@@ -7,7 +7,7 @@ no FULL OUTER JOIN, and so on.
 
 from __future__ import annotations
 
-from federator.rules.base import Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import Rule, RuleSet, nonzero_literal_divisor, register, rules_for_classes
 from sqlglot import exp
 
 from federator.sql.dialect import VECTOR_OPS, may_return_rows
@@ -128,9 +128,7 @@ PGVECTOR = [Rule(cls, write=_pgvector_operands, note="pgvector") for cls in VECT
 DIVISION = (exp.Div, exp.Mod)
 
 
-def _nonzero_literal(node: exp.Expression) -> bool:
-    d = node.expression
-    return isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0
+_nonzero_literal = nonzero_literal_divisor
 
 
 def _sqlite_division(node: exp.Expression) -> bool:
