@@ -62,6 +62,7 @@ CROSS_SHAPES = frozenset(
         "scalar_subquery_correlated",
         "union",
         "except",
+        "join_param_int_division",
     }
 )
 ALL_PAIRS = tuple(pair for pair in combinations(KINDS, 2) if pair not in PAIRS)
@@ -111,7 +112,7 @@ def run_cell(fed: federator.Federation, truth: Any, shape: Shape, config: str) -
     sql = shape.text(p=f"{a}.people", o=f"{b}.orders")
     want = truth_answer(truth, shape)
     try:
-        result = fed.sql(sql)
+        result = fed.sql(sql, dict(shape.params))
         where = "pushed" if result.plan.residual is None else "split"
         got = rows_of(result.to_arrow())
     except federator.UnsupportedError as e:

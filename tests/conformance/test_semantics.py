@@ -44,6 +44,32 @@ def test_integer_division_truncates_once_joined_across_sources(
 
 
 @pytest.mark.parametrize("kind", ALONE)
+def test_integer_parameter_divides_as_an_integer_on_every_source(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    # the issue: `:x / 2` and `n / :d` with integers divided as floats in the residual
+    # (DuckDB) and on Parquet files; the plan of the same text with a float divides exactly
+    sql = f"SELECT id, id / :d AS h, :x / 2 AS g FROM {kind}.people WHERE id <= 3"
+    assert _values(conform_fed, sql.replace(":d", "2").replace(":x", "-7")) == [
+        (1, 0, -3),
+        (2, 1, -3),
+        (3, 1, -3),
+    ]
+    got = conform_fed.sql(sql, {"d": 2, "x": -7}).to_arrow()
+    assert sorted(tuple(r.values()) for r in got.to_pylist()) == [
+        (1, 0, -3),
+        (2, 1, -3),
+        (3, 1, -3),
+    ]
+    got = conform_fed.sql(sql, {"d": 2.0, "x": -7}).to_arrow()
+    assert sorted(tuple(r.values()) for r in got.to_pylist()) == [
+        (1, 0.5, -3),
+        (2, 1.0, -3),
+        (3, 1.5, -3),
+    ]
+
+
+@pytest.mark.parametrize("kind", ALONE)
 def test_division_by_zero_is_an_error_on_every_source(
     conform_fed: federator.Federation, kind: str
 ) -> None:
