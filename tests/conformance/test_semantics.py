@@ -124,6 +124,52 @@ def test_explain_says_when_a_string_comparison_runs_under_mysql_collation(
     assert "insensitive" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
 
 
+def test_explain_names_the_mysql_collation_of_each_compared_column(
+    conform_fed: federator.Federation,
+) -> None:
+    # issue 12: how a user sees that a comparison was pushed to a backend whose semantics
+    # differ, also where no string literal shows it (a parameter, GROUP BY)
+    query = "SELECT city, count(*) AS c FROM my.people WHERE name = :n GROUP BY city"
+    plan = conform_fed.explain(query, {"n": "bob"})
+    note = next(line for line in plan.splitlines() if "semantics:" in line)
+    assert "people.name under utf8mb4_" in note and "people.city under utf8mb4_" in note, note
+    assert "case-insensitive" in note
+    assert sorted(conform_fed.sql(query, {"n": "bob"}).to_arrow().to_pylist(), key=str) == [
+        {"city": "Berlin", "c": 1},  # bob
+        {"city": "Paris", "c": 1},  # Bob: equal to 'bob' under the collation
+    ]
+    assert "semantics:" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
+
+
+def test_explain_has_no_collation_note_for_binary_collations(mysql_dsn: str) -> None:
+    from urllib.parse import urlparse
+
+    import pymysql
+    from servers import dsn_with_database
+
+    url = urlparse(mysql_dsn)
+    con = pymysql.connect(host=url.hostname, port=url.port, user=url.username or "root")
+    try:
+        with con.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS collation12")
+            cur.execute("CREATE DATABASE collation12 CHARACTER SET utf8mb4")
+            cur.execute(
+                "CREATE TABLE collation12.t (a VARCHAR(10) COLLATE utf8mb4_bin, "
+                "b VARCHAR(10) COLLATE utf8mb4_general_ci)"
+            )
+            cur.execute("INSERT INTO collation12.t VALUES ('bob', 'bob'), ('Bob', 'Bob')")
+        con.commit()
+    finally:
+        con.close()
+    source = {"kind": "mysql", "dsn": dsn_with_database(mysql_dsn, "collation12")}
+    with federator.connect({"sources": {"my": source}}) as fed:
+        binary = "SELECT a FROM my.t WHERE a = 'bob'"
+        assert "semantics:" not in fed.explain(binary)
+        assert fed.sql(binary).to_arrow().to_pylist() == [{"a": "bob"}]
+        plan = fed.explain("SELECT a FROM my.t WHERE b = 'bob'")
+        assert "t.b under utf8mb4_general_ci (case-insensitive)" in plan, plan
+
+
 # ---- found by the conformance matrix and the fuzzer -------------------------------------------
 def test_mysql_avg_of_wide_values_fits_decimal128(conform_fed: federator.Federation) -> None:
     # AVG of INT 2147483647 came as DECIMAL(40, 30) (div_precision_increment 30): ArrowInvalid
