@@ -73,11 +73,17 @@ def milvus_arrow_type(field_type: Any, params: dict[str, Any]) -> pa.DataType:
 
 @dataclass
 class Output:
-    """One output column: a field, or the search distance (``metric`` set)."""
+    """One output column: a field, the search distance (``metric`` set), or a constant (the
+    planner's ``SELECT 1 FROM t`` when no column is needed, as for ``count(*)``)."""
 
     name: str
     field: str | None = None
     metric: str | None = None
+    constant: Any = None
+
+    def of(self, row: dict[str, Any]) -> Any:
+        """This output's value in a row of fields."""
+        return self.constant if self.field is None else row.get(self.field)
 
 
 @dataclass
@@ -221,6 +227,8 @@ class MilvusAdapter(Adapter):
                 outputs.append(Output(proj.alias_or_name, field=inner.name))
             elif isinstance(inner, VectorDistance):
                 outputs.append(Output(proj.alias_or_name, metric=inner.metric))
+            elif isinstance(inner, exp.Literal) and inner.is_number:
+                outputs.append(Output(proj.alias_or_name, constant=int(inner.this)))
             else:
                 raise UnsupportedError(f"milvus cannot return {inner.sql()}")
         output_fields = sorted({o.field for o in outputs if o.field})
@@ -261,6 +269,7 @@ class MilvusAdapter(Adapter):
                 }
             )
         call.types.update({o.name: pa.float64() for o in outputs if o.metric})
+        call.types.update({o.name: pa.int64() for o in outputs if not (o.field or o.metric)})
         request = NativeRequest(source=self.name, text=_describe(call), param_names=names)
         request.payload = call
         if fragment.bind is not None:
@@ -334,8 +343,8 @@ class MilvusAdapter(Adapter):
             for o in call.outputs:
                 if o.metric is not None:
                     row[o.name] = _distance(o.metric, hit["distance"])
-                elif o.field in entity:
-                    row[o.name] = entity[o.field]
+                elif o.field in entity or o.field is None:
+                    row[o.name] = o.of(entity)
                 else:
                     row[o.name] = hit.get("id") if o.field == call.pk else None
             rows.append(row)
@@ -368,7 +377,7 @@ class MilvusAdapter(Adapter):
             row = rows[i]
             out.append(
                 {
-                    o.name: float(distances[i]) if o.metric is not None else row.get(o.field)
+                    o.name: float(distances[i]) if o.metric is not None else o.of(row)
                     for o in call.outputs
                 }
             )
@@ -414,7 +423,7 @@ class MilvusAdapter(Adapter):
 
 # ---- helpers -------------------------------------------------------------------------------
 def _project(call: MilvusCall, row: dict[str, Any]) -> dict[str, Any]:
-    return {o.name: row.get(o.field) for o in call.outputs}
+    return {o.name: o.of(row) for o in call.outputs}
 
 
 def _distance(metric: str, value: float) -> float:

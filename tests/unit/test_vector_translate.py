@@ -108,6 +108,14 @@ def test_two_collections_join_in_the_residual(fed: federator.Federation) -> None
     assert "a.price = b.price" in plan.split("Residual")[1]
 
 
+def test_count_star_is_a_filtered_scan_counted_in_the_residual(fed: federator.Federation) -> None:
+    """The fragment of ``count(*)`` returns a constant per row (``SELECT 1 FROM t``), which
+    Milvus refused: "milvus cannot return 1" (found by the conformance matrix)."""
+    plan = fed.explain("SELECT count(*) AS c FROM vec.product_vectors WHERE price > 10")
+    assert "query product_vectors\n    filter: price > 10\n    output_fields: []" in plan, plan
+    assert "COUNT(*) AS c" in plan.split("Residual")[1]
+
+
 def test_distances_in_pgvector_terms() -> None:
     assert _distance("l2", 4.0) == 2.0
     assert _distance("cosine", 0.25) == 0.75
