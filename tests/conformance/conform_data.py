@@ -10,8 +10,10 @@ dates and timestamps.
   (decimal(12,2)), note
 
 :func:`load_all` puts both tables into a database ``conform`` on PostgreSQL and MariaDB, a
-SQLite file, a folder of Parquet files and a MongoDB database, and returns the catalog of one
-federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``).
+SQLite file, a folder of Parquet files and a MongoDB database (and where given pgvector,
+Redis, FalkorDB, Milvus and FalkorDB's Bolt endpoint), and returns the catalog of one
+federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``, ``pgv``,
+``kv``, ``g``, ``mv``, ``gb``).
 :func:`truth` is DuckDB with the same Arrow tables loaded directly.
 
 >>> sorted(TABLES)

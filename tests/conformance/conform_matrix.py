@@ -29,8 +29,8 @@ KIND_NAMES = {
     "pgv": "PostgreSQL 16 + pgvector",
     "kv": "Redis (JSON values by key template)",
     "g": "FalkorDB (label tables)",
-    "mv": "Milvus scalar fields (milvus-lite server)",
-    "gb": "FalkorDB over Bolt (neo4j driver)",
+    "mv": "Milvus scalar fields (milvus-lite server; decimals as DOUBLE, dates as text)",
+    "gb": "FalkorDB over Bolt (the neo4j driver; dates as text)",
 }
 # people on the first, orders on the second: every kind with PostgreSQL both ways, a few others
 PAIRS = (
