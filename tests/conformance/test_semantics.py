@@ -13,7 +13,7 @@ import pytest
 
 import federator
 
-ALONE = ("pg", "my", "lite", "files", "mongo")
+ALONE = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb")
 PAIRS = (("pg", "my"), ("my", "pg"), ("lite", "files"), ("files", "mongo"))
 
 
