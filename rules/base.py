@@ -269,6 +269,17 @@ SIMPLE_FILTERS: tuple[type[exp.Expression], ...] = (
 )
 
 
+def nonzero_literal_divisor(node: exp.Expression) -> bool:
+    """A division or modulo whose divisor is a non-zero number literal: a backend that answers
+    a division by zero with NULL, inf or an error text of its own can take it.
+
+    >>> nonzero_literal_divisor(exp.Div(this=exp.column("a"), expression=exp.Literal.number(2)))
+    True
+    """
+    d = node.expression
+    return isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0
+
+
 def rules_for_classes(*classes: type[exp.Expression]) -> list[Rule]:
     return [Rule(c) for c in classes]
 
