@@ -113,6 +113,11 @@ class Adapter(abc.ABC):
         bound, parameters set) returns; None where the source has none to give."""
         return None
 
+    def takes_document(self, request: NativeRequest, name: str) -> bool:
+        """Whether parameter ``name`` of ``request`` binds a dict (a document, a map): the
+        source's ``document_params`` unless an adapter knows better per request."""
+        return self.document_params
+
     @abc.abstractmethod
     def translate(self, fragment: Fragment) -> NativeRequest:
         """The native request for a fragment (pure; no I/O)."""

@@ -209,15 +209,29 @@ class GraphAdapter(Adapter):
         unbound = None
         if fragment.bind is not None:
             unbound = CypherGenerator(self._graph_tables).generate(fragment.query, None).text
-        request.payload = (list(fragment.columns), unbound)
+        request.payload = (list(fragment.columns), unbound, self._raw_cypher_params(fragment.query))
         return request
+
+    def _raw_cypher_params(self, query: exp.Expression) -> frozenset[str]:
+        """The parameters that only raw ``cypher()`` text of ``query`` uses, not its SQL."""
+        raw: set[str] = set()
+        for node in query.find_all(exp.Table):
+            table = self._graph_tables.get(node.name)
+            if table is not None and table.kind == "raw" and node.name.startswith("__cypher_"):
+                raw.update(table.params)
+        return frozenset(raw - {p.name for p in query.find_all(exp.Placeholder)})
+
+    def takes_document(self, request: NativeRequest, name: str) -> bool:
+        """A dict binds as a Cypher map where only raw ``cypher('g', '…')`` text uses it
+        (``$m.age``); compared with a property in SQL it is refused (a map equals no value)."""
+        return name in request.payload[2]
 
     # ---- execute ---------------------------------------------------------------------
     async def execute(
         self, request: NativeRequest, bind_values: Sequence[Any] | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
         params = dict(zip(request.param_names, request.params, strict=True))
-        columns, unbound = request.payload
+        columns, unbound, _ = request.payload
         text = request.text
         if request.bind is None or bind_values is None:
             batches = [params]

@@ -107,6 +107,18 @@ class BoltTransport(Transport):
             self._driver = neo4j.AsyncGraphDatabase.driver(
                 self.url, auth=self.auth, connection_timeout=self.connect_timeout
             )
+        try:
+            return await self._run(cypher, params, timeout)
+        except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as e:
+            # the driver's own "cannot reach the server" errors are not OSErrors: as one, the
+            # adapter reports the source unreachable (a bare driver exception before)
+            raise ConnectionError(str(e)) from e
+
+    async def _run(
+        self, cypher: str, params: dict[str, Any], timeout: float
+    ) -> tuple[list[str], list[list[Any]]]:
+        import neo4j
+
         async with self._driver.session(database=self.database) as session:
             if self._timeouts is None:
                 self._timeouts = await _takes_transaction_timeouts(session)

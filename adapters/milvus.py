@@ -73,11 +73,17 @@ def milvus_arrow_type(field_type: Any, params: dict[str, Any]) -> pa.DataType:
 
 @dataclass
 class Output:
-    """One output column: a field, or the search distance (``metric`` set)."""
+    """One output column: a field, the search distance (``metric`` set), or a constant (the
+    planner's ``SELECT 1 FROM t`` when no column is needed, as for ``count(*)``)."""
 
     name: str
     field: str | None = None
     metric: str | None = None
+    constant: Any = None
+
+    def of(self, row: dict[str, Any]) -> Any:
+        """This output's value in a row of fields."""
+        return self.constant if self.field is None else row.get(self.field)
 
 
 @dataclass
@@ -221,6 +227,8 @@ class MilvusAdapter(Adapter):
                 outputs.append(Output(proj.alias_or_name, field=inner.name))
             elif isinstance(inner, VectorDistance):
                 outputs.append(Output(proj.alias_or_name, metric=inner.metric))
+            elif isinstance(inner, exp.Literal) and inner.is_number:
+                outputs.append(Output(proj.alias_or_name, constant=int(inner.this)))
             else:
                 raise UnsupportedError(f"milvus cannot return {inner.sql()}")
         output_fields = sorted({o.field for o in outputs if o.field})
@@ -261,6 +269,7 @@ class MilvusAdapter(Adapter):
                 }
             )
         call.types.update({o.name: pa.float64() for o in outputs if o.metric})
+        call.types.update({o.name: pa.int64() for o in outputs if not (o.field or o.metric)})
         request = NativeRequest(source=self.name, text=_describe(call), param_names=names)
         request.payload = call
         if fragment.bind is not None:
@@ -334,8 +343,8 @@ class MilvusAdapter(Adapter):
             for o in call.outputs:
                 if o.metric is not None:
                     row[o.name] = _distance(o.metric, hit["distance"])
-                elif o.field in entity:
-                    row[o.name] = entity[o.field]
+                elif o.field in entity or o.field is None:
+                    row[o.name] = o.of(entity)
                 else:
                     row[o.name] = hit.get("id") if o.field == call.pk else None
             rows.append(row)
@@ -368,7 +377,7 @@ class MilvusAdapter(Adapter):
             row = rows[i]
             out.append(
                 {
-                    o.name: float(distances[i]) if o.metric is not None else row.get(o.field)
+                    o.name: float(distances[i]) if o.metric is not None else o.of(row)
                     for o in call.outputs
                 }
             )
@@ -414,7 +423,7 @@ class MilvusAdapter(Adapter):
 
 # ---- helpers -------------------------------------------------------------------------------
 def _project(call: MilvusCall, row: dict[str, Any]) -> dict[str, Any]:
-    return {o.name: row.get(o.field) for o in call.outputs}
+    return {o.name: o.of(row) for o in call.outputs}
 
 
 def _distance(metric: str, value: float) -> float:
@@ -445,7 +454,13 @@ def _literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
-    return json.dumps(str(value))
+    return _string(str(value))
+
+
+def _string(text: str) -> str:
+    """A Milvus string literal: JSON quoting with non-ASCII letters as they are (Milvus's
+    parser knows no ``\\u`` escapes: ``"Z\\u00fcrich"`` was refused)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 _OPS = {
@@ -492,6 +507,15 @@ def _filter(where: exp.Expression | None, names: list[str]) -> list[str | tuple[
         elif isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
             emit(node.this)
             out.append(" is null")
+        elif isinstance(node, exp.In) and node.find_ancestor(exp.Not) is not None:
+            # Milvus's `in` is false, not unknown, on a NULL value, so `not (x in [..])` kept
+            # NULL rows (found by the conformance matrix); `==` is unknown there, as in SQL
+            out.append("(")
+            for i, e in enumerate(node.expressions):
+                if i:
+                    out.append(" or ")
+                emit(exp.EQ(this=node.this.copy(), expression=e.copy()))
+            out.append(")")
         elif isinstance(node, exp.In):
             emit(node.this)
             out.append(" in [")
@@ -521,7 +545,7 @@ def _filter(where: exp.Expression | None, names: list[str]) -> list[str | tuple[
                 names.append(node.name)
             out.append(("param", node.name))
         elif isinstance(node, exp.Literal):
-            out.append(json.dumps(node.this) if node.is_string else node.this)
+            out.append(_string(node.this) if node.is_string else node.this)
         elif isinstance(node, exp.Boolean):
             out.append("true" if node.this else "false")
         elif isinstance(node, exp.Neg):

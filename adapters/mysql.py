@@ -54,7 +54,7 @@ _MULTI_STATEMENTS_OFF = 1  # COM_SET_OPTION's MYSQL_OPTION_MULTI_STATEMENTS_OFF
 _SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
 _CATALOG_SQL = """
 SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, t.TABLE_ROWS,
-       c.COLUMN_KEY
+       c.COLUMN_KEY, c.COLLATION_NAME
 FROM information_schema.COLUMNS c
 JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
 WHERE c.TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys')
@@ -187,6 +187,8 @@ class MySQLAdapter(ServerSQLAdapter):
         self.default_schema = self.dsn.database or ""
         self.scan_partitions = int(config.options.get("scan_partitions", 2))
         self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
+        # (schema, table, column) -> collation of each text column, lower case (EXPLAIN notes)
+        self._collations: dict[tuple[str, str, str], str] = {}
         self._locked_down: weakref.WeakSet[aiomysql.Connection] = weakref.WeakSet()
         self._cx = CXWorkers(self.max_concurrency)  # ConnectorX worker processes
 
@@ -399,6 +401,9 @@ class MySQLAdapter(ServerSQLAdapter):
         grouped: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
             grouped.setdefault((r[0], r[1]), []).append(r)
+        self._collations = {
+            (r[0].lower(), r[1].lower(), r[2].lower()): r[7].lower() for r in rows if r[7]
+        }
         self._int_keys = {
             (schema, name): keys[0][2]
             for (schema, name), cols in grouped.items()
@@ -419,7 +424,7 @@ class MySQLAdapter(ServerSQLAdapter):
     # ---- bulk path (ConnectorX) ---------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
-        semantics = collation_note(fragment.query)
+        semantics = collation_note(fragment.query, self._collations or None)
         if semantics is not None and semantics not in fragment.notes:
             fragment.notes.append(semantics)
         est = fragment.estimated_rows

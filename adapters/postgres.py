@@ -208,7 +208,7 @@ class PostgresAdapter(PostgresConnections):
         n = min(self.scan_partitions, self.max_concurrency)
         if n < 2 or (fragment.estimated_rows or 0) < self.partition_rows:
             return None
-        tree = self.localize(self.rules.rewrite(fragment.query))
+        tree = self.localize(self.rules.rewrite(fragment.query, self.dialect))
         if not _plain_scan(tree):
             return None
         table = next(tree.find_all(exp.Table))

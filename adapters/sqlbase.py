@@ -64,7 +64,7 @@ class SQLAdapter(Adapter):
 
     # ---- translate (pure) ------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
-        tree = self.rules.rewrite(fragment.query)
+        tree = self.rules.rewrite(fragment.query, self.dialect)
         tree = self.localize(tree)
         text, names = self.render(tree)
         request = NativeRequest(source=self.name, text=text, param_names=names)

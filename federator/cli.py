@@ -220,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check pushdown fixture files against the planner",
         description="Plan every case of the fixture files (folders: every *.sql inside) and "
         "compare fragments, native requests and residual; a difference is printed as a diff. "
-        "Plans against an offline shop (sources pg, my, lite, lake with tables customers, "
-        "orders, products) unless --catalog is given. Exit 1 when a case fails.",
+        "Plans against an offline shop (sources pg, my, lite, lake, docs with tables "
+        "customers, orders, products) unless --catalog is given. A file loads the rule "
+        "plug-ins its '-- rules: PLUGIN...' lines name (paths relative to the file), on top "
+        "of --rules. Exit 1 when a case fails.",
     )
     rt.add_argument("fixtures", nargs="+", metavar="FIXTURES", help="fixture files or folders")
     rt.add_argument(
@@ -335,32 +337,23 @@ def cmd_repl(args: argparse.Namespace) -> int:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from federator import rules_testing as rt
-    from federator.federation import connect
     from federator.rules import load_rule_modules
 
+    load_rule_modules(args.rules, entry_points=False)  # a --rules that fails to load: error
     try:
         files = rt.fixture_files(args.fixtures)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     if not files:
         raise UsageError(f"no *.sql fixture files in {', '.join(args.fixtures)}")
-    if args.catalog:
-        hooks = load_rule_modules(args.rules, entry_points=False)
-        fed = connect(args.catalog)
-        for hook in hooks:
-            hook(fed)
-    else:
-        fed = rt.planning_federation(rules=args.rules)
-    with fed:
+    try:
         if args.update:
-            for path in files:
-                rt.update_file(fed, path)
+            for path in rt.update_files(files, rules=args.rules, catalog=args.catalog):
                 print(f"updated {path}")
             return EXIT_OK
-        try:
-            results = rt.check(fed, files)
-        except ValueError as e:  # a malformed fixture file
-            raise UsageError(str(e)) from None
+        results = rt.check_files(files, rules=args.rules, catalog=args.catalog)
+    except ValueError as e:  # a malformed fixture file
+        raise UsageError(str(e)) from None
     for line in rt.report(results, verbose=args.verbose):
         print(line)
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERROR

@@ -85,6 +85,25 @@ class AmbiguousColumnError(BindError):
         )
 
 
+class RuleError(FederatorError):
+    """A pushdown rule is malformed, or its guard or write failed: names the rule, where it
+    was defined (file:line) and what is wrong.
+
+    >>> str(RuleError("guard raised ZeroDivisionError", "pg_trgm.match", "my_rules.py:12"))
+    "rule 'pg_trgm.match' (defined at my_rules.py:12): guard raised ZeroDivisionError"
+    """
+
+    def __init__(self, problem: str, rule: str | None = None, where: str | None = None):
+        self.problem = problem
+        self.rule = rule
+        self.where = where
+        if rule:
+            at = f" (defined at {where})" if where else ""
+            super().__init__(f"rule {rule!r}{at}: {problem}")
+        else:
+            super().__init__(f"at {where}: {problem}" if where else problem)
+
+
 class UnsupportedError(FederatorError):
     """A construct the planner cannot handle; the message names it."""
 

@@ -24,7 +24,7 @@ from federator.execute.residual import default_engine
 from federator.plan.model import Plan
 from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
-from federator.rules import FederationRules, load_rule_modules
+from federator.rules import FederationRules, load_rule_modules, run_hooks
 from federator.sql.dialect import vector_params
 
 
@@ -52,8 +52,7 @@ class Federation:
         # their kind's rule set; their `federator_rules(fed)` hooks run once the sources exist.
         rule_hooks = load_rule_modules(config.settings.get("rules", ()))
         self.catalog = Catalog(config)
-        for hook in rule_hooks:
-            hook(self)
+        run_hooks(self, rule_hooks)
         self.cache = Cache(config, self.catalog)  # fed.cache.invalidate(...), .stats()
         self._loop = LoopThread()
         self.cache.loop = self._loop

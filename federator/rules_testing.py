@@ -33,6 +33,11 @@ A case starts at ``-- case: NAME``. Its SQL runs up to the first section line. S
 * ``-- params: a=1 b=x``: values for ``:a`` and ``:b`` (parsed like the CLI's ``--param``).
 * ``-- xfail: REASON``: a known planner gap; the case is a strict xfail.
 
+Before the first case, ``-- rules: PLUGIN...`` names the rule plug-ins the file tests (module
+paths, or ``.py`` files relative to the fixture file; several lines add up), so a folder of
+fixtures and rule modules is self-contained: ``federator rules test DIR`` loads each file's
+plug-ins into a federation of its own.
+
 Native text and residual are compared with runs of whitespace collapsed, so expected SQL may
 be laid out on several lines. Lines starting with ``#`` are comments.
 
@@ -62,7 +67,7 @@ from sqlglot import exp
 
 import federator
 from federator.adapters.base import TableInfo, TableRef
-from federator.errors import clip
+from federator.errors import FederatorError, RuleError, clip
 from federator.formats import parse_params
 from federator.plan.model import Plan
 
@@ -183,17 +188,35 @@ class Case:
     error: tuple[str, str] | None = None
     xfail: str | None = None
     comments: list[str] = field(default_factory=list)
+    rules: tuple[str, ...] = ()  # the file's ``-- rules:`` plug-ins
 
     @property
     def id(self) -> str:
         return f"{self.path.parent.name}/{self.path.stem}: {self.name}"
 
 
-_SECTION = re.compile(r"^--\s*(case|params|fragment|bind|residual|note|error|xfail)\b:?\s*(.*)$")
+_SECTION = re.compile(
+    r"^--\s*(case|params|fragment|bind|residual|note|error|xfail|rules)\b:?\s*(.*)$"
+)
+
+
+def plugin_path(fixture: Path, number: int, name: str) -> str:
+    """A ``-- rules:`` entry as :func:`~federator.rules.load_rule_modules` takes it: a ``.py``
+    file (or any path) resolved against the fixture's folder, a module path as it is."""
+    if not (name.endswith(".py") or "/" in name or "\\" in name):
+        return name
+    path = (fixture.parent / name).resolve()
+    if not path.is_file():
+        raise ValueError(
+            f"{fixture}:{number}: rules file {name!r} not found "
+            f"(looked for {path}; paths are relative to the fixture file)"
+        )
+    return str(path)
 
 
 def parse_fixture(path: Path) -> list[Case]:
     cases: list[Case] = []
+    plugins: list[str] = []
     case: Case | None = None
     target: str | None = None  # "sql", "fragment", "residual"
     buffer: list[str] = []
@@ -226,9 +249,14 @@ def parse_fixture(path: Path) -> list[Case]:
         word, rest = m.group(1), m.group(2).strip()
         if word == "case":
             flush()
-            case = Case(path, rest, number)
+            case = Case(path, rest, number, rules=tuple(plugins))
             cases.append(case)
             target = "sql"
+            continue
+        if word == "rules":
+            if case is not None:
+                raise ValueError(f"{path}:{number}: '-- rules:' belongs before the first case")
+            plugins.extend(plugin_path(path, number, n) for n in rest.replace(",", " ").split())
             continue
         if case is None:
             raise ValueError(f"{path}:{number}: {word!r} before any '-- case:'")
@@ -350,6 +378,18 @@ def render_case(fed: federator.Federation, case: Case) -> Iterator[str]:
 
 
 def update_file(fed: federator.Federation, path: Path) -> None:
+    """Rewrite the expected sections of ``path`` from ``fed``'s planner. A rule that fails
+    while planning a case (a RuleError the case does not expect) raises, naming the case,
+    rather than being written into the file as its expectation."""
+    for case in parse_fixture(path):
+        error = actual(fed, case)[1]
+        expected = case.error is not None and case.error[0] == "RuleError"
+        if isinstance(error, RuleError) and not expected:
+            raise RuleError(
+                f"{error.problem} (planning {path}:{case.line}: {case.name})",
+                error.rule,
+                error.where,
+            ) from error
     header = []
     for line in path.read_text().splitlines():
         if line.startswith("-- case:"):
@@ -398,7 +438,97 @@ def collect_cases(paths: Iterable[str | Path]) -> list[Case]:
 
 
 def check(fed: federator.Federation, paths: Iterable[str | Path]) -> list[CaseResult]:
+    """Every case of the files against ``fed`` (the files' ``-- rules:`` lines are not loaded:
+    the federation is the caller's; :func:`check_files` loads them)."""
     return [CaseResult(case, differences(fed, case)) for case in collect_cases(paths)]
+
+
+def fixture_federation(
+    rules: Iterable[str] = (), catalog: str | Path | None = None
+) -> federator.Federation:
+    """The federation cases plan against: the offline shop (or ``catalog``'s sources, whose
+    metadata is read) with the rule plug-ins ``rules`` loaded."""
+    from federator.rules import load_rule_modules, run_hooks
+
+    if catalog is None:
+        return planning_federation(rules=rules)
+    hooks = load_rule_modules(rules, entry_points=False)
+    fed = federator.connect(catalog)
+    try:
+        run_hooks(fed, hooks)
+    except BaseException:
+        fed.close()
+        raise
+    return fed
+
+
+def _plugins(*groups: Iterable[str]) -> tuple[str, ...]:
+    """The plug-ins of several lists, each once (a ``.py`` file by its resolved path)."""
+    names = (str(Path(n).resolve()) if n.endswith(".py") else n for g in groups for n in g)
+    return tuple(dict.fromkeys(names))
+
+
+def check_files(
+    paths: Iterable[str | Path], *, rules: Iterable[str] = (), catalog: str | Path | None = None
+) -> list[CaseResult]:
+    r"""Every case of the files (folders: every ``*.sql`` inside), each file planned with the
+    plug-ins of its ``-- rules:`` lines on top of ``rules``. A plug-in that fails to load
+    fails the cases that need it, with the reason; the other files still run.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "my_rules.py").write_text(
+    ...     "from federator.rules import Rule\n"
+    ...     "def federator_rules(fed):\n"
+    ...     "    fed.rules.add(Rule('SIMILARITY'), kind='sqlite')\n")
+    >>> _ = (folder / "cases.sql").write_text(
+    ...     "-- rules: my_rules.py\n"
+    ...     "-- case: similarity() is pushed\n"
+    ...     "SELECT id FROM lite.customers WHERE similarity(name, 'ada') > 0.3\n"
+    ...     "-- fragment lite\n"
+    ...     'SELECT "customers"."id" AS "id" FROM "customers" AS "customers"\n'
+    ...     "WHERE SIMILARITY(\"customers\".\"name\", 'ada') > 0.3\n"
+    ...     "-- residual\n"
+    ...     "none\n")
+    >>> [r.status for r in check_files([folder])]
+    ['pass']
+    """
+    extra = list(rules)
+    feds: dict[tuple[str, ...], federator.Federation | FederatorError] = {}
+    results = []
+    try:
+        for case in collect_cases(paths):
+            key = _plugins(extra, case.rules)
+            if key not in feds:
+                try:
+                    feds[key] = fixture_federation(key, catalog)
+                except FederatorError as e:
+                    feds[key] = e
+            fed = feds[key]
+            if isinstance(fed, FederatorError):
+                problems = [f"rule plug-ins could not be loaded: {type(fed).__name__}: {fed}"]
+            else:
+                problems = differences(fed, case)
+            results.append(CaseResult(case, problems))
+    finally:
+        for fed in feds.values():
+            if isinstance(fed, federator.Federation):
+                fed.close()
+    return results
+
+
+def update_files(
+    paths: Iterable[str | Path], *, rules: Iterable[str] = (), catalog: str | Path | None = None
+) -> Iterator[Path]:
+    """Rewrite each file's expected sections (:func:`update_file`), planned with its
+    ``-- rules:`` plug-ins on top of ``rules``; yields each file once it is written."""
+    extra = list(rules)
+    for path in fixture_files(paths):
+        cases = parse_fixture(path)
+        plugins = _plugins(extra, cases[0].rules if cases else ())
+        with fixture_federation(plugins, catalog) as fed:
+            update_file(fed, path)
+        yield path
 
 
 def report(results: Iterable[CaseResult], *, verbose: bool = False) -> Iterator[str]:
@@ -426,14 +556,9 @@ def assert_fixtures(
 ) -> None:
     """pytest helper: raise AssertionError with a readable diff when a case of the fixture
     files (or folders) does not match the planner. Without ``fed`` the offline shop
-    federation is used, with the rule plug-ins ``rules`` loaded."""
-    own = fed is None
-    federation = planning_federation(rules=rules) if fed is None else fed
-    try:
-        results = check(federation, paths)
-    finally:
-        if own:
-            federation.close()
+    federation is used, with the rule plug-ins ``rules`` and each file's ``-- rules:`` loaded;
+    with ``fed``, that federation as it is."""
+    results = check_files(paths, rules=rules) if fed is None else check(fed, paths)
     if not results:
         raise AssertionError(f"no fixture cases in {[str(p) for p in paths]}")
     if not all(r.ok for r in results):

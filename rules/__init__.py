@@ -22,9 +22,22 @@ Users teach a backend more with the same API, three ways:
 * from installed packages: entry points of the group ``federator.rules`` (a module, or a
   callable taking the federation).
 
-Rule authors check their rules with fixture files (``federator rules test FIXTURES...`` or
+Rule authors check their rules with fixture files that name the plug-ins they test
+(``-- rules: ../my_rules.py``; ``federator rules test DIR`` or
 :func:`federator.rules_testing.assert_fixtures`); ``federator explain --verbose`` names the rule
 that pushed or refused each expression. Worked examples: ``examples/rules/``.
+
+Every mistake is a :class:`~federator.errors.RuleError` naming the rule and the file:line it
+was made at: a malformed rule when it is made or added, a guard or write that raises (chained to
+what it raised) or a write that returns anything but a sqlglot tree the backend's dialect
+renders, while planning, before any native text exists:
+
+>>> import federator
+>>> fed = federator.connect({"sources": {"lite": {"kind": "sqlite", "path": ":memory:"}}})
+>>> fed.rules.add("SIMILARITY", kind="sqlite")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+federator.errors.RuleError: rule 'SIMILARITY' (defined at ...): ... write Rule('SIMILARITY')
+>>> fed.close()
 """
 
 from __future__ import annotations
@@ -38,8 +51,10 @@ from federator.rules.base import Guard as Guard
 from federator.rules.base import Matcher as Matcher
 from federator.rules.base import Rule as Rule
 from federator.rules.base import Writer as Writer
+from federator.rules.base import check_rules as check_rules
 from federator.rules.base import function_name as function_name
 from federator.rules.base import rules_for_classes as rules_for_classes
+from federator.rules.checks import function_label
 
 
 def rule_set_for(kind: str) -> RuleSet:
@@ -89,13 +104,32 @@ def load_rule_modules(names: Iterable[str], *, entry_points: bool = True) -> lis
     return hooks
 
 
+def run_hooks(fed: Any, hooks: Iterable[RulesHook]) -> None:
+    """Call each plug-in's ``federator_rules(fed)``; one that raises is a RuleError naming the
+    hook and where it is defined, chained to what it raised."""
+    from federator.errors import FederatorError, RuleError
+
+    for hook in hooks:
+        try:
+            hook(fed)
+        except FederatorError:
+            raise
+        except Exception as e:
+            code = getattr(hook, "__code__", None)
+            where = f"{code.co_filename}:{code.co_firstlineno}" if code else None
+            name = f"{getattr(hook, '__module__', '?')}.{function_label(hook)}"
+            raise RuleError(
+                f"rules hook {name}(fed) raised {type(e).__name__}: {e}", None, where
+            ) from e
+
+
 def _import_rules(name: str) -> Any:
     import importlib
     import importlib.util
     import sys
     from pathlib import Path
 
-    from federator.errors import CatalogError
+    from federator.errors import CatalogError, RuleError
 
     try:
         if name.endswith(".py"):
@@ -115,7 +149,7 @@ def _import_rules(name: str) -> Any:
                 raise
             return module
         return importlib.import_module(name)
-    except CatalogError:
+    except (CatalogError, RuleError):  # already name the file and what to fix
         raise
     except Exception as e:
         raise CatalogError(
@@ -195,6 +229,7 @@ class FederationRules:
         (none when the catalog has no source of that kind)."""
         from federator.errors import CatalogError, UnknownSourceError
 
+        check_rules(rules, "fed.rules.add")
         if (kind is None) == (source is None):
             raise TypeError("fed.rules.add(...) needs exactly one of kind= or source=")
         if source is not None:
@@ -238,4 +273,5 @@ __all__ = [
     "register",
     "rule_set_for",
     "rules_for_classes",
+    "run_hooks",
 ]

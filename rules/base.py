@@ -13,10 +13,20 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from federator.rules.checks import (
+    definition_site,
+    describe,
+    function_label,
+    function_problem,
+    match_problem,
+    written_problem,
+)
 from sqlglot import exp
+
+from federator.errors import RuleError, clip
 
 Matcher = type[exp.Expression] | str
 Guard = Callable[[exp.Expression], bool]
@@ -27,9 +37,21 @@ Writer = Callable[[exp.Expression], exp.Expression]
 class Rule:
     """One pushable expression.
 
-    ``match`` is an expression class (``exp.Like``) or an upper-case function name
-    (``"SIMILARITY"``) for functions sqlglot parses as anonymous. ``guard`` refuses nodes it
-    returns False for; ``write`` rewrites an accepted node before the backend renders it.
+    ``match`` is an expression class (``exp.Like``) or a function name (``"SIMILARITY"``, any
+    case) for functions sqlglot parses as anonymous. ``guard(node) -> bool`` refuses nodes it
+    returns False for; ``write(node) -> exp.Expression`` rewrites an accepted node before the
+    backend renders it (a tree, never SQL text: it is checked against the backend's dialect
+    first). ``name`` shows in EXPLAIN and in errors, with where the rule was defined.
+
+    Mistakes raise :class:`~federator.errors.RuleError` when the rule is made, or when a guard
+    or write fails while planning:
+
+    >>> from sqlglot import exp
+    >>> Rule(exp.Like, guard=lambda node: node.expression.is_string, name="like literal").label
+    'like literal'
+    >>> Rule(123)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    federator.errors.RuleError: rule '123' (defined at ...): match must be a sqlglot ...
     """
 
     match: Matcher
@@ -37,17 +59,114 @@ class Rule:
     write: Writer | None = None
     name: str = ""
     note: str = ""
+    # file:line of the code that made the rule; found on its own, for error messages
+    defined_at: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.defined_at:
+            object.__setattr__(self, "defined_at", definition_site())
+        for problem in self._problems():
+            raise RuleError(problem, self.label, self.defined_at)
+        if isinstance(self.match, str):
+            object.__setattr__(self, "match", self.match.upper())
+
+    def _problems(self) -> Iterator[str]:
+        for what in ("name", "note"):
+            value = getattr(self, what)
+            if not isinstance(value, str):
+                yield f"{what} must be a str; got {describe(value)}"
+        problem = match_problem(self.match)
+        if problem is not None:
+            yield problem
+        for role in ("guard", "write"):
+            problem = function_problem(role, getattr(self, role))
+            if problem is not None:
+                yield problem
 
     @property
     def label(self) -> str:
-        if self.name:
+        if self.name and isinstance(self.name, str):
             return self.name
-        return self.match if isinstance(self.match, str) else self.match.__name__
+        if isinstance(self.match, str):
+            return self.match
+        if isinstance(self.match, type):
+            return self.match.__name__
+        return repr(self.match)
 
     def matches(self, node: exp.Expression) -> bool:
         if isinstance(self.match, str):
             return function_name(node) == self.match
         return type(node) is self.match
+
+    def accepts(self, node: exp.Expression) -> bool:
+        """Whether the guard (if any) lets ``node`` be pushed; a guard that raises is a
+        RuleError naming this rule, chained to what it raised."""
+        if self.guard is None:
+            return True
+        try:
+            return bool(self.guard(node))
+        except RuleError:  # another rule's, already named
+            raise
+        except Exception as e:
+            raise self._failed("guard", e, node) from e
+
+    def written(self, node: exp.Expression, dialect: str | None = None) -> exp.Expression:
+        """``node`` as the write renders it, checked as an expression of ``dialect`` before it
+        reaches any native text."""
+        if self.write is None:
+            return node
+        try:
+            result = self.write(node)
+        except RuleError:
+            raise
+        except Exception as e:
+            raise self._failed("write", e, node) from e
+        problem = written_problem(result, dialect)
+        if problem is not None:
+            raise RuleError(f"{problem} (on {_shown(node)})", self.label, self.defined_at)
+        return result
+
+    def _failed(self, role: str, error: Exception, node: exp.Expression) -> RuleError:
+        fn = function_label(getattr(self, role))
+        return RuleError(
+            f"{role} {fn} raised {type(error).__name__}: {error} (on {_shown(node)})",
+            self.label,
+            self.defined_at,
+        )
+
+
+def _shown(node: exp.Expression) -> str:
+    try:
+        return clip(node.sql(), 60)
+    except Exception:  # a node the default dialect cannot write: name its class
+        return type(node).__name__
+
+
+def check_rules(rules: Iterable[object], where: str) -> None:
+    """Raise RuleError unless every item is a :class:`Rule` (``where`` names the call, such as
+    ``fed.rules.add``): a string, a list not unpacked, or anything else is named with a fix."""
+    for item in rules:
+        if isinstance(item, Rule):
+            continue
+        site = definition_site()
+        if isinstance(item, str):
+            raise RuleError(
+                f"{where} takes Rule objects, not the string {item!r}; write Rule({item!r})",
+                item,
+                site,
+            )
+        if isinstance(item, (list, tuple)):
+            raise RuleError(
+                f"{where} takes Rule objects, not a {type(item).__name__} of {len(item)}; "
+                f"unpack it: {where}(*RULES, ...)",
+                None,
+                site,
+            )
+        raise RuleError(
+            f"{where} takes Rule objects; got {describe(item)}: build it with Rule(...)",
+            None,
+            site,
+        )
 
 
 def function_name(node: exp.Expression) -> str | None:
@@ -73,9 +192,11 @@ class RuleSet:
 
     def __post_init__(self) -> None:
         self.rules = list(self.rules)
+        check_rules(self.rules, "RuleSet")
 
     def add(self, *rules: Rule) -> RuleSet:
         """Add rules that take precedence over the ones already present."""
+        check_rules(rules, "RuleSet.add")
         self.rules[:0] = rules
         return self
 
@@ -93,7 +214,7 @@ class RuleSet:
         # a more general rule further down (rules added later sit in front).
         for rule in self.rules:
             if rule.matches(node):
-                return rule if rule.guard is None or rule.guard(node) else None
+                return rule if rule.accepts(node) else None
         return None
 
     def refusal(self, tree: exp.Expression) -> str | None:
@@ -114,14 +235,13 @@ class RuleSet:
             )
         return f"no rule of {self.name!r} pushes {type(node).__name__} ({text})"
 
-    def rewrite(self, tree: exp.Expression) -> exp.Expression:
-        """Apply the ``write`` of every matching rule, bottom up."""
+    def rewrite(self, tree: exp.Expression, dialect: str | None = None) -> exp.Expression:
+        """Apply the ``write`` of every matching rule, bottom up; what a write returns is
+        checked as an expression of ``dialect`` (the backend's sqlglot dialect) first."""
 
         def visit(node: exp.Expression) -> exp.Expression:
             rule = self.rule_for(node)
-            if rule is not None and rule.write is not None:
-                return rule.write(node)
-            return node
+            return node if rule is None else rule.written(node, dialect)
 
         return tree.transform(visit, copy=True)
 
@@ -149,6 +269,17 @@ SIMPLE_FILTERS: tuple[type[exp.Expression], ...] = (
 )
 
 
+def nonzero_literal_divisor(node: exp.Expression) -> bool:
+    """A division or modulo whose divisor is a non-zero number literal: a backend that answers
+    a division by zero with NULL, inf or an error text of its own can take it.
+
+    >>> nonzero_literal_divisor(exp.Div(this=exp.column("a"), expression=exp.Literal.number(2)))
+    True
+    """
+    d = node.expression
+    return isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0
+
+
 def rules_for_classes(*classes: type[exp.Expression]) -> list[Rule]:
     return [Rule(c) for c in classes]
 
@@ -158,4 +289,11 @@ _REGISTRY: dict[str, RuleSet] = {}
 
 def register(kind: str, rule_set: RuleSet) -> None:
     """Register the built-in (or a replacement) rule set for a backend kind."""
+    if not isinstance(rule_set, RuleSet):
+        raise RuleError(
+            f"register({kind!r}, ...) takes a RuleSet; got {describe(rule_set)}: "
+            f"wrap the rules, register({kind!r}, RuleSet({kind!r}, RULES))",
+            None,
+            definition_site(),
+        )
     _REGISTRY[kind] = rule_set

@@ -13,7 +13,14 @@ in the residual.
 
 from __future__ import annotations
 
-from federator.rules.base import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
+from federator.rules.base import (
+    SIMPLE_FILTERS,
+    Rule,
+    RuleSet,
+    nonzero_literal_divisor,
+    register,
+    rules_for_classes,
+)
 from sqlglot import exp
 
 AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
@@ -87,6 +94,9 @@ def _graph_table(node: exp.Expression) -> bool:
     return isinstance(node.this, exp.Identifier)
 
 
+DIVISION = (exp.Div, exp.Mod)
+
+
 GRAPH = RuleSet(
     "graph",
     [
@@ -116,8 +126,13 @@ GRAPH = RuleSet(
             exp.Add,
             exp.Sub,
             exp.Mul,
-            exp.Div,
-            exp.Mod,
+        ),
+        # Cypher truncates integer / integer toward zero as the federated dialect does, but a
+        # float divided by zero is Infinity/NaN there (an error here) and FalkorDB's Bolt
+        # endpoint reports an integer one as "unknown error": only a non-zero literal divisor
+        *(
+            Rule(c, guard=nonzero_literal_divisor, name="division by a non-zero literal")
+            for c in DIVISION
         ),
     ],
     frozenset({"join", "bind_join", "order_limit"}),

@@ -7,7 +7,9 @@ no FULL OUTER JOIN, and so on.
 
 from __future__ import annotations
 
-from federator.rules.base import Rule, RuleSet, register, rules_for_classes
+from collections.abc import Mapping
+
+from federator.rules.base import Rule, RuleSet, nonzero_literal_divisor, register, rules_for_classes
 from sqlglot import exp
 
 from federator.sql.dialect import VECTOR_OPS, may_return_rows
@@ -128,9 +130,7 @@ PGVECTOR = [Rule(cls, write=_pgvector_operands, note="pgvector") for cls in VECT
 DIVISION = (exp.Div, exp.Mod)
 
 
-def _nonzero_literal(node: exp.Expression) -> bool:
-    d = node.expression
-    return isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0
+_nonzero_literal = nonzero_literal_divisor
 
 
 def _sqlite_division(node: exp.Expression) -> bool:
@@ -150,22 +150,70 @@ MYSQL_COLLATION_NOTE = (
 )
 
 
-def collation_note(query: exp.Expression) -> str | None:
+def collation_note(
+    query: exp.Expression, collations: Mapping[tuple[str, str, str], str] | None = None
+) -> str | None:
     """The EXPLAIN note for a fragment that compares strings on a backend whose default
-    collation is case-insensitive: a comparison or IN/BETWEEN with a string literal, or LIKE.
+    collation is case-insensitive. With ``collations`` ((schema, table, column) → collation
+    name, lower case, from the server's catalog): the text columns compared, grouped, sorted
+    or made DISTINCT under a collation that is not byte order, each with its collation.
+    Without: any comparison or IN/BETWEEN with a string literal, or LIKE.
 
     >>> from federator.sql.dialect import parse
+    >>> q = parse("SELECT p.id FROM s.people AS p WHERE p.name = :n ORDER BY p.city")
+    >>> coll = {("s", "people", "name"): "utf8mb4_general_ci"}
+    >>> coll[("s", "people", "city")] = "utf8mb4_bin"
+    >>> collation_note(q, coll).split("byte order: ")[1]
+    'people.name under utf8mb4_general_ci (case-insensitive)'
     >>> collation_note(parse("SELECT a FROM t WHERE name = 'bob'")) == MYSQL_COLLATION_NOTE
     True
     >>> collation_note(parse("SELECT a FROM t WHERE n = 1")) is None
     True
     """
+    tables = {
+        t.alias_or_name.lower(): (t.db.lower(), t.name.lower()) for t in query.find_all(exp.Table)
+    }
+    if collations is not None and any(key[:2] in tables.values() for key in collations):
+        found: dict[str, str] = {}
+        for col in _compared_columns(query):
+            schema, table = tables.get(col.table.lower(), ("", ""))
+            collation = collations.get((schema, table, col.name.lower()))
+            if collation and not (collation.endswith("_bin") or collation == "binary"):
+                found[f"{table}.{col.name}"] = collation
+        if not found:
+            return None
+        listed = ", ".join(f"{c} under {k} ({_collation_meaning(k)})" for c, k in found.items())
+        return f"{MYSQL_COLLATION_NOTE}: {listed}"
     if query.find(exp.Like) is not None:
         return MYSQL_COLLATION_NOTE
     for node in query.find_all(*_COMPARISONS):
         if any(literal.is_string for literal in node.find_all(exp.Literal)):
             return MYSQL_COLLATION_NOTE
     return None
+
+
+def _compared_columns(query: exp.Expression) -> list[exp.Column]:
+    """Columns whose values a query compares: operands of comparisons and LIKE, keys of GROUP
+    BY, ORDER BY and windows, projections of SELECT DISTINCT."""
+    out: list[exp.Column] = []
+    for node in query.find_all(*_COMPARISONS, exp.Like, exp.ILike, exp.Group, exp.Order):
+        out.extend(node.find_all(exp.Column))
+    for window in query.find_all(exp.Window):
+        for part in (*(window.args.get("partition_by") or []), window.args.get("order")):
+            if part is not None:
+                out.extend(part.find_all(exp.Column))
+    for select in query.find_all(exp.Select):
+        if select.args.get("distinct"):
+            for projection in select.selects:
+                out.extend(projection.find_all(exp.Column))
+    return out
+
+
+def _collation_meaning(collation: str) -> str:
+    """What a MySQL/MariaDB collation name says about comparisons (``_ci``, ``_ai``)."""
+    parts = collation.split("_")
+    case = "case-insensitive" if "ci" in parts else "case-sensitive"
+    return f"{case}, accent-insensitive" if "ai" in parts else case
 
 
 MOD_RULE = Rule(
@@ -175,6 +223,17 @@ MOD_RULE = Rule(
     note="modulo by zero is NULL there and an error in the federated dialect",
 )
 
+
+def _average_as_sum_over_count(node: exp.Expression) -> exp.Expression:
+    """PostgreSQL's AVG of a double keeps a sum of squares that overflows from |x| > 1e154 (an
+    error, where the mean itself is fine): such an AVG goes as SUM / NULLIF(COUNT, 0)."""
+    if not node.meta.get("float") or isinstance(node.parent, exp.Window):
+        return node
+    argument = node.this
+    count = exp.Nullif(this=exp.Count(this=argument.copy()), expression=exp.Literal.number(0))
+    return exp.Div(this=exp.Sum(this=argument.copy()), expression=count)
+
+
 POSTGRES = RELATIONAL.extend(
     "postgres",
     [
@@ -182,6 +241,7 @@ POSTGRES = RELATIONAL.extend(
             *WINDOWS, *DIVISION, exp.ILike, exp.DateTrunc, exp.TimestampTrunc, exp.RegexpLike
         ),
         *PGVECTOR,
+        Rule(exp.Avg, write=_average_as_sum_over_count, name="AVG of a double as SUM / COUNT"),
     ],
     # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
     # query it runs whole goes as written, not as the optimizer decorrelated it.

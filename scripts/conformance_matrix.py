@@ -2,9 +2,9 @@
 
     python scripts/conformance_matrix.py [-o docs/conformance.md]
 
-Starts PostgreSQL, MariaDB and a MongoDB-wire server as the tests do, loads the data set into
-every source kind, runs every cell and writes one row per shape, one column per source kind or
-pair (people on the first, orders on the second).
+Starts the servers as the tests do, loads the data set into every source kind, runs every
+cell and writes one row per shape, one column per source kind or pair (people on the first,
+orders on the second), then a table of the cross-source shapes on every other pair.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ for sub in ("tests", "tests/conformance"):
 
 import servers  # noqa: E402  (tests/servers.py)
 from conform_data import load_all, truth  # noqa: E402
-from conform_matrix import CONFIGS, KIND_NAMES, KNOWN, Cell, cells, run_cell  # noqa: E402
+from conform_matrix import (  # noqa: E402
+    ALL_PAIRS,
+    CONFIGS,
+    CROSS_SHAPES,
+    KIND_NAMES,
+    KNOWN,
+    Cell,
+    cells,
+    run_cell,
+)
 from conform_shapes import SHAPES  # noqa: E402
 
 import federator  # noqa: E402
@@ -49,7 +58,8 @@ def symbol(cell: Cell, notes: dict[str, int]) -> str:
 
 def render(results: dict[tuple[str, str], Cell]) -> str:
     notes: dict[str, int] = {}
-    configs = list(CONFIGS)
+    every_pair = {f"{a}+{b}" for a, b in ALL_PAIRS}
+    configs = [c for c in CONFIGS if c not in every_pair]
     head = ["shape", *(_config_title(c) for c in configs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for shape in SHAPES:
@@ -58,6 +68,15 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
             cell = results.get((shape.name, config))
             row.append(symbol(cell, notes) if cell else "")
         lines.append("| " + " | ".join(row) + " |")
+    cross = [s.name for s in SHAPES if s.name in CROSS_SHAPES]
+    pair_lines = [
+        "| people + orders | " + " | ".join(f"`{n}`" for n in cross) + " |",
+        "|" + "---|" * (len(cross) + 1),
+    ]
+    for config in sorted(every_pair, key=list(CONFIGS).index):
+        row = [config.replace("+", " + ")]
+        row += [symbol(results[(name, config)], notes) for name in cross]
+        pair_lines.append("| " + " | ".join(row) + " |")
     counts = Counter(symbol(c, {})[:1] for c in results.values())
     text = [
         "# Conformance matrix",
@@ -75,6 +94,13 @@ def render(results: dict[tuple[str, str], Cell]) -> str:
         f"Cells run: {len(results)}; " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         "",
         *lines,
+        "",
+        "## Every other pair of kinds",
+        "",
+        "The cross-source shapes on every pair of kinds not in the table above (people on the",
+        "first kind, orders on the second):",
+        "",
+        *pair_lines,
         "",
         "## Shapes",
         "",
@@ -97,13 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "conformance.md"))
     args = ap.parse_args(argv)
     pool = servers.ServerPool()
-    pool.prestart(["postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb"])
+    kinds = ("postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb", "milvus")
+    pool.prestart(list(kinds))
     try:
-        kinds = ("postgres", "mariadb", "mongo", "pgvector", "redis", "falkordb")
-        pg, my, mongo, pgv, kv, g = (pool.get(k).dsn for k in kinds)
+        pg, my, mongo, pgv, kv, g, mv = (pool.get(k).dsn for k in kinds)
         with tempfile.TemporaryDirectory() as folder:
             catalog = load_all(
-                pg, my, mongo, Path(folder), pgvector_dsn=pgv, redis_url=kv, falkordb_url=g
+                pg,
+                my,
+                mongo,
+                Path(folder),
+                pgvector_dsn=pgv,
+                redis_url=kv,
+                falkordb_url=g,
+                milvus_url=mv,
+                bolt=True,
             )
             con = truth()
             with federator.connect(catalog, timeout=60) as fed:

@@ -7,10 +7,10 @@ adapter's LIKE has no escape character) and *writes* it as ``field LIKE 'prefix%
 Mongo adapter already turns into an anchored ``$regex`` in the ``$match`` stage.
 
 Load it like any rule plug-in: ``rules = ["examples/rules/mongo_strings.py"]`` in the catalog,
-``fed.rules.add(*RULES, kind="mongo")``, or the entry point group ``federator.rules``::
+``fed.rules.add(*RULES, kind="mongo")``, or the entry point group ``federator.rules``.
+Check it with its fixtures (they name this file in a ``-- rules:`` line)::
 
-    federator rules test --rules examples/rules/mongo_strings.py \\
-        examples/rules/fixtures/mongo_strings.sql
+    federator rules test examples/rules
 
 >>> from sqlglot import parse_one
 >>> _like(parse_one("starts_with(name, 'Ad')")).sql()

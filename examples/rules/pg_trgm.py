@@ -10,9 +10,10 @@ function). With them:
 
 Load it from a catalog (``rules = ["examples/rules/pg_trgm.py"]``, or a module path when it is
 installed), from Python (``fed.rules.add(*RULES, kind="postgres")``), or from the entry point
-group ``federator.rules``. Check it with its fixtures::
+group ``federator.rules``. Check it with its fixtures (they name this file in a
+``-- rules:`` line)::
 
-    federator rules test --rules examples/rules/pg_trgm.py examples/rules/fixtures/
+    federator rules test examples/rules
 
 >>> import federator
 >>> fed = federator.connect({"sources": {"pg": {"kind": "postgres",

@@ -89,11 +89,19 @@ class JoinPlanner(FragmentBuilder):
         other, so the source would send more rows than the two sides hold. Those run in
         the residual instead (and may still be bound, see _plan_bind_joins).
         """
+        shown = " AND ".join(conjuncts[i].sql(dialect=Federated) for i in idx)
+        source = by_alias[a].source
+        assert source is not None
+        # a source that filters by a comparison of two columns may still not join (Milvus: a
+        # fragment over two collections became one query of one of them, found by the matrix)
+        join = exp.Join(this=by_alias[b].node.copy(), on=exp.and_(*(conjuncts[i] for i in idx)))
+        refusal = self.rules[source].refusal(join)
+        if refusal is not None:
+            return f"join {shown} not run inside source {source}: {refusal}; joined in the residual"
         cols = self._join_columns((a, b), idx, conjuncts)
         unique = [self._unique_on(by_alias[x], c) for x, c in zip((a, b), cols, strict=True)]
         if unique != [False, False]:
             return None
-        shown = " AND ".join(conjuncts[i].sql(dialect=Federated) for i in idx)
         return (
             f"join {shown} not run inside source {by_alias[a].source}: many-to-many "
             f"(unique on neither side), it would multiply rows; joined in the residual"

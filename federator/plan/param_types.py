@@ -38,11 +38,13 @@ _SCALAR_MODULES = ("numpy", "bson", "pyarrow.lib")  # numpy scalars, ObjectId, A
 def check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[str, Any]) -> None:
     """Refuse, before anything is sent, a parameter value that no request using it can bind:
     scalars, and lists/tuples of them (IN lists, arrays, vectors), bind everywhere; a dict
-    only where the source takes documents (``document_params``: MongoDB)."""
+    only where the request takes documents (``Adapter.takes_document``: MongoDB, and the
+    parameters of raw Cypher in ``cypher('g', '…')``, where a dict is a map)."""
     documents: dict[str, bool] = {}
     for request in plan.requests.values():
-        takes = bool(getattr(adapters.get(request.source), "document_params", False))
+        adapter = adapters.get(request.source)
         for name in request.param_names:
+            takes = adapter is not None and adapter.takes_document(request, name)
             documents[name] = documents.get(name, True) and takes
     if plan.residual is not None:
         for node in plan.residual.find_all(exp.Placeholder):
@@ -69,7 +71,10 @@ def _param_type_message(name: str, value: Any, documents: bool) -> str:
     if isinstance(value, set | frozenset):
         hint = "; pass a list (or tuple) for an IN list or an array"
     elif isinstance(value, dict) and not documents:
-        hint = "; pass JSON as a string (json.dumps) or the fields as separate parameters"
+        hint = (
+            "; pass JSON as a string (json.dumps) or the fields as separate parameters (a dict"
+            " binds as a document on MongoDB and as a map in cypher('g', '…') text only)"
+        )
     return (
         f"parameter :{name} is a {kind}, which no source here can bind (numbers, strings, bytes,"
         f" decimals, dates, times, UUIDs, None, and lists of them bind){hint}"

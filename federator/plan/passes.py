@@ -11,7 +11,8 @@ pass after that mutates it in place and returns it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
@@ -36,7 +37,12 @@ from federator.errors import (
     UnknownColumnError,
     UnsupportedError,
 )
-from federator.sql.dialect import Federated, mark_integer_division, may_return_rows
+from federator.sql.dialect import (
+    Federated,
+    mark_float_averages,
+    mark_integer_division,
+    may_return_rows,
+)
 
 
 def _qualify(expression: exp.Expression, **kwargs: object) -> exp.Expression:
@@ -104,12 +110,19 @@ def unnest_keeping_scalars(expression: exp.Expression) -> exp.Expression:
     return expression
 
 
-def optimize(tree: exp.Query, schema: MappingSchema, tables: Iterable[TableInfo]) -> exp.Query:
-    """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`."""
+def optimize(
+    tree: exp.Query,
+    schema: MappingSchema,
+    tables: Iterable[TableInfo],
+    params: Mapping[str, Any] | None = None,
+) -> exp.Query:
+    """Run the optimizer passes; unknown columns become :class:`UnknownColumnError`.
+    ``params``: the values whose types decide which divisions are of integers."""
     try:
         for run in PASSES:
             tree = run(tree, schema=schema)  # type: ignore[assignment]
-        mark_integer_division(tree, schema)
+        mark_integer_division(tree, schema, params)
+        mark_float_averages(tree, schema)
     except OptimizeError as e:
         raise _optimize_error(str(e), tree, list(tables)) from None
     return tree

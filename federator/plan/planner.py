@@ -43,7 +43,13 @@ from federator.plan.source_estimates import SourceEstimates
 from federator.plan.split import Splitter
 from federator.plan.tree import collect_columns, field_type, free_aliases, rename_columns
 from federator.sql.depth import with_nesting_room
-from federator.sql.dialect import Federated, parse, residual_duckdb_sql
+from federator.sql.dialect import (
+    Federated,
+    cast_float_params,
+    param_type_class,
+    parse,
+    residual_duckdb_sql,
+)
 
 __all__ = [
     "PASSES",
@@ -74,11 +80,13 @@ class Planner:
 
     async def plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         """The plan of ``query`` with ``params`` bound. Plans of query texts are kept (LRU):
-        they depend on the text, the parameter names, the catalog and the rule sets, never on
-        parameter values, so a repeated query skips parsing and optimizing."""
+        they depend on the text, the parameter names and whether each value is an integer
+        (integer division), the catalog and the rule sets, never on parameter values, so a
+        repeated query skips parsing and optimizing."""
         if not isinstance(query, str):
             return self._bind(await self._plan(query, params), params)
-        key = (query, frozenset(params), self.catalog.version, self._rules_signature())
+        names = frozenset((n, param_type_class(v)) for n, v in params.items())
+        key = (query, names, self.catalog.version, self._rules_signature())
         plan = self._plans.get(key)
         if plan is None:
             plan = await self._plan(query, params)
@@ -100,12 +108,13 @@ class Planner:
     async def _plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
         tree = parse(query) if isinstance(query, str) else query.copy()
         check_params(tree, params)
+        tree = cast_float_params(tree, params)
         tree = normalize_identifiers(tree, dialect=Federated)
         infos = await bind_tables(self.catalog, tree, params)
         folded = [n for n, a in self.catalog.adapters.items() if a.case_insensitive_columns]
         schema = sqlglot_schema(infos, folded)
         as_written = tree.copy()
-        tree = optimize(tree, schema, infos)
+        tree = optimize(tree, schema, infos, params)
         split = await self._split_with_source_estimates(tree, infos, params)
         if _has_subquery(as_written):
             split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)

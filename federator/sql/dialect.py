@@ -29,6 +29,7 @@ The query vector is a bound parameter (``:q`` with a list, numpy array or torch 
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -185,27 +186,103 @@ def may_return_rows(node: exp.Expression) -> bool:
 
 
 # ---- division -------------------------------------------------------------------------------
-def mark_integer_division(tree: exp.Expression, schema: Any) -> exp.Expression:
+def mark_integer_division(
+    tree: exp.Expression, schema: Any, params: Mapping[str, Any] | None = None
+) -> exp.Expression:
     """Mark each ``/`` whose operands are both integers (arg ``integer``), from the types of
-    ``schema``'s columns: the federated dialect divides integers as PostgreSQL does (an
-    integer, truncated toward zero), and the residual needs to know which divisions those are
-    once the columns come from fragments. Marks only; the tree is otherwise unchanged.
+    ``schema``'s columns and of the ``params`` values: the federated dialect divides integers
+    as PostgreSQL does (an integer, truncated toward zero), and the residual needs to know
+    which divisions those are once the columns come from fragments. Marks only; the tree is
+    otherwise unchanged.
 
-    >>> q = parse("SELECT t.a / 2 AS h, t.b / 2 AS g FROM t AS t")
-    >>> q = mark_integer_division(q, {"t": {"a": "INT", "b": "DOUBLE"}})
+    >>> q = parse("SELECT t.a / 2 AS h, t.b / 2 AS g, :x / 2 AS p FROM t AS t")
+    >>> q = mark_integer_division(q, {"t": {"a": "INT", "b": "DOUBLE"}}, {"x": 7})
     >>> [d.args["integer"] for d in q.find_all(exp.Div)]
-    [True, False]
+    [True, False, True]
     """
     if tree.find(exp.Div) is None:
         return tree
     from sqlglot.optimizer.annotate_types import annotate_types
 
-    typed = annotate_types(tree.copy(), schema=schema, dialect=Federated)
+    typed = tree.copy()
+    for node in list(typed.find_all(exp.Placeholder)):
+        stand_in = _typed_stand_in((params or {}).get(node.name))
+        if stand_in is not None:
+            node.replace(stand_in)  # a leaf for a leaf: the walks below stay in step
+    typed = annotate_types(typed, schema=schema, dialect=Federated)
     for node, twin in zip(tree.walk(), typed.walk(), strict=True):
         if isinstance(node, exp.Div) and isinstance(twin, exp.Div):
             ints = exp.DataType.INTEGER_TYPES
             node.set("integer", twin.left.is_type(*ints) and twin.right.is_type(*ints))
     return tree
+
+
+def mark_float_averages(tree: exp.Expression, schema: Any) -> exp.Expression:
+    """Mark each ``AVG`` whose argument is a floating-point number (``meta["float"]``), from the
+    types of ``schema``'s columns, so a backend rule can rewrite it (PostgreSQL's AVG of a
+    double also sums the squares, and fails with "value out of range" from |x| > 1e154).
+
+    >>> q = parse("SELECT AVG(t.a) AS i, AVG(t.b) AS f FROM t AS t")
+    >>> q = mark_float_averages(q, {"t": {"a": "INT", "b": "DOUBLE"}})
+    >>> [a.meta["float"] for a in q.find_all(exp.Avg)]
+    [False, True]
+    """
+    if tree.find(exp.Avg) is None:
+        return tree
+    from sqlglot.optimizer.annotate_types import annotate_types
+
+    typed = annotate_types(tree.copy(), schema=schema, dialect=Federated)
+    floats = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
+    for node, twin in zip(tree.walk(), typed.walk(), strict=True):
+        if isinstance(node, exp.Avg) and isinstance(twin, exp.Avg):
+            argument = twin.this.this if isinstance(twin.this, exp.Distinct) else twin.this
+            node.meta["float"] = bool(argument is not None and argument.is_type(*floats))
+    return tree
+
+
+def param_type_class(value: Any) -> str:
+    """What a parameter value's type means to planning: ``int``, ``float`` (any other
+    number) or ``other``; plans of one text may differ by it (integer division).
+
+    >>> [param_type_class(v) for v in (7, True, 7.5, "7")]
+    ['int', 'other', 'float', 'other']
+    """
+    if isinstance(value, bool):
+        return "other"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Number):
+        return "float"
+    return "other"
+
+
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
+
+
+def cast_float_params(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Expression:
+    """Cast each parameter whose value is a non-integer number to DOUBLE where it is an
+    operand of arithmetic: a backend infers an untyped parameter's type from the other operand
+    (PostgreSQL took ``n / $1`` with 2.0 as an integer division; the federated dialect divides
+    exactly when an operand is not an integer). Mutates and returns ``tree``.
+
+    >>> cast_float_params(parse("SELECT n / :d, n > :d"), {"d": 2.0}).sql()
+    'SELECT n / CAST(:d AS DOUBLE), n > :d'
+    """
+    for node in list(tree.find_all(exp.Placeholder)):
+        value_class = param_type_class(params.get(node.name))
+        if value_class == "float" and isinstance(node.parent, _ARITHMETIC):
+            node.replace(exp.cast(node.copy(), exp.DataType.Type.DOUBLE))
+    return tree
+
+
+def _typed_stand_in(value: Any) -> exp.Expression | None:
+    """A literal of the type a parameter value has, for type annotation; None: unknown."""
+    kind = param_type_class(value)
+    if kind == "int":
+        return exp.Literal.number("1")
+    if kind == "float":
+        return exp.Literal.number("1.5")
+    return None
 
 
 def duckdb_division(node: exp.Div | exp.Mod) -> exp.Expression:

@@ -10,8 +10,10 @@ dates and timestamps.
   (decimal(12,2)), note
 
 :func:`load_all` puts both tables into a database ``conform`` on PostgreSQL and MariaDB, a
-SQLite file, a folder of Parquet files and a MongoDB database, and returns the catalog of one
-federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``).
+SQLite file, a folder of Parquet files and a MongoDB database (and where given pgvector,
+Redis, FalkorDB, Milvus and FalkorDB's Bolt endpoint), and returns the catalog of one
+federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``, ``pgv``,
+``kv``, ``g``, ``mv``, ``gb``).
 :func:`truth` is DuckDB with the same Arrow tables loaded directly.
 
 >>> sorted(TABLES)
@@ -315,9 +317,10 @@ def _json_value(v: Any) -> Any:
     raise TypeError(type(v))
 
 
-def load_falkordb(url: str, graph: str = DB) -> dict[str, Any]:
+def load_falkordb(url: str, graph: str = DB, temporal: bool = True) -> dict[str, Any]:
     """One label per table (``people``, ``orders``), a node per row, NULL properties left out
-    (Cypher's NULL); dates and timestamps as FalkorDB's date()/localdatetime(). The source."""
+    (Cypher's NULL); dates and timestamps as FalkorDB's date()/localdatetime(), or as ISO text
+    without ``temporal``. The source."""
     from urllib.parse import urlsplit
 
     from falkordb import FalkorDB
@@ -337,7 +340,7 @@ def load_falkordb(url: str, graph: str = DB) -> dict[str, Any]:
         temporal = [
             f"n.{f.name} = {'date' if pa.types.is_date(f.type) else 'localdatetime'}(r.{f.name})"
             for f in table.schema
-            if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+            if temporal and (pa.types.is_date(f.type) or pa.types.is_timestamp(f.type))
         ]
         set_temporal = f" SET {', '.join(temporal)}" if temporal else ""
         g.query(f"UNWIND $rows AS r CREATE (n:{name}) SET n = r{set_temporal}", {"rows": rows})
@@ -352,6 +355,75 @@ def _graph_value(v: Any) -> Any:
     return v
 
 
+# Milvus: people and orders as collections (the first column the primary key, every other field
+# nullable, a 2-dimensional dummy vector "_vec" because a collection needs one). Milvus has no
+# decimal, date or timestamp type: decimals as DOUBLE (as in the graph), dates and timestamps as
+# ISO text ("1990-05-01", "2024-01-01 09:00:00"), which sorts and compares as they do.
+_MILVUS_TYPES = {
+    "int32": "INT32",
+    "string": "VARCHAR",
+    "decimal128(12, 2)": "DOUBLE",
+    "double": "DOUBLE",
+    "date32[day]": "VARCHAR",
+    "timestamp[us]": "VARCHAR",
+    "bool": "BOOL",
+}
+
+
+def load_milvus(url: str) -> dict[str, Any]:
+    """``people`` and ``orders`` as collections of the Milvus server at ``url``; the source."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(url)
+    try:
+        for name, table in TABLES.items():
+            if client.has_collection(name):
+                client.drop_collection(name)
+            key = table.schema.names[0]
+            schema = client.create_schema(auto_id=False)
+            schema.add_field(key, DataType.INT64, is_primary=True)
+            for f in table.schema:
+                if f.name != key:
+                    kind = _MILVUS_TYPES[str(f.type)]
+                    extra = {"max_length": 100} if kind == "VARCHAR" else {}
+                    schema.add_field(f.name, getattr(DataType, kind), nullable=True, **extra)
+            schema.add_field("_vec", DataType.FLOAT_VECTOR, dim=2)
+            index = client.prepare_index_params()
+            index.add_index("_vec", index_type="FLAT", metric_type="L2")
+            client.create_collection(name, schema=schema, index_params=index)
+            rows = [
+                {k: _milvus_value(v) for k, v in row.items()} | {"_vec": [0.0, 0.0]}
+                for row in table.to_pylist()
+            ]
+            client.insert(name, rows)
+    finally:
+        client.close()
+    return {"kind": "milvus", "uri": url}
+
+
+def _milvus_value(v: Any) -> Any:
+    if isinstance(v, D):
+        return float(v)
+    if isinstance(v, (dt.date, dt.datetime)):
+        return v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat()
+    return v
+
+
+BOLT_GRAPH = "falkordb"  # FalkorDB's Bolt endpoint serves this graph whatever database is named
+
+
+def load_bolt(falkordb_url: str) -> dict[str, Any]:
+    """The graph of :func:`load_falkordb` as graph ``falkordb`` (the one FalkorDB's Bolt
+    endpoint serves), read over Bolt with the neo4j driver; the source. Dates and timestamps
+    are ISO text there: FalkorDB's Bolt endpoint crashes sending a temporal value."""
+    from urllib.parse import parse_qs, urlsplit
+
+    load_falkordb(falkordb_url, BOLT_GRAPH, temporal=False)
+    parts = urlsplit(falkordb_url)
+    port = parse_qs(parts.query)["bolt_port"][0]
+    return {"kind": "neo4j", "url": f"bolt://{parts.hostname}:{port}"}
+
+
 def load_all(
     pg_dsn: str,
     mysql_dsn: str,
@@ -362,11 +434,17 @@ def load_all(
     pgvector_dsn: str | None = None,
     redis_url: str | None = None,
     falkordb_url: str | None = None,
+    milvus_url: str | None = None,
+    bolt: bool = False,
 ) -> dict[str, Any]:
     """Load every kind (databases named ``db``); the catalog of one federation over all.
-    PostgreSQL 16 with pgvector (source ``pgv``), Redis (``kv``) and FalkorDB (``g``) where
-    given."""
+    PostgreSQL 16 with pgvector (source ``pgv``), Redis (``kv``), FalkorDB (``g``), Milvus
+    (``mv``) where given, and with ``bolt`` FalkorDB's graph over Bolt (``gb``)."""
     extra: dict[str, Any] = {}
+    if milvus_url is not None:
+        extra["mv"] = load_milvus(milvus_url)
+    if bolt and falkordb_url is not None:
+        extra["gb"] = load_bolt(falkordb_url)
     if pgvector_dsn is not None:
         extra["pgv"] = {"kind": "postgres", "dsn": asyncio.run(load_postgres(pgvector_dsn, db))}
     if redis_url is not None:

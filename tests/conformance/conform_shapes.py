@@ -21,6 +21,7 @@ class Shape:
     ordered: bool = False
     truth: str | None = None  # DuckDB text where the federated semantics differ from DuckDB's
     error: str | None = None  # the truth is an error whose message contains this
+    params: tuple[tuple[str, object], ...] = ()  # bound parameters (the truth: literals)
 
     @property
     def tables(self) -> set[str]:
@@ -212,6 +213,26 @@ SHAPES: list[Shape] = [
         "SELECT o.oid, p.id / 2 AS h FROM {p} p JOIN {o} o ON o.pid = p.id",
         truth="SELECT o.oid, CAST(trunc(p.id / 2) AS BIGINT) AS h FROM {p} p JOIN {o} o"
         " ON o.pid = p.id",
+    ),
+    Shape(
+        "param_int_division",
+        "SELECT id, n / :d AS h, :x / 2 AS g, :x % 4 AS m FROM {p} WHERE n BETWEEN -5 AND 100",
+        truth="SELECT id, CAST(trunc(n / 2) AS BIGINT) AS h, -3 AS g, -3 AS m FROM {p}"
+        " WHERE n BETWEEN -5 AND 100",
+        params=(("d", 2), ("x", -7)),
+    ),
+    Shape(
+        "param_float_division",
+        "SELECT id, n / :d AS h, :x / 2 AS g FROM {p} WHERE n BETWEEN -5 AND 100",
+        truth="SELECT id, n / 2.0 AS h, -3.5 AS g FROM {p} WHERE n BETWEEN -5 AND 100",
+        params=(("d", 2.0), ("x", -7.0)),
+    ),
+    Shape(
+        "join_param_int_division",
+        "SELECT o.oid, o.qty / :d AS h FROM {p} p JOIN {o} o ON o.pid = p.id WHERE p.n > :lo",
+        truth="SELECT o.oid, CAST(trunc(o.qty / 3) AS BIGINT) AS h FROM {p} p JOIN {o} o"
+        " ON o.pid = p.id WHERE p.n > 0",
+        params=(("d", 3), ("lo", 0)),
     ),
     Shape("decimal_division", "SELECT id, score / 4 AS q FROM {p} WHERE score BETWEEN -10 AND 100"),
     Shape(

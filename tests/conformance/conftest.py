@@ -29,6 +29,7 @@ def conform_catalog(
     pgvector_dsn: str,
     redis_dsn: str,
     falkordb_url: str,
+    milvus_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("conform")
@@ -40,6 +41,8 @@ def conform_catalog(
         pgvector_dsn=pgvector_dsn,
         redis_url=redis_dsn,
         falkordb_url=falkordb_url,
+        milvus_url=milvus_url,
+        bolt=True,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import federator
 
-ALONE = ("pg", "my", "lite", "files", "mongo")
+ALONE = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb")
 PAIRS = (("pg", "my"), ("my", "pg"), ("lite", "files"), ("files", "mongo"))
 
 
@@ -41,6 +41,32 @@ def test_integer_division_truncates_once_joined_across_sources(
         "ON o.pid = p.id WHERE p.id <= 3"
     )
     assert _values(conform_fed, sql) == [(1, 0), (2, 1), (3, 1)]
+
+
+@pytest.mark.parametrize("kind", ALONE)
+def test_integer_parameter_divides_as_an_integer_on_every_source(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    # the issue: `:x / 2` and `n / :d` with integers divided as floats in the residual
+    # (DuckDB) and on Parquet files; the plan of the same text with a float divides exactly
+    sql = f"SELECT id, id / :d AS h, :x / 2 AS g FROM {kind}.people WHERE id <= 3"
+    assert _values(conform_fed, sql.replace(":d", "2").replace(":x", "-7")) == [
+        (1, 0, -3),
+        (2, 1, -3),
+        (3, 1, -3),
+    ]
+    got = conform_fed.sql(sql, {"d": 2, "x": -7}).to_arrow()
+    assert sorted(tuple(r.values()) for r in got.to_pylist()) == [
+        (1, 0, -3),
+        (2, 1, -3),
+        (3, 1, -3),
+    ]
+    got = conform_fed.sql(sql, {"d": 2.0, "x": -7}).to_arrow()
+    assert sorted(tuple(r.values()) for r in got.to_pylist()) == [
+        (1, 0.5, -3),
+        (2, 1.0, -3),
+        (3, 1.5, -3),
+    ]
 
 
 @pytest.mark.parametrize("kind", ALONE)
@@ -96,6 +122,52 @@ def test_explain_says_when_a_string_comparison_runs_under_mysql_collation(
     # which is what MariaDB answers: 'bob' and 'Bob' (the federated dialect's truth: id 2 only)
     assert _values(conform_fed, query) == [(2,), (3,)]
     assert "insensitive" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
+
+
+def test_explain_names_the_mysql_collation_of_each_compared_column(
+    conform_fed: federator.Federation,
+) -> None:
+    # issue 12: how a user sees that a comparison was pushed to a backend whose semantics
+    # differ, also where no string literal shows it (a parameter, GROUP BY)
+    query = "SELECT city, count(*) AS c FROM my.people WHERE name = :n GROUP BY city"
+    plan = conform_fed.explain(query, {"n": "bob"})
+    note = next(line for line in plan.splitlines() if "semantics:" in line)
+    assert "people.name under utf8mb4_" in note and "people.city under utf8mb4_" in note, note
+    assert "case-insensitive" in note
+    assert sorted(conform_fed.sql(query, {"n": "bob"}).to_arrow().to_pylist(), key=str) == [
+        {"city": "Berlin", "c": 1},  # bob
+        {"city": "Paris", "c": 1},  # Bob: equal to 'bob' under the collation
+    ]
+    assert "semantics:" not in conform_fed.explain("SELECT id FROM my.people WHERE n = 10")
+
+
+def test_explain_has_no_collation_note_for_binary_collations(mysql_dsn: str) -> None:
+    from urllib.parse import urlparse
+
+    import pymysql
+    from servers import dsn_with_database
+
+    url = urlparse(mysql_dsn)
+    con = pymysql.connect(host=url.hostname, port=url.port, user=url.username or "root")
+    try:
+        with con.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS collation12")
+            cur.execute("CREATE DATABASE collation12 CHARACTER SET utf8mb4")
+            cur.execute(
+                "CREATE TABLE collation12.t (a VARCHAR(10) COLLATE utf8mb4_bin, "
+                "b VARCHAR(10) COLLATE utf8mb4_general_ci)"
+            )
+            cur.execute("INSERT INTO collation12.t VALUES ('bob', 'bob'), ('Bob', 'Bob')")
+        con.commit()
+    finally:
+        con.close()
+    source = {"kind": "mysql", "dsn": dsn_with_database(mysql_dsn, "collation12")}
+    with federator.connect({"sources": {"my": source}}) as fed:
+        binary = "SELECT a FROM my.t WHERE a = 'bob'"
+        assert "semantics:" not in fed.explain(binary)
+        assert fed.sql(binary).to_arrow().to_pylist() == [{"a": "bob"}]
+        plan = fed.explain("SELECT a FROM my.t WHERE b = 'bob'")
+        assert "t.b under utf8mb4_general_ci (case-insensitive)" in plan, plan
 
 
 # ---- found by the conformance matrix and the fuzzer -------------------------------------------
@@ -180,3 +252,16 @@ def test_sqlite_like_is_case_sensitive(conform_fed: federator.Federation) -> Non
     # found by the fuzzer: SQLite's LIKE folds ASCII case, so O'Brien NOT LIKE '%o%' was false
     sql = "SELECT id FROM lite.people WHERE name NOT LIKE '%o%' AND name LIKE '%B%'"
     assert _values(conform_fed, sql) == [(8,)]  # O'Brien: no lowercase o (case-folded: none)
+
+
+@pytest.mark.parametrize("kind", ("pg", "pgv", "my", "lite", "files", "mongo"))
+def test_avg_of_a_double_near_the_square_root_of_the_range(
+    conform_fed: federator.Federation, kind: str
+) -> None:
+    # fuzz seed 4242 query 9751: PostgreSQL's AVG(double) also sums squares, and 1e300 squared
+    # overflowed ("value out of range: overflow") though the mean is 1e300 / 3
+    sql = f"SELECT city, avg(x) AS a FROM {kind}.people WHERE city = 'Paris' GROUP BY city"
+    ((city, mean),) = _values(conform_fed, sql)
+    assert city == "Paris" and mean == pytest.approx((0.0 + 1e300 - 0.25) / 3, rel=1e-12)
+    window = f"SELECT id, avg(x) OVER () AS a FROM {kind}.people WHERE id IN (1, 2)"
+    assert _values(conform_fed, window) == [(1, -0.5), (2, -0.5)]

@@ -370,14 +370,21 @@ class Report:
     queries: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)  # both-error: federator's error kinds
 
     def text(self) -> str:
         lines = [
             f"fuzz seed {self.seed}: {self.queries} queries, "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
         ]
+        lines += [f"  both-error {n}x: {why}" for why, n in self.errors.most_common(10)]
         lines += self.failures
         return "\n".join(lines)
+
+
+def _error_kind(detail: str) -> str:
+    """An error message with its literals blanked, so that like errors count together."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "…", detail)[:100]
 
 
 def run(
@@ -404,6 +411,8 @@ def run(
         report.queries += 1
         for o in outcomes:
             report.counts[f"{o.check}:{o.kind}"] += 1
+            if o.kind == "both-error" and o.check == "truth":
+                report.errors[_error_kind(o.detail)] += 1
         bad = [o for o in outcomes if o.kind in ("wrong", "crash")]
         if bad:
             check = bad[0].check

@@ -313,6 +313,20 @@ def test_raw_cypher_table_function_joins_with_anything(falkor, graph_data) -> No
     assert falkor.sql(alone).to_arrow().column("name").to_pylist() == ["p00", "p01", "p02"]
 
 
+def test_dict_parameter_is_a_map_in_raw_cypher_only(falkor, graph_data) -> None:
+    """A dict binds as a Cypher map where raw cypher() text reads it (``$m.lo``); compared
+    with a property in SQL it is refused with a ParameterError saying where dicts bind."""
+    sql = (
+        "SELECT name FROM cypher('g', 'MATCH (p:Person) WHERE p.age >= $m.lo AND p.city = "
+        "$m.city RETURN p.name AS name', :m) AS c"
+    )
+    got = rows(falkor, sql, {"m": {"lo": 40, "city": "Oslo"}})
+    assert got == truth(graph_data, "SELECT name FROM person WHERE age >= 40 AND city = 'Oslo'")
+    assert got  # the data has such people
+    with pytest.raises(federator.ParameterError, match=r"(?s):m is a dict.*cypher\('g'"):
+        falkor.sql("SELECT pid FROM g.Person WHERE name = :m", {"m": {"lo": 40}})
+
+
 def test_variable_length_paths(falkor, graph_data) -> None:
     """paths('g', 'FOLLOWS', 1, 2) joined back to Person: who reaches whom in 1..2 hops."""
     sql = (

@@ -93,5 +93,32 @@ def test_generator_helpers() -> None:
     assert quote("a`b") == "`a``b`"
 
 
+def test_division_by_a_column_runs_in_the_residual(fed: federator.Federation) -> None:
+    """Cypher divides a float by zero as Infinity (an error in the federated dialect) and
+    FalkorDB's Bolt endpoint reports an integer one as "unknown error" (found by the
+    conformance matrix): only a non-zero literal divisor is pushed."""
+    pushed = fed.explain("SELECT age / 2 AS h, age % 3 AS m FROM g.Person")
+    assert "no residual" in pushed and "(p.age / 2)" not in pushed
+    assert "/ 2" in pushed and "% 3" in pushed
+    split = fed.explain("SELECT 10 / (age - age) AS v, age % pid AS m FROM g.Person")
+    assert "residual on DuckDB" in split
+    assert "division by a non-zero literal" in split
+
+
+def test_bolt_server_unreachable_is_typed() -> None:
+    """The neo4j driver's ServiceUnavailable (not an OSError) reached the caller bare."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = {"kind": "neo4j", "url": f"bolt://127.0.0.1:{port}", "timeout": 5}
+    with (
+        federator.connect({"sources": {"g": source}}) as f,
+        pytest.raises(federator.SourceUnreachableError, match=f"127.0.0.1:{port}"),
+    ):
+        f.sql("SELECT name FROM g.Person")
+
+
 if __name__ == "__main__":
     update_fixtures(graph_federation, "graph", sys.argv[1:])

@@ -16,6 +16,7 @@ def test_hierarchy() -> None:
         federator.UnknownSourceError, federator.UnknownTableError, federator.UnknownColumnError,
         federator.UnsupportedError, federator.ParameterError, federator.SourceError,
         federator.SourceUnreachableError, federator.QueryTimeoutError, federator.JoinKeyTypeError,
+        federator.RuleError,
     ):  # fmt: skip
         assert issubclass(cls, federator.FederatorError)
     assert issubclass(federator.UnknownTableError, federator.BindError)

@@ -4,6 +4,8 @@ and the worked pg_trgm example in examples/rules/."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -63,9 +65,17 @@ def test_example_fixtures_with_the_helper() -> None:
     assert_fixtures(EXAMPLE / "fixtures", rules=[TRGM, MONGO])
 
 
-def test_example_fixtures_fail_without_the_rules() -> None:
+def test_example_fixtures_name_their_rules() -> None:
+    assert_fixtures(EXAMPLE / "fixtures")  # each file's `-- rules:` line loads its plug-in
+
+
+def test_example_fixtures_fail_without_the_rules(tmp_path: Path) -> None:
+    text = (EXAMPLE / "fixtures" / "pg_trgm.sql").read_text()
+    assert "-- rules: ../pg_trgm.py\n" in text
+    copy = tmp_path / "pg_trgm.sql"
+    copy.write_text(text.replace("-- rules: ../pg_trgm.py\n", ""))
     with pytest.raises(AssertionError, match=r"FAIL .*pg_trgm.sql:\d+") as info:
-        assert_fixtures(EXAMPLE / "fixtures" / "pg_trgm.sql")
+        assert_fixtures(copy)
     assert "expected: SELECT" in str(info.value) and "got: SELECT" in str(info.value)
 
 
@@ -239,6 +249,108 @@ def test_cli_rules_test_wrong_fixture_shows_a_diff(
     assert code == 0
     code, out, _ = run(capsys, "rules", "test", "-r", TRGM, str(path))
     assert (code, out.splitlines()[-1]) == (0, "1 passed")
+
+
+def federator_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``federator ARGS`` as a user runs it: a fresh process in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "federator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_rules_test_runs_a_self_contained_folder(tmp_path: Path) -> None:
+    """`federator rules test DIR` on a copy of examples/rules: the fixture files name the rule
+    plug-ins they test (relative to themselves), so no --rules is needed."""
+    shutil.copytree(EXAMPLE, tmp_path / "rules")
+    run = federator_cli(tmp_path, "rules", "test", "rules")
+    assert (run.returncode, run.stderr) == (0, ""), run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == "8 passed"
+
+
+def _bad_guard_folder(root: Path) -> Path:
+    folder = root / "mine"
+    (folder / "cases").mkdir(parents=True)
+    (folder / "my_rules.py").write_text(
+        textwrap.dedent("""
+        from federator.rules import Rule
+
+
+        def _typo(node):
+            return len(node.expressions) + "2"
+
+
+        RULES = [Rule("SIMILARITY", guard=_typo, name="mine.similarity")]
+
+
+        def federator_rules(fed):
+            fed.rules.add(*RULES, kind="postgres")
+        """)
+    )
+    (folder / "cases" / "sim.sql").write_text(
+        "-- rules: ../my_rules.py\n\n"
+        f"-- case: similarity is pushed\n{SIMILAR}\n-- fragment pg\n"
+        'SELECT "customers"."name" AS "name" FROM "public"."customers" AS "customers" '
+        'WHERE SIMILARITY("customers"."name", \'ada\') > 0.3\n-- residual\nnone\n'
+    )
+    return folder
+
+
+def test_cli_rules_test_names_the_rule_and_fixture_of_a_raising_guard(tmp_path: Path) -> None:
+    folder = _bad_guard_folder(tmp_path)
+    run = federator_cli(tmp_path, "rules", "test", "mine")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "internal error" not in run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"FAIL {Path('mine', 'cases', 'sim.sql')}:3: similarity is pushed"
+    assert lines[1].strip() == (
+        "planning failed: RuleError: rule 'mine.similarity' (defined at "
+        f"{Path('mine', 'my_rules.py')}:9): guard _typo raised TypeError: unsupported operand "
+        "type(s) for +: 'int' and 'str' (on SIMILARITY(customers.name, 'ada'))"
+    )
+    assert lines[-1] == "1 failed"
+    before = (folder / "cases" / "sim.sql").read_text()
+    run = federator_cli(tmp_path, "rules", "test", "--update", "mine")
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: rule 'mine.similarity' (defined at ")
+    assert f"(planning {Path('mine', 'cases', 'sim.sql')}:3: similarity is pushed)" in run.stderr
+    assert (folder / "cases" / "sim.sql").read_text() == before  # the bug is not baked in
+
+
+def test_fixture_rules_lines_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = "-- case: c\nSELECT 1 AS x\n-- residual\nnone\n"
+    missing = tmp_path / "missing.sql"
+    missing.write_text("-- rules: ../nowhere.py\n" + case)
+    code, _, err = run(capsys, "rules", "test", str(missing))
+    assert code == 2
+    assert f"{missing}:1: rules file '../nowhere.py' not found" in err
+    assert "paths are relative to the fixture file" in err
+    late = tmp_path / "late.sql"
+    late.write_text(case + f"-- rules: {TRGM}\n")
+    code, _, err = run(capsys, "rules", "test", str(late))
+    assert code == 2 and f"{late}:5: '-- rules:' belongs before the first case" in err
+
+
+def test_a_plugin_that_fails_to_load_fails_only_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.py").write_text("import no_such_module_for_rules_q\n")
+    (tmp_path / "a_broken.sql").write_text(
+        "-- rules: broken.py\n-- case: needs broken\nSELECT 1 AS x\n-- residual\nnone\n"
+    )
+    shutil.copy(EXAMPLE / "fixtures" / "pg_trgm.sql", tmp_path / "b_trgm.sql")
+    (tmp_path / "pg_trgm.py").write_text((EXAMPLE / "pg_trgm.py").read_text())
+    text = (tmp_path / "b_trgm.sql").read_text().replace("../pg_trgm.py", "pg_trgm.py")
+    (tmp_path / "b_trgm.sql").write_text(text)
+    code, out, _ = run(capsys, "rules", "test", str(tmp_path))
+    assert code == 1
+    assert "rule plug-ins could not be loaded: CatalogError: rules module" in out
+    assert "ModuleNotFoundError" in out
+    assert out.splitlines()[-1] == "6 passed, 1 failed"
 
 
 def test_cli_rules_test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -89,6 +89,31 @@ def test_filter_expression_and_literals() -> None:
     assert _literal('it\'s "q"') == '"it\'s \\"q\\""'
     assert _literal([1, "a"]) == '[1, "a"]'
     assert _literal(True) == "true"
+    # Milvus's parser knows no \u escapes: non-ASCII letters go as they are
+    assert _literal("Zürich") == '"Zürich"'
+    assert "".join(_filter(parse("SELECT 1 FROM t WHERE c = 'Zoë'").args["where"], [])) == (
+        'c == "Zoë"'
+    )
+
+
+def test_two_collections_join_in_the_residual(fed: federator.Federation) -> None:
+    """Milvus filters by a comparison of two columns but cannot join: two collections joined
+    were one query of one of them (``pid == id``, found by the conformance matrix)."""
+    plan = fed.explain(
+        "SELECT a.id, b.price FROM vec.product_vectors AS a "
+        "JOIN vec.product_vectors AS b ON b.price = a.price"
+    )
+    assert plan.count("query product_vectors") == 2
+    assert "not run inside source vec: no rule of 'milvus' pushes Join" in plan
+    assert "a.price = b.price" in plan.split("Residual")[1]
+
+
+def test_count_star_is_a_filtered_scan_counted_in_the_residual(fed: federator.Federation) -> None:
+    """The fragment of ``count(*)`` returns a constant per row (``SELECT 1 FROM t``), which
+    Milvus refused: "milvus cannot return 1" (found by the conformance matrix)."""
+    plan = fed.explain("SELECT count(*) AS c FROM vec.product_vectors WHERE price > 10")
+    assert "query product_vectors\n    filter: price > 10\n    output_fields: []" in plan, plan
+    assert "COUNT(*) AS c" in plan.split("Residual")[1]
 
 
 def test_distances_in_pgvector_terms() -> None:
