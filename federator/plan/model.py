@@ -155,6 +155,8 @@ class Fragment:
     as_written: bool = False  # a derived table's LIMIT query as written: no bind, no top-k
     # Where estimated_rows came from: the source's EXPLAIN, the catalog's stats, a default.
     estimate_origin: str = ""
+    # A partial aggregate's groups as its source estimated them (estimated_rows: rows read).
+    estimated_groups: int | None = None
 
     def sql(self) -> str:
         return self.query.sql(dialect="postgres")
@@ -226,7 +228,8 @@ class Plan:
             )
         out.extend(f"  note: {n}" for n in frag.notes)
         if stats is not None:
-            out.append("  " + _stats_line(stats) + _estimate_error(frag.estimated_rows, stats))
+            sent = frag.estimated_groups or frag.estimated_rows
+            out.append("  " + _stats_line(stats) + _estimate_error(sent, stats))
         return out
 
 

@@ -218,6 +218,7 @@ class PartialAggregation(FragmentBuilder):
         frag.columns = [*keys, *outs]
         frag.params = _params(query)
         frag.types = self._output_types(query)
+        frag.estimated_groups = groups
         grouped = ", ".join(keys) if keys else "nothing (one row)"
         sends = f"; {frag.source} estimates {groups:,} groups" if groups is not None else ""
         frag.notes.append(

@@ -67,7 +67,8 @@ def test_the_sources_estimates_bind_the_quarters_order_keys_into_lineitem() -> N
     assert (orders.estimated_rows, orders.estimate_origin) == (1_200, ORIGIN_SOURCE)
     assert lineitem.bind is not None and lineitem.bind.producer == orders.id
     assert lineitem.bind.reason.startswith("bound: f0 estimated 1,200 rows")
-    # lineitem sends one partial sum per order key
+    # lineitem sends one partial sum per order key; its estimate stays the rows it reads
+    assert lineitem.estimated_groups == 20_000
     assert lineitem.query.sql(dialect="postgres") == (
         'SELECT "l"."l_orderkey" AS "l_orderkey", SUM("l"."l_qty") AS "_pa0" '
         'FROM pg.public.lineitem AS l WHERE l.l_flag = \'R\' GROUP BY "l"."l_orderkey"'
