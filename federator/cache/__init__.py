@@ -86,7 +86,7 @@ from federator.cache.entries import encode_entry as encode_entry
 from federator.cache.freshness import FreshnessTokenSource as FreshnessTokenSource
 from federator.cache.freshness import freshness_token as freshness_token
 from federator.cache.joins import JoinCache, ShapeStats
-from federator.cache.keys import _canon, _digest, _keys_digest, _table_refs, _Unkeyable, _volatile
+from federator.cache.keys import _canon, _digest, _keys_digest, _Unkeyable, fragment_facts
 from federator.cache.redis_tier import RedisTier, TierSkipped, _masked
 from federator.cache.serve import _Flight, _Lookup, _note
 from federator.cache.settings import CacheSettings
@@ -137,7 +137,6 @@ class Cache(JoinCache):
         self._recent_tokens: dict[Any, tuple[float, str | None]] = {}
         self._flights: dict[Any, _Flight] = {}
         self._shapes: dict[str, ShapeStats] = {}
-        self._plan_shapes: dict[int, tuple[Any, str, str, str | None]] = {}
         self._counters = collections.Counter[str]()
 
     @property
@@ -235,11 +234,12 @@ class Cache(JoinCache):
         request = ex.plan.requests[frag.id]
         started = time.perf_counter()
         bound, why = self.bound(ex.max_staleness, [frag.source])
-        why = why or (f"volatile {v}" if (v := _volatile(frag.query)) else "")
+        refs, volatile = fragment_facts(ex.plan, frag)
+        why = why or (f"volatile {volatile}" if volatile else "")
         lookup = None
         if not why:
             try:
-                lookup = await self._fragment_lookup(ex, frag, request, keys, bound)
+                lookup = await self._fragment_lookup(ex, frag, request, keys, bound, refs)
             except _Unkeyable as e:
                 why = str(e)
         if lookup is None:
@@ -262,8 +262,8 @@ class Cache(JoinCache):
         request: NativeRequest,
         keys: Sequence[Any] | None,
         bound: float,
+        refs: list[tuple[str, str]],
     ) -> _Lookup:
-        refs = _table_refs(frag)
         key = _digest(
             "fragment",
             self._identity.get(frag.source, frag.source),

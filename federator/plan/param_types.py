@@ -39,6 +39,16 @@ def check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[s
     """Refuse, before anything is sent, a parameter value that no request using it can bind:
     scalars, and lists/tuples of them (IN lists, arrays, vectors), bind everywhere; a dict
     only where the source takes documents (``document_params``: MongoDB)."""
+    documents = plan.memo.get("param_types.documents")
+    if documents is None:  # the same for every binding of the plan: derived once
+        documents = plan.memo["param_types.documents"] = _takes_documents(plan, adapters)
+    for name, value_documents in documents.items():
+        if name in params and not _bindable(params[name], value_documents):
+            raise ParameterError(_param_type_message(name, params[name], value_documents))
+
+
+def _takes_documents(plan: Plan, adapters: Mapping[str, Any]) -> dict[str, bool]:
+    """Parameter name → whether every request using it takes a document (a dict)."""
     documents: dict[str, bool] = {}
     for request in plan.requests.values():
         takes = bool(getattr(adapters.get(request.source), "document_params", False))
@@ -47,9 +57,7 @@ def check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[s
     if plan.residual is not None:
         for node in plan.residual.find_all(exp.Placeholder):
             documents[node.name] = False
-    for name, value_documents in documents.items():
-        if name in params and not _bindable(params[name], value_documents):
-            raise ParameterError(_param_type_message(name, params[name], value_documents))
+    return documents
 
 
 def _bindable(value: Any, documents: bool) -> bool:
