@@ -145,9 +145,9 @@ class JoinCache(EntryServer):
             {k: _canon(v) for k, v in sorted(ex.params.items()) if f"${k}" in facts.residual_sql},
         )
         fields = self._fields(facts.tables)
-        tokens = await self._tokens(ex, facts.tables)
+        tokens, checked = await self._tokens(ex, facts.tables, bound)
         ttl = min(self.ttl(s, refs) for s, refs in facts.tables.items())
-        return _Lookup(key, fields, {}, tokens, bound, ttl, inherit_age=True)
+        return _Lookup(key, fields, {}, tokens, bound, ttl, inherit_age=True, checked=checked)
 
     def _shape(self, plan: Plan) -> tuple[str, str, str, str | None]:
         """The plan's shape id, shape text, exact text and volatile expression."""

@@ -169,13 +169,26 @@ def test_disabled_by_default(fed: federator.Federation) -> None:
 
 
 def test_freshness_token_sees_a_write(shop_db: Path, lake_dir: Path) -> None:
-    with federator.connect(_catalog(shop_db, lake_dir, tokens=True)) as fed:
+    with federator.connect(_catalog(shop_db, lake_dir, tokens=True, token_interval=0)) as fed:
         time.sleep(0.1)  # a file written within the last 50 ms is not trusted
         assert names(fed)[0] == "ada"
         assert names(fed)[0] == "ada"
         assert fed.cache.stats()["hits"] == 1
         write(shop_db, "UPDATE users SET name = 'lovelace' WHERE id = 1")
         assert names(fed)[0] == "lovelace"  # no invalidate(): the file's stamp changed
+
+
+def test_default_token_interval_bounds_an_unseen_write(shop_db: Path, lake_dir: Path) -> None:
+    with federator.connect(_catalog(shop_db, lake_dir, tokens=True)) as fed:
+        time.sleep(0.1)  # a file written within the last 50 ms is not trusted
+        assert "tokens read at most every 1 s" in fed.sql("SELECT 1 FROM shop.users").explain()
+        assert names(fed)[0] == "ada"
+        result = fed.sql("SELECT name FROM shop.users ORDER BY id")
+        assert result.to_arrow().column("name")[0].as_py() == "ada"
+        assert "freshness token read 0." in result.explain(analyze=True)
+        write(shop_db, "UPDATE users SET name = 'lovelace' WHERE id = 1")
+        time.sleep(1.1)  # the interval passed: the next lookup reads the token again
+        assert names(fed)[0] == "lovelace"
 
 
 def test_token_interval_reuses_a_token(shop_db: Path, lake_dir: Path) -> None:
