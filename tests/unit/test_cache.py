@@ -282,6 +282,24 @@ def test_fifty_concurrent_queries_fetch_each_fragment_once(
     assert stats["hits"] + stats["shared_fetches"] > 0
 
 
+def test_a_stalled_leader_hands_over_to_one_follower(cached: federator.Federation) -> None:
+    fetches = count_fetches(cached)
+    query = "SELECT id FROM shop.orders"
+    reader = cached.sql(query).to_batches()
+    assert reader.read_next_batch().num_rows == 4  # the leader, parked: more batches follow
+
+    async def run() -> list[pa.Table]:
+        results = [await cached.sql_async(query) for _ in range(10)]
+        return await asyncio.gather(*(r.to_arrow_async() for r in results))
+
+    tables = cached._loop.run(run())
+    reader.close()
+    assert all(t.num_rows == 60 and t.equals(tables[0]) for t in tables)
+    assert sorted(tables[0].column("id").to_pylist()) == list(range(1, 61))
+    assert fetches["shop"] == 2  # the parked leader's, then one follower's for the nine others
+    assert cached.cache.stats()["shared_fetches"] == 9
+
+
 # ---- join cache ----------------------------------------------------------------------------
 def test_frequent_join_is_materialized(cached: federator.Federation, shop_db: Path) -> None:
     fetches = count_fetches(cached)
