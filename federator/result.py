@@ -36,6 +36,7 @@ class QueryRunner(Protocol):
         params: dict[str, Any],
         timeout: float | None,
         max_staleness: float | None = None,
+        spent: float = 0.0,
     ) -> Execution: ...
 
 
@@ -55,11 +56,14 @@ class Result:
         timeout: float | None,
         *,
         max_staleness: float | None = None,
+        planning_seconds: float = 0.0,
     ):
         self._fed = fed
         self.plan = plan
         self._params = params
         self._timeout = timeout
+        # ``timeout`` bounds planning and a run together: each run gets what planning left.
+        self._planning_seconds = planning_seconds
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
 
@@ -68,7 +72,7 @@ class Result:
 
     def _execution(self) -> Execution:
         self.last_execution = self._fed._execution(
-            self.plan, self._params, self._timeout, self._max_staleness
+            self.plan, self._params, self._timeout, self._max_staleness, self._planning_seconds
         )
         return self.last_execution
 

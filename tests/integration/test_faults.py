@@ -287,6 +287,31 @@ def test_blackhole_while_running(path: str, admin: str, proxy: FaultProxy) -> No
     assert _eventually(lambda: proxy.open_connections == 0)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_slow_planning_and_slow_run_share_one_deadline(
+    path: str, admin: str, proxy: FaultProxy
+) -> None:
+    """The server's answers are held back for two thirds of the timeout while the catalog is
+    read, then the statement runs for minutes: planning and the run share one deadline, so
+    the error names the running fragment within timeout + 1 s of ``fed.sql()`` (each had a
+    full timeout of its own before: about 2x), and the statement is gone from the server."""
+    timeout = 3.0
+    fed = _federation(path, proxy.dsn(_as_user(admin, USER)), timeout=timeout)
+    proxy.set_mode("freeze")  # new connections: held, not dropped, until "pass"
+    release = threading.Timer(timeout * 2 / 3, proxy.set_mode, ("pass",))
+    release.start()
+    try:
+        error, seconds = _timed(lambda: fed.sql(ENDLESS).to_arrow())
+    finally:
+        release.join()
+    assert isinstance(error, QueryTimeoutError), repr(error)
+    assert "fragment f0 on source 's'" in str(error)  # the run was reached: not a planning error
+    assert seconds <= timeout + SLACK
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+
+
 # ---- freeze mid-result, server death mid-query -------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("fault", ["freeze", "close"])
