@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -177,10 +178,7 @@ class Federation:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._loop.run(self._release())
-        finally:
-            self._loop.stop()
+        self._loop.stop(self._release())  # queries in flight end with FederationClosedError
 
     async def _release(self) -> None:
         # Streams a caller abandoned midway still hold connections: finish them first.
@@ -194,8 +192,7 @@ class Federation:
         if self._closed:
             return
         self._closed = True
-        await self._loop.run_async(self._release())
-        self._loop.stop()
+        await asyncio.to_thread(self._loop.stop, self._release())
 
     def __enter__(self) -> Federation:
         return self

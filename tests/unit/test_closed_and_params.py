@@ -41,6 +41,13 @@ def fed(catalog: dict[str, Any]) -> Iterator[federator.Federation]:
 ONE = "SELECT name FROM s.t WHERE x = :v"
 
 
+# A closed federation refuses work without leaving a coroutine it never awaited behind.
+NO_UNAWAITED = pytest.mark.filterwarnings(
+    "error::RuntimeWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@NO_UNAWAITED
 def test_closed_federation_raises_a_typed_error(catalog: dict[str, Any]) -> None:
     fed = federator.connect(catalog)
     result = fed.sql(ONE, {"v": 1})
@@ -59,6 +66,7 @@ def test_closed_federation_raises_a_typed_error(catalog: dict[str, Any]) -> None
     assert issubclass(federator.FederationClosedError, federator.FederatorError)
 
 
+@NO_UNAWAITED
 def test_closed_federation_async(catalog: dict[str, Any]) -> None:
     async def go() -> None:
         async with federator.connect(catalog) as fed:
