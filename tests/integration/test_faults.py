@@ -371,6 +371,23 @@ def test_consumer_stops_early(path: str, admin: str) -> None:
     _assert_closed_cleanly(fed, path, admin)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_reader_closed_early(path: str, admin: str) -> None:
+    """``to_batches()``'s reader closed after its first batch (and still referenced): the query
+    stops at once, nothing is left on the server, the federation answers again."""
+    kind, options = PATHS[path]
+    source = {"kind": kind, "dsn": _as_user(admin, USER), "batch_rows": 5000, **options}
+    fed = federator.connect({"sources": {"s": source}}, timeout=30)
+    reader = fed.sql(SCAN).to_batches()
+    assert reader.read_next_batch().num_rows > 0
+    reader.close()
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    reader.close()  # twice is fine
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+    del reader
+
+
 # ---- the server cancels the statement ------------------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 def test_statement_cancelled_by_server(path: str, admin: str) -> None:

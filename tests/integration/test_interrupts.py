@@ -147,10 +147,7 @@ def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) 
             seen = len(COMMANDS.events)
         reader = fed.sql("SELECT i FROM m.big").to_batches()
         assert reader.read_next_batch().num_rows == 100
-        # The caller stops reading: a cancel. (RecordBatchReader.close() keeps the stream
-        # open; the stream is closed when the reader is released.)
-        reader.close()
-        del reader
+        reader.close()  # the caller stops reading: a cancel (the reader is still referenced)
         sent = [c for c in COMMANDS.started_of("aggregate")[before:] if c.get("aggregate") == "big"]
         with COMMANDS.lock:
             ids = [
