@@ -4,11 +4,15 @@ comes within timeout + 1 s, and the source answers the next query.
 
 What each test server lets us observe:
 
-- CongoDB (the MongoDB-wire test server) runs an aggregation to its end on its one thread and
-  has no killOp, $currentOp or maxTimeMS. Observed: the limit the aggregate command carried on
-  the wire (a command listener), the cursor gone after a cancel (getMore from another client
-  fails), and the next query answered. With FEDERATOR_TEST_MONGO_URL (a real MongoDB) the
-  operation is also looked for in $currentOp one second after the timeout.
+- CongoDB (the MongoDB-wire test server) runs an aggregation to its end on its one thread (it
+  answers no other command, not even a new connection's handshake, meanwhile), ignores
+  maxTimeMS, has no killOp and no $currentOp stage (its currentOp command answers an empty
+  list); killCursors and endSessions it takes. Observed with a command listener: the
+  maxTimeMS and comment the aggregate carried (within the query's budget, and within what slow
+  planning left of it), killCursors for a closed result's cursor and the cursor gone (getMore
+  from another client fails), endSessions of the interrupted aggregate's session at close, and
+  the next query answered. With FEDERATOR_TEST_MONGO_URL (a real MongoDB) the operation is
+  also looked for in $currentOp one second after the timeout.
 - FalkorDB: GRAPH.QUERY takes a timeout; observed: a second client's query answered within a
   second of the error (the single query thread is free again).
 - Redis: INFO commandstats counts the SCAN calls; observed: no SCAN after the cancel.
