@@ -155,7 +155,8 @@ class Result:
                     return
                 yield batch
         finally:
-            await loop.run_async(stream.aclose())
+            with contextlib.suppress(FederationClosedError):  # closing it closed the stream
+                await loop.run_async(stream.aclose())
 
 
 class BatchReader:

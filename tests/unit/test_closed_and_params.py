@@ -79,6 +79,21 @@ def test_closed_federation_async(catalog: dict[str, Any]) -> None:
     asyncio.run(go())
 
 
+@NO_UNAWAITED
+def test_async_iteration_closed_after_its_federation(catalog: dict[str, Any]) -> None:
+    """An ``async for`` left after the federation closed ends cleanly (closing the federation
+    closed its stream)."""
+
+    async def go() -> None:
+        fed = federator.connect(catalog)
+        batches = (await fed.sql_async("SELECT x FROM s.t")).__aiter__()
+        assert (await anext(batches)).num_rows > 0
+        await fed.aclose()
+        await batches.aclose()  # raised FederationClosedError from its cleanup before
+
+    asyncio.run(go())
+
+
 class Opaque:
     pass
 
