@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from federator.plan.model import Plan
 
 
+MAX_SHAPES = 4096  # join shapes whose counters are kept
+
+
 @dataclass
 class ShapeStats:
     text: str
@@ -75,6 +78,15 @@ class JoinCache(EntryServer):
     _identity: dict[str, str]
     _shapes: dict[str, ShapeStats]
 
+    def _shape_stats(self, shape_id: str, text: str) -> ShapeStats:
+        """The counters of one join shape; the least recently seen shapes beyond
+        ``MAX_SHAPES`` are forgotten, so a stream of distinct queries cannot grow them."""
+        shape = self._shapes.pop(shape_id, None) or ShapeStats(text)
+        self._shapes[shape_id] = shape  # dicts keep insertion order: now the most recent
+        while len(self._shapes) > MAX_SHAPES:
+            del self._shapes[next(iter(self._shapes))]
+        return shape
+
     # ---- joins -----------------------------------------------------------------------
     async def join_batches(self, ex: Execution) -> AsyncIterator[pa.RecordBatch]:
         """The residual's answer: materialized when its shape is frequent, else computed."""
@@ -88,7 +100,7 @@ class JoinCache(EntryServer):
         if not why and volatile:
             why = f"volatile {volatile}"
         if not why and self.settings.join_window > 0:
-            shape = self._shapes.setdefault(shape_id, ShapeStats(facts.text))
+            shape = self._shape_stats(shape_id, facts.text)
             now = time.monotonic()
             shape.seen += 1
             shape.times.append(now)
@@ -119,7 +131,7 @@ class JoinCache(EntryServer):
             async for batch in served:
                 yield batch
         stats.ms = max(stats.ms, (time.perf_counter() - started) * 1000)
-        shape = self._shapes[shape_id]
+        shape = self._shape_stats(shape_id, facts.text)
         if lookup.outcome in ("hit", "shared"):
             shape.hits += 1
             for frag in plan.fragments:

@@ -177,3 +177,16 @@ def test_join_shape_derived_once_per_plan(cached: federator.Federation) -> None:
     assert answer.equals(uncached)
     shape = cached.cache.stats()["shapes"][facts.shape_id]
     assert shape["seen"] == 4 and shape["hits"] == 1  # the second "books" run was a hit
+
+
+def test_join_shape_counters_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from federator.cache import joins
+
+    monkeypatch.setattr(joins, "MAX_SHAPES", 3)
+    cache = joins.JoinCache.__new__(joins.JoinCache)
+    cache._shapes = {}
+    for i in range(5):
+        cache._shape_stats(f"s{i}", f"shape {i}").seen += 1
+    cache._shape_stats("s2", "shape 2").seen += 1
+    assert list(cache._shapes) == ["s3", "s4", "s2"]
+    assert cache._shapes["s2"].seen == 2
