@@ -224,7 +224,12 @@ class Freshness:
             return started, token
         except Exception as e:
             self._counters["errors"] += 1
-            log.warning("cache: freshness token of source %r failed: %s", source, e)
+            why = (
+                f"no answer in {self.settings.token_timeout:g} s"
+                if isinstance(e, TimeoutError)
+                else f"{type(e).__name__}: {e}"
+            )
+            log.warning("cache: freshness token of source %r failed (%s)", source, why)
             return started, f"{_UNSETTLED}error"
 
     async def _cancel_token_reads(self) -> None:
