@@ -30,7 +30,13 @@ from federator.adapters.graph_transport import BoltTransport, FalkorTransport, T
 from sqlglot import exp
 
 from federator.config import SourceConfig, redact_dsn
-from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
+from federator.errors import (
+    CatalogError,
+    FederatorError,
+    SourceError,
+    SourceUnreachableError,
+    UnsupportedError,
+)
 from federator.plan.model import Fragment
 
 SAMPLE_NODES = 200
@@ -111,6 +117,13 @@ class GraphAdapter(Adapter):
                 f"source kind {self.kind!r} needs {e.name}; install it with: "
                 "pip install 'federator[graph]'"
             ) from None
+        except FederatorError:
+            raise
+        except Exception as e:  # the driver's own (neo4j's AuthError, a server's query error)
+            first_line = str(e).split("\n")[0]
+            raise SourceError(
+                f"{self.kind} source {self.name!r}: {type(e).__name__}: {first_line}"
+            ) from e
 
     # ---- catalog ---------------------------------------------------------------------
     async def tables(self) -> list[TableInfo]:
@@ -245,7 +258,7 @@ class GraphAdapter(Adapter):
         for p in batches:
             try:
                 _, rows = await self.cypher(text, p)
-            except (SourceUnreachableError, CatalogError):
+            except FederatorError:
                 raise
             except Exception as e:
                 raise SourceError(f"{self.kind} source {self.name!r}: {e}") from e

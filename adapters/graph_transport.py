@@ -12,10 +12,30 @@ from __future__ import annotations
 import abc
 import asyncio
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from federator.embedded import EmbeddedServer
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its ``user:password@`` part, and that user and password percent-decoded
+    (a password with ``@``, ``/`` or ``#`` is written encoded in a URL, as ``${VAR}`` writes it);
+    None where the URL has none.
+
+    >>> split_userinfo("bolt://neo:p%40ss%2Fw@db:7687")
+    ('bolt://db:7687', 'neo', 'p@ss/w')
+    >>> split_userinfo("redis://:s%23cret@db:6379")
+    ('redis://db:6379', None, 's#cret')
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    user = unquote(parts.username) if parts.username else None
+    password = None if parts.password is None else unquote(parts.password)
+    return bare, user, password
 
 
 class Transport(abc.ABC):
@@ -37,7 +57,7 @@ class FalkorTransport(Transport):
     def __init__(self, url: str, graph: str, server: EmbeddedServer | None = None):
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.password = parts.password
+        _, self.username, self.password = split_userinfo(url)
         self.graph_name = graph
         self.server = server
         self._db: Any = None
@@ -56,6 +76,7 @@ class FalkorTransport(Transport):
             pool = BlockingConnectionPool(
                 host=self.host,
                 port=self.port,
+                username=self.username,
                 password=self.password,
                 max_connections=16,
                 timeout=None,
@@ -92,7 +113,12 @@ class BoltTransport(Transport):
         database: str | None,
         connect_timeout: float = 60.0,
     ):
-        self.url, self.database = url, database
+        # The driver refuses a URL's user:password@ (bolt://): they are taken from it, decoded;
+        # the catalog's user and password options win over them.
+        self.url, url_user, url_password = split_userinfo(url)
+        user = user if user is not None else url_user
+        password = password if password is not None else url_password
+        self.database = database
         self.connect_timeout = connect_timeout
         self.auth = (user, password or "") if user else None
         self._driver: Any = None
@@ -112,7 +138,7 @@ class BoltTransport(Transport):
         except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as e:
             # the driver's own "cannot reach the server" errors are not OSErrors: as one, the
             # adapter reports the source unreachable (a bare driver exception before)
-            raise ConnectionError(str(e)) from e
+            raise ConnectionError(str(e).split("\n")[0]) from e
 
     async def _run(
         self, cypher: str, params: dict[str, Any], timeout: float

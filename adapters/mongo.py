@@ -33,6 +33,7 @@ cancel, a result closed early) has its cursor killed and its operation killed (`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -312,13 +313,23 @@ class MongoAdapter(Adapter):
     async def _stop(self, cursor: Any, comment: str) -> None:
         """End an interrupted aggregation on the server: kill its cursor (killCursors) and,
         while the aggregate command itself still runs, the operation (killOp, found by its
-        comment through $currentOp). A server without these answers with errors, which are
-        ignored: maxTimeMS still bounds the work (CongoDB, the test server, has none of the
-        three and runs an aggregation it started to its end)."""
+        comment through $currentOp). Both at once: closing a cursor whose aggregate command
+        has not answered waits for that answer, which the killOp is there to cut short. A
+        server without these answers with errors, which are ignored: maxTimeMS still bounds
+        the work (CongoDB, the test server, has no killOp and no $currentOp stage and runs an
+        aggregation it started to its end)."""
+        await asyncio.gather(self._close_cursor(cursor), self._kill_by_comment(comment))
+
+    @staticmethod
+    async def _close_cursor(cursor: Any) -> None:
         from pymongo.errors import PyMongoError
 
         with contextlib.suppress(PyMongoError):
             await cursor.close()
+
+    async def _kill_by_comment(self, comment: str) -> None:
+        from pymongo.errors import PyMongoError
+
         admin = self._client.admin
         with contextlib.suppress(PyMongoError):
             ops = await admin.aggregate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -39,6 +40,23 @@ def sqlite_type(declared: str) -> pa.DataType:
     if m:
         return pa.decimal128(int(m.group(1)), int(m.group(2)))
     return pa.float64()
+
+
+def sqlite_param(value: Any) -> Any:
+    """A parameter as SQLite binds it. SQLite has no decimal type (a DECIMAL column holds
+    integers and doubles), so a ``Decimal`` binds as the number SQLite would store for it: an
+    integer when it is whole and fits 64 bits, else the nearest double; it then compares as a
+    number with columns and expressions alike (text would sort after every number).
+
+    >>> from decimal import Decimal
+    >>> sqlite_param(Decimal("9.99")), sqlite_param(Decimal("20.00")), sqlite_param("x")
+    (9.99, 20, 'x')
+    """
+    if isinstance(value, decimal.Decimal):
+        if value.is_finite() and value == value.to_integral_value() and abs(value) < 2**63:
+            return int(value)
+        return float(value)
+    return value
 
 
 def _case_sensitive_like(con: sqlite3.Connection) -> sqlite3.Connection:
@@ -115,7 +133,7 @@ class SQLiteAdapter(SQLAdapter):
         con = await asyncio.to_thread(self._connect)
         calls = _ThreadCalls(con)
         try:
-            cur = await calls.run(con.execute, text, params)
+            cur = await calls.run(con.execute, text, [sqlite_param(v) for v in params])
             names = [d[0] for d in cur.description]
             types = [
                 schema.field(n).type if schema is not None and n in schema.names else None

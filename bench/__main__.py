@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| federator `fed.sql(...).to_arrow()` | {ov['federator_p50']:.3f} | {ov['federator_p99']:.3f} |",  # noqa: E501
                 f"| overhead | {ov['federator_p50'] - ov['direct_p50']:.3f} | "
                 f"{ov['federator_p99'] - ov['direct_p99']:.3f} |",
+                f"| planning, plan cache cold (parse + plan) | {ov['plan_cold_p50']:.3f} | "
+                f"{ov['plan_cold_p99']:.3f} |",
+                f"| planning, plan cache warm (bind only) | {ov['plan_warm_p50']:.3f} | "
+                f"{ov['plan_warm_p99']:.3f} |",
                 "",
             ]
         if "tpch" not in skip:

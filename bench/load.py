@@ -32,6 +32,7 @@ import random
 import sys
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,7 @@ class Outcome:
     conns_after: dict[str, int]
     connect_s: float
     first_cross_s: float
+    traced: list[str] = field(default_factory=list)  # --tracemalloc: what grew after warm-up
 
 
 def measure(
@@ -382,6 +384,7 @@ def measure(
     rate: float,
     seconds: float,
     timeout: float,
+    trace: int = 0,
 ) -> Outcome:
     cat = catalog(pg_dsn, mysql_dsn, timeout)
     connect_s, first_cross_s = first_query(cat)
@@ -391,11 +394,13 @@ def measure(
             q = draw(kind, random.Random(0))
             fed.sql(q.sql, q.params, max_staleness=q.max_staleness).to_arrow()
         rss_start = rss()
+        tracer = Tracer(trace, seconds / 4)
 
         async def main() -> tuple[float, dict[str, int], list[int]]:
             monitor = Monitor(pg_dsn, mysql_dsn)
             sampling = asyncio.create_task(monitor.run())
             t0 = time.perf_counter()
+            tracer.begin()
             if threads:
                 await asyncio.to_thread(run_thread_workers, fed, mix, threads, seconds, tally)
             elif rate:
@@ -403,6 +408,7 @@ def measure(
             else:
                 await run_async_workers(fed, mix, concurrency, seconds, tally)
             elapsed = time.perf_counter() - t0
+            tracer.end()
             monitor.stop()
             await sampling
             return elapsed, monitor.peak | {"rss": monitor.peak_rss}, quarters(monitor, t0)
@@ -421,7 +427,55 @@ def measure(
         conns_after,
         connect_s,
         first_cross_s,
+        tracer.lines,
     )
+
+
+class Tracer:
+    """``--tracemalloc N``: Python allocations traced from the start of the load; a snapshot
+    once ``warm`` seconds have passed (pools, engine, allocator warmed up) and one at the end;
+    the N source lines whose live memory grew most in between."""
+
+    def __init__(self, top: int, warm: float):
+        self.top, self.warm = top, warm
+        self.lines: list[str] = []
+        self._first: tracemalloc.Snapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sizes: list[int] = []
+
+    def begin(self) -> None:
+        if self.top:
+            tracemalloc.start(1)
+            self._task = asyncio.create_task(self._snapshot_after_warm_up())
+
+    async def _snapshot_after_warm_up(self) -> None:
+        await asyncio.sleep(self.warm)
+        self._sizes.append(tracemalloc.get_traced_memory()[0])
+        self._first = tracemalloc.take_snapshot()
+
+    def end(self) -> None:
+        if not self.top or self._first is None:
+            return
+        last = tracemalloc.take_snapshot()
+        end_size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        mib = 1024 * 1024
+        grown = last.compare_to(self._first, "lineno")
+        self.lines = [
+            f"Python memory traced by tracemalloc: {self._sizes[0] / mib:.1f} MiB after "
+            f"{self.warm:.0f} s (warm-up), {end_size / mib:.1f} MiB at the end; the lines whose "
+            "live memory grew most in between:",
+            "",
+            "| grew | live at end | allocations | where |",
+            "|---:|---:|---:|---|",
+        ]
+        for stat in grown[: self.top]:
+            frame = stat.traceback[0]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+            self.lines.append(
+                f"| {stat.size_diff / 1024:+,.0f} KiB | {stat.size / 1024:,.0f} KiB"
+                f" | {stat.count_diff:+,} | {where} |"
+            )
 
 
 def quarters(monitor: Monitor, t0: float) -> list[int]:
@@ -486,6 +540,8 @@ def report(o: Outcome, args: argparse.Namespace, command: str) -> list[str]:
         f"{o.rss_peak / mib:.0f} MiB peak, {o.rss_end / mib:.0f} MiB at end; the largest in each "
         f"quarter of the run: {', '.join(f'{b / mib:.0f}' for b in o.rss_quarters)} MiB.",
     ]
+    if o.traced:
+        lines += ["", *o.traced]
     if t.first_error:
         lines += ["", f"First error: {t.first_error[:300]}"]
     return lines
@@ -518,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg", help="DSN of a running PostgreSQL (default: start one)")
     ap.add_argument("--mysql", help="DSN of a running MariaDB/MySQL (default: start one)")
     ap.add_argument("--out", default=str(RESULTS / "load.md"))
+    ap.add_argument(
+        "--tracemalloc", type=int, default=0, metavar="N", help="report the N lines grown most"
+    )
     args = ap.parse_args(argv)
     mix = parse_mix(args.mix)
     command = "python -m bench.load " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -533,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rate,
             args.seconds,
             args.timeout,
+            args.tracemalloc,
         )
     finally:
         e.stop()

@@ -38,9 +38,28 @@ def run(pg_dsn: str, runs: int) -> dict[str, float]:
             t0 = time.perf_counter()
             fed.sql(sql_fed, {"id": i + 1}).to_arrow()
             f.append(time.perf_counter() - t0)
+        cold = planning(fed, sql_fed, runs, cold=True)
+        warm = planning(fed, sql_fed, runs, cold=False)
     return {
         "direct_p50": percentile(d, 50) * 1000,
         "direct_p99": percentile(d, 99) * 1000,
         "federator_p50": percentile(f, 50) * 1000,
         "federator_p99": percentile(f, 99) * 1000,
+        "plan_cold_p50": percentile(cold, 50) * 1000,
+        "plan_cold_p99": percentile(cold, 99) * 1000,
+        "plan_warm_p50": percentile(warm, 50) * 1000,
+        "plan_warm_p99": percentile(warm, 99) * 1000,
     }
+
+
+def planning(fed: federator.Federation, query: str, runs: int, cold: bool) -> list[float]:
+    """Seconds to plan ``query`` with a new ``:id`` each run: parse and plan every time
+    (``cold``: the plan cache emptied first) or only bind the kept plan's parameters."""
+    times = []
+    for i in range(runs):
+        if cold:
+            fed.planner._plans.clear()
+        t0 = time.perf_counter()
+        fed._loop.run(fed.plan_async(query, {"id": i + 1}))
+        times.append(time.perf_counter() - t0)
+    return times

@@ -31,10 +31,11 @@ from federator.errors import (
     UnsupportedError,
 )
 from federator.federation import Federation, connect
-from federator.result import Result
+from federator.result import BatchReader, Result
 
 __all__ = [
     "AmbiguousColumnError",
+    "BatchReader",
     "BindError",
     "CatalogError",
     "Federation",

@@ -1,9 +1,10 @@
 """The query deadline: one point in time that bounds everything a query waits for.
 
 A query's ``timeout`` covers planning (catalog reads, connects, handshakes) and running
-(connects, streaming); after an interruption, tearing connections down and cancelling the
-server-side work take at most :data:`CLEANUP_SECONDS` more. The deadline lives in a context
-variable, so adapters deep in a call read it without it being passed through every layer.
+(connects, streaming) together: the run gets what planning left of it (``spent``); after an
+interruption, tearing connections down and cancelling the server-side work take at most
+:data:`CLEANUP_SECONDS` more. The deadline lives in a context variable, so adapters deep in a
+call read it without it being passed through every layer.
 
 >>> import asyncio
 >>> async def main():
@@ -67,13 +68,14 @@ def bound(seconds: float | None) -> float | None:
 
 
 @contextlib.contextmanager
-def scope(timeout: float | None) -> Iterator[Deadline | None]:
-    """Set the deadline ``timeout`` seconds from now for the code inside (an enclosing, earlier
-    deadline stays in force)."""
+def scope(timeout: float | None, *, at: float | None = None) -> Iterator[Deadline | None]:
+    """Set the deadline ``timeout`` seconds from now, or at event-loop time ``at``, for the code
+    inside (an enclosing, earlier deadline stays in force)."""
     if timeout is None:
         yield _CURRENT.get()
         return
-    at = asyncio.get_running_loop().time() + timeout
+    if at is None:
+        at = asyncio.get_running_loop().time() + timeout
     outer = _CURRENT.get()
     d = outer if outer is not None and outer.at <= at else Deadline(at, timeout)
     token = _CURRENT.set(d)
@@ -87,10 +89,27 @@ def scope(timeout: float | None) -> Iterator[Deadline | None]:
 
 
 @contextlib.asynccontextmanager
-async def ascope(timeout: float | None) -> AsyncIterator[Deadline | None]:
+async def ascope(
+    timeout: float | None, *, at: float | None = None
+) -> AsyncIterator[Deadline | None]:
     """:func:`scope` for an ``async with`` statement (next to ``asyncio.timeout``)."""
-    with scope(timeout) as d:
+    with scope(timeout, at=at) as d:
         yield d
+
+
+def run_deadline(timeout: float | None, spent: float = 0.0) -> float | None:
+    """The event-loop time a query's run must end by: ``timeout`` from its planning's start,
+    of which planning took ``spent`` seconds (None: no timeout).
+
+    >>> async def main():
+    ...     at = run_deadline(5.0, spent=2.0)
+    ...     return round(at - asyncio.get_running_loop().time())
+    >>> asyncio.run(main())
+    3
+    """
+    if timeout is None:
+        return None
+    return asyncio.get_running_loop().time() + timeout - spent
 
 
 @contextlib.contextmanager

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
 import sys
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -77,11 +79,13 @@ class Federation:
         """Plan a query now (errors surface here) and return a lazy :class:`Result`.
 
         ``max_staleness``: seconds of age a cached answer may have (0 bypasses the cache;
-        None: the catalog's ``[cache] max_staleness``)."""
+        None: the catalog's ``[cache] max_staleness``). ``timeout`` (seconds; None: the
+        federation's) bounds planning and the run together."""
         params = vector_params(params or {})
         timeout = timeout if timeout is not None else self.timeout
-        plan = self._loop.run(within(self.plan_async(query, params), timeout))
-        return Result(self, plan, params, timeout, max_staleness=max_staleness)
+        started = time.monotonic()
+        plan = self._loop.run(self._plan_within(query, params, timeout))
+        return self._result(plan, params, timeout, max_staleness, started)
 
     async def sql_async(
         self,
@@ -93,8 +97,31 @@ class Federation:
     ) -> Result:
         params = vector_params(params or {})
         timeout = timeout if timeout is not None else self.timeout
-        plan = await self._loop.run_async(within(self.plan_async(query, params), timeout))
-        return Result(self, plan, params, timeout, max_staleness=max_staleness)
+        started = time.monotonic()
+        plan = await self._loop.run_async(self._plan_within(query, params, timeout))
+        return self._result(plan, params, timeout, max_staleness, started)
+
+    async def _plan_within(
+        self, query: str, params: Mapping[str, Any], timeout: float | None
+    ) -> Plan:
+        """Planning under ``timeout``. One coroutine whose inner ones are made when it runs: a
+        closed federation refuses it unstarted and leaves no "never awaited" coroutine."""
+        return await within(self.plan_async(query, params), timeout)
+
+    def _result(
+        self,
+        plan: Plan,
+        params: dict[str, Any],
+        timeout: float | None,
+        max_staleness: float | None,
+        started: float,
+    ) -> Result:
+        """The lazy result of a plan made since ``started`` (monotonic): its runs get what
+        planning left of ``timeout``."""
+        spent = time.monotonic() - started
+        return Result(
+            self, plan, params, timeout, max_staleness=max_staleness, planning_seconds=spent
+        )
 
     def explain(
         self, query: str, params: Mapping[str, Any] | None = None, *, analyze: bool = False
@@ -118,10 +145,17 @@ class Federation:
         params: dict[str, Any],
         timeout: float | None,
         max_staleness: float | None = None,
+        spent: float = 0.0,
     ) -> Execution:
         cache = self.cache if self.cache.enabled else None
         return Execution(
-            plan, self.catalog, params, timeout, cache=cache, max_staleness=max_staleness
+            plan,
+            self.catalog,
+            params,
+            timeout,
+            cache=cache,
+            max_staleness=max_staleness,
+            spent=spent,
         )
 
     # ---- planning --------------------------------------------------------------------
@@ -143,10 +177,7 @@ class Federation:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._loop.run(self._release())
-        finally:
-            self._loop.stop()
+        self._loop.stop(self._release())  # queries in flight end with FederationClosedError
 
     async def _release(self) -> None:
         # Streams a caller abandoned midway still hold connections: finish them first.
@@ -160,8 +191,7 @@ class Federation:
         if self._closed:
             return
         self._closed = True
-        await self._loop.run_async(self._release())
-        self._loop.stop()
+        await asyncio.to_thread(self._loop.stop, self._release())
 
     def __enter__(self) -> Federation:
         return self

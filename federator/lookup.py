@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
+from federator.deadline import scope
 from federator.errors import FederatorError, QueryTimeoutError
 from federator.result import QueryRunner, Result
 
@@ -141,7 +142,8 @@ class FeatureLookup:
             pending.discard(self.tables[i].table)
             return table
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(self.tables))]
+        with scope(budget):  # one deadline: the plans, connects and runs of every table
+            tasks = [asyncio.ensure_future(one(i)) for i in range(len(self.tables))]
         try:
             async with asyncio.timeout(budget):
                 parts = await asyncio.gather(*tasks)

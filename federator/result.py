@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from federator.errors import FederationClosedError
 from federator.execute import Execution
 from federator.plan.model import Plan
 
@@ -36,6 +38,7 @@ class QueryRunner(Protocol):
         params: dict[str, Any],
         timeout: float | None,
         max_staleness: float | None = None,
+        spent: float = 0.0,
     ) -> Execution: ...
 
 
@@ -55,11 +58,14 @@ class Result:
         timeout: float | None,
         *,
         max_staleness: float | None = None,
+        planning_seconds: float = 0.0,
     ):
         self._fed = fed
         self.plan = plan
         self._params = params
         self._timeout = timeout
+        # ``timeout`` bounds planning and a run together: each run gets what planning left.
+        self._planning_seconds = planning_seconds
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
 
@@ -68,7 +74,7 @@ class Result:
 
     def _execution(self) -> Execution:
         self.last_execution = self._fed._execution(
-            self.plan, self._params, self._timeout, self._max_staleness
+            self.plan, self._params, self._timeout, self._max_staleness, self._planning_seconds
         )
         return self.last_execution
 
@@ -77,15 +83,17 @@ class Result:
         """Run the query and return the whole answer as one Arrow table."""
         return self._fed._loop.run(self._execution().to_table())
 
-    def to_batches(self) -> pa.RecordBatchReader:
-        """Run the query and stream the answer as a RecordBatchReader."""
+    def to_batches(self) -> BatchReader:
+        """Run the query and stream the answer: a :class:`BatchReader`, pyarrow's
+        RecordBatchReader interface whose ``close()`` (or ``with``, or dropping it) stops the
+        query: fragments still running are cancelled, their connections go back to the pools."""
         stream = self._execution().stream()
         self._fed.open_streams.add(stream)
         loop = self._fed._loop
         try:
             first = loop.run(anext(stream))
         except BaseException:
-            loop.run(stream.aclose())
+            _close_stream(loop, stream)
             raise
 
         def rest() -> Iterator[pa.RecordBatch]:
@@ -98,10 +106,10 @@ class Result:
                         return
                     yield batch
             finally:
-                if not loop.loop.is_closed():
-                    loop.run(stream.aclose())
+                _close_stream(loop, stream)
 
-        return pa.RecordBatchReader.from_batches(first.schema, rest())
+        batches = rest()
+        return BatchReader(pa.RecordBatchReader.from_batches(first.schema, batches), batches)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         return iter(self.to_batches())
@@ -147,4 +155,64 @@ class Result:
                     return
                 yield batch
         finally:
-            await loop.run_async(stream.aclose())
+            with contextlib.suppress(FederationClosedError):  # closing it closed the stream
+                await loop.run_async(stream.aclose())
+
+
+class BatchReader:
+    """A federated answer as a stream of record batches, with pyarrow's RecordBatchReader
+    interface (``schema``, ``read_next_batch``, ``read_all``, ``read_pandas``, iteration,
+    ``__arrow_c_stream__``; other attributes are the reader's); ``close()`` and ``with`` stop
+    the query, which a RecordBatchReader's ``close()`` does not do for a Python iterator.
+
+    >>> with fed.sql("SELECT id FROM pg.big").to_batches() as reader:  # doctest: +SKIP
+    ...     first = reader.read_next_batch()  # the rest is never fetched
+    """
+
+    def __init__(
+        self, reader: pa.RecordBatchReader, batches: Generator[pa.RecordBatch, None, None]
+    ):
+        self._reader = reader
+        self._batches = batches  # the reader's source: closing it stops the query
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._reader.schema
+
+    def read_next_batch(self) -> pa.RecordBatch:
+        return self._reader.read_next_batch()
+
+    def read_all(self) -> pa.Table:
+        return self._reader.read_all()
+
+    def read_pandas(self, **options: Any) -> pd.DataFrame:
+        return self._reader.read_pandas(**options)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return iter(self._reader)
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        return self._reader.__arrow_c_stream__(requested_schema)
+
+    def close(self) -> None:
+        """Stop the query (safe to call twice, and after the last batch)."""
+        self._batches.close()
+        self._reader.close()
+
+    def __enter__(self) -> BatchReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    def __repr__(self) -> str:
+        return f"<federator.BatchReader {self._reader.schema.names}>"
+
+
+def _close_stream(loop: LoopThread, stream: AsyncGenerator[pa.RecordBatch, None]) -> None:
+    """Stop a stream from the caller's thread (a federation being closed closes it itself)."""
+    with contextlib.suppress(FederationClosedError):
+        loop.run(stream.aclose())

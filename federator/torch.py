@@ -227,10 +227,11 @@ class FederatedDataset(IterableDataset):
 
     def _read_part(self, fed: Federation, part: int, total: int) -> Iterator[pa.Table]:
         for query, params in self._part_queries(part, total):
-            reader = fed.sql(query, {**self.params, **params}, timeout=self._timeout).to_batches()
-            for batch in reader:
-                if batch.num_rows:
-                    yield pa.Table.from_batches([batch])
+            result = fed.sql(query, {**self.params, **params}, timeout=self._timeout)
+            with result.to_batches() as reader:  # a loop that stops early stops the query
+                for batch in reader:
+                    if batch.num_rows:
+                        yield pa.Table.from_batches([batch])
 
     def _part_queries(self, part: int, total: int) -> list[tuple[exp.Query, dict[str, Any]]]:
         """The query (or queries) that read shard ``part`` of ``total``."""

@@ -29,8 +29,9 @@ Settings (catalog):
     join_threshold = 3         # materialize a join shape seen this many times ...
     join_window = 300          # ... within this many seconds (0 turns the join cache off)
     tokens = true              # ask sources for freshness tokens
-    token_interval = 0         # >0: reuse a token this many seconds (a write may go unseen
-                               # that long: a cheaper check, a looser bound)
+    token_interval = 1         # a token is read at most once this many seconds per source
+                               # and table set, shared by every lookup meanwhile (a write
+                               # may go unseen that long; 0: read on every lookup)
     redis = "redis://127.0.0.1:6379/0"   # shared tier (optional; ${VAR} works here too)
     redis_max_entry_bytes = 33554432     # compressed size limit per entry
     redis_wait = 0.2                     # circuit breaker: a tier operation not answered in
@@ -86,7 +87,7 @@ from federator.cache.entries import encode_entry as encode_entry
 from federator.cache.freshness import FreshnessTokenSource as FreshnessTokenSource
 from federator.cache.freshness import freshness_token as freshness_token
 from federator.cache.joins import JoinCache, ShapeStats
-from federator.cache.keys import _canon, _digest, _keys_digest, _table_refs, _Unkeyable, _volatile
+from federator.cache.keys import _canon, _digest, _keys_digest, _Unkeyable, fragment_facts
 from federator.cache.redis_tier import RedisTier, TierSkipped, _masked
 from federator.cache.serve import _Flight, _Lookup, _note
 from federator.cache.settings import CacheSettings
@@ -135,9 +136,9 @@ class Cache(JoinCache):
         self._gens: dict[str, int] = {}
         self._remote_gens: dict[tuple[str, ...], tuple[float, list[int]]] = {}
         self._recent_tokens: dict[Any, tuple[float, str | None]] = {}
+        self._token_reads: dict[Any, asyncio.Future[tuple[float, str | None]]] = {}
         self._flights: dict[Any, _Flight] = {}
         self._shapes: dict[str, ShapeStats] = {}
-        self._plan_shapes: dict[int, tuple[Any, str, str, str | None]] = {}
         self._counters = collections.Counter[str]()
 
     @property
@@ -223,6 +224,7 @@ class Cache(JoinCache):
         return len(dropped)
 
     async def close(self) -> None:
+        await self._cancel_token_reads()
         if self.redis is not None:
             await self.redis.close()
 
@@ -235,11 +237,12 @@ class Cache(JoinCache):
         request = ex.plan.requests[frag.id]
         started = time.perf_counter()
         bound, why = self.bound(ex.max_staleness, [frag.source])
-        why = why or (f"volatile {v}" if (v := _volatile(frag.query)) else "")
+        refs, volatile = fragment_facts(ex.plan, frag)
+        why = why or (f"volatile {volatile}" if volatile else "")
         lookup = None
         if not why:
             try:
-                lookup = await self._fragment_lookup(ex, frag, request, keys, bound)
+                lookup = await self._fragment_lookup(ex, frag, request, keys, bound, refs)
             except _Unkeyable as e:
                 why = str(e)
         if lookup is None:
@@ -262,8 +265,8 @@ class Cache(JoinCache):
         request: NativeRequest,
         keys: Sequence[Any] | None,
         bound: float,
+        refs: list[tuple[str, str]],
     ) -> _Lookup:
-        refs = _table_refs(frag)
         key = _digest(
             "fragment",
             self._identity.get(frag.source, frag.source),
@@ -272,10 +275,22 @@ class Cache(JoinCache):
             _keys_digest(keys),
         )
         fields = self._fields({frag.source: refs})
-        tokens = await self._tokens(ex, {frag.source: refs})
-        return _Lookup(key, fields, {}, tokens, bound, self.ttl(frag.source, refs))
+        tokens, checked = await self._tokens(ex, {frag.source: refs}, bound)
+        ttl = self.ttl(frag.source, refs)
+        return _Lookup(key, fields, {}, tokens, bound, ttl, checked=checked)
 
     # ---- EXPLAIN ---------------------------------------------------------------------
+    def _describe_tokens(self, bound: float) -> list[str]:
+        if not self.settings.tokens:
+            return []
+        interval = min(self.settings.token_interval, bound)
+        if interval <= 0:
+            return ["  freshness tokens read on every lookup"]
+        return [
+            f"  freshness tokens read at most every {interval:g} s per source and table set: "
+            f"a hit may not see a write of the last {interval:g} s (invalidate() is immediate)"
+        ]
+
     def describe(self, plan: Plan, max_staleness: float | None) -> list[str]:
         """Lines for a plain EXPLAIN: whether this plan may be served from cache, and why not."""
         sources = sorted({f.source for f in plan.fragments})
@@ -287,7 +302,7 @@ class Cache(JoinCache):
         if self.redis is not None:
             skipped = self.redis.skipped()
             tier = f" + Redis tier ({skipped})" if skipped else " + Redis tier"
-        lines = [f"Cache: on, max staleness {shown}{tier}"]
+        lines = [f"Cache: on, max staleness {shown}{tier}", *self._describe_tokens(bound)]
         if plan.residual is not None:
             shape_id, _, _, volatile = self._shape(plan)
             shape = self._shapes.get(shape_id)

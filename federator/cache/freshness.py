@@ -74,7 +74,9 @@ class _RunState:
     """Per-execution facts: the oldest data it used, tokens it read."""
 
     oldest: float = math.inf
-    tokens: dict[tuple[str, tuple[tuple[str, str], ...]], str | None] = field(default_factory=dict)
+    tokens: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, str | None]] = field(
+        default_factory=dict
+    )
 
 
 def _state(ex: Execution) -> _RunState:
@@ -93,6 +95,7 @@ class Freshness:
     catalog: Catalog
     _sources: dict[str, Mapping[str, Any]]
     _recent_tokens: dict[Any, tuple[float, str | None]]
+    _token_reads: dict[Any, asyncio.Future[tuple[float, str | None]]]
     _counters: collections.Counter[str]
 
     # ---- bounds ----------------------------------------------------------------------
@@ -149,10 +152,17 @@ class Freshness:
         return sorted(fields)
 
     async def _tokens(
-        self, ex: Execution, by_source: Mapping[str, Sequence[tuple[str, str]]]
-    ) -> dict[str, str]:
+        self,
+        ex: Execution,
+        by_source: Mapping[str, Sequence[tuple[str, str]]],
+        bound: float = math.inf,
+    ) -> tuple[dict[str, str], float | None]:
+        """The freshness token of each source's tables (sources without one left out), and
+        when the oldest of them was read (``time.monotonic()``; None: no token). A token read
+        within ``token_interval`` (and ``bound``) seconds is reused, so a write that recent may
+        be unseen; one read at a time per source and tables, shared by concurrent lookups."""
         if not self.settings.tokens:
-            return {}
+            return {}, None
         state = _state(ex)
         wanted = {
             s: tuple(refs)
@@ -161,33 +171,69 @@ class Freshness:
         }
         missing = [s for s, refs in wanted.items() if (s, refs) not in state.tokens]
         if missing:
-            values = await asyncio.gather(*(self._token(s, wanted[s]) for s in missing))
-            for s, v in zip(missing, values, strict=True):
-                state.tokens[(s, wanted[s])] = v
+            reads = await asyncio.gather(*(self._token(s, wanted[s], bound) for s in missing))
+            for s, read in zip(missing, reads, strict=True):
+                state.tokens[(s, wanted[s])] = read
         out = {}
+        oldest = None
         for s, refs in wanted.items():
-            token = state.tokens[(s, refs)]
+            read_at, token = state.tokens[(s, refs)]
             if token is not None:
                 out[s] = token
-        return out
+                oldest = read_at if oldest is None else min(oldest, read_at)
+        return out, oldest
 
-    async def _token(self, source: str, refs: Sequence[tuple[str, str]]) -> str | None:
+    async def _token(
+        self, source: str, refs: Sequence[tuple[str, str]], bound: float
+    ) -> tuple[float, str | None]:
+        """(when it was read, the token) of ``source``'s ``refs``: a recent read when one is
+        young enough, else the read in progress, else a new read."""
+        key = (source, tuple(refs))
+        recent = self._recent_tokens.get(key)
+        if recent is not None and time.monotonic() - recent[0] < min(
+            self.settings.token_interval, bound
+        ):
+            return recent
+        reading = self._token_reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_token(source, refs))
+            self._token_reads[key] = reading
+            reading.add_done_callback(lambda done: self._forget_read(key, done))
+        return await asyncio.shield(reading)
+
+    def _forget_read(self, key: Any, done: asyncio.Future[tuple[float, str | None]]) -> None:
+        if self._token_reads.get(key) is done:
+            del self._token_reads[key]
+        if not done.cancelled() and self.settings.token_interval > 0:
+            if len(self._recent_tokens) > 4096:
+                self._recent_tokens.clear()
+            self._recent_tokens[key] = done.result()
+
+    async def _read_token(
+        self, source: str, refs: Sequence[tuple[str, str]]
+    ) -> tuple[float, str | None]:
+        """Ask the source. A failure or timeout is an unsettled token: nothing is served or
+        stored on it, but identical requests still share one fetch."""
         from federator.adapters.base import TableRef
 
         adapter = self.catalog.adapter(source)
-        interval = self.settings.token_interval
-        recent = self._recent_tokens.get((source, tuple(refs)))
-        if recent is not None and time.monotonic() - recent[0] < interval:
-            return recent[1]
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.token_timeout):
                 token = await freshness_token(adapter, [TableRef(s, n) for s, n in refs])
-            if interval > 0 and token is not None and not token.startswith(_UNSETTLED):
-                if len(self._recent_tokens) > 4096:
-                    self._recent_tokens.clear()
-                self._recent_tokens[(source, tuple(refs))] = (time.monotonic(), token)
-            return token
+            return started, token
         except Exception as e:
             self._counters["errors"] += 1
-            log.warning("cache: freshness token of source %r failed: %s", source, e)
-            return f"{_UNSETTLED}error"
+            why = (
+                f"no answer in {self.settings.token_timeout:g} s"
+                if isinstance(e, TimeoutError)
+                else f"{type(e).__name__}: {e}"
+            )
+            log.warning("cache: freshness token of source %r failed (%s)", source, why)
+            return started, f"{_UNSETTLED}error"
+
+    async def _cancel_token_reads(self) -> None:
+        reads = list(self._token_reads.values())
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)

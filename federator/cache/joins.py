@@ -18,15 +18,18 @@ from federator.cache.keys import (
     _abstract_literals,
     _canon,
     _digest,
-    _table_refs,
     _Unkeyable,
     _volatile,
+    fragment_facts,
 )
 from federator.cache.serve import EntryServer, _Lookup, _note
 
 if TYPE_CHECKING:
     from federator.execute.handle import ExecutionHandle as Execution  # no circle
     from federator.plan.model import Plan
+
+
+MAX_SHAPES = 4096  # join shapes whose counters are kept
 
 
 @dataclass
@@ -50,8 +53,16 @@ class ShapeStats:
         }
 
 
-def _same_trees(a: Plan, b: Plan) -> bool:
-    return a.fragments is b.fragments and a.residual is b.residual
+@dataclass(frozen=True)
+class _JoinFacts:
+    """What a join lookup needs of its plan, derived once per planned plan (``plan.memo``)."""
+
+    shape_id: str
+    text: str  # the shape: the queries with literals abstracted
+    exact: str  # the native requests and the residual as sent
+    volatile: str | None
+    tables: dict[str, list[tuple[str, str]]]  # (schema, table) read per source
+    residual_sql: str
 
 
 async def _computed_join(ex: Execution) -> AsyncIterator[pa.RecordBatch]:
@@ -66,21 +77,30 @@ class JoinCache(EntryServer):
 
     _identity: dict[str, str]
     _shapes: dict[str, ShapeStats]
-    _plan_shapes: dict[int, tuple[Any, str, str, str | None]]
+
+    def _shape_stats(self, shape_id: str, text: str) -> ShapeStats:
+        """The counters of one join shape; the least recently seen shapes beyond
+        ``MAX_SHAPES`` are forgotten, so a stream of distinct queries cannot grow them."""
+        shape = self._shapes.pop(shape_id, None) or ShapeStats(text)
+        self._shapes[shape_id] = shape  # dicts keep insertion order: now the most recent
+        while len(self._shapes) > MAX_SHAPES:
+            del self._shapes[next(iter(self._shapes))]
+        return shape
 
     # ---- joins -----------------------------------------------------------------------
     async def join_batches(self, ex: Execution) -> AsyncIterator[pa.RecordBatch]:
         """The residual's answer: materialized when its shape is frequent, else computed."""
         plan = ex.plan
         stats = ex.residual_stats
-        shape_id, shape_text, exact, volatile = self._shape(plan)
-        sources = sorted({f.source for f in plan.fragments})
+        facts = _join_facts(plan)
+        shape_id, volatile = facts.shape_id, facts.volatile
+        sources = sorted(facts.tables)
         bound, why = self.bound(ex.max_staleness, sources)
         lookup = None
         if not why and volatile:
             why = f"volatile {volatile}"
         if not why and self.settings.join_window > 0:
-            shape = self._shapes.setdefault(shape_id, ShapeStats(shape_text))
+            shape = self._shape_stats(shape_id, facts.text)
             now = time.monotonic()
             shape.seen += 1
             shape.times.append(now)
@@ -94,7 +114,7 @@ class JoinCache(EntryServer):
                 )
             else:
                 try:
-                    lookup = await self._join_lookup(ex, plan, exact, bound)
+                    lookup = await self._join_lookup(ex, facts, bound)
                 except _Unkeyable as e:
                     why = str(e)
         elif not why:
@@ -111,7 +131,7 @@ class JoinCache(EntryServer):
             async for batch in served:
                 yield batch
         stats.ms = max(stats.ms, (time.perf_counter() - started) * 1000)
-        shape = self._shapes[shape_id]
+        shape = self._shape_stats(shape_id, facts.text)
         if lookup.outcome in ("hit", "shared"):
             shape.hits += 1
             for frag in plan.fragments:
@@ -122,19 +142,11 @@ class JoinCache(EntryServer):
                 shape.stored += 1
                 shape.bytes = lookup.stored_bytes
 
-    async def _join_lookup(self, ex: Execution, plan: Plan, exact: str, bound: float) -> _Lookup:
-        by_source: dict[str, list[tuple[str, str]]] = {}
-        for frag in plan.fragments:
-            by_source.setdefault(frag.source, []).extend(_table_refs(frag))
-        by_source = {s: sorted(set(r)) for s, r in by_source.items()}
-        residual_params = {
-            k: _canon(v)
-            for k, v in sorted(ex.params.items())
-            if f"${k}" in (plan.residual_sql or "")
-        }
+    async def _join_lookup(self, ex: Execution, facts: _JoinFacts, bound: float) -> _Lookup:
+        plan = ex.plan
         key = _digest(
             "join",
-            exact,
+            facts.exact,
             [
                 [
                     self._identity.get(f.source, f.source),
@@ -142,33 +154,49 @@ class JoinCache(EntryServer):
                 ]
                 for f in plan.fragments
             ],
-            residual_params,
+            {k: _canon(v) for k, v in sorted(ex.params.items()) if f"${k}" in facts.residual_sql},
         )
-        fields = self._fields(by_source)
-        tokens = await self._tokens(ex, by_source)
-        ttl = min(self.ttl(s, refs) for s, refs in by_source.items())
-        return _Lookup(key, fields, {}, tokens, bound, ttl, inherit_age=True)
+        fields = self._fields(facts.tables)
+        tokens, checked = await self._tokens(ex, facts.tables, bound)
+        ttl = min(self.ttl(s, refs) for s, refs in facts.tables.items())
+        return _Lookup(key, fields, {}, tokens, bound, ttl, inherit_age=True, checked=checked)
 
     def _shape(self, plan: Plan) -> tuple[str, str, str, str | None]:
-        # Keyed by the planned trees: each query binds its parameters into a new Plan that
-        # shares them, and re-deriving the shape per query costs a tree copy.
-        cached = self._plan_shapes.get(id(plan.fragments))
-        if cached is not None and _same_trees(cached[0], plan):
-            return cached[1:]  # type: ignore[return-value]
-        parts = [f"{f.source}: {_abstract_literals(f.query)}" for f in plan.fragments]
-        residual = plan.residual
-        parts.append("residual: " + (_abstract_literals(residual) if residual is not None else ""))
-        text = "\n".join(parts)
-        exact = "\n".join(
-            [f"{f.source}: {plan.requests[f.id].text.strip()}" for f in plan.fragments]
-            + [plan.residual_sql or ""]
-        )
-        volatile = None
-        for tree in [*(f.query for f in plan.fragments), residual]:
-            if tree is not None and (volatile := _volatile(tree)):
-                break
-        shape_id = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        if len(self._plan_shapes) > 1024:
-            self._plan_shapes.clear()
-        self._plan_shapes[id(plan.fragments)] = (plan, shape_id, text, exact, volatile)  # type: ignore[assignment]
-        return shape_id, text, exact, volatile
+        """The plan's shape id, shape text, exact text and volatile expression."""
+        facts = _join_facts(plan)
+        return facts.shape_id, facts.text, facts.exact, facts.volatile
+
+
+def _join_facts(plan: Plan) -> _JoinFacts:
+    """The join facts of ``plan``, computed on its first lookup and kept on the plan."""
+    facts = plan.memo.get("cache.join")
+    if facts is None:
+        facts = plan.memo["cache.join"] = _derive_join_facts(plan)
+    return facts
+
+
+def _derive_join_facts(plan: Plan) -> _JoinFacts:
+    parts = [f"{f.source}: {_abstract_literals(f.query)}" for f in plan.fragments]
+    residual = plan.residual
+    parts.append("residual: " + (_abstract_literals(residual) if residual is not None else ""))
+    text = "\n".join(parts)
+    exact = "\n".join(
+        [f"{f.source}: {plan.requests[f.id].text.strip()}" for f in plan.fragments]
+        + [plan.residual_sql or ""]
+    )
+    volatile = None
+    tables: dict[str, set[tuple[str, str]]] = {}
+    for frag in plan.fragments:
+        refs, volatile_here = fragment_facts(plan, frag)
+        tables.setdefault(frag.source, set()).update(refs)
+        volatile = volatile or volatile_here
+    if volatile is None and residual is not None:
+        volatile = _volatile(residual)
+    return _JoinFacts(
+        shape_id=hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
+        text=text,
+        exact=exact,
+        volatile=volatile,
+        tables={s: sorted(r) for s, r in sorted(tables.items())},
+        residual_sql=plan.residual_sql or "",
+    )

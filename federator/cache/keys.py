@@ -19,7 +19,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 if TYPE_CHECKING:
-    from federator.plan.model import Fragment
+    from federator.plan.model import Fragment, Plan
 
 _VOLATILE_NODES = tuple(
     getattr(exp, n)
@@ -134,3 +134,13 @@ def _table_refs(frag: Fragment) -> list[tuple[str, str]]:
         if t.name and (not t.catalog or t.catalog == frag.source)
     }
     return sorted(refs)
+
+
+def fragment_facts(plan: Plan, frag: Fragment) -> tuple[list[tuple[str, str]], str | None]:
+    """The fragment's table references and its volatile expression (None: none), walked once
+    per planned plan and kept in ``plan.memo``, which every binding of the plan shares."""
+    key = ("cache.fragment", frag.id)
+    facts = plan.memo.get(key)
+    if facts is None or facts[0] is not frag.query:
+        facts = plan.memo[key] = (frag.query, _table_refs(frag), _volatile(frag.query))
+    return facts[1], facts[2]

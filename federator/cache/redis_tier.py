@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
     from federator.cache.settings import CacheSettings
 
 log = logging.getLogger("federator.cache")  # the logger name from before the split
+
+
+# The generations hash's field holding a random number set when the hash is first written. Every
+# entry carries the epoch it was read under: after a restart or FLUSHALL the counters are gone
+# (they would all read 0, as if nothing had been invalidated) and a new epoch is set, so every
+# entry from before is refetched, in every process.
+EPOCH = "@epoch"
 
 
 class TierSkipped(Exception):
@@ -70,6 +78,7 @@ class RedisTier:
             self.counters["skipped"] += 1
             raise TierSkipped(why)
         try:
+            self._redis()  # importing and setting up the client is not the server's answer time
             async with asyncio.timeout(self.wait):
                 return await op()
         except TimeoutError:
@@ -103,23 +112,34 @@ class RedisTier:
         return f"{self.prefix}:e:{key}"
 
     async def read(self, fields: Sequence[str], key: str | None) -> tuple[list[int], bytes | None]:
-        """Current generations of ``fields`` and, when ``key`` is given, the stored blob —
-        one round trip (which also publishes invalidations that could not be sent before)."""
+        """Current generations of ``fields``, then the epoch (see :data:`EPOCH`), and, when
+        ``key`` is given, the stored blob — one round trip (which also publishes invalidations
+        that could not be sent before)."""
         pending = sorted(self.pending_bumps)
 
         async def op() -> list[Any]:
             pipe = self._redis().pipeline(transaction=False)
             for f in pending:
                 pipe.hincrby(self.gens_key, f, 1)
-            pipe.hmget(self.gens_key, list(fields))
+            pipe.hmget(self.gens_key, [*fields, EPOCH])
             if key is not None:
                 pipe.get(self.entry_key(key))
             return list(await pipe.execute())
 
         replies = (await self._guarded(op))[len(pending) :]
         self.pending_bumps.difference_update(pending)
-        gens = [int(v) if v is not None else 0 for v in replies[0]]
-        return gens, (replies[1] if key is not None else None)
+        *values, epoch = replies[0]
+        gens = [int(v) if v is not None else 0 for v in values]
+        if epoch is None:  # a new or emptied Redis (restart, FLUSHALL): nothing older is known
+            epoch = await self._guarded(self._start_epoch)
+        return [*gens, int(epoch)], (replies[1] if key is not None else None)
+
+    async def _start_epoch(self) -> Any:
+        """Set a new random epoch unless another process just did; the one in force."""
+        pipe = self._redis().pipeline(transaction=True)
+        pipe.hsetnx(self.gens_key, EPOCH, int.from_bytes(os.urandom(7), "big"))
+        pipe.hget(self.gens_key, EPOCH)
+        return (await pipe.execute())[1]
 
     async def write(self, key: str, blob: bytes, ttl: float) -> None:
         px = max(1, int(ttl * 1000))

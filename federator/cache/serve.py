@@ -17,7 +17,7 @@ import pyarrow as pa
 from federator.cache.entries import CorruptEntry, Entry, decode_entry, encode_entry
 from federator.cache.freshness import _UNSETTLED, Freshness, _state
 from federator.cache.local import LocalEntries
-from federator.cache.redis_tier import RedisTier, TierSkipped, _masked
+from federator.cache.redis_tier import EPOCH, RedisTier, TierSkipped, _masked
 
 if TYPE_CHECKING:
     from federator.execute.handle import ExecutionHandle as Execution  # no circle
@@ -40,6 +40,7 @@ class _Lookup:
     outcome: str = ""  # "hit", "shared" or "miss" once served
     inherit_age: bool = False  # a join answer is as old as the oldest data it was built from
     stored_bytes: int = 0
+    checked: float | None = None  # time.monotonic() of the oldest freshness token it used
 
 
 @dataclass
@@ -80,26 +81,30 @@ class EntryServer(Freshness, LocalEntries):
             self._counters["hits"] += 1
             state.oldest = min(state.oldest, entry.created)
             age = max(0.0, time.time() - entry.created)
-            _hit(stats, entry, f"cache hit{lookup.source_tier}, age {age:.1f} s")
+            _hit(
+                stats,
+                entry,
+                f"cache hit{lookup.source_tier}, age {age:.1f} s{self._checked(lookup)}",
+            )
             for batch in _batches(entry.table):
                 yield batch
             return
-        if lookup.why_not:  # cannot be cached now (unsettled token, Redis down): just fetch
-            self._counters["misses"] += 1
-            _note(stats, f"not cached: {lookup.why_not}")
-            async with contextlib.aclosing(fetch()) as source:
-                async for batch in source:
-                    yield batch
-            return
+        # A miss, or nothing servable now (an unsettled token, the Redis tier out: why_not says
+        # so, and the answer is not stored): identical requests still share one fetch.
         flight_key = (
             lookup.key,
             tuple(sorted(lookup.gens.items())),
             tuple(sorted(lookup.tokens.items())),
         )
-        while (flight := self._flights.get(flight_key)) is not None:
-            shared = await flight.wait()
-            if shared is flight:  # the leader's consumer stopped reading: fetch on our own
-                break
+        flight = None
+        while (waiting := self._flights.get(flight_key)) is not None:
+            shared = await waiting.wait()
+            if shared is waiting:  # its consumer stopped reading: the first to see it leads
+                if self._flights.get(flight_key) is waiting:
+                    flight = _Flight(asyncio.get_running_loop().create_future())
+                    self._flights[flight_key] = flight
+                    break
+                continue
             if shared is not None and time.time() - shared.created <= lookup.bound:
                 lookup.outcome = "shared"
                 self._counters["shared"] += 1
@@ -110,10 +115,10 @@ class EntryServer(Freshness, LocalEntries):
                 return
         lookup.outcome = "miss"
         self._counters["misses"] += 1
-        leading = flight is None
-        if leading:
+        if flight is None:
             flight = _Flight(asyncio.get_running_loop().create_future())
             self._flights[flight_key] = flight
+        unstorable = lookup.why_not  # set by the lookup: shared with followers, never stored
         created = time.time()
         result: Entry | None = None
         batches: list[pa.RecordBatch] | None = []
@@ -129,11 +134,9 @@ class EntryServer(Freshness, LocalEntries):
                             lookup.why_not = f"result over the {limit:,}-byte entry limit"
                         else:
                             batches.append(batch)
-                    if leading:
-                        flight.parked_since = time.monotonic()
+                    flight.parked_since = time.monotonic()
                     yield batch
-                    if leading:
-                        flight.parked_since = None
+                    flight.parked_since = None
             if batches is not None:
                 try:
                     table = pa.Table.from_batches(batches)
@@ -149,18 +152,21 @@ class EntryServer(Freshness, LocalEntries):
                         gens=lookup.gens,
                         tokens=lookup.tokens,
                     )
-                    await self._store(lookup, result)
-                    lookup.stored_bytes = result.nbytes
+                    if not unstorable:
+                        await self._store(lookup, result)
+                        lookup.stored_bytes = result.nbytes
             state.oldest = min(state.oldest, created)
-            if result is None:
+            if unstorable:
+                _note(stats, f"not cached: {unstorable}")
+            elif result is None:
                 _note(stats, f"cache miss; not stored: {lookup.why_not}")
             else:
                 _note(stats, f"cache miss; stored{', ' + lookup.why_not if lookup.why_not else ''}")
         finally:
-            if leading:
-                self._flights.pop(flight_key, None)
-                if not flight.future.done():
-                    flight.future.set_result(result)
+            if self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]
+            if not flight.future.done():
+                flight.future.set_result(result)
 
     async def _lookup(self, lookup: _Lookup) -> Entry | None:
         """Find a servable entry; fill ``lookup.gens`` with the current generations."""
@@ -169,7 +175,7 @@ class EntryServer(Freshness, LocalEntries):
         recent = self._remote_gens.get(tuple(lookup.fields)) if local is not None else None
         interval = self.settings.redis_check_interval
         if recent is not None and time.monotonic() - recent[0] < interval:
-            lookup.gens = dict(zip(lookup.fields, recent[1], strict=True))
+            lookup.gens = dict(zip([*lookup.fields, EPOCH], recent[1], strict=True))
         elif self.redis is not None:
             try:
                 gens, blob = await self.redis.read(
@@ -190,7 +196,7 @@ class EntryServer(Freshness, LocalEntries):
                 )
                 lookup.why_not = f"Redis tier unavailable ({type(e).__name__})"
                 return None
-            lookup.gens = dict(zip(lookup.fields, gens, strict=True))
+            lookup.gens = dict(zip([*lookup.fields, EPOCH], gens, strict=True))
         else:
             lookup.gens = {f: self._gens.get(f, 0) for f in lookup.fields}
         unsettled = [s for s, t in lookup.tokens.items() if t.startswith(_UNSETTLED)]
@@ -218,6 +224,19 @@ class EntryServer(Freshness, LocalEntries):
                 self._put_local(lookup.key, entry)
                 return entry
         return None
+
+    def _checked(self, lookup: _Lookup) -> str:
+        """For a hit's note: how long ago its freshness was checked, when a read was reused."""
+        if lookup.checked is None:
+            return ""
+        ago = time.monotonic() - lookup.checked
+        if ago < 0.001:
+            return ""
+        interval = self.settings.token_interval
+        return (
+            f"; freshness token read {ago:.2f} s ago (reused for up to {interval:g} s: a write "
+            "since may be unseen)"
+        )
 
     def _valid(self, entry: Entry, lookup: _Lookup) -> bool:
         now = time.time()

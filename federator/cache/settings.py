@@ -26,7 +26,7 @@ class CacheSettings:
     join_window: float = 300.0
     tokens: bool = True
     token_timeout: float = 2.0
-    token_interval: float = 0.0  # >0: reuse a source's token read this many seconds ago
+    token_interval: float = 1.0  # reuse a source's token read this many seconds ago (0: never)
     redis: str | None = None
     redis_prefix: str = "federator:cache"
     redis_max_entry_bytes: int = 32 * MiB

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from federator.catalog import Catalog
-from federator.deadline import ascope
+from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
@@ -39,11 +39,13 @@ class Execution:
         bind_fallback_keys: int = 200_000,
         cache: ResultCache | None = None,
         max_staleness: float | None = None,
+        spent: float = 0.0,
     ):
         self.plan = plan
         self.catalog = catalog
         self.params = dict(params)
-        self.timeout = timeout
+        self.timeout = timeout  # the query's, planning included: planning took ``spent`` of it
+        self.spent = spent
         self.bind_fallback_keys = bind_fallback_keys
         self.cache = cache  # fragment and join results (federator.cache); None: no caching
         self.max_staleness = max_staleness  # per query; None: the cache's default
@@ -55,13 +57,12 @@ class Execution:
     async def stream(self) -> AsyncIterator[pa.RecordBatch]:
         """Every batch of the answer; the first batch carries the schema (it may be empty).
 
-        The deadline is armed around each step, in the task that asks for the next batch: a
-        caller may resume the stream from another task each time (``Result.to_batches`` does),
-        and a timeout bound to the first task would never fire in the later ones."""
-        deadline = (
-            None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
-        )
-        async with contextlib.aclosing(self._batches()) as batches:
+        The deadline (the query's: what planning left of ``timeout``) is armed around each
+        step, in the task that asks for the next batch: a caller may resume the stream from
+        another task each time (``Result.to_batches`` does), and a timeout bound to the first
+        task would never fire in the later ones."""
+        deadline = run_deadline(self.timeout, self.spent)
+        async with contextlib.aclosing(self._batches(deadline)) as batches:
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -73,8 +74,8 @@ class Execution:
                     raise QueryTimeoutError(self.timeout or 0, running) from None
                 yield batch
 
-    async def _batches(self) -> AsyncIterator[pa.RecordBatch]:
-        async with ascope(self.timeout):
+    async def _batches(self, deadline: float | None) -> AsyncIterator[pa.RecordBatch]:
+        async with ascope(self.timeout, at=deadline):
             if self.plan.residual is None:
                 async for batch in self._fragment_batches(self.plan.fragments[0], None):
                     yield batch

@@ -185,6 +185,10 @@ class Plan:
     residual_sql: str | None = None
     notes: list[str] = field(default_factory=list)
     source_kinds: dict[str, str] = field(default_factory=dict)
+    # Facts later layers derive from the planned trees (the cache's shape key, table references,
+    # volatility), computed once: every binding of this plan (bind_params copies the Plan, not
+    # this dict) shares them. Nothing may mutate the trees after planning.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def fragment(self, fid: str) -> Fragment:
         return next(f for f in self.fragments if f.id == fid)

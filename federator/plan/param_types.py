@@ -40,6 +40,16 @@ def check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[s
     scalars, and lists/tuples of them (IN lists, arrays, vectors), bind everywhere; a dict
     only where the request takes documents (``Adapter.takes_document``: MongoDB, and the
     parameters of raw Cypher in ``cypher('g', '…')``, where a dict is a map)."""
+    documents = plan.memo.get("param_types.documents")
+    if documents is None:  # the same for every binding of the plan: derived once
+        documents = plan.memo["param_types.documents"] = _takes_documents(plan, adapters)
+    for name, value_documents in documents.items():
+        if name in params and not _bindable(params[name], value_documents):
+            raise ParameterError(_param_type_message(name, params[name], value_documents))
+
+
+def _takes_documents(plan: Plan, adapters: Mapping[str, Any]) -> dict[str, bool]:
+    """Parameter name → whether every request using it takes a document (a dict)."""
     documents: dict[str, bool] = {}
     for request in plan.requests.values():
         adapter = adapters.get(request.source)
@@ -49,9 +59,7 @@ def check_param_types(plan: Plan, params: Mapping[str, Any], adapters: Mapping[s
     if plan.residual is not None:
         for node in plan.residual.find_all(exp.Placeholder):
             documents[node.name] = False
-    for name, value_documents in documents.items():
-        if name in params and not _bindable(params[name], value_documents):
-            raise ParameterError(_param_type_message(name, params[name], value_documents))
+    return documents
 
 
 def _bindable(value: Any, documents: bool) -> bool:

@@ -24,8 +24,11 @@ One idea per module, in the order a query meets them:
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
@@ -77,25 +80,59 @@ class Planner:
         self.settings = settings or PlannerSettings()
         self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
         self._estimates = SourceEstimates()
+        self._planning: dict[tuple[Any, ...], _Planning] = {}
+        self._normalized: dict[str, str] = {}
 
     async def plan(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
-        """The plan of ``query`` with ``params`` bound. Plans of query texts are kept (LRU):
-        they depend on the text, the parameter names and whether each value is an integer
-        (integer division), the catalog and the rule sets, never on parameter values, so a
-        repeated query skips parsing and optimizing."""
+        """The plan of ``query`` with ``params`` bound. Plans are kept (LRU) per normalized
+        query text (runs of white space outside quotes are one space): they depend on the
+        text, the parameter names and whether each value is an integer (integer division),
+        the catalog and the rule sets; the sources' row estimates are those of the first
+        values (binds are still decided again at run time). A repeated query skips parsing and
+        optimizing and only binds its values. Identical queries planned at the same time share
+        one planning."""
         if not isinstance(query, str):
             return self._bind(await self._plan(query, params), params)
         names = frozenset((n, param_type_class(v)) for n, v in params.items())
-        key = (query, names, self.catalog.version, self._rules_signature())
+        key = (self._normalize(query), names, *self._versions())
         plan = self._plans.get(key)
         if plan is None:
-            plan = await self._plan(query, params)
-            self._plans[key] = plan
-            if len(self._plans) > PLAN_CACHE_SIZE:
-                self._plans.popitem(last=False)
+            plan = await self._plan_once(key, query, params)
+            if key[2:] == self._versions():  # the catalog did not change meanwhile
+                self._plans[key] = plan
+                if len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(key)
         return self._bind(plan, params)
+
+    def _versions(self) -> tuple[Any, ...]:
+        return self.catalog.version, self._rules_signature()
+
+    def _normalize(self, query: str) -> str:
+        normalized = self._normalized.get(query)
+        if normalized is None:
+            if len(self._normalized) > 4 * PLAN_CACHE_SIZE:
+                self._normalized.clear()
+            normalized = self._normalized[query] = normalized_text(query)
+        return normalized
+
+    async def _plan_once(self, key: tuple[Any, ...], query: str, params: Mapping[str, Any]) -> Plan:
+        """Plan ``query``, or wait for the identical planning already running (single flight;
+        it is cancelled only when every caller waiting for it was)."""
+        planning = self._planning.get(key)
+        if planning is None:
+            planning = _Planning(asyncio.ensure_future(self._plan(query, params)))
+            self._planning[key] = planning
+        planning.waiting += 1
+        try:
+            return await asyncio.shield(planning.task)
+        finally:
+            planning.waiting -= 1
+            if planning.task.done() or planning.waiting == 0:
+                if self._planning.get(key) is planning:
+                    del self._planning[key]
+                planning.task.cancel()
 
     def _bind(self, plan: Plan, params: Mapping[str, Any]) -> Plan:
         check_param_types(plan, params, self.catalog.adapters)
@@ -175,6 +212,42 @@ class Planner:
             return split
         alt.notes.append(f"pushed to {source} as written: it plans its own subqueries")
         return alt
+
+
+@dataclass
+class _Planning:
+    """One planning in progress and how many callers wait for it."""
+
+    task: asyncio.Future[Plan]
+    waiting: int = 0
+
+
+# A quoted string or name, a comment, or a run of white space; the text between them is kept.
+_TEXT_PARTS = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/|\s+""", re.S
+)
+
+
+def normalized_text(query: str) -> str:
+    """``query`` with each run of white space outside quotes and comments made one space, so
+    texts that differ only in layout share a plan. A text with a backslash or ``$`` (escape
+    and dollar-quoting rules differ by dialect) or an unclosed quote is kept as it is.
+
+    >>> normalized_text("SELECT  a,\\n  'x  y' -- two  spaces\\nFROM s.t ")
+    "SELECT a, 'x  y' -- two  spaces\\n FROM s.t"
+    """
+    if "\\" in query or "$" in query:
+        return query
+    if any(c in piece for piece in _TEXT_PARTS.split(query) for c in "'\"`"):
+        return query  # an unclosed quote: no layout to normalize safely
+    return _TEXT_PARTS.sub(_one_space, query).strip()
+
+
+def _one_space(match: re.Match[str]) -> str:
+    text = match.group()
+    if text.isspace():
+        return " "
+    return text + "\n" if text.startswith("--") else text  # a line comment ends at a newline
 
 
 def _has_subquery(tree: exp.Query) -> bool:

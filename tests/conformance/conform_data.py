@@ -271,7 +271,7 @@ def _mongo_value(v: Any, decimal128: Any) -> Any:
 
 # Redis: one JSON object per row, keyed by the table's first column; declared column types
 _REDIS_TYPES = {
-    "int32": "int64",
+    "int32": "int32",
     "string": "string",
     "decimal128(12, 2)": "decimal(12,2)",
     "double": "float64",

@@ -113,7 +113,7 @@ def test_write_then_invalidate(loaded: tuple[str, str], reset_name: None) -> Non
 
 def test_postgres_token_sees_a_write(loaded: tuple[str, str], reset_name: None) -> None:
     pg_dsn, mysql_dsn = loaded
-    with federator.connect(catalog(pg_dsn, mysql_dsn)) as fed:
+    with federator.connect(catalog(pg_dsn, mysql_dsn, token_interval=0)) as fed:
         assert first_name(fed) == "user1"
         assert first_name(fed) == "user1"
         assert fed.cache.stats()["hits"] == 1
@@ -143,7 +143,7 @@ def test_postgres_stats_token(loaded: tuple[str, str]) -> None:
 def test_mysql_token_sees_a_write(loaded: tuple[str, str]) -> None:
     pg_dsn, mysql_dsn = loaded
     q = "SELECT amount FROM my.cache_orders WHERE id = 7"
-    with federator.connect(catalog(pg_dsn, mysql_dsn)) as fed:
+    with federator.connect(catalog(pg_dsn, mysql_dsn, token_interval=0)) as fed:
         asyncio.run(_my(mysql_dsn, "UPDATE cache_orders SET amount = 1.50 WHERE id = 7"))
         time.sleep(1.1)  # UPDATE_TIME counts seconds: a write this second is not settled
         assert str(fed.sql(q).to_arrow().column(0)[0].as_py()) == "1.50"

@@ -227,6 +227,13 @@ def _eventually(check: Callable[[], bool], seconds: float = 1.0) -> bool:
         time.sleep(0.05)
 
 
+def _planned(fed: federator.Federation, sql: str) -> federator.Result:
+    """``sql`` planned with the catalog already read (under a long timeout of its own), so
+    that its run has nearly all of the timeout, which planning and run share."""
+    fed.sql(sql, timeout=60)
+    return fed.sql(sql)
+
+
 def _assert_scans(fed: federator.Federation) -> None:
     """The federation answers: every row, ids checked against the loaded range."""
     ids = fed.sql(SCAN, timeout=60).to_arrow().column("id").to_pylist()  # a loaded machine
@@ -275,7 +282,7 @@ def test_blackhole_while_running(path: str, admin: str, proxy: FaultProxy) -> No
     """The catalog is read, then the network goes silent: the query ends at the timeout,
     naming the fragment and source, and the pool serves again once the network is back."""
     fed = _federation(path, proxy.dsn(_as_user(admin, USER)))
-    result = fed.sql(SCAN)
+    result = _planned(fed, SCAN)
     proxy.set_mode("blackhole")
     error, seconds = _timed(result.to_arrow)
     assert isinstance(error, (QueryTimeoutError, SourceError)), repr(error)
@@ -287,6 +294,31 @@ def test_blackhole_while_running(path: str, admin: str, proxy: FaultProxy) -> No
     assert _eventually(lambda: proxy.open_connections == 0)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_slow_planning_and_slow_run_share_one_deadline(
+    path: str, admin: str, proxy: FaultProxy
+) -> None:
+    """The server's answers are held back for two thirds of the timeout while the catalog is
+    read, then the statement runs for minutes: planning and the run share one deadline, so
+    the error names the running fragment within timeout + 1 s of ``fed.sql()`` (each had a
+    full timeout of its own before: about 2x), and the statement is gone from the server."""
+    timeout = 3.0
+    fed = _federation(path, proxy.dsn(_as_user(admin, USER)), timeout=timeout)
+    proxy.set_mode("freeze")  # new connections: held, not dropped, until "pass"
+    release = threading.Timer(timeout * 2 / 3, proxy.set_mode, ("pass",))
+    release.start()
+    try:
+        error, seconds = _timed(lambda: fed.sql(ENDLESS).to_arrow())
+    finally:
+        release.join()
+    assert isinstance(error, QueryTimeoutError), repr(error)
+    assert "fragment f0 on source 's'" in str(error)  # the run was reached: not a planning error
+    assert seconds <= timeout + SLACK
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+
+
 # ---- freeze mid-result, server death mid-query -------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("fault", ["freeze", "close"])
@@ -294,7 +326,7 @@ def test_fault_mid_result(path: str, fault: str, admin: str, proxy: FaultProxy) 
     """The network freezes, or the server dies, with part of a large result delivered: a typed
     error within the timeout, the server-side query gone within a second, the pool usable."""
     fed = _federation(path, proxy.dsn(_as_user(admin, USER)))
-    result = fed.sql(SCAN)
+    result = _planned(fed, SCAN)
     proxy.set_mode(fault, after=FREEZE_AFTER)
     error, seconds = _timed(result.to_arrow)
     expected = QueryTimeoutError if fault == "freeze" else SourceError
@@ -344,6 +376,23 @@ def test_consumer_stops_early(path: str, admin: str) -> None:
     assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
     _assert_scans(fed)
     _assert_closed_cleanly(fed, path, admin)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_reader_closed_early(path: str, admin: str) -> None:
+    """``to_batches()``'s reader closed after its first batch (and still referenced): the query
+    stops at once, nothing is left on the server, the federation answers again."""
+    kind, options = PATHS[path]
+    source = {"kind": kind, "dsn": _as_user(admin, USER), "batch_rows": 5000, **options}
+    fed = federator.connect({"sources": {"s": source}}, timeout=30)
+    reader = fed.sql(SCAN).to_batches()
+    assert reader.read_next_batch().num_rows > 0
+    reader.close()
+    assert _eventually(lambda: not _server_queries(path, admin)), _server_queries(path, admin)
+    reader.close()  # twice is fine
+    _assert_scans(fed)
+    _assert_closed_cleanly(fed, path, admin)
+    del reader
 
 
 # ---- the server cancels the statement ------------------------------------------------------

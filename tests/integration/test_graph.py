@@ -461,3 +461,18 @@ def test_joins_in_a_graph_are_bags(multigraph, name: str) -> None:
         got_rows, want = sorted(got_rows), sorted(want)
     for g, w in zip(got_rows, want, strict=True):
         assert g == pytest.approx(w, rel=1e-12)
+
+
+def _raises_a_source_error_naming_the_source(fed: federator.Federation) -> None:
+    with pytest.raises(federator.SourceError, match="source 'g'") as caught:
+        fed.sql("SELECT * FROM cypher('g', 'MATCH (a:Person RETURN a.pid AS pid')").to_arrow()
+    assert "\n" not in str(caught.value)
+
+
+def test_a_cypher_error_is_a_source_error_naming_the_source(falkor) -> None:
+    _raises_a_source_error_naming_the_source(falkor)
+
+
+def test_a_bolt_error_is_a_source_error_naming_the_source(bolt) -> None:
+    # neo4j's DatabaseError came bare before
+    _raises_a_source_error_naming_the_source(bolt)

@@ -4,11 +4,15 @@ comes within timeout + 1 s, and the source answers the next query.
 
 What each test server lets us observe:
 
-- CongoDB (the MongoDB-wire test server) runs an aggregation to its end on its one thread and
-  has no killOp, $currentOp or maxTimeMS. Observed: the limit the aggregate command carried on
-  the wire (a command listener), the cursor gone after a cancel (getMore from another client
-  fails), and the next query answered. With FEDERATOR_TEST_MONGO_URL (a real MongoDB) the
-  operation is also looked for in $currentOp one second after the timeout.
+- CongoDB (the MongoDB-wire test server) runs an aggregation to its end on its one thread (it
+  answers no other command, not even a new connection's handshake, meanwhile), ignores
+  maxTimeMS, has no killOp and no $currentOp stage (its currentOp command answers an empty
+  list); killCursors and endSessions it takes. Observed with a command listener: the
+  maxTimeMS and comment the aggregate carried (within the query's budget, and within what slow
+  planning left of it), killCursors for a closed result's cursor and the cursor gone (getMore
+  from another client fails), endSessions of the interrupted aggregate's session at close, and
+  the next query answered. With FEDERATOR_TEST_MONGO_URL (a real MongoDB) the operation is
+  also looked for in $currentOp one second after the timeout.
 - FalkorDB: GRAPH.QUERY takes a timeout; observed: a second client's query answered within a
   second of the error (the single query thread is free again).
 - Redis: INFO commandstats counts the SCAN calls; observed: no SCAN after the cancel.
@@ -19,6 +23,7 @@ What each test server lets us observe:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -28,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from faultproxy import FaultProxy
 from pymongo import MongoClient, monitoring
 from pymongo.errors import OperationFailure
 
@@ -72,6 +78,7 @@ COMMANDS = Commands()
 monitoring.register(COMMANDS)  # clients made from here on report to it (federator's too)
 
 SLOW_DB = "fedtest_interrupts"
+WARM = "SELECT count(*) AS n FROM m.slow WHERE s = 'x'"  # reads the catalog, opens the pool
 SLOW_SQL = "SELECT count(*) AS n FROM m.slow WHERE s LIKE '%a%a%a%a%a%b'"
 N_BIG = 3_000
 
@@ -108,7 +115,7 @@ def _running_ops(url: str, comment: str) -> list[dict[str, Any]] | None:
 
 def test_mongo_timeout_tells_the_server_and_leaves_the_source_usable(mongo_url: str) -> None:
     with federator.connect(_mongo(mongo_url), timeout=1) as fed:
-        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()  # catalog, warm
+        fed.sql(WARM, timeout=60).to_arrow()  # catalog, pool: planning and run share 1 s
         before = len(COMMANDS.started_of("aggregate"))
         result = fed.sql(SLOW_SQL)  # planned: the timeout runs from here on this branch
         started = time.monotonic()
@@ -131,7 +138,7 @@ def test_mongo_timeout_tells_the_server_and_leaves_the_source_usable(mongo_url: 
 @needs_deadline
 def test_mongo_aggregate_carries_the_remaining_budget_as_max_time_ms(mongo_url: str) -> None:
     with federator.connect(_mongo(mongo_url), timeout=1) as fed:
-        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()
+        fed.sql(WARM, timeout=60).to_arrow()
         before = len(COMMANDS.started_of("aggregate"))
         with pytest.raises(federator.QueryTimeoutError):
             fed.sql(SLOW_SQL).to_arrow()
@@ -141,16 +148,13 @@ def test_mongo_aggregate_carries_the_remaining_budget_as_max_time_ms(mongo_url: 
 
 def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) -> None:
     with federator.connect(_mongo(mongo_url, batch_rows=100), timeout=30) as fed:
-        fed.sql("SELECT count(*) AS n FROM m.slow WHERE s = 'x'").to_arrow()
+        fed.sql(WARM, timeout=60).to_arrow()
         before = len(COMMANDS.started_of("aggregate"))
         with COMMANDS.lock:
             seen = len(COMMANDS.events)
         reader = fed.sql("SELECT i FROM m.big").to_batches()
         assert reader.read_next_batch().num_rows == 100
-        # The caller stops reading: a cancel. (RecordBatchReader.close() keeps the stream
-        # open; the stream is closed when the reader is released.)
-        reader.close()
-        del reader
+        reader.close()  # the caller stops reading: a cancel (the reader is still referenced)
         sent = [c for c in COMMANDS.started_of("aggregate")[before:] if c.get("aggregate") == "big"]
         with COMMANDS.lock:
             ids = [
@@ -159,6 +163,7 @@ def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) 
                 if e.command_name == "aggregate" and e.request_id in COMMANDS.replies
             ]
         assert len(sent) == 1 and len(ids) == 1 and ids[0] != 0
+        assert _eventually(lambda: ids[0] in _killed_cursors())  # federator sent killCursors
         client = MongoClient(mongo_url, serverSelectionTimeoutMS=5_000)
         try:  # the server no longer has the cursor: its remaining 2,900 documents are freed
             with pytest.raises(OperationFailure, match="not found"):
@@ -166,6 +171,105 @@ def test_mongo_cursor_is_killed_when_the_result_is_closed_early(mongo_url: str) 
         finally:
             client.close()
         assert fed.sql("SELECT count(*) AS n FROM m.big").to_arrow().to_pylist() == [{"n": N_BIG}]
+
+
+def _eventually(check: Any, seconds: float = 2.0) -> bool:
+    """``check()`` true within ``seconds`` (teardown work is sent by the driver's threads)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _killed_cursors() -> list[int]:
+    return [i for c in COMMANDS.started_of("killCursors") for i in c["cursors"]]
+
+
+def _ended_sessions() -> list[Any]:
+    """The session ids the clients of this process ended (endSessions, sent at close)."""
+    return [lsid["id"] for c in COMMANDS.started_of("endSessions") for lsid in c["endSessions"]]
+
+
+def _commented(name: str, collection: str, seen: int) -> list[dict[str, Any]]:
+    """``name`` commands on ``collection`` that federator's query runs sent (they carry a
+    ``federator …`` comment) since event ``seen``."""
+    with COMMANDS.lock:
+        events = COMMANDS.events[seen:]
+    return [
+        dict(e.command)
+        for e in events
+        if e.command_name == name
+        and e.command.get(name) == collection
+        and str(e.command.get("comment", "")).startswith("federator ")
+    ]
+
+
+@needs_deadline
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_mongo_interrupted_aggregate_is_bounded_and_its_session_ended(
+    mongo_url: str, how: str
+) -> None:
+    """A timed-out or cancelled aggregate: it carried maxTimeMS within the query's budget and
+    a comment naming it (for killOp); the pool answered the next query; the session it ran in
+    was ended (endSessions at close)."""
+    budget = 1.0 if how == "timeout" else 30.0
+    with federator.connect(_mongo(mongo_url), timeout=budget) as fed:
+        fed.sql(WARM, timeout=60).to_arrow()  # catalog, pool: planning and run share 1 s
+        with COMMANDS.lock:
+            seen = len(COMMANDS.events)
+
+        async def interrupted() -> BaseException | None:
+            result = await fed.sql_async(SLOW_SQL)
+            task = asyncio.ensure_future(result.to_arrow_async())
+            if how == "cancel":
+                await asyncio.sleep(0.3)
+                task.cancel()
+            try:
+                await task
+            except BaseException as e:  # the test inspects it
+                return e
+            return None
+
+        error = asyncio.run(interrupted())
+        expected = federator.QueryTimeoutError if how == "timeout" else asyncio.CancelledError
+        assert isinstance(error, expected), repr(error)
+        [sent] = _commented("aggregate", "slow", seen)
+        assert 0 < sent["maxTimeMS"] <= budget * 1000 + 250
+        # The teardown's killOp by comment is not observable here: CongoDB's one thread does
+        # not answer a new connection's handshake while it aggregates, so the $currentOp it
+        # starts with is never sent before the teardown's half second is over.
+        answer = fed.sql("SELECT count(*) AS n FROM m.big", timeout=60).to_arrow()
+        assert answer.to_pylist() == [{"n": N_BIG}]
+    assert sent["lsid"]["id"] in _ended_sessions()
+
+
+@needs_deadline
+def test_mongo_max_time_ms_is_what_slow_planning_left(mongo_url: str) -> None:
+    """Planning waits a second on a stalled network (a proxy holds the server's answers), so
+    the run has the rest of the query's one deadline: its aggregate's maxTimeMS is at most
+    what remained (plus the server's grace), not the whole timeout again."""
+    parts = urlsplit(mongo_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 27017).start()
+    timeout, held = 3.0, 1.0
+    try:
+        url = f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
+        with federator.connect(_mongo(url), timeout=timeout) as fed:
+            with COMMANDS.lock:
+                seen = len(COMMANDS.events)
+            proxy.set_mode("freeze")  # held, not dropped, until "pass"
+            release = threading.Timer(held, proxy.set_mode, ("pass",))
+            release.start()
+            try:
+                result = fed.sql("SELECT count(*) AS n FROM m.big")
+            finally:
+                release.join()
+            assert result.to_arrow().to_pylist() == [{"n": N_BIG}]
+        [sent] = _commented("aggregate", "big", seen)
+        assert 0 < sent["maxTimeMS"] <= (timeout - held) * 1000 + 250, sent["maxTimeMS"]
+    finally:
+        proxy.stop()
 
 
 # ---- FalkorDB ----------------------------------------------------------------------------------

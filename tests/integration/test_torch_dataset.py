@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,23 @@ def test_dataset_to_the_gpu_with_pinned_memory(fed) -> None:
         assert x.is_cuda
         total += len(y)
     assert total == N
+
+
+def test_a_loop_that_stops_early_stops_the_query(fed, pg_dsn: str) -> None:
+    # 9 M rows of a self-join on PostgreSQL; the loop takes one batch and breaks
+    ds = FederatedDataset(
+        fed,
+        f"SELECT a.id, b.f1 FROM pg.{SCHEMA}.samples a CROSS JOIN pg.{SCHEMA}.samples b",
+        batch_size=64,
+        dtype=torch.float64,
+    )
+    for batch in ds:
+        assert len(batch["id"]) == 64
+        break
+    running = f"""SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active'
+        AND query LIKE '%{SCHEMA}%samples%' AND pid <> pg_backend_pid()"""
+    deadline = time.monotonic() + 5
+    while truth(pg_dsn, running)[0]["n"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert truth(pg_dsn, running)[0]["n"] == 0
+    assert fed.sql(f"SELECT count(*) AS n FROM pg.{SCHEMA}.samples").to_arrow()["n"][0].as_py() == N

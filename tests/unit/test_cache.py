@@ -169,13 +169,26 @@ def test_disabled_by_default(fed: federator.Federation) -> None:
 
 
 def test_freshness_token_sees_a_write(shop_db: Path, lake_dir: Path) -> None:
-    with federator.connect(_catalog(shop_db, lake_dir, tokens=True)) as fed:
+    with federator.connect(_catalog(shop_db, lake_dir, tokens=True, token_interval=0)) as fed:
         time.sleep(0.1)  # a file written within the last 50 ms is not trusted
         assert names(fed)[0] == "ada"
         assert names(fed)[0] == "ada"
         assert fed.cache.stats()["hits"] == 1
         write(shop_db, "UPDATE users SET name = 'lovelace' WHERE id = 1")
         assert names(fed)[0] == "lovelace"  # no invalidate(): the file's stamp changed
+
+
+def test_default_token_interval_bounds_an_unseen_write(shop_db: Path, lake_dir: Path) -> None:
+    with federator.connect(_catalog(shop_db, lake_dir, tokens=True)) as fed:
+        time.sleep(0.1)  # a file written within the last 50 ms is not trusted
+        assert "tokens read at most every 1 s" in fed.sql("SELECT 1 FROM shop.users").explain()
+        assert names(fed)[0] == "ada"
+        result = fed.sql("SELECT name FROM shop.users ORDER BY id")
+        assert result.to_arrow().column("name")[0].as_py() == "ada"
+        assert "freshness token read 0." in result.explain(analyze=True)
+        write(shop_db, "UPDATE users SET name = 'lovelace' WHERE id = 1")
+        time.sleep(1.1)  # the interval passed: the next lookup reads the token again
+        assert names(fed)[0] == "lovelace"
 
 
 def test_token_interval_reuses_a_token(shop_db: Path, lake_dir: Path) -> None:
@@ -267,6 +280,24 @@ def test_fifty_concurrent_queries_fetch_each_fragment_once(
     assert dict(fetches) == dict(per_source)
     stats = cached.cache.stats()
     assert stats["hits"] + stats["shared_fetches"] > 0
+
+
+def test_a_stalled_leader_hands_over_to_one_follower(cached: federator.Federation) -> None:
+    fetches = count_fetches(cached)
+    query = "SELECT id FROM shop.orders"
+    reader = cached.sql(query).to_batches()
+    assert reader.read_next_batch().num_rows == 4  # the leader, parked: more batches follow
+
+    async def run() -> list[pa.Table]:
+        results = [await cached.sql_async(query) for _ in range(10)]
+        return await asyncio.gather(*(r.to_arrow_async() for r in results))
+
+    tables = cached._loop.run(run())
+    reader.close()
+    assert all(t.num_rows == 60 and t.equals(tables[0]) for t in tables)
+    assert sorted(tables[0].column("id").to_pylist()) == list(range(1, 61))
+    assert fetches["shop"] == 2  # the parked leader's, then one follower's for the nine others
+    assert cached.cache.stats()["shared_fetches"] == 9
 
 
 # ---- join cache ----------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def fed(catalog: dict[str, Any]) -> Iterator[federator.Federation]:
 ONE = "SELECT name FROM s.t WHERE x = :v"
 
 
+# A closed federation refuses work without leaving a coroutine it never awaited behind.
+NO_UNAWAITED = pytest.mark.filterwarnings(
+    "error::RuntimeWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@NO_UNAWAITED
 def test_closed_federation_raises_a_typed_error(catalog: dict[str, Any]) -> None:
     fed = federator.connect(catalog)
     result = fed.sql(ONE, {"v": 1})
@@ -59,6 +66,7 @@ def test_closed_federation_raises_a_typed_error(catalog: dict[str, Any]) -> None
     assert issubclass(federator.FederationClosedError, federator.FederatorError)
 
 
+@NO_UNAWAITED
 def test_closed_federation_async(catalog: dict[str, Any]) -> None:
     async def go() -> None:
         async with federator.connect(catalog) as fed:
@@ -67,6 +75,21 @@ def test_closed_federation_async(catalog: dict[str, Any]) -> None:
             await fed.sql_async(ONE, {"v": 1})
         with pytest.raises(federator.FederationClosedError):
             await result.to_arrow_async()
+
+    asyncio.run(go())
+
+
+@NO_UNAWAITED
+def test_async_iteration_closed_after_its_federation(catalog: dict[str, Any]) -> None:
+    """An ``async for`` left after the federation closed ends cleanly (closing the federation
+    closed its stream)."""
+
+    async def go() -> None:
+        fed = federator.connect(catalog)
+        batches = (await fed.sql_async("SELECT x FROM s.t")).__aiter__()
+        assert (await anext(batches)).num_rows > 0
+        await fed.aclose()
+        await batches.aclose()  # raised FederationClosedError from its cleanup before
 
     asyncio.run(go())
 
