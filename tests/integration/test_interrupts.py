@@ -187,11 +187,6 @@ def _killed_cursors() -> list[int]:
     return [i for c in COMMANDS.started_of("killCursors") for i in c["cursors"]]
 
 
-def _ended_sessions() -> list[Any]:
-    """The session ids the clients of this process ended (endSessions, sent at close)."""
-    return [lsid["id"] for c in COMMANDS.started_of("endSessions") for lsid in c["endSessions"]]
-
-
 def _commented(name: str, collection: str, seen: int) -> list[dict[str, Any]]:
     """``name`` commands on ``collection`` that federator's query runs sent (they carry a
     ``federator …`` comment) since event ``seen``."""
@@ -208,12 +203,13 @@ def _commented(name: str, collection: str, seen: int) -> list[dict[str, Any]]:
 
 @needs_deadline
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
-def test_mongo_interrupted_aggregate_is_bounded_and_its_session_ended(
+def test_mongo_interrupted_aggregate_is_bounded_and_the_pool_usable(
     mongo_url: str, how: str
 ) -> None:
     """A timed-out or cancelled aggregate: it carried maxTimeMS within the query's budget and
-    a comment naming it (for killOp); the pool answered the next query; the session it ran in
-    was ended (endSessions at close)."""
+    a comment naming it (for killOp); the pool answered the next query. (Whether its session
+    is ended at close depends on a race: the driver discards, without endSessions, a session
+    whose connection was closed mid-command; the server's end of it is maxTimeMS's job.)"""
     budget = 1.0 if how == "timeout" else 30.0
     with federator.connect(_mongo(mongo_url), timeout=budget) as fed:
         fed.sql(WARM, timeout=60).to_arrow()  # catalog, pool: planning and run share 1 s
@@ -242,7 +238,6 @@ def test_mongo_interrupted_aggregate_is_bounded_and_its_session_ended(
         # starts with is never sent before the teardown's half second is over.
         answer = fed.sql("SELECT count(*) AS n FROM m.big", timeout=60).to_arrow()
         assert answer.to_pylist() == [{"n": N_BIG}]
-    assert sent["lsid"]["id"] in _ended_sessions()
 
 
 @needs_deadline
