@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import time
@@ -269,4 +270,12 @@ def _html_cell(value: Any) -> str:
 def _close_stream(loop: LoopThread, stream: AsyncGenerator[pa.RecordBatch, None]) -> None:
     """Stop a stream from the caller's thread (a federation being closed closes it itself)."""
     with contextlib.suppress(FederationClosedError):
-        loop.run(stream.aclose())
+        loop.run(_aclose_when_idle(stream))
+
+
+async def _aclose_when_idle(stream: AsyncGenerator[pa.RecordBatch, None]) -> None:
+    # Ctrl-C while a batch is awaited cancels that step on the loop; closing the generator
+    # before the cancellation has run through it would raise "already running".
+    while stream.ag_running:
+        await asyncio.sleep(0.005)
+    await stream.aclose()
