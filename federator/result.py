@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import html
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,8 +72,31 @@ class Result:
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
 
+    html_max_rows = 20  # rows _repr_html_ shows; the rest are counted, not kept
+
     def __repr__(self) -> str:
         return f"<federator.Result: {len(self.plan.fragments)} fragment(s)>"
+
+    def _repr_html_(self) -> str:
+        """Run the query and render it for Jupyter: an HTML table with each column's type, at
+        most :attr:`html_max_rows` rows then a "… N more rows" line, the row count and the
+        time it took. Rows past those shown stream by and are only counted.
+
+        >>> fed.sql("SELECT id, name FROM shop.users")  # doctest: +SKIP
+        (in a notebook: the table, "… 20 more rows", "40 rows · 12.3 ms")
+        """
+        started = time.perf_counter()
+        shown: list[pa.RecordBatch] = []
+        kept = total = 0
+        with self.to_batches() as reader:
+            schema = reader.schema
+            for batch in reader:
+                total += batch.num_rows
+                if kept < self.html_max_rows:
+                    shown.append(batch.slice(0, self.html_max_rows - kept))
+                    kept += shown[-1].num_rows
+        seconds = time.perf_counter() - started
+        return html_table(pa.Table.from_batches(shown, schema=schema), total, seconds)
 
     def _execution(self) -> Execution:
         self.last_execution = self._fed._execution(
@@ -212,7 +238,44 @@ class BatchReader:
         return f"<federator.BatchReader {self._reader.schema.names}>"
 
 
+def html_table(table: pa.Table, total_rows: int, seconds: float) -> str:
+    """``table`` (the first rows of an answer of ``total_rows``) as an HTML table whose header
+    names each column and its Arrow type; every name, type and value is escaped.
+
+    >>> html_table(pa.table({"x": ["<b>"]}), 1, 0.0012)  # doctest: +ELLIPSIS
+    '<div class="federator-result"><table>...<td>&lt;b&gt;</td>...1 row · 1.2 ms</p></div>'
+    """
+    head = "".join(
+        f"<th>{html.escape(f.name)}<br><small>{html.escape(str(f.type))}</small></th>"
+        for f in table.schema
+    )
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row.values()) + "</tr>"
+        for row in table.to_pylist()
+    )
+    more = total_rows - table.num_rows
+    lines = f"<p>… {more:,} more row{'s' * (more != 1)}</p>" if more > 0 else ""
+    took = f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+    footer = f"<p>{total_rows:,} row{'s' * (total_rows != 1)} · {took}</p>"
+    return (
+        f'<div class="federator-result"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>{lines}{footer}</div>"
+    )
+
+
+def _html_cell(value: Any) -> str:
+    return "<i>NULL</i>" if value is None else html.escape(str(value))
+
+
 def _close_stream(loop: LoopThread, stream: AsyncGenerator[pa.RecordBatch, None]) -> None:
     """Stop a stream from the caller's thread (a federation being closed closes it itself)."""
     with contextlib.suppress(FederationClosedError):
-        loop.run(stream.aclose())
+        loop.run(_aclose_when_idle(stream))
+
+
+async def _aclose_when_idle(stream: AsyncGenerator[pa.RecordBatch, None]) -> None:
+    # Ctrl-C while a batch is awaited cancels that step on the loop; closing the generator
+    # before the cancellation has run through it would raise "already running".
+    while stream.ag_running:
+        await asyncio.sleep(0.005)
+    await stream.aclose()
