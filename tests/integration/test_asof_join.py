@@ -191,3 +191,26 @@ def test_where_on_the_feature_side_filters_after_the_match(setup: Any):
     truth = [r for r in _truth(labels, feats, strict=False, left=False) if not r[1].endswith("=")]
     sql = _asof_sql("pg", "ASOF JOIN", ">=") + " WHERE f.v NOT LIKE '%='"
     assert _rows(fed.sql(sql).to_arrow()) == truth
+
+
+def test_three_feature_sources_with_a_maximum_age(setup: Any):
+    """A training set: each label gets the features of three sources as of its time, each
+    NULL when older than the maximum age (TTL) of 100."""
+    fed, labels, feats = setup
+    sql = (
+        "SELECT l.id, CASE WHEN l.ts - p.ts <= 100 THEN p.v END AS pv,"
+        " CASE WHEN l.ts - m.ts <= 100 THEN m.v END AS mv, o.v AS ov"
+        " FROM lake.labels AS l"
+        " ASOF LEFT JOIN pg.asof_feats AS p ON l.user_id = p.user_id AND l.ts >= p.ts"
+        " ASOF LEFT JOIN my.asof_feats AS m ON l.user_id = m.user_id AND l.ts >= m.ts"
+        " ASOF LEFT JOIN mongo.asof_feats AS o ON l.user_id = o.user_id AND l.ts > o.ts"
+    )
+    ts = {i: t for i, _, t in labels}
+    fresh = [
+        (i, v if v is not None and ts[i] - fts <= 100 else None)
+        for i, v, fts in _truth(labels, feats, strict=False, left=True)
+    ]
+    strict = _truth(labels, feats, strict=True, left=True)
+    truth = [(i, v, v, o) for (i, v), (_, o, _) in zip(fresh, strict, strict=True)]
+    assert _rows(fed.sql(sql).to_arrow()) == truth
+    assert any(r[1] is None and r[3] is not None for r in truth)  # the TTL took some away
