@@ -5,6 +5,7 @@ running the same query over the same rows."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,18 @@ def test_no_source_takes_an_asof_join(kind: str) -> None:
     assert join is not None
     rules = rule_set_for(kind)
     assert rules.rules and rules.refusal(join) is not None
+
+
+@pytest.mark.parametrize(
+    ("on", "says"),
+    [
+        ("USING (user_id, ts)", "USING (…) is not supported"),
+        ("ON l.user_id = f.user_id", "exactly one time inequality in its ON (found 0)"),
+        ("ON l.user_id = f.user_id AND l.ts >= f.ts AND l.id < f.ts", "(found 2)"),
+    ],
+)
+def test_an_asof_join_without_one_time_inequality_is_refused_by_name(
+    fed: federator.Federation, on: str, says: str
+) -> None:
+    with pytest.raises(federator.UnsupportedError, match=re.escape(says)):
+        fed.sql(f"SELECT l.id, f.v FROM a.l AS l ASOF LEFT JOIN b.f AS f {on}")
