@@ -66,7 +66,11 @@ def _count_star(node: exp.Expression) -> bool:
 
 def _inner(node: exp.Expression) -> bool:
     assert isinstance(node, exp.Join)
-    return not node.side and node.kind.upper() in ("", "INNER", "CROSS")
+    return (
+        not node.side
+        and node.kind.upper() in ("", "INNER", "CROSS")
+        and not node.args.get("method")  # ASOF: matched in the residual
+    )
 
 
 def _literal_in(node: exp.Expression) -> bool:

@@ -128,6 +128,7 @@ def _unnest_join(node: exp.Expression) -> bool:
         and not node.side
         and node.kind.upper() in ("", "INNER", "CROSS")
         and not node.args.get("using")
+        and not node.args.get("method")  # ASOF: matched in the residual
     )
 
 

@@ -99,15 +99,25 @@ SCALARS = (
 AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 WINDOWS = (exp.Window, exp.WindowSpec, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Lag, exp.Lead)
 
+
+def _not_asof_join(node: exp.Expression) -> bool:
+    """Any join but ``ASOF JOIN``: the as-of match runs in the residual (DuckDB), never in a
+    source (PostgreSQL and MySQL have no ASOF JOIN; a rewrite as a lateral subquery is slow)."""
+    return (node.args.get("method") or "").upper() != "ASOF"
+
+
 RELATIONAL = RuleSet(
     "relational",
-    rules_for_classes(*STRUCTURE, *PREDICATES, *SCALARS, *AGGREGATES),
+    [
+        Rule(exp.Join, guard=_not_asof_join, name="join (not ASOF)"),
+        *rules_for_classes(*STRUCTURE, *PREDICATES, *SCALARS, *AGGREGATES),
+    ],
     frozenset({"join", "aggregate", "subquery", "order_limit"}),
 )
 
 
 def _not_full_join(node: exp.Expression) -> bool:
-    return node.side.upper() != "FULL"
+    return node.side.upper() != "FULL" and _not_asof_join(node)
 
 
 def _pgvector_operands(node: exp.Expression) -> exp.Expression:
@@ -260,7 +270,10 @@ MYSQL = RELATIONAL.extend(
     "mysql",
     [
         Rule(
-            exp.Join, guard=_not_full_join, name="join without FULL", note="MySQL has no FULL JOIN"
+            exp.Join,
+            guard=_not_full_join,
+            name="join without FULL or ASOF",
+            note="MySQL has no FULL JOIN",
         ),
         MOD_RULE,
         *rules_for_classes(*WINDOWS),
@@ -276,7 +289,7 @@ def _one_row_at_most(node: exp.Expression) -> bool:
 SQLITE = RELATIONAL.extend(
     "sqlite",
     [
-        Rule(exp.Join, guard=_not_full_join, name="join without FULL"),
+        Rule(exp.Join, guard=_not_full_join, name="join without FULL or ASOF"),
         Rule(
             exp.Subquery,
             guard=_one_row_at_most,

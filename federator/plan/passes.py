@@ -63,8 +63,8 @@ PASSES: tuple[Callable[..., exp.Expression], ...] = (
     lambda e, **k: pushdown_projections(e),
     lambda e, **k: normalize(e),
     lambda e, **k: unnest_keeping_scalars(e),
-    lambda e, **k: pushdown_predicates(e, dialect=Federated),
-    lambda e, **k: optimize_joins(e),
+    lambda e, **k: _asof_as_outer(pushdown_predicates, e, dialect=Federated),
+    lambda e, **k: _asof_as_outer(optimize_joins, e),
     lambda e, **k: merge_subqueries(e),
     lambda e, **k: eliminate_joins(e),
     lambda e, **k: eliminate_ctes(e),
@@ -108,6 +108,29 @@ def unnest_keeping_scalars(expression: exp.Expression) -> exp.Expression:
     for stand_in, subquery in zip(stand_ins, kept, strict=True):
         stand_in.replace(subquery)
     return expression
+
+
+def _asof_as_outer(
+    run: Callable[..., exp.Expression], tree: exp.Expression, **kwargs: Any
+) -> exp.Expression:
+    """Run a sqlglot pass that treats an inner ``ASOF JOIN`` as a plain inner join as if it
+    were a LEFT JOIN: a WHERE filter on its right side must stay after the as-of match (in its
+    ON it would pick an older row instead of dropping the row), and it is not reordered.
+
+    >>> from sqlglot import parse_one
+    >>> q = parse_one("SELECT * FROM l ASOF JOIN f ON l.k = f.k AND l.t >= f.t WHERE f.v > 0")
+    >>> _asof_as_outer(pushdown_predicates, q).sql()
+    'SELECT * FROM l ASOF JOIN f ON f.k = l.k AND f.t <= l.t WHERE f.v > 0'
+    """
+    for join in tree.find_all(exp.Join):
+        if join.method.upper() == "ASOF" and not join.side:
+            join.set("side", "LEFT")
+            join.meta["asof_inner"] = True
+    tree = run(tree, **kwargs)
+    for join in tree.find_all(exp.Join):
+        if join.meta.pop("asof_inner", False):
+            join.set("side", None)
+    return tree
 
 
 def optimize(

@@ -23,6 +23,7 @@ from federator.plan.partial_agg import PartialAggregation
 from federator.plan.tree import (
     _conjuncts,
     _direct_queries,
+    _is_asof,
     _is_inner,
     _Item,
     _join_pair,
@@ -78,9 +79,10 @@ class Splitter(TopKPlanner, PartialAggregation):
         joins = select.args.get("joins") or []
         k = next((i for i, j in enumerate(joins) if not _is_inner(j)), len(joins))
         left = joins[k:]
-        if all(j.side.upper() == "LEFT" for j in left):
+        if all(j.side.upper() == "LEFT" or _is_asof(j) for j in left):
             # Inner joins, then LEFT JOINs (as decorrelated subqueries come): the inner part
             # is grouped and bound as usual, each LEFT-joined table is a fragment of its own.
+            # ASOF [LEFT] JOINs too: their right side only ever matches the left side's keys.
             by_alias = {it.alias: it for it in items}
             outer = items[k + 1 :]
             pushed = [

@@ -30,7 +30,13 @@ def field_type(schema: pa.Schema, name: str) -> pa.DataType | None:
 
 
 def _is_inner(join: exp.Join) -> bool:
-    return not join.side and join.kind.upper() in ("", "INNER", "CROSS")
+    return not join.side and join.kind.upper() in ("", "INNER", "CROSS") and not _is_asof(join)
+
+
+def _is_asof(join: exp.Join) -> bool:
+    """``ASOF [LEFT] JOIN``: each row of the left side matched to the latest row of the right
+    side at or before its time; runs in the residual."""
+    return (join.args.get("method") or "").upper() == "ASOF"
 
 
 def _join_pair(c: exp.Expression) -> tuple[str, str] | None:

@@ -424,6 +424,7 @@ def parse(sql: str) -> exp.Query:
         )
     _refuse_writes_inside(stmt)
     _refuse_cross_join_conditions(stmt)
+    _check_asof_joins(stmt)
     return stmt
 
 
@@ -435,6 +436,32 @@ def _refuse_cross_join_conditions(query: exp.Query) -> None:
             raise SQLSyntaxError(
                 f"CROSS JOIN {join.this.sql()} takes no ON or USING condition;"
                 " write JOIN … ON … for an inner join"
+            )
+
+
+_ASOF_INEQUALITIES = (exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _check_asof_joins(query: exp.Query) -> None:
+    """An ``ASOF JOIN`` needs ``ON`` with exactly one time inequality (``l.ts >= f.ts``), the
+    rest equalities and filters. ``USING (k, ts)`` is refused by name: the optimizer would
+    read its last column as an equality, not as the time to match on."""
+    for join in query.find_all(exp.Join):
+        if (join.args.get("method") or "").upper() != "ASOF":
+            continue
+        shown = join.this.sql(dialect=Federated)
+        if join.args.get("using"):
+            raise UnsupportedError(
+                f"ASOF JOIN {shown} USING (…) is not supported; write"
+                " ON l.key = f.key AND l.ts >= f.ts"
+            )
+        on = join.args.get("on")
+        conjuncts = list(on.flatten()) if isinstance(on, exp.And) else [on] if on else []
+        times = [c for c in conjuncts if isinstance(c, _ASOF_INEQUALITIES)]
+        if len(times) != 1:
+            raise UnsupportedError(
+                f"ASOF JOIN {shown} needs exactly one time inequality in its ON (found"
+                f" {len(times)}), as in ON l.key = f.key AND l.ts >= f.ts"
             )
 
 
