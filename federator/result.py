@@ -12,6 +12,7 @@ import pyarrow as pa
 from federator.errors import FederationClosedError
 from federator.execute import Execution
 from federator.plan.model import Plan
+from federator.telemetry import QueryTrace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +40,7 @@ class QueryRunner(Protocol):
         timeout: float | None,
         max_staleness: float | None = None,
         spent: float = 0.0,
+        trace: QueryTrace | None = None,
     ) -> Execution: ...
 
 
@@ -59,6 +61,7 @@ class Result:
         *,
         max_staleness: float | None = None,
         planning_seconds: float = 0.0,
+        trace: QueryTrace | None = None,
     ):
         self._fed = fed
         self.plan = plan
@@ -68,13 +71,19 @@ class Result:
         self._planning_seconds = planning_seconds
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
+        self._trace = trace if trace is not None else QueryTrace()  # spans, metrics, log line
 
     def __repr__(self) -> str:
         return f"<federator.Result: {len(self.plan.fragments)} fragment(s)>"
 
     def _execution(self) -> Execution:
         self.last_execution = self._fed._execution(
-            self.plan, self._params, self._timeout, self._max_staleness, self._planning_seconds
+            self.plan,
+            self._params,
+            self._timeout,
+            self._max_staleness,
+            self._planning_seconds,
+            trace=self._trace,
         )
         return self.last_execution
 
