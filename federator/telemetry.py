@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,16 +62,30 @@ BIND_KEYS = _meter.create_counter(
 )
 
 
+def tracing() -> bool:
+    """Whether the application has set a tracer provider (the SDK's, say): without one, no
+    span is started at all, not even the API's no-op ones, so tracing off costs nothing."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _start(on: bool, name: str, context: Any = None, attributes: Any = None) -> Span:
+    if not on:
+        return trace.INVALID_SPAN
+    return _tracer.start_span(name, context=context, attributes=attributes)
+
+
 class QueryTrace:
     """One query's id and span: planning runs under it, and its first run ends it (a Result
     run again gets a fresh ``federator.query`` span with the same id)."""
 
     def __init__(self, sql: str | None = None):
-        self.query_id = uuid.uuid4().hex[:16]
+        self.query_id = f"{random.getrandbits(64):016x}"
+        self.on = tracing()
         self._attributes = {"federator.query_id": self.query_id, "db.system.name": "federator"}
-        if sql:
+        if sql and self.on:
             self._attributes["db.query.text"] = redact_text(sql)
-        self._span: Span | None = _tracer.start_span("federator.query", attributes=self._attributes)
+        self._span: Span | None = _start(self.on, "federator.query", None, self._attributes)
 
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
@@ -79,7 +93,10 @@ class QueryTrace:
         A planning error ends the query span too: there will be no run."""
         parent = trace.set_span_in_context(self._span) if self._span is not None else None
         try:
-            with _tracer.start_as_current_span("federator.plan", context=parent):
+            if self.on:
+                with _tracer.start_as_current_span("federator.plan", context=parent):
+                    yield
+            else:
                 yield
         except BaseException as e:
             if self._span is not None:
@@ -93,8 +110,8 @@ class QueryTrace:
         """The span of one run of the plan: the planned one first, then a fresh one."""
         span, self._span = self._span, None
         if span is None:
-            span = _tracer.start_span("federator.query", attributes=self._attributes)
-        return RunTrace(self.query_id, span)
+            span = _start(self.on, "federator.query", None, self._attributes)
+        return RunTrace(self.query_id, span, self.on)
 
 
 @dataclass
@@ -108,10 +125,11 @@ class _FragmentRun:
 class RunTrace:
     """One execution's span, its fragments' and residual's child spans, and its log line."""
 
-    def __init__(self, query_id: str, span: Span):
+    def __init__(self, query_id: str, span: Span, on: bool = True):
         self.query_id = query_id
         self.span = span
-        self.context = trace.set_span_in_context(span)
+        self.on = on
+        self.context = trace.set_span_in_context(span) if on else None
         self.started = time.perf_counter()
         self.rows = 0
         self._fragments: list[str] = []
@@ -120,6 +138,9 @@ class RunTrace:
         self, frag: Fragment, kind: str, request: NativeRequest, cached: bool
     ) -> _FragmentRun:
         """Start a fragment's span (parent: this run, whichever task runs the fragment)."""
+        logged = request_log.isEnabledFor(logging.DEBUG)
+        if not (self.on or logged):
+            return _FragmentRun(trace.INVALID_SPAN, frag, kind, cached)
         text = redact_text(request.text)
         attributes = {
             "federator.fragment": frag.id,
@@ -128,11 +149,12 @@ class RunTrace:
             "db.query.text": text,
             "federator.params": len(request.params),
         }
-        span = _tracer.start_span("federator.fragment", attributes=attributes, context=self.context)
-        request_log.debug(
-            "query %s fragment %s on %s (%s): %s [%d parameter(s)]",
-            self.query_id, frag.id, frag.source, kind, text, len(request.params),
-        )  # fmt: skip
+        span = _start(self.on, "federator.fragment", self.context, attributes)
+        if logged:
+            request_log.debug(
+                "query %s fragment %s on %s (%s): %s [%d parameter(s)]",
+                self.query_id, frag.id, frag.source, kind, text, len(request.params),
+            )  # fmt: skip
         return _FragmentRun(span, frag, kind, cached)
 
     def end_fragment(
@@ -158,10 +180,11 @@ class RunTrace:
             SOURCE_BYTES.add(stats.bytes, source)
         if run.cached:
             (CACHE_HITS if stats.cached else CACHE_MISSES).add(1, source)
-        self._fragments.append(f"{run.frag.id} {run.frag.source} {stats.rows} rows {cache}")
+        if query_log.isEnabledFor(logging.INFO):
+            self._fragments.append(f"{run.frag.id} {run.frag.source} {stats.rows} rows {cache}")
 
     def residual(self) -> Span:
-        return _tracer.start_span("federator.residual", context=self.context)
+        return _start(self.on, "federator.residual", self.context)
 
     def end_residual(self, span: Span, stats: FragmentStats, error: BaseException | None) -> None:
         span.set_attributes({"federator.rows": stats.rows, "federator.bytes": stats.bytes})
@@ -178,6 +201,8 @@ class RunTrace:
             _fail(self.span, error)
         self.span.end()
         QUERY_DURATION.record(seconds, {"outcome": outcome})
+        if not query_log.isEnabledFor(logging.INFO):
+            return
         query_log.info(
             "query %s %s: %d fragment(s) [%s], %d rows, %.1f ms",
             self.query_id, outcome, len(self._fragments), "; ".join(self._fragments),
@@ -196,6 +221,8 @@ def outcome_of(error: BaseException) -> str:
 
 def _fail(span: Span, error: BaseException) -> None:
     """Record ``error`` on ``span``; a cancel is an outcome, not an error."""
+    if not span.is_recording():
+        return
     outcome = outcome_of(error)
     span.set_attribute("federator.outcome", outcome)
     if outcome == "cancelled":
