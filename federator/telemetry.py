@@ -183,14 +183,39 @@ class RunTrace:
         if query_log.isEnabledFor(logging.INFO):
             self._fragments.append(f"{run.frag.id} {run.frag.source} {stats.rows} rows {cache}")
 
-    def residual(self) -> Span:
-        return _start(self.on, "federator.residual", self.context)
+    @contextlib.contextmanager
+    def fragment_span(
+        self,
+        frag: Fragment,
+        kind: str,
+        request: NativeRequest,
+        cached: bool,
+        stats: FragmentStats,
+    ) -> Iterator[None]:
+        """A fragment's span around its fetch (:meth:`fragment`, then :meth:`end_fragment`
+        with ``stats`` and the error that ended it, if one did)."""
+        run = self.fragment(frag, kind, request, cached)
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.end_fragment(run, stats, error)
 
-    def end_residual(self, span: Span, stats: FragmentStats, error: BaseException | None) -> None:
-        span.set_attributes({"federator.rows": stats.rows, "federator.bytes": stats.bytes})
-        if error is not None:
-            _fail(span, error)
-        span.end()
+    @contextlib.contextmanager
+    def residual_span(self, stats: FragmentStats) -> Iterator[None]:
+        """The residual's span around its run, with its rows and bytes from ``stats``."""
+        span = _start(self.on, "federator.residual", self.context)
+        try:
+            yield
+        except BaseException as e:
+            _fail(span, e)
+            raise
+        finally:
+            span.set_attributes({"federator.rows": stats.rows, "federator.bytes": stats.bytes})
+            span.end()
 
     def finish(self, error: BaseException | None) -> None:
         """End the run: its span, the duration metric and the INFO line."""

@@ -147,7 +147,8 @@ class Execution:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
         if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
-            return await fetch_top_k(self, frag, keys)
+            with self._fragment_span(frag, cached=False):
+                return await fetch_top_k(self, frag, keys)
         return await self._collect(frag, keys)
 
     async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
@@ -205,12 +206,7 @@ class Execution:
                 async for batch in fetched:
                     yield batch
             return
-        assert self._run is not None, "fragments run inside stream()"
-        cached = self.cache is not None
-        kind = self.catalog.adapter(frag.source).kind
-        span = self._run.fragment(frag, kind, self.plan.requests[frag.id], cached)
-        error: BaseException | None = None
-        try:
+        with self._fragment_span(frag, cached=self.cache is not None):
             if self.cache is not None:  # lookup, single flight, store when complete
                 batches = self.cache.fragment_batches(self, frag, keys)
             else:
@@ -218,11 +214,13 @@ class Execution:
             async with contextlib.aclosing(batches) as fetched:
                 async for batch in fetched:
                     yield batch
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            self._run.end_fragment(span, self.stats[frag.id], error)
+
+    def _fragment_span(self, frag: Fragment, cached: bool) -> contextlib.AbstractContextManager:
+        """The fragment's span (federator.telemetry) around one fetch of it."""
+        assert self._run is not None, "fragments run inside stream()"
+        kind = self.catalog.adapter(frag.source).kind
+        request = self.plan.requests[frag.id]
+        return self._run.fragment_span(frag, kind, request, cached, self.stats[frag.id])
 
     async def _source_batches(
         self, frag: Fragment, keys: list[Any] | None
@@ -262,29 +260,24 @@ class Execution:
         engine = default_engine()
         con = engine.cursor()  # its own connection: its fragment names are its alone
         assert self._run is not None, "the residual runs inside stream()"
-        span = self._run.residual()
-        error: BaseException | None = None
-        try:
-            params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
-            reader, head = await engine.run(con, self._start_residual, con, tables, params)
-            if not head:
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
-            for batch in head:  # a small answer comes whole in the first call to the engine
-                self.residual_stats.rows += batch.num_rows
-                self.residual_stats.bytes += batch.nbytes
-                yield batch
-            more = len(head) == RESIDUAL_HEAD_BATCHES
-            while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
-                self.residual_stats.rows += batch.num_rows
-                self.residual_stats.bytes += batch.nbytes
-                yield batch
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            self.residual_stats.ms += (time.perf_counter() - started) * 1000
-            self._run.end_residual(span, self.residual_stats, error)
-            engine.release(con)
+        with self._run.residual_span(self.residual_stats):
+            try:
+                params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
+                reader, head = await engine.run(con, self._start_residual, con, tables, params)
+                if not head:
+                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+                for batch in head:  # a small answer comes whole in the first call to the engine
+                    self.residual_stats.rows += batch.num_rows
+                    self.residual_stats.bytes += batch.nbytes
+                    yield batch
+                more = len(head) == RESIDUAL_HEAD_BATCHES
+                while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
+                    self.residual_stats.rows += batch.num_rows
+                    self.residual_stats.bytes += batch.nbytes
+                    yield batch
+            finally:
+                self.residual_stats.ms += (time.perf_counter() - started) * 1000
+                engine.release(con)
 
     def _start_residual(
         self,

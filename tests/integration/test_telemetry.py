@@ -14,8 +14,7 @@ import asyncpg
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -37,19 +36,32 @@ QUERY = (
 PASSWORD = "Otel-pw-4711"  # PostgreSQL here trusts loopback: any password connects
 
 
+class _Forward(SpanProcessor):
+    """Exports ended spans while ``on``: the global provider outlives this module (it can be
+    set once per process), so at the end it is turned off rather than shut down, and later
+    tests' spans are neither kept nor warned about."""
+
+    def __init__(self, exporter: InMemorySpanExporter):
+        self.exporter = exporter
+        self.on = True
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.on:
+            self.exporter.export([span])
+
+
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
-    """An SDK tracer provider (the global one can be set once per process) with an in-memory
-    exporter for this module."""
+    """An SDK tracer provider (the global one) with an in-memory exporter for this module."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
+    forward = _Forward(InMemorySpanExporter())
+    provider.add_span_processor(forward)
+    yield forward.exporter
+    forward.on = False
+    forward.exporter.clear()
 
 
 @pytest.fixture(scope="module")
