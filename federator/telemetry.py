@@ -91,9 +91,10 @@ class QueryTrace:
     def planning(self) -> Iterator[None]:
         """Planning as a child span, current inside (call it in the coroutine that plans).
         A planning error ends the query span too: there will be no run."""
-        parent = trace.set_span_in_context(self._span) if self._span is not None else None
+        started = time.perf_counter()
         try:
-            if self.on:
+            if self.on and self._span is not None:
+                parent = trace.set_span_in_context(self._span)
                 with _tracer.start_as_current_span("federator.plan", context=parent):
                     yield
             else:
@@ -103,7 +104,13 @@ class QueryTrace:
                 _fail(self._span, e)
                 self._span.end()
                 self._span = None
-            QUERY_DURATION.record(0.0, {"outcome": outcome_of(e)})
+            seconds = time.perf_counter() - started
+            QUERY_DURATION.record(seconds, {"outcome": outcome_of(e)})
+            query_log.info(
+                "query %s %s in planning: %s: %s, %.1f ms",
+                self.query_id, outcome_of(e), type(e).__name__, redact_text(str(e)),
+                seconds * 1000,
+            )  # fmt: skip
             raise
 
     def run(self) -> RunTrace:

@@ -255,9 +255,12 @@ def test_log_lines_name_the_query_and_hide_secrets(
         fed.sql(QUERY, {"min_amount": MIN_AMOUNT}).to_arrow()
         with pytest.raises(federator.FederatorError):
             fed.sql("SELECT nope FROM pg.otel_users").to_arrow()
-    (info,) = [
+    info, failed = [
         r for r in caplog.records if r.name == "federator.query" and r.levelno == logging.INFO
     ]
+    assert re.search(
+        r"query [0-9a-f]{16} error in planning: UnknownColumnError: ", failed.getMessage()
+    )
     assert re.search(
         rf"query [0-9a-f]{{16}} ok: 2 fragment\(s\) .*, {len(EXPECTED)} rows, ", info.getMessage()
     )
