@@ -79,12 +79,14 @@ class QueryTrace:
     """One query's id and span: planning runs under it, and its first run ends it (a Result
     run again gets a fresh ``federator.query`` span with the same id)."""
 
-    def __init__(self, sql: str | None = None):
+    def __init__(self, sql: str | Any = None):
+        """``sql``: the query's text or sqlglot tree (``fed.sql`` takes both)."""
         self.query_id = f"{random.getrandbits(64):016x}"
         self.on = tracing()
         self._attributes = {"federator.query_id": self.query_id, "db.system.name": "federator"}
-        if sql and self.on:
-            self._attributes["db.query.text"] = redact_text(sql)
+        if sql is not None and self.on:
+            text = sql if isinstance(sql, str) else sql.sql()
+            self._attributes["db.query.text"] = redact_text(text)
         self._span: Span | None = _start(self.on, "federator.query", None, self._attributes)
 
     @contextlib.contextmanager

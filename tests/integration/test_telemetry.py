@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import sqlglot
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -168,6 +169,13 @@ def test_async_query_is_a_child_of_the_callers_span(
     (query,) = _named(finished, "federator.query")
     assert query.parent is not None and query.parent.span_id == app.get_span_context().span_id
     assert len(_named(finished, "federator.fragment")) == 2
+
+
+def test_a_query_given_as_a_sqlglot_tree(fed: federator.Federation, spans: InMemorySpanExporter):
+    tree = sqlglot.parse_one("SELECT id FROM pg.otel_users WHERE id <= 2")
+    assert sorted(fed.sql(tree).to_arrow().column("id").to_pylist()) == [1, 2]
+    (query,) = _named(spans.get_finished_spans(), "federator.query")
+    assert query.attributes["db.query.text"] == tree.sql()
 
 
 def test_error_is_recorded_on_the_failing_fragment(
