@@ -28,6 +28,7 @@ from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules, run_hooks
 from federator.sql.dialect import vector_params
+from federator.telemetry import QueryTrace
 
 
 def connect(
@@ -84,8 +85,9 @@ class Federation:
         params = vector_params(params or {})
         timeout = timeout if timeout is not None else self.timeout
         started = time.monotonic()
-        plan = self._loop.run(self._plan_within(query, params, timeout))
-        return self._result(plan, params, timeout, max_staleness, started)
+        trace = QueryTrace(query)  # a child of the caller's span, on the caller's thread
+        plan = self._loop.run(self._plan_within(query, params, timeout, trace))
+        return self._result(plan, params, timeout, max_staleness, started, trace)
 
     async def sql_async(
         self,
@@ -98,15 +100,17 @@ class Federation:
         params = vector_params(params or {})
         timeout = timeout if timeout is not None else self.timeout
         started = time.monotonic()
-        plan = await self._loop.run_async(self._plan_within(query, params, timeout))
-        return self._result(plan, params, timeout, max_staleness, started)
+        trace = QueryTrace(query)
+        plan = await self._loop.run_async(self._plan_within(query, params, timeout, trace))
+        return self._result(plan, params, timeout, max_staleness, started, trace)
 
     async def _plan_within(
-        self, query: str, params: Mapping[str, Any], timeout: float | None
+        self, query: str, params: Mapping[str, Any], timeout: float | None, trace: QueryTrace
     ) -> Plan:
         """Planning under ``timeout``. One coroutine whose inner ones are made when it runs: a
         closed federation refuses it unstarted and leaves no "never awaited" coroutine."""
-        return await within(self.plan_async(query, params), timeout)
+        with trace.planning():
+            return await within(self.plan_async(query, params), timeout)
 
     def _result(
         self,
@@ -115,12 +119,19 @@ class Federation:
         timeout: float | None,
         max_staleness: float | None,
         started: float,
+        trace: QueryTrace,
     ) -> Result:
         """The lazy result of a plan made since ``started`` (monotonic): its runs get what
         planning left of ``timeout``."""
         spent = time.monotonic() - started
         return Result(
-            self, plan, params, timeout, max_staleness=max_staleness, planning_seconds=spent
+            self,
+            plan,
+            params,
+            timeout,
+            max_staleness=max_staleness,
+            planning_seconds=spent,
+            trace=trace,
         )
 
     def explain(
@@ -146,6 +157,7 @@ class Federation:
         timeout: float | None,
         max_staleness: float | None = None,
         spent: float = 0.0,
+        trace: QueryTrace | None = None,
     ) -> Execution:
         cache = self.cache if self.cache.enabled else None
         return Execution(
@@ -156,6 +168,7 @@ class Federation:
             cache=cache,
             max_staleness=max_staleness,
             spent=spent,
+            trace=trace,
         )
 
     # ---- planning --------------------------------------------------------------------

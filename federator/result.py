@@ -15,6 +15,7 @@ import pyarrow as pa
 from federator.errors import FederationClosedError
 from federator.execute import Execution
 from federator.plan.model import Plan
+from federator.telemetry import QueryTrace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +43,7 @@ class QueryRunner(Protocol):
         timeout: float | None,
         max_staleness: float | None = None,
         spent: float = 0.0,
+        trace: QueryTrace | None = None,
     ) -> Execution: ...
 
 
@@ -62,6 +64,7 @@ class Result:
         *,
         max_staleness: float | None = None,
         planning_seconds: float = 0.0,
+        trace: QueryTrace | None = None,
     ):
         self._fed = fed
         self.plan = plan
@@ -71,6 +74,7 @@ class Result:
         self._planning_seconds = planning_seconds
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
+        self._trace = trace if trace is not None else QueryTrace()  # spans, metrics, log line
 
     html_max_rows = 20  # rows _repr_html_ shows; the rest are counted, not kept
 
@@ -100,7 +104,12 @@ class Result:
 
     def _execution(self) -> Execution:
         self.last_execution = self._fed._execution(
-            self.plan, self._params, self._timeout, self._max_staleness, self._planning_seconds
+            self.plan,
+            self._params,
+            self._timeout,
+            self._max_staleness,
+            self._planning_seconds,
+            trace=self._trace,
         )
         return self.last_execution
 

@@ -19,6 +19,7 @@ from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
+from federator.telemetry import QueryTrace, RunTrace
 
 if TYPE_CHECKING:
     from federator.execute.handle import ResultCache
@@ -40,6 +41,7 @@ class Execution:
         cache: ResultCache | None = None,
         max_staleness: float | None = None,
         spent: float = 0.0,
+        trace: QueryTrace | None = None,
     ):
         self.plan = plan
         self.catalog = catalog
@@ -53,6 +55,8 @@ class Execution:
         self.residual_stats = FragmentStats()
         self._running: set[str] = set()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self.trace = trace if trace is not None else QueryTrace()
+        self._run: RunTrace | None = None  # the running stream's spans (federator.telemetry)
 
     async def stream(self) -> AsyncIterator[pa.RecordBatch]:
         """Every batch of the answer; the first batch carries the schema (it may be empty).
@@ -62,17 +66,26 @@ class Execution:
         another task each time (``Result.to_batches`` does), and a timeout bound to the first
         task would never fire in the later ones."""
         deadline = run_deadline(self.timeout, self.spent)
-        async with contextlib.aclosing(self._batches(deadline)) as batches:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        batch = await anext(batches)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    running = ", ".join(sorted(self._running)) or "the residual"
-                    raise QueryTimeoutError(self.timeout or 0, running) from None
-                yield batch
+        self._run = run = self.trace.run()
+        error: BaseException | None = None
+        try:
+            async with contextlib.aclosing(self._batches(deadline)) as batches:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            batch = await anext(batches)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        running = ", ".join(sorted(self._running)) or "the residual"
+                        raise QueryTimeoutError(self.timeout or 0, running) from None
+                    run.rows += batch.num_rows
+                    yield batch
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            run.finish(error)
 
     async def _batches(self, deadline: float | None) -> AsyncIterator[pa.RecordBatch]:
         async with ascope(self.timeout, at=deadline):
@@ -134,7 +147,8 @@ class Execution:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
         if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
-            return await fetch_top_k(self, frag, keys)
+            with self._fragment_span(frag, cached=False):
+                return await fetch_top_k(self, frag, keys)
         return await self._collect(frag, keys)
 
     async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
@@ -187,11 +201,30 @@ class Execution:
     async def _fragment_batches(
         self, frag: Fragment, keys: list[Any] | None, use_cache: bool = True
     ) -> AsyncIterator[pa.RecordBatch]:
-        if use_cache and self.cache is not None:  # lookup, single flight, store when complete
-            async with contextlib.aclosing(self.cache.fragment_batches(self, frag, keys)) as hit:
-                async for batch in hit:
+        if not use_cache:  # the cache's fetch on a miss, inside the fragment's span
+            async with contextlib.aclosing(self._source_batches(frag, keys)) as fetched:
+                async for batch in fetched:
                     yield batch
             return
+        with self._fragment_span(frag, cached=self.cache is not None):
+            if self.cache is not None:  # lookup, single flight, store when complete
+                batches = self.cache.fragment_batches(self, frag, keys)
+            else:
+                batches = self._source_batches(frag, keys)
+            async with contextlib.aclosing(batches) as fetched:
+                async for batch in fetched:
+                    yield batch
+
+    def _fragment_span(self, frag: Fragment, cached: bool) -> contextlib.AbstractContextManager:
+        """The fragment's span (federator.telemetry) around one fetch of it."""
+        assert self._run is not None, "fragments run inside stream()"
+        kind = self.catalog.adapter(frag.source).kind
+        request = self.plan.requests[frag.id]
+        return self._run.fragment_span(frag, kind, request, cached, self.stats[frag.id])
+
+    async def _source_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
         adapter = self.catalog.adapter(frag.source)
         request = self.plan.requests[frag.id]  # with keys None, a bound request runs in full
         sem = self._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
@@ -226,23 +259,25 @@ class Execution:
         started = time.perf_counter()
         engine = default_engine()
         con = engine.cursor()  # its own connection: its fragment names are its alone
-        try:
-            params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
-            reader, head = await engine.run(con, self._start_residual, con, tables, params)
-            if not head:
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
-            for batch in head:  # a small answer comes whole in the first call to the engine
-                self.residual_stats.rows += batch.num_rows
-                self.residual_stats.bytes += batch.nbytes
-                yield batch
-            more = len(head) == RESIDUAL_HEAD_BATCHES
-            while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
-                self.residual_stats.rows += batch.num_rows
-                self.residual_stats.bytes += batch.nbytes
-                yield batch
-        finally:
-            self.residual_stats.ms += (time.perf_counter() - started) * 1000
-            engine.release(con)
+        assert self._run is not None, "the residual runs inside stream()"
+        with self._run.residual_span(self.residual_stats):
+            try:
+                params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
+                reader, head = await engine.run(con, self._start_residual, con, tables, params)
+                if not head:
+                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+                for batch in head:  # a small answer comes whole in the first call to the engine
+                    self.residual_stats.rows += batch.num_rows
+                    self.residual_stats.bytes += batch.nbytes
+                    yield batch
+                more = len(head) == RESIDUAL_HEAD_BATCHES
+                while more and (batch := await engine.run(con, _next_batch, reader)) is not None:
+                    self.residual_stats.rows += batch.num_rows
+                    self.residual_stats.bytes += batch.nbytes
+                    yield batch
+            finally:
+                self.residual_stats.ms += (time.perf_counter() - started) * 1000
+                engine.release(con)
 
     def _start_residual(
         self,
