@@ -15,6 +15,7 @@ fragments on every source. Catalogs are sources, schemas their schemas, tables t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -22,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,8 @@ from sqlglot import exp
 
 from federator import __version__
 from federator.errors import (
-    BindError,
     FederatorError,
-    ParameterError,
     QueryTimeoutError,
-    SQLSyntaxError,
-    UnsupportedError,
 )
 from federator.serve import protocol
 from federator.serve.auth import Authenticator
@@ -54,11 +51,12 @@ from federator.serve.sqlinfo import (
 
 if TYPE_CHECKING:
     from federator.federation import Federation
-    from federator.result import BatchReader
+    from federator.result import Result
 
 log = logging.getLogger("federator.serve")
 
 TABLE_TYPE = "TABLE"
+CANCEL_POLL_SECONDS = 0.05  # how often a wait for a batch checks the client is still there
 
 
 @dataclass
@@ -83,24 +81,57 @@ class ServeSettings:
         return cls(**values)
 
 
-@dataclass
 class _Statement:
-    """A started statement waiting for (or streaming to) its DoGet."""
+    """A started statement: its batches pulled one at a time, each pull abandoned (and the
+    query's fragments cancelled) as soon as the client cancels its call.
 
-    reader: BatchReader
-    owner: str
-    release: Any  # frees the owner's slot; called once
-    expires: float
-    done: bool = False
+    The pulls run on a small event loop of the statement's own, on whichever gRPC thread
+    serves the call (one at a time), through :meth:`Result.__aiter__`, whose cancellation
+    reaches the federation's loop."""
+
+    def __init__(self, result: Result, owner: str, release: Callable[[], None]):
+        self.owner = owner
+        self.expires = 0.0
+        self._release = release
+        self._loop = asyncio.new_event_loop()
+        self._batches = result.__aiter__()
+        self._done = False
+        self.first: pa.RecordBatch | None = None  # pulled when started: the answer's schema
+
+    def next_batch(self, cancelled: Callable[[], bool]) -> pa.RecordBatch | None:
+        """The next batch (None at the end); :class:`_ClientCancelled` once ``cancelled()``."""
+        return self._loop.run_until_complete(_next_unless(self._batches, cancelled))
 
     def close(self) -> None:
-        if self.done:
+        """Stop the query (its fragments cancelled, connections back) and free the slot."""
+        if self._done:
             return
-        self.done = True
+        self._done = True
         try:
-            self.reader.close()
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._batches.aclose())
+            self._loop.close()
         finally:
-            self.release()
+            self._release()
+
+
+class _ClientCancelled(Exception):
+    """The client cancelled the call while the server waited for a batch."""
+
+
+async def _next_unless(
+    batches: AsyncIterator[pa.RecordBatch], cancelled: Callable[[], bool]
+) -> pa.RecordBatch | None:
+    step = asyncio.ensure_future(anext(batches, None))
+    while True:
+        done, _ = await asyncio.wait({step}, timeout=CANCEL_POLL_SECONDS)
+        if done:
+            return step.result()
+        if cancelled():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
+            raise _ClientCancelled
 
 
 @dataclass
@@ -155,10 +186,11 @@ class FlightSQLServer(flight.FlightServerBase):
         command = _command(descriptor.command)
         owner = _owner(context)
         if command.name == "CommandStatementQuery":
-            return self._statement_info(descriptor, owner, command.get("query", ""), {})
+            query = command.get("query", "")
+            return self._statement_info(context, descriptor, owner, query, {})
         if command.name == "CommandPreparedStatementQuery":
             prepared = self._prepared_for(command.get("prepared_statement_handle", b""), owner)
-            return self._statement_info(descriptor, owner, prepared.query, prepared.params)
+            return self._statement_info(context, descriptor, owner, prepared.query, prepared.params)
         schema = self._metadata_schema(command)
         ticket = flight.Ticket(descriptor.command)  # the command itself: DoGet answers it
         return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])], -1, -1)
@@ -169,7 +201,7 @@ class FlightSQLServer(flight.FlightServerBase):
         command = _command(ticket.ticket)
         if command.name == "TicketStatementQuery":
             statement = self._take(command.get("statement_handle", b""), _owner(context))
-            return flight.GeneratorStream(statement.reader.schema, _stream(statement, context))
+            return flight.GeneratorStream(statement.first.schema, _stream(statement, context))
         return flight.RecordBatchStream(self._metadata_table(command))
 
     def do_put(
@@ -239,6 +271,7 @@ class FlightSQLServer(flight.FlightServerBase):
     # ---- statements --------------------------------------------------------------------
     def _statement_info(
         self,
+        context: flight.ServerCallContext,
         descriptor: flight.FlightDescriptor,
         owner: str,
         query: str,
@@ -248,17 +281,28 @@ class FlightSQLServer(flight.FlightServerBase):
         try:
             with _as_flight_errors():
                 result = self.fed.sql(query, params, timeout=self.settings.timeout)
-                reader = result.to_batches()  # runs until the first batch: the real schema
         except BaseException:
             release()
             raise
+        statement = _Statement(result, owner, release)
+        try:
+            with _as_flight_errors():  # runs until the first batch: the answer's real schema
+                first = statement.next_batch(context.is_cancelled)
+            assert first is not None, "a federated answer has at least one batch"
+        except _ClientCancelled:
+            statement.close()
+            raise flight.FlightCancelledError("the client cancelled the query") from None
+        except BaseException:
+            statement.close()
+            raise
+        statement.first = first
+        statement.expires = time.monotonic() + self.settings.ticket_seconds
         handle = secrets.token_bytes(16)
-        expires = time.monotonic() + self.settings.ticket_seconds
         with self._lock:
-            self._statements[handle] = _Statement(reader, owner, release, expires)
+            self._statements[handle] = statement
         ticket = flight.Ticket(protocol.encode("TicketStatementQuery", statement_handle=handle))
         endpoint = flight.FlightEndpoint(ticket, [])
-        return flight.FlightInfo(reader.schema, descriptor, [endpoint], -1, -1)
+        return flight.FlightInfo(first.schema, descriptor, [endpoint], -1, -1)
 
     def _take(self, handle: bytes, owner: str) -> _Statement:
         with self._lock:
@@ -461,30 +505,34 @@ def _command(data: bytes) -> protocol.Command:
 
 
 def _stream(statement: _Statement, context: flight.ServerCallContext) -> Iterator[pa.RecordBatch]:
-    """The statement's batches for a DoGet; closing it (the client cancelled or went away, or
-    the stream ended) closes the statement, which cancels its fragments."""
+    """The statement's batches for a DoGet; the client cancelling, going away or reaching the
+    end closes the statement, which cancels its fragments on every source."""
     try:
+        yield statement.first
         with _as_flight_errors():
-            for batch in statement.reader:
-                if context.is_cancelled():
+            while not context.is_cancelled():
+                batch = statement.next_batch(context.is_cancelled)
+                if batch is None:
                     return
                 yield batch
+    except _ClientCancelled:
+        return
     finally:
         statement.close()
 
 
 @contextlib.contextmanager
 def _as_flight_errors() -> Iterator[None]:
-    """A federator error as the Flight error a client shows (its message names what to fix)."""
+    """A federator error as the Flight error a client shows (its message names what to fix).
+
+    Flight errors, not pyarrow's others: those reach the client with the server's traceback."""
     try:
         yield
     except QueryTimeoutError as e:
         raise flight.FlightTimedOutError(str(e)) from None
-    except (SQLSyntaxError, BindError, ParameterError, UnsupportedError) as e:
-        raise pa.ArrowInvalid(str(e)) from None
     except FederatorError as e:
         raise flight.FlightServerError(str(e)) from None
-    except flight.FlightError:
+    except (flight.FlightError, _ClientCancelled):
         raise
     except Exception as e:
         log.exception("federator serve: internal error")
@@ -497,14 +545,16 @@ def _parse(query: str) -> exp.Expression:
     try:
         return sqlglot.parse_one(query, dialect=Federated)
     except sqlglot.errors.ParseError as e:
-        raise pa.ArrowInvalid(f"SQL syntax error: {e}") from None
+        raise flight.FlightServerError(f"SQL syntax error: {e}") from None
 
 
 def _params(query: str, table: pa.Table) -> dict[str, Any]:
     """The bound parameters of a prepared query: one row, columns by ``:name`` or, when the
     names are not the query's (``0``, ``1``, ...), in the order the names first appear."""
     if table.num_rows != 1:
-        raise pa.ArrowInvalid(f"bind one row of parameters per execution (got {table.num_rows})")
+        raise flight.FlightServerError(
+            f"bind one row of parameters per execution (got {table.num_rows})"
+        )
     names: list[str] = []
     for node in _parse(query).walk(bfs=False):
         if isinstance(node, exp.Placeholder) and node.name and node.name not in names:
@@ -513,7 +563,7 @@ def _params(query: str, table: pa.Table) -> dict[str, Any]:
     if set(given) <= set(names):
         return {name: table.column(name)[0].as_py() for name in given}
     if len(given) != len(names):
-        raise pa.ArrowInvalid(
+        raise flight.FlightServerError(
             f"the query takes {len(names)} parameter(s) ({', '.join(names) or 'none'}); "
             f"{len(given)} were bound"
         )
