@@ -25,7 +25,7 @@ from typing import Any
 from federator.errors import CatalogError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # about 16 MiB and 50 ms a check
-SESSION_SECONDS = 3600.0  # a bearer token from a login lasts this long
+SESSION_SECONDS = 3600.0  # a bearer token from a login lasts this long unused
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -96,10 +96,12 @@ class Authenticator:
     def bearer(self, token: str) -> str | None:
         """The identity a bearer token stands for (a session's user, a static token's name)."""
         digest = _digest(token)
+        now = time.monotonic()
         with self._lock:
             session = self._sessions.get(digest)
-        if session is not None and session[1] > time.monotonic():
-            return session[0]
+            if session is not None and session[1] > now:
+                self._sessions[digest] = (session[0], now + SESSION_SECONDS)  # idle time counts
+                return session[0]
         entry = "sha256$" + digest
         for name, known in self.tokens.items():
             if hmac.compare_digest(known, entry):
