@@ -34,6 +34,7 @@ from sqlglot import exp
 
 from federator import __version__
 from federator.errors import (
+    CatalogError,
     FederatorError,
     QueryTimeoutError,
 )
@@ -77,8 +78,13 @@ class ServeSettings:
     @classmethod
     def from_catalog(cls, serve: Mapping[str, Any]) -> ServeSettings:
         known = ("timeout", "max_queries_per_client", "queue_seconds", "ticket_seconds")
-        values = {k: serve[k] for k in known if k in serve}
-        return cls(**values)
+        unknown = sorted(set(serve) - set(known) - {"users", "tokens"})
+        if unknown:
+            raise CatalogError(
+                f"[serve] has no setting {', '.join(map(repr, unknown))} "
+                f"(settings: {', '.join(known)}; tables: users, tokens)"
+            )
+        return cls(**{k: serve[k] for k in known if k in serve})
 
 
 class _Statement:
@@ -201,7 +207,8 @@ class FlightSQLServer(flight.FlightServerBase):
         command = _command(ticket.ticket)
         if command.name == "TicketStatementQuery":
             statement = self._take(command.get("statement_handle", b""), _owner(context))
-            return flight.GeneratorStream(statement.first.schema, _stream(statement, context))
+            batches = _stream(statement, context, self._stop)
+            return flight.GeneratorStream(statement.first.schema, batches)
         return flight.RecordBatchStream(self._metadata_table(command))
 
     def do_put(
@@ -259,7 +266,8 @@ class FlightSQLServer(flight.FlightServerBase):
         raise flight.FlightServerError(f"action {action.type!r} is not supported")
 
     def shutdown(self) -> None:
-        """Stop serving; statements not yet fetched are closed (their slots freed)."""
+        """Stop serving: queries in flight stop (their clients get an error), statements not
+        yet fetched are closed, their slots freed."""
         self._stop.set()
         super().shutdown()
         with self._lock:
@@ -287,11 +295,13 @@ class FlightSQLServer(flight.FlightServerBase):
         statement = _Statement(result, owner, release)
         try:
             with _as_flight_errors():  # runs until the first batch: the answer's real schema
-                first = statement.next_batch(context.is_cancelled)
+                first = statement.next_batch(lambda: context.is_cancelled() or self._stop.is_set())
             assert first is not None, "a federated answer has at least one batch"
         except _ClientCancelled:
             statement.close()
-            raise flight.FlightCancelledError("the client cancelled the query") from None
+            raise flight.FlightCancelledError(
+                "the query was cancelled (by the client, or the server is stopping)"
+            ) from None
         except BaseException:
             statement.close()
             raise
@@ -504,19 +514,25 @@ def _command(data: bytes) -> protocol.Command:
         raise flight.FlightServerError(str(e)) from None
 
 
-def _stream(statement: _Statement, context: flight.ServerCallContext) -> Iterator[pa.RecordBatch]:
+def _stream(
+    statement: _Statement, context: flight.ServerCallContext, stopping: threading.Event
+) -> Iterator[pa.RecordBatch]:
     """The statement's batches for a DoGet; the client cancelling, going away or reaching the
-    end closes the statement, which cancels its fragments on every source."""
+    end closes the statement, which cancels its fragments on every source. The server
+    stopping ends the stream with an error: never an answer cut short as if complete."""
     try:
         yield statement.first
         with _as_flight_errors():
-            while not context.is_cancelled():
-                batch = statement.next_batch(context.is_cancelled)
+            while True:
+                batch = statement.next_batch(lambda: context.is_cancelled() or stopping.is_set())
                 if batch is None:
                     return
                 yield batch
     except _ClientCancelled:
-        return
+        if not context.is_cancelled():
+            raise flight.FlightUnavailableError(
+                "the server is shutting down: the answer was not sent whole; run it again"
+            ) from None
     finally:
         statement.close()
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +27,13 @@ import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql
 import asyncpg
 import pyarrow as pa
+import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 from federator.rules import Rule
 
 import federator
-from federator.serve import FlightSQLServer, ServeSettings
+from federator.serve import FlightSQLServer, ServeSettings, protocol
 from federator.serve.auth import Authenticator, hash_password, new_token
 
 from .conftest import run_async
@@ -281,6 +283,46 @@ def test_cancelling_a_running_execute_cancels_the_query_on_postgres(
         wait_for(lambda: pg_count(pg_dsn, ACTIVE_SLEEPS) == 0, 5, "pg_sleep still running")
 
 
+def test_the_server_wide_timeout_ends_a_slow_query(served: Any, pg_dsn: str) -> None:
+    settings = served.server.settings
+    settings.timeout = 1.0
+    try:
+        with connect(served.uri) as conn, conn.cursor() as cur:
+            cur.execute(SLOW_QUERY)
+            started = time.monotonic()
+            with pytest.raises(flightsql.Error, match=r"timed out after 1s.*source 'pg'"):
+                cur.fetchall()
+            assert time.monotonic() - started < 1.0 + 2.0
+    finally:
+        settings.timeout = None
+    wait_for(lambda: pg_count(pg_dsn, ACTIVE_SLEEPS) == 0, 5, "pg_sleep still running")
+
+
+def test_stopping_the_server_mid_stream_is_an_error_not_a_short_answer(
+    served: Any, pg_dsn: str
+) -> None:
+    server, thread = start(served.fed, authenticator=None)
+    try:
+        # pyarrow's own Flight client: ADBC's cursor cannot be closed once its server is gone
+        client = flight.FlightClient(f"grpc://127.0.0.1:{server.port}")
+        command = protocol.encode("CommandStatementQuery", query=SLOW_QUERY)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        reader = client.do_get(info.endpoints[0].ticket)
+        assert reader.read_chunk().data.num_rows > 0
+        wait_for(lambda: pg_count(pg_dsn, ACTIVE_SLEEPS) == 1, 10, "pg_sleep never started")
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        with pytest.raises(flight.FlightUnavailableError, match="the answer was not sent whole"):
+            reader.read_all()
+        stopper.join(timeout=10)
+        assert not stopper.is_alive()
+        client.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    wait_for(lambda: pg_count(pg_dsn, ACTIVE_SLEEPS) == 0, 5, "pg_sleep still running")
+
+
 def test_a_client_over_its_query_limit_is_refused_with_a_clear_error(served: Any) -> None:
     settings = served.server.settings
     saved = (settings.max_queries_per_client, settings.queue_seconds)
@@ -372,7 +414,9 @@ def test_tls_with_a_self_signed_certificate(served: Any, tmp_path: Path) -> None
         thread.join(timeout=10)
 
 
-def test_the_serve_command_serves_until_sigterm(catalog: dict[str, Any], tmp_path: Path) -> None:
+def test_the_serve_command_serves_with_metrics_until_sigterm(
+    catalog: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "catalog.toml"
     lines = []
     for name, source in catalog["sources"].items():
@@ -389,6 +433,8 @@ def test_the_serve_command_serves_until_sigterm(catalog: dict[str, Any], tmp_pat
             "--port",
             "0",
             "--insecure-local",
+            "--metrics-port",
+            "0",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -396,12 +442,15 @@ def test_the_serve_command_serves_until_sigterm(catalog: dict[str, Any], tmp_pat
     )
     try:
         assert child.stderr is not None
+        metrics = child.stderr.readline().split("metrics at ")[1].strip()
         line = child.stderr.readline()
         assert "Flight SQL at grpc://127.0.0.1:" in line and "loopback only" in line, line
         port = int(line.split("grpc://127.0.0.1:")[1].split()[0])
         with connect(f"grpc://127.0.0.1:{port}", user="") as conn, conn.cursor() as cur:
             cur.execute("SELECT name FROM lite.users WHERE id = 3")
             assert cur.fetchall() == [("cy",)]
+        with urllib.request.urlopen(metrics, timeout=10) as scrape:
+            assert "federator_query_duration" in scrape.read().decode()
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=15) == 0
     finally:
