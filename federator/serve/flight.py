@@ -23,6 +23,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("federator.serve")
 
 TABLE_TYPE = "TABLE"
+PREPARED_IDLE_SECONDS = 3600.0
 CANCEL_POLL_SECONDS = 0.05  # how often a wait for a batch checks the client is still there
 
 
@@ -145,6 +147,7 @@ class _Prepared:
     query: str
     owner: str
     params: dict[str, Any] = field(default_factory=dict)
+    used: float = field(default_factory=time.monotonic)  # forgotten when idle this long
 
 
 class FlightSQLServer(flight.FlightServerBase):
@@ -174,7 +177,8 @@ class FlightSQLServer(flight.FlightServerBase):
         self.settings = settings or ServeSettings()
         self._statements: dict[bytes, _Statement] = {}
         self._prepared: dict[bytes, _Prepared] = {}
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._running: dict[str, int] = {}  # statements each client has started, not ended
+        self._slots = threading.Condition()  # guards _running; notified when one ends
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(
@@ -208,6 +212,8 @@ class FlightSQLServer(flight.FlightServerBase):
         if command.name == "TicketStatementQuery":
             statement = self._take(command.get("statement_handle", b""), _owner(context))
             batches = _stream(statement, context, self._stop)
+            # a stream dropped before its first pull never runs its own finally
+            weakref.finalize(batches, statement.close)
             return flight.GeneratorStream(statement.first.schema, batches)
         return flight.RecordBatchStream(self._metadata_table(command))
 
@@ -330,25 +336,34 @@ class FlightSQLServer(flight.FlightServerBase):
             prepared = self._prepared.get(handle)
         if prepared is None or prepared.owner != owner:
             raise flight.FlightServerError("unknown prepared statement: prepare it again")
+        prepared.used = time.monotonic()
         return prepared
 
-    def _acquire(self, owner: str) -> Any:
+    def _acquire(self, owner: str) -> Callable[[], None]:
         """Take one of ``owner``'s statement slots (waiting up to ``queue_seconds``); returns
-        the function that gives it back."""
+        the function that gives it back (once, however often it is called)."""
         limit = self.settings.max_queries_per_client
-        with self._lock:
-            slots = self._slots.setdefault(owner, threading.BoundedSemaphore(limit))
-        if not slots.acquire(timeout=self.settings.queue_seconds):
-            raise flight.FlightUnavailableError(
-                f"too many queries at once for client {owner!r} (limit {limit}); "
-                "wait for one to finish or raise [serve] max_queries_per_client"
-            )
-        released = threading.Event()
+        with self._slots:
+            if not self._slots.wait_for(
+                lambda: self._running.get(owner, 0) < limit, self.settings.queue_seconds
+            ):
+                raise flight.FlightUnavailableError(
+                    f"too many queries at once for client {owner!r} (limit {limit}); "
+                    "wait for one to finish or raise [serve] max_queries_per_client"
+                )
+            self._running[owner] = self._running.get(owner, 0) + 1
+        released = False
 
         def release() -> None:
-            if not released.is_set():
-                released.set()
-                slots.release()
+            nonlocal released
+            with self._slots:
+                if released:
+                    return
+                released = True
+                left = self._running.pop(owner) - 1
+                if left:
+                    self._running[owner] = left
+                self._slots.notify_all()
 
         return release
 
@@ -357,11 +372,15 @@ class FlightSQLServer(flight.FlightServerBase):
             self._sweep()
 
     def _sweep(self) -> None:
-        """Close statements whose DoGet never came (their results and slots)."""
+        """Close statements whose DoGet never came (their results and slots); forget prepared
+        statements a client left unused (and never closed) for an hour."""
         now = time.monotonic()
         with self._lock:
             stale = [h for h, s in self._statements.items() if s.expires <= now]
             expired = [self._statements.pop(h) for h in stale]
+            idle = [h for h, p in self._prepared.items() if now - p.used > PREPARED_IDLE_SECONDS]
+            for handle in idle:
+                del self._prepared[handle]
         for statement in expired:
             with contextlib.suppress(Exception):
                 statement.close()

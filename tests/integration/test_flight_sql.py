@@ -9,6 +9,7 @@ and the catalog's table schemas as the sources report them.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import signal
 import sqlite3
@@ -219,9 +220,15 @@ def rows(uri: str, query: str, **login: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall()
 
 
-def test_a_wrong_password_is_refused(served: Any) -> None:
-    with pytest.raises(flightsql.Error, match=r"UNAUTHENTICATED.*wrong user name or password"):
-        rows(served.uri, "SELECT id FROM lite.users", password="not-it")
+def test_a_wrong_password_is_refused(served: Any, caplog: pytest.LogCaptureFixture) -> None:
+    refused = r"UNAUTHENTICATED.*wrong user name or password"
+    with (
+        caplog.at_level(logging.INFO, "federator.serve"),
+        pytest.raises(flightsql.Error, match=refused),
+    ):
+        rows(served.uri, "SELECT id FROM lite.users", password="Not-it-0815")
+    assert "refused a login for user 'ada'" in caplog.text
+    assert "Not-it-0815" not in caplog.text and PASSWORD not in caplog.text
 
 
 def test_an_unauthenticated_client_is_refused(served: Any) -> None:

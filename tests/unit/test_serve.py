@@ -16,7 +16,7 @@ from federator import cli
 from federator.errors import CatalogError
 from federator.serve import protocol
 from federator.serve.auth import Authenticator, check_password, hash_password, token_entry
-from federator.serve.flight import _like, _params
+from federator.serve.flight import ServeSettings, _like, _params
 from federator.serve.sqlinfo import sql_info_table
 
 ANY_PREFIX = b"type.googleapis.com/arrow.flight.protocol.sql."
@@ -102,6 +102,12 @@ def test_passwords_and_tokens() -> None:
 def test_malformed_entries_name_what_to_fix(serve: dict[str, object], message: str) -> None:
     with pytest.raises(CatalogError, match=message):
         Authenticator(serve)
+
+
+def test_serve_settings_refuse_unknown_names() -> None:
+    assert ServeSettings.from_catalog({"timeout": 5, "users": {}}).timeout == 5
+    with pytest.raises(CatalogError, match=r"\[serve\] has no setting 'timout'"):
+        ServeSettings.from_catalog({"timout": 5})
 
 
 # ---- parameters, filters, SqlInfo ---------------------------------------------------------
