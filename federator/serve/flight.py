@@ -59,6 +59,7 @@ log = logging.getLogger("federator.serve")
 
 TABLE_TYPE = "TABLE"
 PREPARED_IDLE_SECONDS = 3600.0
+DEFAULT_TIMEOUT_SECONDS = 300.0  # a served query always has a bound
 CANCEL_POLL_SECONDS = 0.05  # how often a wait for a batch checks the client is still there
 
 
@@ -67,9 +68,10 @@ class ServeSettings:
     """The catalog's ``[serve]`` limits.
 
     ``timeout``: seconds a query may take, planning to last batch (None: the catalog's
-    ``timeout``); ``max_queries_per_client``: statements one client (user or token; peer address
-    when unauthenticated) runs at once; ``queue_seconds``: how long one more waits for a slot
-    before it is refused; ``ticket_seconds``: how long a started statement waits for its DoGet.
+    ``timeout``, else :data:`DEFAULT_TIMEOUT_SECONDS`); ``max_queries_per_client``: statements
+    one client (user or token; peer address when unauthenticated) runs at once;
+    ``queue_seconds``: how long one more waits for a slot before it is refused;
+    ``ticket_seconds``: how long a started statement waits for its DoGet.
     """
 
     timeout: float | None = None
@@ -294,7 +296,7 @@ class FlightSQLServer(flight.FlightServerBase):
         release = self._acquire(owner)
         try:
             with _as_flight_errors():
-                result = self.fed.sql(query, params, timeout=self.settings.timeout)
+                result = self.fed.sql(query, params, timeout=self._timeout())
         except BaseException:
             release()
             raise
@@ -319,6 +321,10 @@ class FlightSQLServer(flight.FlightServerBase):
         ticket = flight.Ticket(protocol.encode("TicketStatementQuery", statement_handle=handle))
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(first.schema, descriptor, [endpoint], -1, -1)
+
+    def _timeout(self) -> float:
+        """Seconds a query may take: ``[serve] timeout``, else the catalog's, else 300."""
+        return self.settings.timeout or self.fed.timeout or DEFAULT_TIMEOUT_SECONDS
 
     def _take(self, handle: bytes, owner: str) -> _Statement:
         with self._lock:
