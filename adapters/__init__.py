@@ -16,6 +16,7 @@ BUILT_IN = {
     "mysql": "federator.adapters.mysql:MySQLAdapter",
     "sqlite": "federator.adapters.sqlite:SQLiteAdapter",
     "files": "federator.adapters.files:FilesAdapter",
+    "features": "federator.adapters.feature_files:FeatureViewsAdapter",
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
     "milvus": "federator.adapters.milvus:MilvusAdapter",
