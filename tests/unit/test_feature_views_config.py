@@ -1,0 +1,79 @@
+"""``[features.NAME]`` sections: what a valid one becomes, and errors that name what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from federator.config import load_catalog
+from federator.errors import CatalogError
+
+SOURCES = {
+    "pg": {"kind": "postgres", "dsn": "postgresql://u@h/db"},
+    "kv": {"kind": "redis", "url": "redis://h/0"},
+}
+
+
+def view(**changes: Any) -> dict[str, Any]:
+    spec = {
+        "query": "SELECT * FROM pg.events",
+        "entity": "user_id",
+        "timestamp": "ts",
+        "offline": {"path": "/data/user_stats"},
+        "online": {"source": "kv", "key": "user_stats:{user_id}"},
+        "ttl": "7d",
+    }
+    spec.update(changes)
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def test_a_view_adds_the_features_source_and_lets_its_redis_source_declare_no_tables() -> None:
+    cfg = load_catalog({"sources": SOURCES, "features": {"user_stats": view()}})
+    v = cfg.features["user_stats"]
+    assert (v.entity, v.ttl, v.online) == (
+        ("user_id",),
+        7 * 86400.0,
+        {"source": "kv", "key": "user_stats:{user_id}", "grace": 60.0},
+    )
+    assert cfg.sources["features"].kind == "features"
+    assert cfg.sources["kv"].options["serves_features"] == ["user_stats"]
+    assert "features" not in cfg.settings
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"entity": None}, "feature view 'user_stats' needs 'entity'"),
+        ({"offline": None, "online": None}, "needs 'offline = { path = ... }' and/or 'online'"),
+        ({"online": {"source": "pg", "key": "s:{user_id}"}}, "must be a source of kind 'redis'"),
+        ({"online": {"source": "kv", "key": "s:{id}"}}, "must name each entity column once"),
+        ({"offline": {"path": "/x", "partition": "hour"}}, "partition is 'date' or 'none'"),
+        ({"ttl": "soon"}, "'soon' is not a duration"),
+        ({"window": 3}, "unknown setting(s) ['window']"),
+    ],
+)
+def test_a_malformed_view_names_what_to_fix(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(CatalogError, match="feature view 'user_stats'") as e:
+        load_catalog({"sources": SOURCES, "features": {"user_stats": view(**changes)}})
+    assert message in str(e.value)
+
+
+def test_a_source_named_features_clashes_with_the_views_tables() -> None:
+    sources = {**SOURCES, "features": {"kind": "sqlite", "path": ":memory:"}}
+    with pytest.raises(CatalogError, match="source name 'features' is taken"):
+        load_catalog({"sources": sources, "features": {"user_stats": view()}})
+
+
+def test_an_unknown_view_is_an_error_naming_the_views(tmp_path: Any) -> None:
+    import federator
+
+    spec = view(online=None, offline={"path": str(tmp_path / "u")})
+    sources = {"pg": SOURCES["pg"]}
+    with federator.connect({"sources": sources, "features": {"user_stats": spec}}) as fed:
+        with pytest.raises(
+            CatalogError, match=r"unknown feature view 'user' \(views: user_stats\)"
+        ):
+            fed.features.materialize("user")
+        with pytest.raises(CatalogError, match="has no online copy"):
+            fed.features.lookup("user_stats", [1])
