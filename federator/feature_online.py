@@ -1,15 +1,15 @@
 """Feature views' online copies: Redis hashes under versioned key namespaces and a pointer.
 
 For view ``user_stats`` with key template ``user_stats:{user_id}``, refresh 3 of version 1
-writes ``federator:fv:user_stats:v1.r3:user_stats:42`` (a hash: one field per column, a null
-is an absent field), then in one MULTI/EXEC sets the pointer ``federator:fv:user_stats:current``
-to ``v1.r3`` and the manifest hash ``federator:fv:user_stats:manifest`` (version, query hash,
-time range, rows, written at, Arrow schema, history). Readers read the pointer and the schema
-in one MULTI/EXEC, then the keys of that namespace with pipelined HMGET: they see one refresh
-or the next, never half. An incremental refresh starts its namespace as a server-side COPY of
-the current one; the previous namespace expires ``grace`` seconds after the flip, so a reader
-that read the pointer just before finishes on it.
-"""
+writes ``federator:fv:user_stats:v1.r3-<id>:user_stats:42`` (a hash: one field per column, a
+null is an absent field) and the namespace's Arrow schema, then in one MULTI/EXEC sets the
+pointer ``federator:fv:user_stats:current`` to the namespace and the manifest hash
+``federator:fv:user_stats:manifest`` (version, query hash, time range, rows, written at,
+history). A read is one script call per 1,000 keys that reads the pointer and every key's
+fields (HMGET) atomically: a reader sees one refresh or the next, never half. An incremental
+refresh starts its namespace as a server-side COPY of the current one; the previous namespace
+expires ``grace`` seconds after the flip, so a read that began on it finishes on it.
+Standalone Redis: the script derives key names, which Redis Cluster does not allow."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ import datetime as dt
 import decimal
 import json
 import re
-import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from federator.adapters.feature_files import schema_from_text, schema_to_text
 from federator.adapters.redis import from_text, key_text
@@ -42,6 +43,11 @@ def pointer_key(view: str) -> str:
 
 def manifest_key(view: str) -> str:
     return f"{PREFIX}{view}:manifest"
+
+
+def schema_key(view: str, namespace: str) -> str:
+    """The Arrow schema (base64 IPC) of one namespace's rows."""
+    return f"{PREFIX}{view}:schema:{namespace}"
 
 
 def namespace_prefix(view: str, namespace: str) -> str:
@@ -94,17 +100,20 @@ async def write_refresh(
     state = await read_state(client, view.name)
     same = state is not None and state.version == version
     number = state.refreshes + 1 if same and state is not None else 1
-    namespace = f"v{version}.r{number}"
+    namespace = f"v{version}.r{number}-{uuid.uuid4().hex[:8]}"  # unique: schemas cache by it
     prefix = namespace_prefix(view.name, namespace)
     await _delete_namespace(client, prefix)  # what a failed attempt may have left
     if same and state is not None:
         await _copy_namespace(client, namespace_prefix(view.name, state.namespace), prefix)
     await _write_rows(client, view, prefix, latest_per_entity(rows, view))
+    await client.set(schema_key(view.name, namespace), schema_to_text(rows.schema))
     history = [*(state.history if state else []), {"version": version, **record}]
     await _flip(client, view.name, namespace, version, query_hash, number, rows, record, history)
     if state is not None:
         old = namespace_prefix(view.name, state.namespace)
-        await _expire_namespace(client, old, int(view.online["grace"]))
+        grace = max(int(view.online["grace"]), 1)
+        await _expire_namespace(client, old, grace)
+        await client.expire(schema_key(view.name, state.namespace), grace)
     return namespace
 
 
@@ -191,7 +200,7 @@ async def _expire_namespace(client: Any, prefix: str, seconds: int) -> None:
     for start in range(0, len(keys), BATCH):
         pipe = client.pipeline(transaction=False)
         for k in keys[start : start + BATCH]:
-            pipe.expire(k, max(seconds, 1))
+            pipe.expire(k, seconds)
         await pipe.execute()
 
 
@@ -223,30 +232,87 @@ async def read(
         ) from None
 
 
+# One round trip per batch of keys: the pointer (or the namespace an earlier batch of the
+# same call read) and every key's fields, atomically. Standalone Redis (the keys are derived
+# in the script, as Redis Cluster does not allow).
+_READ_SCRIPT = """
+local ns = ARGV[2]
+if ns == '' then
+  ns = redis.call('GET', KEYS[1])
+  if not ns then return false end
+end
+local prefix = ARGV[1] .. ns .. ':'
+local nf = tonumber(ARGV[3])
+local fields = {}
+for i = 1, nf do fields[i] = ARGV[3 + i] end
+local out = {ns}
+for i = 4 + nf, #ARGV do
+  out[#out + 1] = redis.call('HMGET', prefix .. ARGV[i], unpack(fields))
+end
+return out
+"""
+_LAST_SEEN: dict[tuple[int, str], tuple[str, pa.Schema]] = {}  # (client, view) -> namespace
+
+
 async def _read(
     client: Any, view: FeatureViewConfig, keys: Sequence[Any], missing: str
 ) -> pa.Table:
-    pipe = client.pipeline(transaction=True)
-    pipe.get(pointer_key(view.name))
-    pipe.hget(manifest_key(view.name), "schema")
-    namespace, schema_text = await pipe.execute()
-    if namespace is None or schema_text is None:
-        raise FederatorError(
-            f"feature view {view.name!r} has no online copy yet; run "
-            f"`federator features materialize {view.name}`"
-        )
-    schema = schema_from_text(schema_text)
+    """One round trip per batch of keys, rendered with the schema of the namespace seen last;
+    when the pointer has moved since, the new namespace's schema is read and the batch is read
+    again. Later batches read the namespace the first one saw."""
     entity_rows = [_entity_values(view, k) for k in keys]
-    types = {f.name: f.type for f in schema}
-    prefix = namespace_prefix(view.name, namespace)
-    names = schema.names
-    values: list[list[Any]] = []
-    for start in range(0, len(entity_rows), BATCH):
-        pipe = client.pipeline(transaction=False)
-        for row in entity_rows[start : start + BATCH]:
-            pipe.hmget(prefix + render_key(view, row, types), names)
-        values += await pipe.execute()
+    script = client.register_script(_READ_SCRIPT)
+    seen = _LAST_SEEN.get((id(client), view.name))
+    if seen is None:
+        namespace = await _pointer(script, view)
+        seen = (namespace, await _schema(client, view.name, namespace))
+    namespace, schema = seen
+    pinned = ""  # the first batch follows the pointer
+    values: list[Any] = []
+    batches = [entity_rows[i : i + BATCH] for i in range(0, len(entity_rows), BATCH)]
+    done = 0
+    while done < len(batches):
+        types = {f.name: f.type for f in schema}
+        rendered = [render_key(view, row, types) for row in batches[done]]
+        reply = await script(
+            keys=[pointer_key(view.name)],
+            args=[f"{PREFIX}{view.name}:", pinned, len(schema), *schema.names, *rendered],
+        )
+        if not reply:
+            raise _no_online_copy(view)
+        if reply[0] != namespace:  # refreshed since: that namespace's schema, then again
+            namespace = reply[0]
+            schema = await _schema(client, view.name, namespace)
+        else:
+            values += reply[1:]
+            done += 1
+        pinned = namespace
+    _LAST_SEEN[(id(client), view.name)] = (namespace, schema)
     return _assemble(view, schema, entity_rows, values, missing)
+
+
+async def _pointer(script: Any, view: FeatureViewConfig) -> str:
+    reply = await script(keys=[pointer_key(view.name)], args=[f"{PREFIX}{view.name}:", "", 0])
+    if not reply:
+        raise _no_online_copy(view)
+    return reply[0]
+
+
+async def _schema(client: Any, view: str, namespace: str) -> pa.Schema:
+    text = await client.get(schema_key(view, namespace))
+    if text is None:
+        raise FederatorError(
+            f"feature view {view!r}: the online copy {namespace!r} expired while being read; "
+            "read again"
+        )
+    return schema_from_text(text)
+
+
+def _no_online_copy(view: FeatureViewConfig) -> FederatorError:
+    return FederatorError(
+        f"feature view {view.name!r} has no online copy yet; run "
+        f"`federator features materialize {view.name}`"
+    )
 
 
 def _assemble(
@@ -257,49 +323,61 @@ def _assemble(
     missing: str,
 ) -> pa.Table:
     """Typed columns: the entity columns as asked, then every other column of the view."""
+    found = pa.array([any(v is not None for v in row) for row in values], pa.bool_())
+    columns = {}
+    for i, f in enumerate(schema):
+        if f.name in view.entity:
+            columns[f.name] = pa.array([r[f.name] for r in entity_rows], f.type)
+        else:
+            columns[f.name] = _decode(view, f, [row[i] for row in values])
     oldest = _oldest_allowed(view, schema)
-    ts_at = schema.names.index(view.timestamp)
-    ts_type = schema.field(view.timestamp).type
-    found = []
-    for row in values:
-        hit = any(v is not None for v in row)
-        if hit and oldest is not None:
-            stamp = from_text(row[ts_at], ts_type)
-            hit = stamp is not None and _comparable(stamp) >= oldest
-        found.append(hit)
-    if missing == "error" and not all(found):
-        lacking = [r for r, ok in zip(entity_rows, found, strict=True) if not ok]
+    if oldest is not None:
+        fresh = pc.greater_equal(
+            columns[view.timestamp], oldest.cast(schema.field(view.timestamp).type)
+        )
+        found = pc.and_(found, pc.fill_null(fresh, False))
+    if missing == "error" and not pc.all(found).as_py():
+        lacking = [r for r, ok in zip(entity_rows, found.to_pylist(), strict=True) if not ok]
         raise MissingKeysError(
             f"feature view {view.name!r} has no online row for {len(lacking)} key(s): "
             f"{lacking[:10]}"
         )
-    arrays, fields = [], []
-    for i, f in enumerate(schema):
-        if f.name in view.entity:
-            column = [r[f.name] for r in entity_rows]
-        else:
-            column = [
-                _decode(view, f, row[i]) if ok else None
-                for row, ok in zip(values, found, strict=True)
-            ]
-        arrays.append(pa.array(column, f.type))
-        fields.append(pa.field(f.name, f.type))
+    for f in schema:
+        if f.name not in view.entity:
+            columns[f.name] = pc.if_else(found, columns[f.name], pa.nulls(1, f.type)[0])
     order = [*view.entity, *(n for n in schema.names if n not in view.entity)]
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)).select(order)
+    return pa.table({n: columns[n] for n in order})
 
 
-def _decode(view: FeatureViewConfig, field: pa.Field, text: Any) -> Any:
+def _decode(view: FeatureViewConfig, field: pa.Field, texts: list[Any]) -> pa.Array:
+    """Stored texts as an array of the column's type: Arrow's own parsing where it has one."""
+    t = field.type
     try:
-        return from_text(text, field.type)
-    except ValueError as e:
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return pa.array(texts, t)
+        if _arrow_parses(t):
+            return pa.array(texts, pa.string()).cast(t)
+        return pa.array([from_text(x, t) for x in texts], t)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise FederatorError(
-            f"feature view {view.name!r}: online value of {field.name!r} does not read as "
-            f"{field.type}: {e}; materialize the view again"
+            f"feature view {view.name!r}: online values of {field.name!r} do not read as "
+            f"{t}: {e}; materialize the view again"
         ) from None
 
 
-def _oldest_allowed(view: FeatureViewConfig, schema: pa.Schema) -> float | None:
-    """With a ``ttl``: the oldest timestamp (epoch seconds) a row may have to be served."""
+def _arrow_parses(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_date(t)
+        or pa.types.is_timestamp(t)
+    )
+
+
+def _oldest_allowed(view: FeatureViewConfig, schema: pa.Schema) -> pa.Scalar | None:
+    """With a ``ttl``: the oldest timestamp a row may have to be served."""
     if view.ttl is None:
         return None
     t = schema.field(view.timestamp).type
@@ -308,14 +386,12 @@ def _oldest_allowed(view: FeatureViewConfig, schema: pa.Schema) -> float | None:
             f"feature view {view.name!r}: ttl needs a timestamp or date column, and "
             f"{view.timestamp!r} is {t}"
         )
-    return time.time() - view.ttl
-
-
-def _comparable(stamp: Any) -> float:
-    if isinstance(stamp, dt.datetime):
-        aware = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-        return aware.timestamp()
-    return dt.datetime.combine(stamp, dt.time(), dt.UTC).timestamp()
+    oldest = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=view.ttl)
+    if pa.types.is_date(t):
+        return pa.scalar(oldest.date(), pa.date32())
+    if t.tz is None:
+        oldest = oldest.replace(tzinfo=None)  # naive timestamps are taken as UTC
+    return pa.scalar(oldest, pa.timestamp("us", tz=t.tz))
 
 
 # ---- keys and values --------------------------------------------------------------------------
