@@ -148,6 +148,21 @@ def test_materialize_equals_the_query_and_lookup_serves_the_latest_rows(
         assert flush.hget("federator:fv:fv_full:manifest", "rows") == str(len(truth))
 
 
+def test_rows_older_than_the_ttl_read_as_missing(
+    events: str, redis_dsn: str, tmp_path: Path
+) -> None:
+    cut = DAY0 + dt.timedelta(hours=12)  # after every day-0 event, before every day-1 event
+    cat = catalog(events, redis_dsn, tmp_path, "fv_ttl")
+    cat["features"]["fv_ttl"]["ttl"] = (dt.datetime.now(dt.UTC) - cut).total_seconds()
+    with federator.connect(cat) as fed:
+        fed.features.materialize("fv_ttl")
+        got = fed.features.lookup("fv_ttl", list(range(USERS)))
+    by_user = latest(pg(events, TRUTH))
+    want = [r if r[1] >= cut else (u, None, None, None, None) for u, r in sorted(by_user.items())]
+    assert [tuple(r.values()) for r in got.to_pylist()] == want
+    assert any(r[1] is None for r in want) and any(r[1] is not None for r in want)
+
+
 def test_incremental_run_adds_only_new_rows_and_equals_a_full_run(
     events: str, redis_dsn: str, tmp_path: Path
 ) -> None:
