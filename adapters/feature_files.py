@@ -42,7 +42,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from federator.adapters.base import TableInfo, TableRef
 from federator.adapters.files import DataFile, FilesAdapter
 from federator.adapters.sqlbase import SQLAdapter
 
@@ -209,13 +208,6 @@ class FeatureViewsAdapter(FilesAdapter):
             for name, root in self.views.items()
             if (root / MANIFEST).exists()
         }
-
-    def _tables(self) -> list[TableInfo]:
-        self._files = self.scan()
-        return [
-            TableInfo(self.name, TableRef("main", f.name), *self._describe(f))
-            for f in self._files.values()
-        ]
 
     def _describe(self, f: DataFile) -> tuple[pa.Schema, int | None]:
         manifest = read_manifest(f.path)

@@ -376,16 +376,23 @@ def _arrow_parses(t: pa.DataType) -> bool:
     )
 
 
+def time_column_type(view: FeatureViewConfig, schema: pa.Schema, needs: str, fix: str) -> Any:
+    """The type of the view's timestamp column, which ``needs`` (a setting) requires to be a
+    timestamp or a date; else an error saying so and how to ``fix`` it."""
+    t = schema.field(view.timestamp).type
+    if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+        raise FederatorError(
+            f"feature view {view.name!r}: {needs} needs a timestamp or date column, and "
+            f"{view.timestamp!r} is {t}; {fix}"
+        )
+    return t
+
+
 def _oldest_allowed(view: FeatureViewConfig, schema: pa.Schema) -> pa.Scalar | None:
     """With a ``ttl``: the oldest timestamp a row may have to be served."""
     if view.ttl is None:
         return None
-    t = schema.field(view.timestamp).type
-    if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
-        raise FederatorError(
-            f"feature view {view.name!r}: ttl needs a timestamp or date column, and "
-            f"{view.timestamp!r} is {t}"
-        )
+    t = time_column_type(view, schema, "ttl", "drop the ttl")
     oldest = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=view.ttl)
     if pa.types.is_date(t):
         return pa.scalar(oldest.date(), pa.date32())

@@ -45,7 +45,7 @@ from federator.adapters.feature_files import (
     writer_lock,
 )
 from federator.config import FEATURES_SOURCE, FeatureViewConfig
-from federator.errors import CatalogError, FederatorError
+from federator.errors import CatalogError
 from federator.lookup import _key_list
 from federator.sql.dialect import Federated, parse
 
@@ -284,12 +284,7 @@ def _day_column(view: FeatureViewConfig, schema: pa.Schema) -> str | None:
     assert view.offline is not None
     if view.offline["partition"] == "none":
         return None
-    t = schema.field(view.timestamp).type
-    if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
-        raise FederatorError(
-            f"feature view {view.name!r}: partition = 'date' needs a timestamp or date column, "
-            f"and {view.timestamp!r} is {t}; set offline.partition = 'none'"
-        )
+    online.time_column_type(view, schema, "partition = 'date'", "set offline.partition = 'none'")
     return view.timestamp
 
 

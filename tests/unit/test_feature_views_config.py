@@ -77,3 +77,32 @@ def test_an_unknown_view_is_an_error_naming_the_views(tmp_path: Any) -> None:
             fed.features.materialize("user")
         with pytest.raises(CatalogError, match="has no online copy"):
             fed.features.lookup("user_stats", [1])
+
+
+def test_materialize_over_sqlite_offline_then_again_adds_nothing(tmp_path: Any) -> None:
+    """A text timestamp: 'date' partitions are refused by name; 'none' materializes, and a
+    second run finds no newer row."""
+    import sqlite3
+
+    import federator
+
+    db = tmp_path / "e.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE ev (id INTEGER, ts TEXT, n INTEGER)")
+        con.execute("INSERT INTO ev VALUES (1, '2026-12-01', 3), (2, '2026-12-02', 5)")
+    sources = {"db": {"kind": "sqlite", "path": str(db)}}
+    spec = view(query="SELECT id, ts, n FROM db.ev", entity="id", online=None, ttl=None)
+    spec["offline"] = {"path": str(tmp_path / "ev")}
+    wanted = "partition = 'date' needs a timestamp"
+    with (
+        federator.connect({"sources": sources, "features": {"ev": spec}}) as fed,
+        pytest.raises(federator.FederatorError, match=wanted),
+    ):
+        fed.features.materialize("ev")
+    spec["offline"]["partition"] = "none"
+    with federator.connect({"sources": sources, "features": {"ev": spec}}) as fed:
+        first = fed.features.materialize("ev")
+        again = fed.features.materialize("ev")
+        rows = fed.sql("SELECT id, n FROM features.ev ORDER BY id").to_arrow().to_pylist()
+    assert (first.rows, first.until, again.rows, again.since) == (2, "2026-12-02", 0, "2026-12-02")
+    assert rows == [{"id": 1, "n": 3}, {"id": 2, "n": 5}]
