@@ -35,13 +35,14 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from federator.adapters.base import TableRef
 from federator.adapters.files import DataFile, FilesAdapter
 from federator.adapters.sqlbase import SQLAdapter
 
@@ -151,6 +152,8 @@ def _write_files(root: Path, final: Path, rows: pa.Table, day_column: str | None
             pq.write_table(part, folder / "part.parquet")
             names.append(final / label / "part.parquet" if label else final / "part.parquet")
         (root / final).parent.mkdir(parents=True, exist_ok=True)
+        if (root / final).exists():  # left by a run that died before its manifest swap
+            shutil.rmtree(root / final)
         os.rename(tmp, root / final)
         return names
     except BaseException:
@@ -208,6 +211,21 @@ class FeatureViewsAdapter(FilesAdapter):
             for name, root in self.views.items()
             if (root / MANIFEST).exists()
         }
+
+    async def freshness_token(self, tables: Sequence[TableRef]) -> str | None:
+        """The views' manifests as files (inode, size, time): each refresh replaces the
+        manifest, so a cached answer over a view lasts until its next refresh."""
+        parts = []
+        for ref in tables:
+            root = self.views.get(ref.name)
+            try:
+                st = (root / MANIFEST).stat() if root is not None else None
+            except FileNotFoundError:
+                st = None
+            if st is None:
+                return None
+            parts.append(f"{ref.name}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        return ";".join(parts)
 
     def _describe(self, f: DataFile) -> tuple[pa.Schema, int | None]:
         manifest = read_manifest(f.path)

@@ -34,6 +34,7 @@ from federator.lookup import MissingKeysError
 
 PREFIX = "federator:fv:"
 BATCH = 1000  # keys per pipelined round trip
+HISTORY = 1000  # refreshes the manifest hash remembers
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -107,7 +108,7 @@ async def write_refresh(
         await _copy_namespace(client, namespace_prefix(view.name, state.namespace), prefix)
     await _write_rows(client, view, prefix, latest_per_entity(rows, view))
     await client.set(schema_key(view.name, namespace), schema_to_text(rows.schema))
-    history = [*(state.history if state else []), {"version": version, **record}]
+    history = [*(state.history if state else []), {"version": version, **record}][-HISTORY:]
     await _flip(client, view.name, namespace, version, query_hash, number, rows, record, history)
     if state is not None:
         old = namespace_prefix(view.name, state.namespace)
@@ -119,9 +120,15 @@ async def write_refresh(
 
 def latest_per_entity(rows: pa.Table, view: FeatureViewConfig) -> pa.Table:
     """One row per entity: the one with the latest timestamp (the last of equal ones)."""
+    for column in view.entity:  # a row without its key has no online place
+        rows = rows.filter(pc.is_valid(rows.column(column)))
     if rows.num_rows == 0:
         return rows
-    ordered = rows.sort_by([(view.timestamp, "ascending")])
+    stamps = rows.column(view.timestamp)
+    undated = rows.filter(pc.is_null(stamps))  # before every dated row: never the latest
+    ordered = pa.concat_tables(
+        [undated, rows.filter(pc.is_valid(stamps)).sort_by([(view.timestamp, "ascending")])]
+    )
     last: dict[tuple[Any, ...], int] = {}
     keys = zip(*(ordered.column(e).to_pylist() for e in view.entity), strict=True)
     for i, key in enumerate(keys):

@@ -137,7 +137,7 @@ class FeatureViews:
                     time_range=(_text(offline_state.last or since), _text(until)),
                 )
                 result["files"] = len(refresh["files"])
-                self.fed.catalog.refresh(FEATURES_SOURCE)
+                self._forget_offline(view)
         if online_state is not None:
             part = _after(rows, view.timestamp, online_state.last)
             if part.num_rows or online_state.last is None:
@@ -154,6 +154,13 @@ class FeatureViews:
             offline_files=int(result["files"] or 0),
             online_namespace=result["namespace"],
         )
+
+    def _forget_offline(self, view: FeatureViewConfig) -> None:
+        """After a refresh: the view's table is read again (its schema may have changed) and
+        cached answers over it are dropped, here and in every process sharing the cache."""
+        self.fed.catalog.refresh(FEATURES_SOURCE)
+        if self.fed.cache.enabled:
+            self.fed.cache.invalidate(FEATURES_SOURCE, view.name)
 
     def _compute(self, view: FeatureViewConfig, after: Any, since: Any) -> pa.Table:
         """The view's rows with timestamp > ``after`` and >= ``since`` (each where given)."""

@@ -166,9 +166,11 @@ def test_rows_older_than_the_ttl_read_as_missing(
 def test_incremental_run_adds_only_new_rows_and_equals_a_full_run(
     events: str, redis_dsn: str, tmp_path: Path
 ) -> None:
-    cat = catalog(events, redis_dsn, tmp_path, "fv_inc")
+    cat = {**catalog(events, redis_dsn, tmp_path, "fv_inc"), "cache": {"enabled": True}}
     with federator.connect(cat) as fed:
         first = fed.features.materialize("fv_inc")
+        count = "SELECT count(*) AS n FROM features.fv_inc"
+        assert fed.sql(count).to_arrow()[0][0].as_py() == first.rows  # cached now
         new = [event(i, 2) for i in range(1000, 1060)]  # a later day; 20 new users
         add_events(events, new)
         again = fed.features.materialize("fv_inc")
@@ -176,6 +178,7 @@ def test_incremental_run_adds_only_new_rows_and_equals_a_full_run(
         assert again.rows == len(truth) - first.rows == sum(1 for r in new if r[2] >= 0)
         assert again.since == first.until and again.version == 1 and not again.new_version
         offline = rows_of(fed.sql("SELECT * FROM features.fv_inc").to_arrow())
+        assert fed.sql(count).to_arrow()[0][0].as_py() == len(truth)  # the refresh is seen
         online = fed.features.lookup("fv_inc", list(range(USERS)))
     with federator.connect(catalog(events, redis_dsn, tmp_path / "full", "fv_inc_full")) as fed:
         fed.features.materialize("fv_inc_full")
@@ -210,12 +213,14 @@ def test_a_reader_during_a_refresh_sees_the_old_rows_or_the_new_never_half(
         seen_offline: set[int] = set()
         seen_online: set[int] = set()
         stop = threading.Event()
+        reads = [0]
 
         def read() -> None:
             while not stop.is_set():
                 n = fed.sql("SELECT count(*) AS n FROM features.fv_atomic").to_arrow()
                 seen_offline.add(n.column("n")[0].as_py())
                 seen_online.add(fed.features.lookup("fv_atomic", users).column("ts").null_count)
+                reads[0] += 1
 
         reader = threading.Thread(target=read)
         reader.start()
@@ -224,6 +229,7 @@ def test_a_reader_during_a_refresh_sees_the_old_rows_or_the_new_never_half(
         finally:
             stop.set()
             reader.join(60)
+        assert reads[0] > 0
         new_found = fed.features.lookup("fv_atomic", users).column("ts").null_count
         assert seen_offline <= {old, new} and seen_online <= {old_found, new_found}
         assert (
