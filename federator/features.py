@@ -75,7 +75,7 @@ class _CopyState:
     """Where one copy (offline or online) stands: its version, query hash, last timestamp."""
 
     version: int
-    query_hash: str | None
+    query_hash: str | None  # None: this run starts the version
     last: Any  # typed like the timestamp column; None: nothing materialized in this version
 
 
@@ -98,9 +98,9 @@ class FeatureViews:
 
     # ---- materialize ---------------------------------------------------------------------
     def materialize(self, name: str, since: Any = None) -> Materialization:
-        """Compute view ``name`` and write its offline and online copies; rows at or after
-        ``since`` only on a first run, and after the last materialized timestamp on later
-        runs of the same query.
+        """Compute view ``name`` and write its offline and online copies: the rows after the
+        last materialized timestamp (all rows on a first run or for a changed query, which
+        starts a new version), and only those at or after ``since`` where it is given.
 
         >>> fed.features.materialize("user_stats")  # doctest: +SKIP
         Materialization(view='user_stats', version=1, new_version=True, rows=1200, ...)
@@ -147,7 +147,7 @@ class FeatureViews:
         return Materialization(
             view=view.name,
             version=version,
-            new_version=any(s.last is None for s in states),
+            new_version=any(s.query_hash is None for s in states),
             rows=rows.num_rows,
             since=start if start is not None else since,
             until=until,
