@@ -104,5 +104,7 @@ def test_materialize_over_sqlite_offline_then_again_adds_nothing(tmp_path: Any) 
         first = fed.features.materialize("ev")
         again = fed.features.materialize("ev")
         rows = fed.sql("SELECT id, n FROM features.ev ORDER BY id").to_arrow().to_pylist()
+        plan = fed.explain("SELECT id FROM features.ev WHERE n > 3")
+    assert 'WHERE "ev"."n" > 3' in plan and "no residual" in plan  # the files rules apply
     assert (first.rows, first.until, again.rows, again.since) == (2, "2026-12-02", 0, "2026-12-02")
     assert rows == [{"id": 1, "n": 3}, {"id": 2, "n": 5}]
