@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,13 +45,14 @@ from federator.adapters.feature_files import (
     write_refresh,
     writer_lock,
 )
-from federator.config import FEATURES_SOURCE, FeatureViewConfig
-from federator.errors import CatalogError
+from federator.config import FEATURES_SOURCE, FeatureViewConfig, redact_text
+from federator.errors import CatalogError, SourceError, SourceUnreachableError
 from federator.lookup import _key_list
 from federator.sql.dialect import Federated, parse
 
 __all__ = ["FeatureViews", "Materialization"]
 
+T = TypeVar("T")
 _LAST = "federator_last"
 _SINCE = "federator_since"
 
@@ -208,12 +210,31 @@ class FeatureViews:
         ts_type = state.schema.field(view.timestamp).type
         return _CopyState(state.version, query_hash, _typed(state.last, ts_type))
 
-    async def _client(self, view: FeatureViewConfig) -> Any:
+    async def _on_redis(
+        self, view: FeatureViewConfig, what: str, work: Callable[[Any], Awaitable[T]]
+    ) -> T:
+        """``work(client)`` on the view's Redis source; its failures as federator's errors,
+        naming the source, its host:port and the view."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         assert view.online is not None
-        return await self.fed.catalog.adapter(view.online["source"]).client()
+        adapter = self.fed.catalog.adapter(view.online["source"])
+        try:
+            return await work(await adapter.client())
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise SourceUnreachableError(adapter.name, adapter.where, redact_text(str(e))) from None
+        except RedisError as e:
+            raise SourceError(
+                f"source {adapter.name!r} (redis): {what} of feature view {view.name!r} "
+                f"failed: {redact_text(str(e))}"
+            ) from None
 
     async def _read_online_state(self, view: FeatureViewConfig) -> online.OnlineState | None:
-        return await online.read_state(await self._client(view), view.name)
+        return await self._on_redis(
+            view, "reading the manifest", lambda c: online.read_state(c, view.name)
+        )
 
     def _write_online(
         self,
@@ -232,13 +253,12 @@ class FeatureViews:
             "written_at": dt.datetime.now(dt.UTC).isoformat(),
         }
 
-        async def write() -> str:
-            client = await self._client(view)
-            return await online.write_refresh(
+        def write(client: Any) -> Awaitable[str]:
+            return online.write_refresh(
                 client, view, rows, version=state.version, query_hash=query_hash, record=record
             )
 
-        return self.fed._loop.run(write())
+        return self.fed._loop.run(self._on_redis(view, "writing the online copy", write))
 
     # ---- serve -------------------------------------------------------------------------------
     def lookup(
@@ -271,8 +291,12 @@ class FeatureViews:
                 "key = ... }} to it, or query features." + name
             )
         budget = budget_ms / 1000 if budget_ms is not None else None
-        client = await self._client(view)
-        return await online.read(client, view, _key_list(keys), budget=budget, missing=missing)
+        wanted = _key_list(keys)
+
+        def read(client: Any) -> Awaitable[pa.Table]:
+            return online.read(client, view, wanted, budget=budget, missing=missing)
+
+        return await self._on_redis(view, "the lookup", read)
 
 
 def _after(rows: pa.Table, column: str, last: Any) -> pa.Table:

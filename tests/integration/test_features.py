@@ -145,6 +145,7 @@ def test_materialize_equals_the_query_and_lookup_serves_the_latest_rows(
             fed.features.lookup("fv_full", keys, missing="error")
         with pytest.raises(federator.QueryTimeoutError, match="fv_full"):
             fed.features.lookup("fv_full", list(range(USERS)), budget_ms=0.001)
+        assert fed.features.lookup("fv_full", keys).equals(got)  # the pool is fine after it
         assert flush.hget("federator:fv:fv_full:manifest", "rows") == str(len(truth))
 
 

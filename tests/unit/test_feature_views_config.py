@@ -108,3 +108,23 @@ def test_materialize_over_sqlite_offline_then_again_adds_nothing(tmp_path: Any) 
     assert 'WHERE "ev"."n" > 3' in plan and "no residual" in plan  # the files rules apply
     assert (first.rows, first.until, again.rows, again.since) == (2, "2026-12-02", 0, "2026-12-02")
     assert rows == [{"id": 1, "n": 3}, {"id": 2, "n": 5}]
+
+
+def test_an_unreachable_online_store_is_a_source_error_naming_it(tmp_path: Any) -> None:
+    import socket
+
+    import federator
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sources = {"kv": {"kind": "redis", "url": f"redis://:sekret@127.0.0.1:{port}/0"}}
+    spec = view(query="SELECT 1 AS user_id, 2 AS ts", offline=None, ttl=None)
+    with federator.connect({"sources": sources, "features": {"user_stats": spec}}) as fed:
+        for call in (
+            lambda: fed.features.lookup("user_stats", [1]),
+            lambda: fed.features.materialize("user_stats"),
+        ):
+            with pytest.raises(federator.SourceUnreachableError, match="'kv' unreachable") as e:
+                call()
+            assert f"127.0.0.1:{port}" in str(e.value) and "sekret" not in str(e.value)
