@@ -280,3 +280,25 @@ def test_cli_materializes_a_view_end_to_end(
 
     assert main(["features", "materialize", "nope", "--catalog", str(toml)]) == 1
     assert "unknown feature view 'nope' (views: fv_cli)" in capsys.readouterr().err
+
+
+def test_a_composite_entity_is_looked_up_by_tuples_or_dicts(
+    events: str, redis_dsn: str, tmp_path: Path
+) -> None:
+    cat = catalog(events, redis_dsn, tmp_path, "fv_comp")
+    spec = cat["features"]["fv_comp"]
+    spec["entity"] = ["user_id", "segment"]
+    spec["online"]["key"] = "fv_comp:{segment}:{user_id}"
+    del spec["offline"]
+    with federator.connect(cat) as fed:
+        fed.features.materialize("fv_comp")
+        keys = [(1, "loyal"), {"segment": "new", "user_id": 3}, (1, "nope")]
+        got = fed.features.lookup("fv_comp", keys)
+    truth: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for r in sorted(pg(events, TRUTH), key=lambda r: r[1]):
+        truth[(r[0], r[4])] = r
+    want = [truth[(1, "loyal")], truth[(3, "new")], (1, None, None, None, "nope")]
+    assert got.column_names == ["user_id", "segment", "ts", "clicks2", "amount"]
+    assert [tuple(r.values()) for r in got.to_pylist()] == [
+        (w[0], w[4], w[1], w[2], w[3]) for w in want
+    ]
