@@ -251,6 +251,7 @@ class QdrantAdapter(Adapter):
                 url=self.url,
                 api_key=str(api_key) if api_key else None,
                 timeout=max(1, round(self.call_timeout)),
+                check_compatibility=False,  # a version round trip per connect; errors say enough
             )
         except Exception as e:  # a local folder locked by another client, a bad URL
             raise SourceUnreachableError(self.name, self.where, _reason(e, self.config)) from None
@@ -753,13 +754,21 @@ def _batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
         try:
             arrays.append(to_array(values, f.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-            odd = next((v for v in values if v is not None), None)
+            odd = next(v for v in values if v is not None and not _fits(v, f.type))
             raise SourceError(
                 f"qdrant payload field {f.name!r} holds {type(odd).__name__} {_clip(odd)}, not "
                 f"{f.type} (the type sampled from the collection's first points): declare its "
                 "type under the source's tables.<collection>.columns"
             ) from None
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _fits(value: Any, type_: pa.DataType) -> bool:
+    try:
+        to_array([value], type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _clip(value: Any) -> str:
