@@ -6,8 +6,10 @@ vectors (local mode searches exactly), or DuckDB over the same payloads for filt
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,7 +55,9 @@ def folder(data: dict[str, Any], tmp_path_factory) -> Any:
     from qdrant_client import QdrantClient, models
 
     folder = tmp_path_factory.mktemp("qdrant")
-    client = QdrantClient(path=str(folder / "store"))
+    # local mode commits (fsyncs) each point: written on tmpfs where there is one, then copied
+    build = tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    client = QdrantClient(path=build.name)
     client.create_collection(
         "items",
         vectors_config={
@@ -71,6 +75,8 @@ def folder(data: dict[str, Any], tmp_path_factory) -> Any:
         ],
     )
     client.close()
+    shutil.copytree(build.name, folder / "store")
+    build.cleanup()
     lite = sqlite3.connect(folder / "shop.db")
     lite.execute("CREATE TABLE stock (id INTEGER, warehouse TEXT, qty INTEGER)")
     lite.executemany(
