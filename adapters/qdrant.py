@@ -32,15 +32,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 from federator.adapters.arrowconv import to_array
-from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.base import BindSpec, NativeRequest, TableInfo, TableRef
 from federator.adapters.budget import server_seconds
 from federator.adapters.declared import parse_type
+from federator.adapters.threaded import ThreadedClientAdapter
 from federator.rules.base import Rule
 from federator.rules.qdrant import RANGES, column_and_value, numeric_between, numeric_range
 from federator.rules.vectors import order_distance, vector_operands
@@ -49,13 +51,15 @@ from sqlglot import exp
 from federator.config import SourceConfig
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
-from federator.sql.dialect import VectorDistance, exact_distances, vector_value
+from federator.sql.dialect import VectorDistance, nearest, vector_value
 
 # Qdrant's distance of a vector -> the federated metric its search answers (None: no operator)
 DISTANCES = {"Euclid": "l2", "Cosine": "cosine", "Dot": "ip", "Manhattan": None}
 _SEARCHES = {"l2": "Euclid", "cosine": "Cosine", "neg_ip": "Dot", "ip": "Dot"}
 _OPERATOR = {"Euclid": "<->", "Cosine": "<=>", "Dot": "<#>"}
 UNNAMED_VECTOR = "vector"
+_PAYLOAD = ("payload", "unknown")  # column roles read from the payload
+_TIMED = frozenset({"scroll", "query_points"})  # calls that take a server-side timeout
 DEFAULT_SAMPLE = 1000
 BIND_BATCH = 5_000
 FALSE: dict[str, Any] = {"must": [{"has_id": []}]}  # matches no point
@@ -163,7 +167,7 @@ class QdrantCall:
     exact: str | None = None  # the vector's distance when the operator asks another metric
 
 
-class QdrantAdapter(Adapter):
+class QdrantAdapter(ThreadedClientAdapter):
     """Qdrant source; options: ``path`` (a local-mode folder) or ``url`` with ``api_key``,
     ``timeout`` (seconds per call, default 60), ``id_column``, ``sample_size``, ``tables``
     (declared payload columns per collection).
@@ -203,9 +207,9 @@ class QdrantAdapter(Adapter):
             for name, spec in (opts.get("tables") or {}).items()
         }
         self.collections: dict[str, Collection] = {}
-        self._client: Any = None
-        self._open_lock = asyncio.Lock()
-        self._local_lock = asyncio.Lock() if self.path is not None else None
+        # held by the worker thread itself: a call cancelled by the query's timeout runs on to
+        # its end in its thread, and the next call waits for it
+        self._local_lock = threading.Lock() if self.path is not None else None
         not_on_id = [
             Rule(cls, guard=self._not_point_id, name="no range over the point id")
             for cls in (*RANGES, exp.Between)
@@ -224,17 +228,6 @@ class QdrantAdapter(Adapter):
         return found is not None and found[0].name != self.id_column and numeric_range(node)
 
     # ---- connection ------------------------------------------------------------------------
-    async def open(self) -> None:
-        await self._get_client()
-
-    async def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        async with self._open_lock:
-            if self._client is None:
-                self._client = await asyncio.to_thread(self._connect)
-        return self._client
-
     def _connect(self) -> Any:
         try:
             from qdrant_client import QdrantClient
@@ -256,11 +249,6 @@ class QdrantAdapter(Adapter):
         except Exception as e:  # a local folder locked by another client, a bad URL
             raise SourceUnreachableError(self.name, self.where, _reason(e, self.config)) from None
 
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
-
     async def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         """``client.fn(*args, **kwargs)`` in a worker thread; a server is told the query's
         remaining time (at most the source's ``timeout``), local mode one call at a time."""
@@ -268,14 +256,18 @@ class QdrantAdapter(Adapter):
         call = getattr(client, fn)
         try:
             if self._local_lock is None:
-                seconds = server_seconds(self.call_timeout) or self.call_timeout
-                timeout = max(1, int(seconds + 0.999))
-                return await asyncio.to_thread(call, *args, timeout=timeout, **kwargs)
-            async with self._local_lock:
+                if fn in _TIMED:  # the others run under the client's own timeout
+                    seconds = server_seconds(self.call_timeout) or self.call_timeout
+                    kwargs["timeout"] = max(1, int(seconds + 0.999))
                 return await asyncio.to_thread(call, *args, **kwargs)
+            return await asyncio.to_thread(_locked, self._local_lock, call, *args, **kwargs)
         except (SourceError, UnsupportedError):
             raise
         except Exception as e:  # qdrant-client raises its own, httpx and gRPC errors
+            if _unreachable(e):
+                raise SourceUnreachableError(
+                    self.name, self.where, _reason(e, self.config)
+                ) from None
             raise SourceError(
                 f"qdrant source {self.name!r} ({self.where}): {fn} failed: "
                 f"{_reason(e, self.config)}"
@@ -340,7 +332,7 @@ class QdrantAdapter(Adapter):
             outputs,
             tree,
             payload=sorted(
-                {o.column.name for o in outputs if o.column and o.column.role == "payload"}
+                {o.column.name for o in outputs if o.column and o.column.role in _PAYLOAD}
             ),
             vectors=sorted(
                 {o.column.vector or "" for o in outputs if o.column and o.column.role == "vector"}
@@ -478,10 +470,8 @@ class QdrantAdapter(Adapter):
         if not points:
             return _empty(schema)
         matrix = np.asarray([_vector(p, call.using) for p in points], dtype=np.float64)
-        distances = exact_distances(call.metric, matrix, np.asarray(vector, dtype=np.float64))
-        nearest = -distances if call.metric == "ip" else distances  # inner_product: DESC
-        order = np.argsort(nearest, kind="stable")[call.offset : call.offset + call.limit]
-        return _batch([_row(call, points[i], float(distances[i])) for i in order.tolist()], schema)
+        ranked = nearest(call.metric, matrix, vector, call.offset, call.limit)
+        return _batch([_row(call, points[i], distance) for i, distance in ranked], schema)
 
     async def _scroll(
         self, call: QdrantCall, tree: Any, schema: pa.Schema
@@ -789,6 +779,23 @@ def _output_type(o: Output, fragment: Fragment) -> pa.DataType:
     return (
         fragment.types.get(o.name, o.column.type) if o.column.role == "unknown" else o.column.type
     )
+
+
+def _locked(lock: threading.Lock, call: Any, *args: Any, **kwargs: Any) -> Any:
+    with lock:
+        return call(*args, **kwargs)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a client error is a failure to reach the server (refused, no route, DNS)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionRefusedError"):
+            return True
+        seen = getattr(seen, "source", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(error: BaseException, config: SourceConfig) -> str:

@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
+from vector_truth import brute, top_k
 
 import federator
 
@@ -110,19 +111,6 @@ def fed(folder: Any) -> Iterator[Any]:
 def _copy(folder: Any, tmp_path: Any) -> Any:
     """A copy of the store: local mode lets one client (the module's ``fed``) hold a folder."""
     return shutil.copytree(folder / "store", tmp_path / "store")
-
-
-def brute(vectors: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
-    v, q = vectors.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        return np.linalg.norm(v - q, axis=1)
-    if metric == "cosine":
-        return 1 - v @ q / (np.linalg.norm(v, axis=1) * np.linalg.norm(q))
-    return -(v @ q)
-
-
-def top_k(ids: np.ndarray, dist: np.ndarray, k: int) -> list[int]:
-    return ids[np.argsort(dist, kind="stable")[:k]].tolist()
 
 
 @pytest.mark.parametrize(("op", "metric", "field"), OPS)
@@ -343,7 +331,7 @@ def test_catalog_errors_and_secrets(tmp_path, folder) -> None:
     secret = "s3cr3t-qdrant-key"
     catalog = {"sources": {"q": {"kind": "qdrant", "url": "http://127.0.0.1:9", "api_key": secret}}}
     with federator.connect(catalog, timeout=5) as f:
-        with pytest.raises(federator.FederatorError) as caught:
+        with pytest.raises(federator.SourceUnreachableError) as caught:
             f.sql("SELECT id FROM q.items").to_arrow()
         assert "127.0.0.1:9" in str(caught.value) and secret not in str(caught.value)
         assert secret not in repr(f.catalog.adapters["q"]) and secret not in repr(f)
