@@ -353,7 +353,9 @@ class QdrantAdapter(ThreadedClientAdapter):
         if fragment.bind is not None:
             key = fragment.bind.key.name
             request.bind = BindSpec(column=key, style="in_list", batch_size=BIND_BATCH)
-            request.text += f"\n  bind: {key} in [... up to {BIND_BATCH:,} keys per batch]"
+            known = collection.columns.get(key)
+            sent = "has_id" if known is not None and known.role == "id" else f"{key} in"
+            request.text += f"\n  bind: {sent} [... up to {BIND_BATCH:,} keys per batch]"
         request.schema = pa.schema([(o.name, _output_type(o, fragment)) for o in outputs])
         return request
 

@@ -11,6 +11,7 @@ vector search); without ORDER BY it is a scalar query. No joins, grouping or exp
 from __future__ import annotations
 
 from federator.rules.base import SIMPLE_FILTERS, Rule, RuleSet, register, rules_for_classes
+from federator.rules.vectors import COLLECTION_CLAUSES
 from federator.rules.vectors import literal_in as _literal_in
 from federator.rules.vectors import nearest_first as _nearest_first
 from federator.rules.vectors import order_distance as order_distance
@@ -35,16 +36,7 @@ MILVUS = RuleSet(
         Rule(exp.Like, guard=_string_pattern, name="LIKE a literal pattern"),
         *[Rule(cls, guard=_searchable, name="distance to a query vector") for cls in VECTOR_OPS],
         *rules_for_classes(
-            exp.From,
-            exp.Table,
-            exp.TableAlias,
-            exp.Identifier,
-            exp.Column,
-            exp.Alias,
-            exp.Where,
-            exp.Order,
-            exp.Limit,
-            exp.Offset,
+            *COLLECTION_CLAUSES,
             *SIMPLE_FILTERS,
         ),
     ],

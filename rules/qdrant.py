@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from federator.rules.base import Rule, RuleSet, register, rules_for_classes
 from federator.rules.vectors import (
+    COLLECTION_CLAUSES,
     literal_in,
     nearest_first,
     searchable_distance,
@@ -99,16 +100,7 @@ QDRANT = RuleSet(
             for cls in VECTOR_OPS
         ],
         *rules_for_classes(
-            exp.From,
-            exp.Table,
-            exp.TableAlias,
-            exp.Identifier,
-            exp.Column,
-            exp.Alias,
-            exp.Where,
-            exp.Order,
-            exp.Limit,
-            exp.Offset,
+            *COLLECTION_CLAUSES,
             exp.Paren,
             exp.Literal,
             exp.Boolean,

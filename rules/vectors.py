@@ -15,6 +15,20 @@ from sqlglot import exp
 
 from federator.sql.dialect import VectorDistance
 
+# the clauses of a single-collection SELECT, which every vector database's rule set takes
+COLLECTION_CLAUSES: tuple[type[exp.Expression], ...] = (
+    exp.From,
+    exp.Table,
+    exp.TableAlias,
+    exp.Identifier,
+    exp.Column,
+    exp.Alias,
+    exp.Where,
+    exp.Order,
+    exp.Limit,
+    exp.Offset,
+)
+
 
 def order_distance(select: exp.Select) -> tuple[VectorDistance, bool] | None:
     """The vector distance a SELECT orders by (an alias resolved) and whether it is DESC."""
