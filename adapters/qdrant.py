@@ -725,7 +725,7 @@ def _row(call: QdrantCall, point: Any, distance: float | None) -> dict[str, Any]
             row[o.name] = _vector(point, o.column.vector or "")
         else:
             value = payload.get(o.column.name)
-            row[o.name] = None if value == [] and not pa.types.is_list(o.column.type) else value
+            row[o.name] = None if value == [] else value  # is_empty: NULL, as filters see it
     return row
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -371,3 +372,41 @@ def test_declared_columns_and_a_payload_of_another_type(tmp_path) -> None:
             {"id": 2, "v": "three", "d": -2.0},
             {"id": 1, "v": "2", "d": -1.0},
         ]
+
+
+def test_uuid_ids_an_unnamed_vector_booleans_and_empty_lists(tmp_path) -> None:
+    """Point ids that are UUIDs are text; an unnamed vector is column ``vector``; a boolean
+    column filters on its own; an empty list is NULL in filters and in results alike."""
+    from qdrant_client import QdrantClient, models
+
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(4)]
+    client = QdrantClient(path=str(tmp_path / "u"))
+    client.create_collection("u", vectors_config=models.VectorParams(size=2, distance="Cosine"))
+    payloads = [{"live": True, "tags": []}, {"live": False, "tags": ["a"]}, {"live": True}, {}]
+    client.upsert(
+        "u",
+        [
+            models.PointStruct(id=ids[i], vector=[1.0, float(i)], payload=p)
+            for i, p in enumerate(payloads)
+        ],
+    )
+    client.close()
+    with federator.connect(
+        {"sources": {"q": {"kind": "qdrant", "path": str(tmp_path / "u")}}}
+    ) as f:
+        rows = f.sql("SELECT id, live, tags FROM q.u WHERE live OR tags IS NOT NULL").to_arrow()
+        assert sorted(rows.to_pylist(), key=lambda r: r["id"]) == [
+            {"id": ids[0], "live": True, "tags": None},
+            {"id": ids[1], "live": False, "tags": ["a"]},
+            {"id": ids[2], "live": True, "tags": None},
+        ]
+        assert f.sql("SELECT id FROM q.u WHERE NOT live").to_arrow().column("id").to_pylist() == [
+            ids[1]
+        ]
+        got = f.sql(
+            "SELECT id, vector <=> :q AS d FROM q.u WHERE id <> :skip ORDER BY d LIMIT 2",
+            {"q": [0.0, 1.0], "skip": ids[3]},
+        ).to_arrow()
+    angles = [1 - i / np.hypot(1.0, i) for i in range(3)]  # cosine distance to [0, 1]
+    assert got.column("id").to_pylist() == [ids[2], ids[1]]
+    np.testing.assert_allclose(got.column("d").to_pylist(), [angles[2], angles[1]], rtol=1e-6)
