@@ -48,7 +48,7 @@ from federator.rules.qdrant import RANGES, column_and_value, numeric_between, nu
 from federator.rules.vectors import order_distance, vector_operands
 from sqlglot import exp
 
-from federator.config import SourceConfig
+from federator.config import SourceConfig, redact_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
 from federator.sql.dialect import VectorDistance, nearest, vector_value
@@ -190,8 +190,8 @@ class QdrantAdapter(ThreadedClientAdapter):
         self.url = str(opts["url"]) if opts.get("url") else None
         if (self.path is None) == (self.url is None):
             raise CatalogError(
-                f"source {config.name!r} (qdrant) needs a 'path' (a local-mode folder) or a "
-                "'url' (a server), not both"
+                f"source {config.name!r} (qdrant) needs one of 'path' (a local-mode folder) "
+                "and 'url' (a server)"
             )
         if self.path is not None and not os.path.isdir(self.path):
             raise CatalogError(
@@ -218,7 +218,7 @@ class QdrantAdapter(ThreadedClientAdapter):
 
     @property
     def where(self) -> str:
-        return self.path or str(self.url)
+        return self.path or redact_dsn(str(self.url))
 
     def _not_point_id(self, node: exp.Expression) -> bool:
         """Qdrant filters point ids by membership only (``has_id``), never by range."""
@@ -299,16 +299,17 @@ class QdrantAdapter(ThreadedClientAdapter):
         id_type = pa.int64() if all(isinstance(p.id, int) for p in points) else pa.string()
         columns = {self.id_column: Column(self.id_column, id_type, role="id")}
         vectors = info.config.params.vectors
-        named = vectors if isinstance(vectors, dict) else {"": vectors}
+        named = vectors if isinstance(vectors, dict) else {"": vectors} if vectors else {}
+        vector_columns = {vname or UNNAMED_VECTOR for vname in named}
         declared = self.declared.get(name, {})
         seen: dict[str, list[Any]] = {}
         for p in points:
             for key, value in (p.payload or {}).items():
                 seen.setdefault(key, []).append(value)
         for key, t in {**{k: payload_type(v) for k, v in seen.items()}, **declared}.items():
-            if key != self.id_column and (key or UNNAMED_VECTOR) not in named:
+            if key != self.id_column and key not in vector_columns:  # those hide a payload field
                 columns[key] = Column(key, t)
-        for vname, params in (named or {}).items():
+        for vname, params in named.items():
             column = vname or UNNAMED_VECTOR
             distance = getattr(params.distance, "value", str(params.distance))
             columns[column] = Column(

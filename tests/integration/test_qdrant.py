@@ -323,7 +323,7 @@ def test_hybrid_with_postgres(pg_dsn: str, folder, tmp_path, data) -> None:
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
 def test_catalog_errors_and_secrets(tmp_path, folder) -> None:
-    with pytest.raises(federator.CatalogError, match="needs a 'path'"):
+    with pytest.raises(federator.CatalogError, match="needs one of 'path'"):
         federator.connect({"sources": {"q": {"kind": "qdrant"}}}).sql("SELECT 1 FROM q.x")
     with pytest.raises(federator.CatalogError, match="is not a folder"):
         federator.connect(
