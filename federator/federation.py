@@ -87,7 +87,7 @@ class Federation:
         started = time.monotonic()
         trace = QueryTrace(query)  # a child of the caller's span, on the caller's thread
         plan = self._loop.run(self._plan_within(query, params, timeout, trace))
-        return self._result(plan, params, timeout, max_staleness, started, trace)
+        return self._result(plan, params, timeout, max_staleness, started, trace, query)
 
     async def sql_async(
         self,
@@ -102,7 +102,7 @@ class Federation:
         started = time.monotonic()
         trace = QueryTrace(query)
         plan = await self._loop.run_async(self._plan_within(query, params, timeout, trace))
-        return self._result(plan, params, timeout, max_staleness, started, trace)
+        return self._result(plan, params, timeout, max_staleness, started, trace, query)
 
     async def _plan_within(
         self, query: str, params: Mapping[str, Any], timeout: float | None, trace: QueryTrace
@@ -120,6 +120,7 @@ class Federation:
         max_staleness: float | None,
         started: float,
         trace: QueryTrace,
+        query: str | exp.Query | None = None,
     ) -> Result:
         """The lazy result of a plan made since ``started`` (monotonic): its runs get what
         planning left of ``timeout``."""
@@ -132,6 +133,7 @@ class Federation:
             max_staleness=max_staleness,
             planning_seconds=spent,
             trace=trace,
+            query=query,
         )
 
     def explain(
