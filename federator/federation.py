@@ -28,7 +28,7 @@ from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules, run_hooks
 from federator.sql.dialect import vector_params
-from federator.telemetry import QueryTrace
+from federator.telemetry import QueryTrace, unwatch, watch
 
 
 def connect(
@@ -57,6 +57,7 @@ class Federation:
         self.catalog = Catalog(config)
         run_hooks(self, rule_hooks)
         self.cache = Cache(config, self.catalog)  # fed.cache.invalidate(...), .stats()
+        watch(catalog=self.catalog, cache=self.cache)  # the pool and cache gauges
         self._loop = LoopThread()
         self.cache.loop = self._loop
         self.planner = Planner(self.catalog, self.planner_settings)
@@ -195,6 +196,7 @@ class Federation:
         self._loop.stop(self._release())  # queries in flight end with FederationClosedError
 
     async def _release(self) -> None:
+        unwatch(catalog=self.catalog, cache=self.cache)
         # Streams a caller abandoned midway still hold connections: finish them first.
         for stream in list(self.open_streams):
             with contextlib.suppress(Exception):

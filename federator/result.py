@@ -172,6 +172,7 @@ class Result:
 
     def explain(self, analyze: bool = False) -> str:
         if not analyze:
+            self._trace.close("explained")  # a plain EXPLAIN runs nothing: end the query span
             cache = self._fed.cache
             lines = cache.describe(self.plan, self._max_staleness) if cache.enabled else []
             return "\n".join([self.plan.explain(), *lines])
