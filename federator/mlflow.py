@@ -215,7 +215,8 @@ def log_input(
     (8, '3f0c...')
     """
     result = _result_of(result_or_query, params, fed)
-    text = result.query if isinstance(result.query, str) else result.query.sql()
+    query = result.query
+    text = query if isinstance(query, str) else query.sql(dialect="federated")
     source = FederatorDatasetSource(text, result.params, [])  # checks the values first
     source.sources = _sources_of(result)
     schema, rows, digest = _digest_stream(result)

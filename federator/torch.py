@@ -216,7 +216,7 @@ class FederatedDataset(IterableDataset):
                 stacklevel=3,
             )
             return
-        log_input(self._query, "training", self.params, fed=fed)
+        log_input(self.sql, "training", self.params, fed=fed)
 
     def _open_federation(self) -> Federation:
         from federator.federation import Federation

@@ -199,4 +199,5 @@ def test_federated_dataset_logs_its_query_when_training_starts(
         (one,) = _inputs(run.info.run_id)
     assert sum(len(b["score"]) for b in batches) == len(expected_rows())
     assert one.dataset.digest == digest_of(expected_rows())
-    assert json.loads(one.dataset.source)["params"] == {"lo": LO}
+    source = json.loads(one.dataset.source)
+    assert (source["query"], source["params"]) == (QUERY, {"lo": LO})
