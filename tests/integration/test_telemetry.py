@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
 import sqlglot
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -395,3 +396,31 @@ def test_cache_evictions_and_bytes_held(catalog: dict[str, Any], meters: InMemor
         assert fed.cache.stats()["evictions"] == 1
         assert _value(meters, "federator.cache.evictions") == 1
         assert _value(meters, "federator.cache.bytes") - before == fed.cache.stats()["bytes"]
+
+
+def test_redis_bind_batches_are_spans_too(
+    catalog: dict[str, Any], spans: InMemorySpanExporter, redis_dsn: str
+):
+    r = redis.Redis.from_url(redis_dsn, decode_responses=True)
+    try:
+        for uid, name in USERS:
+            r.hset(f"otel_user:{uid}", mapping={"name": name})
+    finally:
+        r.close()
+    table = {
+        "key": "otel_user:{id}",
+        "type": "hash",
+        "columns": {"id": "int64", "name": "string"},
+        "rows": 10_000,  # as the planner sees it: worth binding MariaDB's 3 keys into
+    }
+    kv = {"kind": "redis", "url": redis_dsn, "batch_size": 2, "tables": {"users": table}}
+    spans.clear()
+    with federator.connect({"sources": {"my": catalog["sources"]["my"], "kv": kv}}) as fed:
+        query = QUERY.replace("pg.otel_users", "kv.users")
+        assert _rows(fed.sql(query, {"min_amount": MIN_AMOUNT}).to_arrow()) == EXPECTED
+    finished = spans.get_finished_spans()
+    (fragment,) = (f for f in _named(finished, "federator.fragment") if _source(f) == "kv")
+    batches = _named(finished, "federator.bind_batch")
+    assert [b.parent.span_id for b in batches if b.parent] == [fragment.context.span_id] * 2
+    assert sorted(b.attributes["federator.bind.keys"] for b in batches) == [1, 2]
+    assert sum(b.attributes["federator.rows"] for b in batches) == len(EXPECTED)
