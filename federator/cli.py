@@ -1,5 +1,5 @@
-"""The ``federator`` command line: ``query``, ``explain``, ``sources``, ``demo``, ``repl`` and
-``rules test``.
+"""The ``federator`` command line: ``query``, ``explain``, ``sources``, ``demo``, ``repl``,
+``rules test`` and ``features materialize``.
 
 Exit codes: 0 ok, 1 query error (one ``error: ...`` line on stderr; ``--debug`` adds the
 traceback), 2 usage error. The catalog comes from ``--catalog``, else ``$FEDERATOR_CATALOG``,
@@ -252,6 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     rt.set_defaults(command="rules test", run=cmd_rules_test)
+
+    features = sub.add_parser(
+        "features",
+        help="work with feature views (features materialize VIEW)",
+        description="Feature views declared as [features.NAME] in the catalog.",
+    )
+    features.set_defaults(command="features", run=lambda a: _usage(features))
+    fsub = features.add_subparsers(title="features commands", metavar="COMMAND")
+    fm = fsub.add_parser(
+        "materialize",
+        parents=[common],
+        help="compute a feature view and write its offline and online copies",
+        description="Run the view's query from its last materialized timestamp on (in full "
+        "on a first run or after the query changed: a new version) and write its copies "
+        "atomically; prints what was written.",
+    )
+    fm.add_argument("view", metavar="VIEW", help="the view's name ([features.VIEW])")
+    fm.add_argument(
+        "--since",
+        metavar="T",
+        help="on a first run, only rows with timestamp >= T (ISO date or date-time)",
+    )
+    fm.set_defaults(command="features materialize", run=cmd_features_materialize)
     return parser
 
 
@@ -416,6 +439,28 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for line in rt.report(results, verbose=args.verbose):
         print(line)
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERROR
+
+
+def cmd_features_materialize(args: argparse.Namespace) -> int:
+    since = _iso_time(args.since) if args.since else None
+    with open_catalog(args.catalog) as fed:
+        done = fed.features.materialize(args.view, since=since)
+    kind = "new version" if done.new_version else "version"
+    print(
+        f"{done.view}: {kind} {done.version}, {done.rows} row(s) from {done.since} to "
+        f"{done.until}; offline files {done.offline_files}, online namespace "
+        f"{done.online_namespace or '-'}"
+    )
+    return EXIT_OK
+
+
+def _iso_time(text: str) -> Any:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not an ISO date or date-time") from None
 
 
 # ---- inputs -----------------------------------------------------------------------------
