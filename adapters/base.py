@@ -92,6 +92,11 @@ class Adapter(abc.ABC):
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Close the pool; safe to call twice."""
 
+    def connections_in_use(self) -> int | None:
+        """Connections checked out of this source's pool now, for the telemetry gauge (read
+        from the metrics collector's thread); None: no pool, or it cannot tell."""
+        return None
+
     @abc.abstractmethod
     async def tables(self) -> list[TableInfo]:
         """Every table with its Arrow schema and row estimate."""

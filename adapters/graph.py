@@ -38,6 +38,7 @@ from federator.errors import (
     UnsupportedError,
 )
 from federator.plan.model import Fragment
+from federator.telemetry import bind_batch
 
 SAMPLE_NODES = 200
 BIND_BATCH = 1_000
@@ -255,14 +256,17 @@ class GraphAdapter(Adapter):
             batches = [
                 {**params, KEYS_PARAM: keys[i : i + size]} for i in range(0, len(keys), size)
             ] or [{**params, KEYS_PARAM: []}]
+        bound = request.bind is not None and bind_values is not None
         for p in batches:
-            try:
-                _, rows = await self.cypher(text, p)
-            except FederatorError:
-                raise
-            except Exception as e:
-                raise SourceError(f"{self.kind} source {self.name!r}: {e}") from e
-            yield _to_batch(rows, columns, request.schema)
+            with bind_batch(len(p[KEYS_PARAM]) if bound else None) as traced:
+                try:
+                    _, rows = await self.cypher(text, p)
+                except FederatorError:
+                    raise
+                except Exception as e:
+                    raise SourceError(f"{self.kind} source {self.name!r}: {e}") from e
+                traced.rows += len(rows)
+                yield _to_batch(rows, columns, request.schema)
 
 
 def _to_batch(

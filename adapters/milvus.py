@@ -40,6 +40,7 @@ from federator.config import SourceConfig
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
 from federator.sql.dialect import VectorDistance, nearest, vector_value
+from federator.telemetry import bind_batch
 
 METRICS = {"l2": "L2", "cosine": "COSINE", "neg_ip": "IP", "ip": "IP"}
 _OPERATOR = {"L2": "<->", "COSINE": "<=>", "IP": "<#>"}  # the operator that searches an index
@@ -273,25 +274,29 @@ class MilvusAdapter(ThreadedClientAdapter):
         values = dict(zip(request.param_names, request.params, strict=True))
         base = "".join(p if isinstance(p, str) else _literal(values[p[1]]) for p in call.filter)
         await self._load(call.collection)
+        filters: list[tuple[str, int | None]] = []  # (filter, bound keys in it)
         if request.bind is None or bind_values is None:
-            filters = [base]
+            filters = [(base, None)]
         else:
             keys = list(bind_values)
             if not keys:
                 yield _empty(request.schema)
                 return
             size = request.bind.batch_size
-            filters = []
             for start in range(0, len(keys), size):
-                chunk = ", ".join(_literal(k) for k in keys[start : start + size])
-                clause = f"{request.bind.column} in [{chunk}]"
-                filters.append(f"({base}) and {clause}" if base else clause)
-        for text in filters:
-            if call.anns_field is not None:
-                yield await self._search(call, text, values, request.schema)
-            else:
-                async for batch in self._query(call, text, request.schema):
-                    yield batch
+                chunk = keys[start : start + size]
+                clause = f"{request.bind.column} in [{', '.join(_literal(k) for k in chunk)}]"
+                filters.append((f"({base}) and {clause}" if base else clause, len(chunk)))
+        for text, bound in filters:
+            with bind_batch(bound) as traced:
+                if call.anns_field is not None:
+                    found = await self._search(call, text, values, request.schema)
+                    traced.rows += found.num_rows
+                    yield found
+                else:
+                    async for batch in self._query(call, text, request.schema):
+                        traced.rows += batch.num_rows
+                        yield batch
 
     async def _load(self, collection: str) -> None:
         if collection not in self._loaded:

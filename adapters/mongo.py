@@ -65,6 +65,7 @@ from federator.errors import (
     UnsupportedError,
 )
 from federator.plan.model import Fragment
+from federator.telemetry import bind_batch
 
 SYSTEM_DATABASES = ("admin", "local", "config")
 DEFAULT_SAMPLE = 1000
@@ -112,6 +113,7 @@ class MongoAdapter(Adapter):
             self.declared[ref] = Collection(ref, fields, int(rows) if rows is not None else None)
         self.collections: dict[TableRef, Collection] = dict(self.declared)
         self._client: Any = None
+        self._checkouts: Any = None  # a pool listener, made with the client
 
     @property
     def where(self) -> str:
@@ -126,6 +128,7 @@ class MongoAdapter(Adapter):
         # waits connect_timeout for a usable server, and nothing on a socket: its monitors use
         # connectTimeoutMS as their socket timeout too, and a heartbeat that times out while
         # the server is busy interrupts every running operation on that server.
+        self._checkouts = _checked_out_listener()
         self._client = AsyncIOMotorClient(
             self.url,
             tz_aware=True,
@@ -133,12 +136,16 @@ class MongoAdapter(Adapter):
             connectTimeoutMS=None,
             socketTimeoutMS=None,
             maxPoolSize=max(self.max_concurrency, 1),
+            event_listeners=[self._checkouts],
         )
 
     async def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def connections_in_use(self) -> int | None:
+        return None if self._client is None else self._checkouts.in_use
 
     async def _call(self, what: str, coro: Any) -> Any:
         from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
@@ -261,10 +268,14 @@ class MongoAdapter(Adapter):
         else:
             runs = [stages]
         rows = 0
+        bound = pipe.bind_field is not None and bind_values is not None
         for stages_run in runs:
-            async for batch in self._run(coll, pipe, stages_run, request.schema):
-                rows += batch.num_rows
-                yield batch
+            keys = len(stages_run[0]["$match"][pipe.bind_field]["$in"]) if bound else None
+            with bind_batch(keys) as traced:
+                async for batch in self._run(coll, pipe, stages_run, request.schema):
+                    rows += batch.num_rows
+                    traced.rows += batch.num_rows
+                    yield batch
         if rows == 0 and pipe.global_defaults is not None:
             yield self._batch(pipe, [dict(pipe.global_defaults)], request.schema)
 
@@ -420,3 +431,30 @@ def _walk_params(value: Any) -> list[Param]:
     if isinstance(value, list):
         return [p for v in value for p in _walk_params(v)]
     return []
+
+
+def _checked_out_listener() -> Any:
+    """A pymongo pool listener counting connections checked out (motor's pool tells no count)."""
+    from pymongo import monitoring
+
+    class CheckedOut(monitoring.ConnectionPoolListener):
+        def __init__(self) -> None:
+            self.in_use = 0
+
+        def connection_checked_out(self, event: Any) -> None:
+            self.in_use += 1
+
+        def connection_checked_in(self, event: Any) -> None:
+            self.in_use -= 1
+
+        def pool_created(self, event: Any) -> None: ...
+        def pool_ready(self, event: Any) -> None: ...
+        def pool_cleared(self, event: Any) -> None: ...
+        def pool_closed(self, event: Any) -> None: ...
+        def connection_created(self, event: Any) -> None: ...
+        def connection_ready(self, event: Any) -> None: ...
+        def connection_closed(self, event: Any) -> None: ...
+        def connection_check_out_started(self, event: Any) -> None: ...
+        def connection_check_out_failed(self, event: Any) -> None: ...
+
+    return CheckedOut()

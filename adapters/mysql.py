@@ -351,6 +351,9 @@ class MySQLAdapter(ServerSQLAdapter):
             reason = failure_reason(e, self.dsn.password)
             raise SourceUnreachableError(self.name, self.where, reason) from None
 
+    def _pool_in_use(self, pool: aiomysql.Pool) -> int:
+        return pool.size - pool.freesize
+
     async def _close_pool(self, pool: aiomysql.Pool) -> None:
         pool.close()
         try:

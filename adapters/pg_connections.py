@@ -57,6 +57,9 @@ class PostgresConnections(ServerSQLAdapter):
             await conn.execute("SELECT 1")
         return pool
 
+    def _pool_in_use(self, pool: asyncpg.Pool) -> int:
+        return pool.get_size() - pool.get_idle_size()
+
     async def _close_pool(self, pool: asyncpg.Pool) -> None:
         try:
             await asyncio.wait_for(pool.close(), timeout=5)

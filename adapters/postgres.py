@@ -62,6 +62,7 @@ from sqlglot import exp
 from federator.config import SourceConfig
 from federator.deadline import cleanup
 from federator.plan.model import bind_batches
+from federator.telemetry import bind_batch
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -268,9 +269,11 @@ class PostgresAdapter(PostgresConnections):
             start += size
             params = [chunk if n == BIND_PARAM else values[n] for n in request.param_names]
             bulk = self.run_bulk(request.text, params, request.schema, semi_join=number)
-            async with contextlib.aclosing(bulk) as rows:
-                async for batch in rows:
-                    yield batch
+            with bind_batch(len(chunk)) as traced:
+                async with contextlib.aclosing(bulk) as rows:
+                    async for batch in rows:
+                        traced.rows += batch.num_rows
+                        yield batch
 
     async def run_bulk(
         self,

@@ -43,6 +43,7 @@ from sqlglot import exp
 from federator.config import SourceConfig, redact_dsn
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
+from federator.telemetry import bind_batch
 
 NAMESPACE = "main"
 VALUE_TYPES = ("hash", "json", "string")
@@ -494,7 +495,8 @@ class RedisAdapter(Adapter):
         ]
         # closed at once when the query ends early (a LIMIT, a cancel, a timeout): no SCAN or
         # fetch is sent after that
-        rows = self._rows(t, keys, filters, outputs, request.schema, req.limit)
+        bound = req.bind_column is not None and bind_values is not None
+        rows = self._rows(t, keys, filters, outputs, request.schema, req.limit, bound)
         async with contextlib.aclosing(keys), contextlib.aclosing(rows):
             async for batch in rows:
                 yield batch
@@ -507,13 +509,18 @@ class RedisAdapter(Adapter):
         outputs: list[tuple[str, str, Any]],
         schema: pa.Schema | None,
         limit: int | None,
+        bound: bool = False,
     ) -> AsyncIterator[pa.RecordBatch]:
-        """The rows of the keys, ``batch_rows`` at a time, filtered, at most ``limit``."""
+        """The rows of the keys, ``batch_rows`` at a time, filtered, at most ``limit``; with
+        ``bound`` (a bind join's keys), each fetch is a bind batch in the trace."""
         rows: list[dict[str, Any]] = []
         total = 0
         yielded = False
         async for chunk in keys:
-            for row in await self._fetch(t, chunk):
+            with bind_batch(len(chunk) if bound else None) as traced:
+                fetched = await self._fetch(t, chunk)
+                traced.rows += len(fetched)
+            for row in fetched:
                 if not all(row.get(c) in s for c, sets in filters.items() for s in sets):
                     continue
                 rows.append(row)

@@ -20,6 +20,7 @@ from federator.config import SourceConfig, parse_dsn
 from federator.deadline import bound
 from federator.errors import CatalogError, SourceUnreachableError
 from federator.plan.model import Fragment, bind_batches
+from federator.telemetry import bind_batch
 
 BIND_PARAM = "__bind__"
 _MARK = "\x00P\x00"  # brackets a positional parameter's number while rendering
@@ -186,9 +187,11 @@ class SQLAdapter(Adapter):
                 text, names = self._in_list(payload, key_col, len(chunk))
                 by_name = {f"{BIND_PARAM}{i}": k for i, k in enumerate(chunk)}
                 params = [by_name[n] if n in by_name else values[n] for n in names]
-            async with contextlib.aclosing(self.run(text, params, request.schema)) as rows:
-                async for batch in rows:
-                    yield batch
+            with bind_batch(len(chunk)) as traced:
+                async with contextlib.aclosing(self.run(text, params, request.schema)) as rows:
+                    async for batch in rows:
+                        traced.rows += batch.num_rows
+                        yield batch
 
     @abc.abstractmethod
     def run(
@@ -261,6 +264,14 @@ class ServerSQLAdapter(SQLAdapter):
         pool, self._pool = self._pool, None
         if pool is not None:
             await self._close_pool(pool)
+
+    def connections_in_use(self) -> int | None:
+        pool = self._pool
+        return None if pool is None else self._pool_in_use(pool)
+
+    def _pool_in_use(self, pool: Any) -> int | None:
+        """What the driver's pool says it has checked out (None: it does not say)."""
+        return None
 
     @abc.abstractmethod
     async def _connect_pool(self) -> Any:

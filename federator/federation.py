@@ -28,7 +28,7 @@ from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
 from federator.rules import FederationRules, load_rule_modules, run_hooks
 from federator.sql.dialect import vector_params
-from federator.telemetry import QueryTrace
+from federator.telemetry import QueryTrace, unwatch, watch
 
 
 def connect(
@@ -57,6 +57,7 @@ class Federation:
         self.catalog = Catalog(config)
         run_hooks(self, rule_hooks)
         self.cache = Cache(config, self.catalog)  # fed.cache.invalidate(...), .stats()
+        watch(catalog=self.catalog, cache=self.cache)  # the pool and cache gauges
         self._loop = LoopThread()
         self.cache.loop = self._loop
         self.planner = Planner(self.catalog, self.planner_settings)
@@ -88,7 +89,7 @@ class Federation:
         started = time.monotonic()
         trace = QueryTrace(query)  # a child of the caller's span, on the caller's thread
         plan = self._loop.run(self._plan_within(query, params, timeout, trace))
-        return self._result(plan, params, timeout, max_staleness, started, trace)
+        return self._result(plan, params, timeout, max_staleness, started, trace, query)
 
     async def sql_async(
         self,
@@ -103,7 +104,7 @@ class Federation:
         started = time.monotonic()
         trace = QueryTrace(query)
         plan = await self._loop.run_async(self._plan_within(query, params, timeout, trace))
-        return self._result(plan, params, timeout, max_staleness, started, trace)
+        return self._result(plan, params, timeout, max_staleness, started, trace, query)
 
     async def _plan_within(
         self, query: str, params: Mapping[str, Any], timeout: float | None, trace: QueryTrace
@@ -121,6 +122,7 @@ class Federation:
         max_staleness: float | None,
         started: float,
         trace: QueryTrace,
+        query: str | exp.Query | None = None,
     ) -> Result:
         """The lazy result of a plan made since ``started`` (monotonic): its runs get what
         planning left of ``timeout``."""
@@ -133,6 +135,7 @@ class Federation:
             max_staleness=max_staleness,
             planning_seconds=spent,
             trace=trace,
+            query=query,
         )
 
     def explain(
@@ -204,6 +207,7 @@ class Federation:
         self._loop.stop(self._release())  # queries in flight end with FederationClosedError
 
     async def _release(self) -> None:
+        unwatch(catalog=self.catalog, cache=self.cache)
         # Streams a caller abandoned midway still hold connections: finish them first.
         for stream in list(self.open_streams):
             with contextlib.suppress(Exception):

@@ -65,9 +65,11 @@ class Result:
         max_staleness: float | None = None,
         planning_seconds: float = 0.0,
         trace: QueryTrace | None = None,
+        query: str | exp.Query | None = None,
     ):
         self._fed = fed
         self.plan = plan
+        self.query = query  # as given to fed.sql: text or a sqlglot tree
         self._params = params
         self._timeout = timeout
         # ``timeout`` bounds planning and a run together: each run gets what planning left.
@@ -75,6 +77,11 @@ class Result:
         self._max_staleness = max_staleness  # seconds a cached answer may be old; 0: bypass
         self.last_execution: Execution | None = None
         self._trace = trace if trace is not None else QueryTrace()  # spans, metrics, log line
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameter values this result runs with (a copy)."""
+        return dict(self._params)
 
     html_max_rows = 20  # rows _repr_html_ shows; the rest are counted, not kept
 
@@ -165,6 +172,7 @@ class Result:
 
     def explain(self, analyze: bool = False) -> str:
         if not analyze:
+            self._trace.close("explained")  # a plain EXPLAIN runs nothing: end the query span
             cache = self._fed.cache
             lines = cache.describe(self.plan, self._max_staleness) if cache.enabled else []
             return "\n".join([self.plan.explain(), *lines])

@@ -4,9 +4,14 @@ Each query is a ``federator.query`` span (a child of the caller's current span) 
 ``federator.plan`` for planning, ``federator.fragment`` per fragment run (source name and
 kind, the native request text, which holds placeholders and never parameter values, rows,
 bytes, the bind decision, cache hit or miss) and ``federator.residual``. An error is recorded
-on the span where it happened. Metrics go to the global OpenTelemetry meter provider; logs to
-``federator.query`` (one INFO line per query) and ``federator.request`` (native requests at
-DEBUG). Without the OpenTelemetry SDK every span and instrument is the API's no-op.
+on the span where it happened; each request of a bind join's keys is a ``federator.bind_batch``
+child of its fragment (keys, rows). Metrics: query and fragment durations, rows and bytes per
+source, cache hits, misses, evictions and bytes held, pool connections in use per source, bind
+keys sent. Spans and metrics go to the global OpenTelemetry providers, or to federator's own
+(:func:`set_providers`: a process sets the global ones once, a test or an embedding service
+can give federator providers and take them back); logs to ``federator.query`` (one INFO line
+per query) and ``federator.request`` (native requests at DEBUG). Without the OpenTelemetry
+SDK every span and instrument is the API's no-op.
 
 >>> import federator  # doctest: +SKIP
 >>> server = federator.telemetry.serve_metrics(port=9464)  # doctest: +SKIP
@@ -18,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
 from federator.config import redact_text
@@ -37,47 +45,155 @@ if TYPE_CHECKING:
 query_log = logging.getLogger("federator.query")
 request_log = logging.getLogger("federator.request")
 
-_tracer = trace.get_tracer("federator")
-_meter = metrics.get_meter("federator")  # a proxy until the application sets a provider
-QUERY_DURATION = _meter.create_histogram(
-    "federator.query.duration", unit="s", description="Query run time, by outcome"
+
+class _Instruments:
+    """Federator's metric instruments on one meter (the global proxy's, or an injected
+    provider's: :func:`set_providers`)."""
+
+    def __init__(self, meter: metrics.Meter):
+        self.query_duration = meter.create_histogram(
+            "federator.query.duration", unit="s", description="Query run time, by outcome"
+        )
+        self.fragment_duration = meter.create_histogram(
+            "federator.fragment.duration", unit="s", description="Fragment run time, by source"
+        )
+        self.source_rows = meter.create_counter(
+            "federator.source.rows", unit="{row}", description="Rows fetched from each source"
+        )
+        self.source_bytes = meter.create_counter(
+            "federator.source.bytes", unit="By", description="Arrow bytes fetched from each source"
+        )
+        self.cache_hits = meter.create_counter(
+            "federator.cache.hits", description="Fragments answered by the cache"
+        )
+        self.cache_misses = meter.create_counter(
+            "federator.cache.misses", description="Cacheable fragments fetched from their source"
+        )
+        self.cache_evictions = meter.create_counter(
+            "federator.cache.evictions", description="Entries the in-process cache evicted"
+        )
+        self.bind_keys = meter.create_counter(
+            "federator.bind.keys", description="Join keys sent to sources by bind joins"
+        )
+        meter.create_observable_gauge(
+            "federator.cache.bytes",
+            callbacks=[_observe_cache_bytes],
+            unit="By",
+            description="Bytes the in-process caches hold",
+        )
+        meter.create_observable_gauge(
+            "federator.pool.connections.in_use",
+            callbacks=[_observe_pools],
+            unit="{connection}",
+            description="Connections checked out of each source's pool",
+        )
+
+
+@dataclass
+class _Providers:
+    tracer_provider: Any  # None: the global one
+    meter_provider: Any
+    tracer: trace.Tracer
+    instruments: _Instruments
+
+
+_pool_owners: weakref.WeakSet[Any] = weakref.WeakSet()  # catalogs (``.adapters``)
+_caches: weakref.WeakSet[Any] = weakref.WeakSet()  # caches (``.bytes_held()``)
+
+
+def set_providers(tracer_provider: Any = None, meter_provider: Any = None) -> Callable[[], None]:
+    """Give federator its own tracer and meter providers instead of OpenTelemetry's global
+    ones (which can be set once per process); both None: the global ones again. Returns a
+    function that restores the providers in use before.
+
+    >>> from opentelemetry.sdk.trace import TracerProvider  # doctest: +SKIP
+    >>> restore = set_providers(tracer_provider=TracerProvider())  # doctest: +SKIP
+    >>> restore()  # doctest: +SKIP
+    """
+    global _active
+    before = _active
+    if tracer_provider is None and meter_provider is None:
+        _active = _global
+    else:
+        tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("federator")
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("federator")
+        _active = _Providers(tracer_provider, meter_provider, tracer, _Instruments(meter))
+
+    def restore() -> None:
+        global _active
+        _active = before
+
+    return restore
+
+
+def meter_provider() -> Any:
+    """The meter provider federator records to: its own (:func:`set_providers`) or the global."""
+    return _active.meter_provider or metrics.get_meter_provider()
+
+
+def watch(catalog: Any = None, cache: Any = None) -> None:
+    """Observe a catalog's pools and a cache's bytes in the gauges while they live."""
+    if catalog is not None:
+        _pool_owners.add(catalog)
+    if cache is not None:
+        _caches.add(cache)
+
+
+def unwatch(catalog: Any = None, cache: Any = None) -> None:
+    """Stop observing a catalog and a cache (their federation closed)."""
+    _pool_owners.discard(catalog)
+    _caches.discard(cache)
+
+
+def count_eviction() -> None:
+    """One entry evicted from an in-process cache."""
+    _active.instruments.cache_evictions.add(1)
+
+
+def _observe_cache_bytes(options: Any) -> Iterator[Observation]:
+    total = sum(cache.bytes_held() for cache in list(_caches))
+    yield Observation(total)
+
+
+def _observe_pools(options: Any) -> Iterator[Observation]:
+    """Connections in use per source, summed over the live federations' catalogs."""
+    in_use: dict[tuple[str, str], int] = {}
+    for catalog in list(_pool_owners):
+        for name, adapter in list(catalog.adapters.items()):
+            n = adapter.connections_in_use()
+            if n is not None:
+                key = (name, adapter.kind)
+                in_use[key] = in_use.get(key, 0) + n
+    for (source, kind), n in in_use.items():
+        yield Observation(n, {"source": source, "kind": kind})
+
+
+# The application's global providers unless set_providers() gave federator its own.
+_global = _Providers(
+    None, None, trace.get_tracer("federator"), _Instruments(metrics.get_meter("federator"))
 )
-FRAGMENT_DURATION = _meter.create_histogram(
-    "federator.fragment.duration", unit="s", description="Fragment run time, by source"
-)
-SOURCE_ROWS = _meter.create_counter(
-    "federator.source.rows", unit="{row}", description="Rows fetched from each source"
-)
-SOURCE_BYTES = _meter.create_counter(
-    "federator.source.bytes", unit="By", description="Arrow bytes fetched from each source"
-)
-CACHE_HITS = _meter.create_counter(
-    "federator.cache.hits", description="Fragments answered by the cache"
-)
-CACHE_MISSES = _meter.create_counter(
-    "federator.cache.misses", description="Cacheable fragments fetched from their source"
-)
-BIND_KEYS = _meter.create_counter(
-    "federator.bind.keys", description="Join keys sent to sources by bind joins"
-)
+_active = _global
 
 
 def tracing() -> bool:
-    """Whether the application has set a tracer provider (the SDK's, say): without one, no
-    span is started at all, not even the API's no-op ones, so tracing off costs nothing."""
-    provider = trace.get_tracer_provider()
+    """Whether a tracer provider is set (federator's own, or the application's global one, the
+    SDK's say): without one, no span is started at all, not even the API's no-op ones, so
+    tracing off costs nothing."""
+    provider = _active.tracer_provider or trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def _start(on: bool, name: str, context: Any = None, attributes: Any = None) -> Span:
     if not on:
         return trace.INVALID_SPAN
-    return _tracer.start_span(name, context=context, attributes=attributes)
+    return _active.tracer.start_span(name, context=context, attributes=attributes)
 
 
 class QueryTrace:
     """One query's id and span: planning runs under it, and its first run ends it (a Result
-    run again gets a fresh ``federator.query`` span with the same id)."""
+    run again gets a fresh ``federator.query`` span with the same id). A query never run (a
+    plain ``explain()``, a Result dropped unrun) ends its span at :meth:`close` or when it is
+    garbage-collected, with outcome ``not run`` and the time planning ended."""
 
     def __init__(self, sql: str | Any = None):
         """``sql``: the query's text or sqlglot tree (``fed.sql`` takes both)."""
@@ -88,6 +204,7 @@ class QueryTrace:
             text = sql if isinstance(sql, str) else sql.sql()
             self._attributes["db.query.text"] = redact_text(text)
         self._span: Span | None = _start(self.on, "federator.query", None, self._attributes)
+        self._planned_at: int | None = None  # ns since the epoch, when planning ended
 
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
@@ -97,17 +214,18 @@ class QueryTrace:
         try:
             if self.on and self._span is not None:
                 parent = trace.set_span_in_context(self._span)
-                with _tracer.start_as_current_span("federator.plan", context=parent):
+                with _active.tracer.start_as_current_span("federator.plan", context=parent):
                     yield
             else:
                 yield
+            self._planned_at = time.time_ns()
         except BaseException as e:
             if self._span is not None:
                 _fail(self._span, e)
                 self._span.end()
                 self._span = None
             seconds = time.perf_counter() - started
-            QUERY_DURATION.record(seconds, {"outcome": outcome_of(e)})
+            _active.instruments.query_duration.record(seconds, {"outcome": outcome_of(e)})
             query_log.info(
                 "query %s %s in planning: %s: %s, %.1f ms",
                 self.query_id, outcome_of(e), type(e).__name__, redact_text(str(e)),
@@ -121,6 +239,75 @@ class QueryTrace:
         if span is None:
             span = _start(self.on, "federator.query", None, self._attributes)
         return RunTrace(self.query_id, span, self.on)
+
+    def close(self, outcome: str = "not run") -> None:
+        """End the planned span if no run took it (safe to call twice)."""
+        span, self._span = self._span, None
+        if span is None or not span.is_recording():
+            return
+        span.set_attribute("federator.outcome", outcome)
+        span.end(end_time=self._planned_at)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+# The span of the fragment whose source is being read, set by the executor around each step
+# of the source's stream (never across a yield): bind batches started in that step are its
+# children.
+_fragment_context: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "federator_fragment_context", default=None
+)
+
+
+@contextlib.contextmanager
+def reading_fragment(context: Any) -> Iterator[None]:
+    """Make ``context`` (:meth:`RunTrace.fragment_context`) the parent of bind batches for
+    one step of a source's stream. Set and reset within one await, so it never leaks into the
+    caller's next step, whichever task takes it."""
+    if context is None:
+        yield
+        return
+    token = _fragment_context.set(context)
+    try:
+        yield
+    finally:
+        _fragment_context.reset(token)
+
+
+class BindBatch:
+    """One bind batch's span (:func:`bind_batch`): ``rows`` counts what the batch returned."""
+
+    def __init__(self, span: Span):
+        self.span = span
+        self.rows = 0
+
+
+@contextlib.contextmanager
+def bind_batch(keys: int | None) -> Iterator[BindBatch]:
+    """A ``federator.bind_batch`` span, a child of the fragment being read, around one request
+    of a bind join's ``keys`` (adapters wrap each batch's request in it; None: the request is
+    not bound, no span). The span is never made current, so holding it across the adapter's
+    yields is safe.
+
+    >>> with bind_batch(500) as batch:  # doctest: +SKIP
+    ...     batch.rows += 10
+    """
+    parent = _fragment_context.get()
+    if parent is None or keys is None:
+        yield BindBatch(trace.INVALID_SPAN)
+        return
+    span = _start(True, "federator.bind_batch", parent, {"federator.bind.keys": keys})
+    batch = BindBatch(span)
+    try:
+        yield batch
+    except BaseException as e:
+        _fail(span, e)
+        raise
+    finally:
+        span.set_attribute("federator.rows", batch.rows)
+        span.end()
 
 
 @dataclass
@@ -142,6 +329,11 @@ class RunTrace:
         self.started = time.perf_counter()
         self.rows = 0
         self._fragments: list[str] = []
+        self._fragment_contexts: dict[str, Any] = {}
+
+    def fragment_context(self, fragment_id: str) -> Any:
+        """The context whose span is fragment ``fragment_id``'s while it runs (None: untraced)."""
+        return self._fragment_contexts.get(fragment_id)
 
     def fragment(
         self, frag: Fragment, kind: str, request: NativeRequest, cached: bool
@@ -159,6 +351,8 @@ class RunTrace:
             "federator.params": len(request.params),
         }
         span = _start(self.on, "federator.fragment", self.context, attributes)
+        if self.on:
+            self._fragment_contexts[frag.id] = trace.set_span_in_context(span)
         if logged:
             request_log.debug(
                 "query %s fragment %s on %s (%s): %s [%d parameter(s)]",
@@ -179,16 +373,18 @@ class RunTrace:
             run.span.set_attribute("federator.bind", stats.note or "not decided")
             if stats.bound_keys is not None:
                 run.span.set_attribute("federator.bind.keys", stats.bound_keys)
-                BIND_KEYS.add(stats.bound_keys, source)
+                _active.instruments.bind_keys.add(stats.bound_keys, source)
         if error is not None:
             _fail(run.span, error)
         run.span.end()
-        FRAGMENT_DURATION.record(stats.ms / 1000, source)
+        self._fragment_contexts.pop(run.frag.id, None)
+        _active.instruments.fragment_duration.record(stats.ms / 1000, source)
         if not stats.cached:
-            SOURCE_ROWS.add(stats.rows, source)
-            SOURCE_BYTES.add(stats.bytes, source)
+            _active.instruments.source_rows.add(stats.rows, source)
+            _active.instruments.source_bytes.add(stats.bytes, source)
         if run.cached:
-            (CACHE_HITS if stats.cached else CACHE_MISSES).add(1, source)
+            counted = _active.instruments
+            (counted.cache_hits if stats.cached else counted.cache_misses).add(1, source)
         if query_log.isEnabledFor(logging.INFO):
             self._fragments.append(f"{run.frag.id} {run.frag.source} {stats.rows} rows {cache}")
 
@@ -234,7 +430,7 @@ class RunTrace:
         if error is not None:
             _fail(self.span, error)
         self.span.end()
-        QUERY_DURATION.record(seconds, {"outcome": outcome})
+        _active.instruments.query_duration.record(seconds, {"outcome": outcome})
         if not query_log.isEnabledFor(logging.INFO):
             return
         query_log.info(
@@ -272,9 +468,10 @@ def _fail(span: Span, error: BaseException) -> None:
 class MetricsServer:
     """A Prometheus ``/metrics`` endpoint on a thread (:func:`serve_metrics`)."""
 
-    def __init__(self, server: Any, thread: Any):
+    def __init__(self, server: Any, thread: Any, release: Callable[[], None] | None = None):
         self._server = server
         self._thread = thread
+        self._release = release  # gives back the meter provider serve_metrics set up
         self.port: int = server.server_port
         self.url = f"http://{server.server_address[0]}:{self.port}/metrics"
 
@@ -283,6 +480,9 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -296,9 +496,11 @@ class MetricsServer:
 
 def serve_metrics(port: int = 9464, addr: str = "127.0.0.1") -> MetricsServer:
     """Serve federator's metrics for Prometheus at ``http://addr:port/metrics`` (port 0: a
-    free one, read ``.port``). Sets an SDK meter provider with a Prometheus reader as the
-    global one, unless the application has set a provider already (it then needs its own
-    ``PrometheusMetricReader``). Needs ``pip install 'federator[otel]'``.
+    free one, read ``.port``). Unless federator already records to an SDK meter provider
+    (the application's global one, or one given to :func:`set_providers`; it then needs its
+    own ``PrometheusMetricReader``), federator gets a provider of its own with a Prometheus
+    reader while the server runs; the global provider is left alone. Needs
+    ``pip install 'federator[otel]'``.
 
     >>> with serve_metrics(port=0) as server:  # doctest: +SKIP
     ...     print(server.url)
@@ -313,7 +515,14 @@ def serve_metrics(port: int = 9464, addr: str = "127.0.0.1") -> MetricsServer:
             f"serve_metrics needs the OpenTelemetry SDK and Prometheus exporter ({e.name} is "
             "missing): pip install 'federator[otel]'"
         ) from None
-    if not isinstance(metrics.get_meter_provider(), MeterProvider):
-        metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    release = None
+    if not isinstance(meter_provider(), MeterProvider):
+        provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+        restore = set_providers(_active.tracer_provider, provider)
+
+        def release() -> None:
+            restore()
+            provider.shutdown()  # its reader leaves prometheus_client's registry
+
     server, thread = prometheus_client.start_http_server(port, addr)
-    return MetricsServer(server, thread)
+    return MetricsServer(server, thread, release)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,10 @@ class FederatedDataset(IterableDataset):
     (:meth:`set_epoch`) and the shard, so an epoch's order is reproducible. ``len()`` is the
     number of batches one reader yields (``num_rows`` is exact); each extra worker may add
     one last partial batch.
+
+    ``mlflow=True`` logs the query as a ``training`` input of the active MLflow run when
+    iteration starts (:func:`federator.mlflow.log_input`: its digest reads the answer once
+    more); ``pip install 'federator[mlflow]'``.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class FederatedDataset(IterableDataset):
         drop_last: bool = False,
         timeout: float | None = None,
         policy: TorchPolicy | None = None,
+        mlflow: bool = False,
         **policy_options: Any,
     ):
         super().__init__()
@@ -133,6 +139,10 @@ class FederatedDataset(IterableDataset):
         self.epoch = 0
         self._passes = 0
         self.policy = _policy(policy, policy_options)
+        self.mlflow = mlflow
+        self._logged = False
+        if mlflow:
+            import federator.mlflow  # noqa: F401  (a missing extra fails here, not in a worker)
         self._query = parse(sql)
         # Plan now so errors surface at construction, not inside a worker.
         fed.sql(self._query, self.params)
@@ -182,10 +192,31 @@ class FederatedDataset(IterableDataset):
         fed = self._open_federation() if own else self._fed
         assert fed is not None
         try:
+            if self.mlflow and not self._logged and shard == 0:
+                self._log_input(fed)
             yield from self._iterate(fed, shard, shards)
         finally:
             if own:
                 fed.close()
+
+    def _log_input(self, fed: Federation) -> None:
+        """``mlflow=True``: log the (unsharded) query as the run's training input, once per
+        copy, by the first shard's reader; a worker process without an active run (spawned)
+        warns instead of starting a run of its own."""
+        import mlflow
+
+        from federator.mlflow import log_input
+
+        self._logged = True
+        if get_worker_info() is not None and mlflow.active_run() is None:
+            warnings.warn(
+                "FederatedDataset(mlflow=True): no active MLflow run in this DataLoader worker,"
+                " so nothing was logged; call federator.mlflow.log_input(sql, params=..., fed=fed)"
+                " in the training process instead",
+                stacklevel=3,
+            )
+            return
+        log_input(self.sql, "training", self.params, fed=fed)
 
     def _open_federation(self) -> Federation:
         from federator.federation import Federation

@@ -8,6 +8,8 @@ import collections
 import threading
 from typing import TYPE_CHECKING
 
+from federator.telemetry import count_eviction
+
 if TYPE_CHECKING:
     from federator._loop import LoopThread
     from federator.cache.entries import Entry
@@ -45,6 +47,11 @@ class LocalEntries:
             old_key = next(iter(self._entries))
             self._drop(old_key)
             self._counters["evictions"] += 1
+            count_eviction()
+
+    def bytes_held(self) -> int:
+        """Bytes of the entries held in this process (the telemetry gauge reads it)."""
+        return self._bytes
 
     def _drop(self, key: str) -> None:
         old = self._entries.pop(key, None)

@@ -19,7 +19,7 @@ from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
-from federator.telemetry import QueryTrace, RunTrace
+from federator.telemetry import QueryTrace, RunTrace, reading_fragment
 
 if TYPE_CHECKING:
     from federator.execute.handle import ResultCache
@@ -222,6 +222,12 @@ class Execution:
         request = self.plan.requests[frag.id]
         return self._run.fragment_span(frag, kind, request, cached, self.stats[frag.id])
 
+    def _fragment_context(self, frag: Fragment) -> Any:
+        """The fragment span's context, the parent of its bind batches' spans (None: off)."""
+        if frag.bind is None or self._run is None:
+            return None
+        return self._run.fragment_context(frag.id)
+
     async def _source_batches(
         self, frag: Fragment, keys: list[Any] | None
     ) -> AsyncIterator[pa.RecordBatch]:
@@ -235,8 +241,9 @@ class Execution:
             started = time.perf_counter()
             interrupted = False
             try:
+                context = self._fragment_context(frag)
                 async with contextlib.aclosing(adapter.execute(request, keys)) as batches:
-                    async for batch in batches:
+                    while (batch := await _next_under(batches, context)) is not None:
                         stats.rows += batch.num_rows
                         stats.bytes += batch.nbytes
                         yield batch
@@ -306,6 +313,17 @@ class Execution:
 def _first_cause(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_cause(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _next_under(
+    batches: AsyncIterator[pa.RecordBatch], context: Any
+) -> pa.RecordBatch | None:
+    """The next of ``batches`` (None at the end), read with ``context`` as the fragment being
+    read: telemetry's bind-batch spans started in this step hang under it."""
+    if context is None:
+        return await anext(batches, None)
+    with reading_fragment(context):
+        return await anext(batches, None)
 
 
 def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
