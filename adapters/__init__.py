@@ -16,6 +16,7 @@ BUILT_IN = {
     "mysql": "federator.adapters.mysql:MySQLAdapter",
     "sqlite": "federator.adapters.sqlite:SQLiteAdapter",
     "files": "federator.adapters.files:FilesAdapter",
+    "memory": "federator.adapters.memory:MemoryAdapter",
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
     "milvus": "federator.adapters.milvus:MilvusAdapter",
