@@ -26,6 +26,7 @@ from federator.adapters.files import FilesAdapter, _duckdb, _plain
 from federator.rules import rule_set_for
 
 from federator.config import SourceConfig
+
 _NAMES = itertools.count()
 
 
