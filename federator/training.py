@@ -15,8 +15,9 @@ in-memory source (``_entities``) until the result is gone; SQL text is a derived
 >>> labels = pa.table({"user_id": [1, 1, 2], "ts": [day(3), day(9), day(1)]})
 >>> with federator.connect({"sources": {"lake": {"kind": "files", "path": folder}}}) as fed:
 ...     age = Feature("lake.profiles", key="user_id", timestamp="updated_at", columns=["age"])
-...     fed.training_set(labels, [age]).to_arrow().column("age").to_pylist()
-[30, 31, None]
+...     rows = fed.training_set(labels, [age]).to_arrow().to_pylist()
+>>> sorted((r["user_id"], r["ts"].day, r["age"]) for r in rows)
+[(1, 3, 30), (1, 9, 31), (2, 1, None)]
 """
 
 from __future__ import annotations
