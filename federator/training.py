@@ -97,7 +97,11 @@ def training_query(
     """The federated SQL of a training set over ``entities`` (a table or a subquery)."""
     names = list(entity_columns)
     select: list[exp.Expression] = [exp.Column(this=exp.Star(), table=_ident("l"))]
-    query = exp.select(*select).from_(entities.as_("l", table=True))
+    if isinstance(entities, exp.Query):
+        source: exp.Expression = entities.subquery("l")
+    else:
+        source = entities.as_("l", table=True)
+    query = exp.select(*select).from_(source)
     for i, feature in enumerate(features):
         alias = f"feat{i}"
         table = _feature_table(feature)
@@ -172,7 +176,7 @@ def _ident(name: str) -> exp.Identifier:
 def _entity_source(fed: Any, entities: Any) -> tuple[exp.Expression, str | None]:
     """What the query reads the entities from, and the in-memory table to drop afterwards."""
     if isinstance(entities, str):
-        return exp.paren(_parse_query(entities), copy=False), None
+        return _parse_query(entities), None
     table = _arrow(entities)
     name = _memory(fed).add(table, "entities")
     fed.catalog.forget(ENTITIES_SOURCE)

@@ -19,7 +19,7 @@ from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
-from federator.plan.model import LATEST, WINDOW_PARAM, Fragment, FragmentStats, Plan, bind_batches
+from federator.plan.model import LATEST, Fragment, FragmentStats, Plan, bind_batches
 from federator.telemetry import QueryTrace, RunTrace
 
 if TYPE_CHECKING:
@@ -212,8 +212,9 @@ class Execution:
         values = window.bounds(times, window.type or times.type)
         request = self.plan.requests[frag.id]
         latest = self.plan.requests.get(frag.id + LATEST)
-        shown = ", ".join(f"{k[len(WINDOW_PARAM) :]} = {v}" for k, v in values.items())
-        note = f"time window {shown}"
+        names = {window.upper: "upper", window.lower: "lower"}
+        shown = ", ".join(f"{names[k]} {v}" for k, v in values.items())
+        note = f"time window bound: {shown}"
         if latest is not None and window.single_cut_off(times):
             request = latest
             note += "; one cut-off: latest row per key sent by the source"

@@ -72,7 +72,10 @@ class AsofWindows(JoinPlanner):
         assert origin is not None
         producer = origin[0]
         target = self._time_type(frag, fcol)
-        age = None if after else max_age_of(select, it.alias, fcol, lcol, join)
+        temporal = target is not None and (
+            pa.types.is_timestamp(target) or pa.types.is_date(target)
+        )
+        age = max_age_of(select, it.alias, fcol, lcol, join) if temporal and not after else None
         upper = None if after else f"{WINDOW_PARAM}hi_{frag.id}"
         lower = f"{WINDOW_PARAM}lo_{frag.id}" if after or age is not None else None
         frag.window = TimeWindow(
@@ -99,7 +102,11 @@ class AsofWindows(JoinPlanner):
         if frag.top_k is not None or frag.as_written:
             return "the fragment is a vector search or a query as written"
         q = frag.query
-        if not isinstance(q, exp.Select) or q.args.get("joins"):
+        if (
+            not isinstance(q, exp.Select)
+            or q.args.get("joins")
+            or not isinstance(q.args["from_"].this, exp.Table)
+        ):
             return "the fragment is not one table"
         if any(q.args.get(k) for k in ("group", "limit", "offset", "distinct", "having")):
             return "the fragment groups or limits its rows"

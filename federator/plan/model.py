@@ -117,6 +117,8 @@ class TimeWindow:
         (the fragment's time column's type; rounded outward, so no matching row is lost)."""
         import pyarrow.compute as pc
 
+        if pa.types.is_date(times.type):  # a day is its midnight; an age may be hours
+            times = times.cast(pa.timestamp("us"))
         low, high = pc.min_max(times).values()
         values: dict[str, Any] = {}
         if self.upper is not None:
