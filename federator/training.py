@@ -74,6 +74,12 @@ def training_set(
     in the order given. ``ttl`` is the default of features that set none."""
     if not features:
         raise ParameterError("training_set needs at least one Feature")
+    for feature in features:
+        if not isinstance(feature, Feature) or isinstance(feature.columns, str):
+            raise ParameterError(
+                "training_set features must be federator.Feature(table, key, timestamp,"
+                f" columns=[...]) with a list of columns, got {feature!r}"
+            )
     if not isinstance(entities, str):
         entities = _arrow(entities)
     source, held = _entity_source(fed, entities)

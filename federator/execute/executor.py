@@ -129,9 +129,10 @@ class Execution:
         return {fid: t.result() for fid, t in tasks.items()}
 
     def _share_key(self, frag: Fragment) -> tuple[str, str, str, str] | None:
-        """What makes two fragments the same request (None: never shared: bound or top-k).
+        """What makes two fragments the same request (None: never shared: bound, top-k or a
+        time window, whose values come at run time).
         The columns too: a Redis request's text names keys, not the fields it returns."""
-        if frag.bind is not None or frag.top_k is not None:
+        if frag.bind is not None or frag.top_k is not None or frag.window is not None:
             return None
         request = self.plan.requests[frag.id]
         return frag.source, request.text, repr(request.params), repr(frag.columns)
