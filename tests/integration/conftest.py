@@ -25,6 +25,40 @@ QUERY_TIMEOUT = 60.0  # seconds per federated query
 _HERE = Path(__file__).parent
 
 
+async def load_pg_table(dsn: str, name: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """Table ``name`` (``columns``: its column list) on PostgreSQL holding ``rows``, analyzed."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns})")
+        await conn.copy_records_to_table(name, records=rows)
+        await conn.execute(f"ANALYZE {name}")
+    finally:
+        await conn.close()
+
+
+async def load_mysql_table(dsn: str, name: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """Table ``name`` (``columns``: its SQL column list) on MariaDB holding ``rows``, analyzed."""
+    import aiomysql
+
+    from federator.config import parse_dsn
+
+    d = parse_dsn(dsn)
+    conn = await aiomysql.connect(
+        host=d.host, port=d.port, user=d.user, db=d.database, autocommit=True
+    )
+    marks = ", ".join(["%s"] * len(rows[0]))
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP TABLE IF EXISTS {name}")
+            await cur.execute(f"CREATE TABLE {name} ({columns})")
+            await cur.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+            await cur.execute(f"ANALYZE TABLE {name}")
+    finally:
+        conn.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(_HERE):

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +20,7 @@ from pymongo import MongoClient
 
 import federator
 
-from .conftest import run_async
+from .conftest import load_mysql_table, load_pg_table, run_async
 
 SOURCES = ("pg", "my", "mongo", "lake")
 MONGO_DB = "asof_join"
@@ -77,38 +76,6 @@ def _truth(
     return sorted(out)
 
 
-async def _load_pg(dsn: str, feats: list[Feature]) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS asof_feats;"
-            "CREATE TABLE asof_feats (user_id bigint, ts bigint, v text)"
-        )
-        await conn.copy_records_to_table("asof_feats", records=feats)
-        await conn.execute("ANALYZE asof_feats")
-    finally:
-        await conn.close()
-
-
-async def _load_mysql(dsn: str, feats: list[Feature]) -> None:
-    import aiomysql
-
-    from federator.config import parse_dsn
-
-    d = parse_dsn(dsn)
-    conn = await aiomysql.connect(
-        host=d.host, port=d.port, user=d.user, db=d.database, autocommit=True
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("DROP TABLE IF EXISTS asof_feats")
-            await cur.execute("CREATE TABLE asof_feats (user_id BIGINT, ts BIGINT, v VARCHAR(20))")
-            await cur.executemany("INSERT INTO asof_feats VALUES (%s, %s, %s)", feats)
-            await cur.execute("ANALYZE TABLE asof_feats")
-    finally:
-        conn.close()
-
-
 def _load_mongo(url: str, feats: list[Feature]) -> None:
     client = MongoClient(url, serverSelectionTimeoutMS=10_000)
     try:
@@ -138,8 +105,9 @@ def setup(
         _table(feats, ["user_id", "ts", "v"], [pa.int64(), pa.int64(), pa.string()]),
         lake / "asof_feats.parquet",
     )
-    run_async(_load_pg(pg_dsn, feats))
-    run_async(_load_mysql(mysql_dsn, feats))
+    run_async(load_pg_table(pg_dsn, "asof_feats", "user_id bigint, ts bigint, v text", feats))
+    columns = "user_id BIGINT, ts BIGINT, v VARCHAR(20)"
+    run_async(load_mysql_table(mysql_dsn, "asof_feats", columns, feats))
     _load_mongo(mongo_dsn, feats)
     catalog = {
         "sources": {

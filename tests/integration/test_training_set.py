@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,13 +25,18 @@ from pymongo import MongoClient
 import federator
 from federator import Feature
 
-from .conftest import run_async
+from .conftest import load_mysql_table, load_pg_table, run_async
 
 SOURCES = ("pg", "my", "mongo", "lake")
 MONGO_DB = "training_set"
 BASE = datetime(2026, 1, 1)
 TTL = timedelta(hours=72)
 N_USERS = 40  # users 0..38 have features, 39 only later ones; entities name 0..44
+
+PG_COLUMNS = "user_id bigint, updated_at timestamp, age bigint, plan text"
+MY_COLUMNS = (
+    "user_id BIGINT, updated_at DATETIME(6), age BIGINT, plan VARCHAR(20) COLLATE utf8mb4_bin"
+)
 
 Entity = tuple[int, int | None, datetime | None]  # id, user_id, ts
 Row = tuple[int | None, datetime | None, int, str]  # user_id, updated_at, age, plan
@@ -110,41 +114,6 @@ def _feature_table(rows: list[Row]) -> pa.Table:
     )
 
 
-async def _load_pg(dsn: str, rows: list[Row]) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS pit_profiles; CREATE TABLE pit_profiles"
-            " (user_id bigint, updated_at timestamp, age bigint, plan text)"
-        )
-        await conn.copy_records_to_table("pit_profiles", records=rows)
-        await conn.execute("ANALYZE pit_profiles")
-    finally:
-        await conn.close()
-
-
-async def _load_mysql(dsn: str, rows: list[Row]) -> None:
-    import aiomysql
-
-    from federator.config import parse_dsn
-
-    d = parse_dsn(dsn)
-    conn = await aiomysql.connect(
-        host=d.host, port=d.port, user=d.user, db=d.database, autocommit=True
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("DROP TABLE IF EXISTS pit_profiles")
-            await cur.execute(
-                "CREATE TABLE pit_profiles (user_id BIGINT, updated_at DATETIME(6),"
-                " age BIGINT, plan VARCHAR(20) COLLATE utf8mb4_bin)"
-            )
-            await cur.executemany("INSERT INTO pit_profiles VALUES (%s, %s, %s, %s)", rows)
-            await cur.execute("ANALYZE TABLE pit_profiles")
-    finally:
-        conn.close()
-
-
 def _load_mongo(url: str, rows: list[Row]) -> None:
     client = MongoClient(url, serverSelectionTimeoutMS=10_000)
     try:
@@ -164,8 +133,8 @@ def setup(
     lake: Path = tmp_path_factory.mktemp("pit_lake")
     pq.write_table(_feature_table(rows), lake / "pit_profiles.parquet")
     pq.write_table(_entity_table(entities), lake / "pit_labels.parquet")
-    run_async(_load_pg(pg_dsn, rows))
-    run_async(_load_mysql(mysql_dsn, rows))
+    run_async(load_pg_table(pg_dsn, "pit_profiles", PG_COLUMNS, rows))
+    run_async(load_mysql_table(mysql_dsn, "pit_profiles", MY_COLUMNS, rows))
     _load_mongo(mongo_dsn, rows)
     catalog = {
         "sources": {
