@@ -58,9 +58,13 @@ def feature_times(users: int, versions: int, seed: int) -> tuple[np.ndarray, np.
     return user, np.datetime64(START, "us") + seconds.astype("timedelta64[s]")
 
 
-def labels(n: int, users: int) -> pa.Table:
+def labels(n: int, users: int, cutoff: bool = False) -> pa.Table:
+    """``n`` label rows of random users at random times of the year's last 60 days, or all at
+    the year's end (``cutoff``: one cut-off, the latest-row-per-key case)."""
     rnd = np.random.default_rng(7)
     seconds = YEAR_S - LABEL_SPAN_S + rnd.integers(0, LABEL_SPAN_S, n)
+    if cutoff:
+        seconds[:] = YEAR_S - 1
     ts = np.datetime64(START, "us") + seconds.astype("timedelta64[s]")
     return pa.table(
         {
@@ -182,8 +186,8 @@ def run_pandas(pg: str, mysql: str, lake: str, table: pa.Table) -> Any:
     return frame, ""
 
 
-def child(which: str, pg: str, mysql: str, lake: str, n: int, users: int) -> None:
-    table = labels(n, users)
+def child(which: str, pg: str, mysql: str, lake: str, n: int, users: int, cutoff: bool) -> None:
+    table = labels(n, users, cutoff)
     import pandas  # noqa: F401  (imports are not the work measured)
 
     if which == "federator":
@@ -210,8 +214,11 @@ def child(which: str, pg: str, mysql: str, lake: str, n: int, users: int) -> Non
     print(json.dumps(out))
 
 
-def measure(which: str, args: argparse.Namespace, pg: str, mysql: str, lake: Path) -> dict:
+def measure(
+    which: str, args: argparse.Namespace, pg: str, mysql: str, lake: Path, cutoff: bool
+) -> dict:
     cmd = [sys.executable, "-m", "bench.pit", "--child", which, "--pg", pg, "--mysql", mysql]
+    cmd += ["--cutoff"] if cutoff else []
     cmd += ["--lake", str(lake), "--labels", str(args.labels), "--users", str(args.users)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
@@ -219,17 +226,29 @@ def measure(which: str, args: argparse.Namespace, pg: str, mysql: str, lake: Pat
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
+def report(args: argparse.Namespace, runs: dict[str, list[dict]], cutoff: bool) -> str:
     rows = args.users * args.versions
-    lines = [
-        "# Point-in-time training sets: `fed.training_set` vs pandas `merge_asof` glue",
-        "",
-        f"`python -m bench.pit --labels {args.labels} --users {args.users} --versions"
-        f" {args.versions}` ({args.repeats} run(s) each, alternating; best time and its peak).",
-        "",
-        f"{args.labels:,} label rows x 3 feature tables of {rows:,} rows each"
-        " (PostgreSQL 15, MariaDB, a Parquet file), every process on one 2-core machine"
-        " shared with other work.",
+    lines = []
+    if not cutoff:
+        lines += [
+            "# Point-in-time training sets: `fed.training_set` vs pandas `merge_asof` glue",
+            "",
+            f"`python -m bench.pit --labels {args.labels} --users {args.users} --versions"
+            f" {args.versions} --repeats {args.repeats}`: each contestant in a process of its"
+            " own, alternating; best time and that run's peak RSS above the RSS before the work.",
+            "",
+            f"{args.labels:,} label rows x 3 feature tables of {rows:,} rows each, times over"
+            " a year (PostgreSQL 15 `pit_profiles` TTL 30 days, MariaDB `pit_counters` no TTL,"
+            " Parquet `pit_events` TTL 7 days), on one 2-core machine shared with other work.",
+            "",
+        ]
+    what = (
+        "## Every label at one cut-off (the year's end): latest row per key sent by the sources"
+        if cutoff
+        else "## Labels spread over the year's last 60 days: time windows"
+    )
+    lines += [
+        what,
         "",
         "| contestant | seconds | peak RSS above start (MiB) | rows |",
         "|---|---|---|---|",
@@ -241,7 +260,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
         )
     lines += ["", "Answers agree (row count, non-null counts and value sums per column).", ""]
     best = min(runs["federator"], key=lambda r: r["seconds"])["explain"]
-    lines += ["EXPLAIN ANALYZE of the best federator run:", "", "```", best, "```"]
+    lines += ["EXPLAIN ANALYZE of the best federator run:", "", "```", best, "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -255,10 +274,11 @@ def main() -> None:
     p.add_argument("--mysql")
     p.add_argument("--lake")
     p.add_argument("--child")
+    p.add_argument("--cutoff", action="store_true")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pit.md"))
     args = p.parse_args()
     if args.child:
-        child(args.child, args.pg, args.mysql, args.lake, args.labels, args.users)
+        child(args.child, args.pg, args.mysql, args.lake, args.labels, args.users, args.cutoff)
         return
     env = start(args.pg, args.mysql)
     try:
@@ -267,16 +287,19 @@ def main() -> None:
             started = time.perf_counter()
             asyncio.run(load(env.pg_dsn, env.mysql_dsn, lake, args.users, args.versions))
             print(f"loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-            runs: dict[str, list[dict]] = {"federator": [], "pandas glue": []}
-            for _ in range(args.repeats):
-                for which in runs:
-                    key = "federator" if which == "federator" else "pandas"
-                    runs[which].append(measure(key, args, env.pg_dsn, env.mysql_dsn, lake))
-                    print(which, runs[which][-1]["seconds"], file=sys.stderr)
-            a, b = runs["federator"][0]["digest"], runs["pandas glue"][0]["digest"]
-            if not np.allclose(a, b):
-                raise SystemExit(f"answers differ: federator {a}, pandas {b}")
-            text = report(args, runs)
+            text = ""
+            for cutoff in (False, True):
+                runs: dict[str, list[dict]] = {"federator": [], "pandas glue": []}
+                for _ in range(args.repeats):
+                    for which in runs:
+                        key = "federator" if which == "federator" else "pandas"
+                        got = measure(key, args, env.pg_dsn, env.mysql_dsn, lake, cutoff)
+                        runs[which].append(got)
+                        print(which, cutoff, got["seconds"], file=sys.stderr)
+                a, b = runs["federator"][0]["digest"], runs["pandas glue"][0]["digest"]
+                if not np.allclose(a, b):
+                    raise SystemExit(f"answers differ: federator {a}, pandas {b}")
+                text += report(args, runs, cutoff)
             Path(args.out).write_text(text)
             print(text)
     finally:

@@ -83,11 +83,15 @@ def training_set(
     if not isinstance(entities, str):
         entities = _arrow(entities)
     source, held = _entity_source(fed, entities)
-    taken = _entity_columns(fed, entities)
-    if timestamp not in taken:
-        raise BindError(f"the entities have no timestamp column {timestamp!r} (columns: {taken})")
-    query = training_query(source, features, timestamp, ttl, taken)
-    result = fed.sql(query)
+    try:
+        taken = _entity_columns(fed, entities)
+        if timestamp not in taken:
+            raise BindError(f"the entities have no timestamp column {timestamp!r} ({taken})")
+        result = fed.sql(training_query(source, features, timestamp, ttl, taken))
+    except BaseException:
+        if held is not None:  # nothing will read it
+            _memory(fed).drop(held)
+        raise
     if held is not None:
         weakref.finalize(result, _memory(fed).drop, held)
     return result

@@ -193,7 +193,12 @@ def test_training_set_errors_name_what_to_fix(
     assert type(caught.value).__name__ == error and text in str(caught.value)
 
 
-def test_a_prefix_clash_is_refused(shop: federator.Federation) -> None:
+def test_a_prefix_clash_is_refused_and_the_entities_are_let_go(
+    shop: federator.Federation,
+) -> None:
     f = Feature("pg.orders", "id", "ordered_at", ["status"], entity_key="user_id", prefix="a")
     with pytest.raises(federator.BindError, match="already taken"):
         shop.training_set(_labels(), [f, f])
+    with pytest.raises(federator.BindError, match="no timestamp column 'when'"):
+        shop.training_set(_labels(), [f], timestamp="when")
+    assert shop.catalog.adapters["_entities"]._held == {}
