@@ -59,6 +59,32 @@ async def load_mysql_table(dsn: str, name: str, columns: str, rows: list[tuple[A
         conn.close()
 
 
+def load_mongo_collection(url: str, database: str, name: str, docs: list[dict[str, Any]]) -> None:
+    """Collection ``database.name`` on MongoDB (CongoDB) holding ``docs``, replaced."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=10_000)
+    try:
+        client[database][name].drop()
+        client[database][name].insert_many(docs)
+    finally:
+        client.close()
+
+
+def four_sources(
+    pg_dsn: str, mysql_dsn: str, mongo_dsn: str, mongo_db: str, lake: Path
+) -> dict[str, Any]:
+    """A catalog of ``pg``, ``my``, ``mongo`` (database ``mongo_db``) and ``lake`` (files)."""
+    return {
+        "sources": {
+            "pg": {"kind": "postgres", "dsn": pg_dsn},
+            "my": {"kind": "mysql", "dsn": mysql_dsn},
+            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": mongo_db},
+            "lake": {"kind": "files", "path": str(lake)},
+        }
+    }
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(_HERE):

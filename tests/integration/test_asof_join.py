@@ -16,11 +16,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pymongo import MongoClient
 
 import federator
 
-from .conftest import load_mysql_table, load_pg_table, run_async
+from .conftest import (
+    four_sources,
+    load_mongo_collection,
+    load_mysql_table,
+    load_pg_table,
+    run_async,
+)
 
 SOURCES = ("pg", "my", "mongo", "lake")
 MONGO_DB = "asof_join"
@@ -76,17 +81,6 @@ def _truth(
     return sorted(out)
 
 
-def _load_mongo(url: str, feats: list[Feature]) -> None:
-    client = MongoClient(url, serverSelectionTimeoutMS=10_000)
-    try:
-        client[MONGO_DB].asof_feats.drop()
-        client[MONGO_DB].asof_feats.insert_many(
-            [{"user_id": u, "ts": t, "v": v} for u, t, v in feats]
-        )
-    finally:
-        client.close()
-
-
 def _table(rows: list[tuple[Any, ...]], names: list[str], types: list[pa.DataType]) -> pa.Table:
     columns = [pa.array([r[i] for r in rows], t) for i, t in enumerate(types)]
     return pa.table(columns, names=names)
@@ -108,15 +102,9 @@ def setup(
     run_async(load_pg_table(pg_dsn, "asof_feats", "user_id bigint, ts bigint, v text", feats))
     columns = "user_id BIGINT, ts BIGINT, v VARCHAR(20)"
     run_async(load_mysql_table(mysql_dsn, "asof_feats", columns, feats))
-    _load_mongo(mongo_dsn, feats)
-    catalog = {
-        "sources": {
-            "pg": {"kind": "postgres", "dsn": pg_dsn},
-            "my": {"kind": "mysql", "dsn": mysql_dsn},
-            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": MONGO_DB},
-            "lake": {"kind": "files", "path": str(lake)},
-        }
-    }
+    docs = [{"user_id": u, "ts": t, "v": v} for u, t, v in feats]
+    load_mongo_collection(mongo_dsn, MONGO_DB, "asof_feats", docs)
+    catalog = four_sources(pg_dsn, mysql_dsn, mongo_dsn, MONGO_DB, lake)
     with federator.connect(catalog, timeout=60) as fed:
         yield fed, labels, feats
 

@@ -20,12 +20,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pymongo import MongoClient
 
 import federator
 from federator import Feature
 
-from .conftest import load_mysql_table, load_pg_table, run_async
+from .conftest import (
+    four_sources,
+    load_mongo_collection,
+    load_mysql_table,
+    load_pg_table,
+    run_async,
+)
 
 SOURCES = ("pg", "my", "mongo", "lake")
 MONGO_DB = "training_set"
@@ -114,17 +119,6 @@ def _feature_table(rows: list[Row]) -> pa.Table:
     )
 
 
-def _load_mongo(url: str, rows: list[Row]) -> None:
-    client = MongoClient(url, serverSelectionTimeoutMS=10_000)
-    try:
-        client[MONGO_DB].pit_profiles.drop()
-        client[MONGO_DB].pit_profiles.insert_many(
-            [{"user_id": u, "updated_at": t, "age": a, "plan": p} for u, t, a, p in rows]
-        )
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def setup(
     pg_dsn: str, mysql_dsn: str, mongo_dsn: str, tmp_path_factory: pytest.TempPathFactory
@@ -135,15 +129,9 @@ def setup(
     pq.write_table(_entity_table(entities), lake / "pit_labels.parquet")
     run_async(load_pg_table(pg_dsn, "pit_profiles", PG_COLUMNS, rows))
     run_async(load_mysql_table(mysql_dsn, "pit_profiles", MY_COLUMNS, rows))
-    _load_mongo(mongo_dsn, rows)
-    catalog = {
-        "sources": {
-            "pg": {"kind": "postgres", "dsn": pg_dsn},
-            "my": {"kind": "mysql", "dsn": mysql_dsn},
-            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": MONGO_DB},
-            "lake": {"kind": "files", "path": str(lake)},
-        }
-    }
+    docs = [{"user_id": u, "updated_at": t, "age": a, "plan": p} for u, t, a, p in rows]
+    load_mongo_collection(mongo_dsn, MONGO_DB, "pit_profiles", docs)
+    catalog = four_sources(pg_dsn, mysql_dsn, mongo_dsn, MONGO_DB, lake)
     with federator.connect(catalog, timeout=60) as fed:
         yield fed, entities, rows
 
