@@ -17,6 +17,7 @@ BUILT_IN = {
     "sqlite": "federator.adapters.sqlite:SQLiteAdapter",
     "files": "federator.adapters.files:FilesAdapter",
     "features": "federator.adapters.feature_files:FeatureViewsAdapter",
+    "memory": "federator.adapters.memory:MemoryAdapter",
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
     "milvus": "federator.adapters.milvus:MilvusAdapter",

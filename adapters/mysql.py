@@ -39,6 +39,7 @@ from sqlglot import exp
 from federator.config import SourceConfig
 from federator.deadline import CLEANUP_SECONDS, bound, cleanup
 from federator.errors import SourceError, SourceUnreachableError
+from federator.plan.model import WINDOW_PARAM
 
 if TYPE_CHECKING:
     from federator.plan.model import Fragment
@@ -432,7 +433,9 @@ class MySQLAdapter(ServerSQLAdapter):
             fragment.notes.append(semantics)
         est = fragment.estimated_rows
         wanted = self.bulk_rows == 0 or (self.bulk_rows > 0 and (est or 0) >= self.bulk_rows)
-        if wanted and not request.param_names:  # bound: when the bind is dropped at run time
+        # bound: when the bind is dropped at run time; an ASOF join's time window is written in
+        # as literals at run time (mysql_literals: no value can turn into SQL)
+        if wanted and all(n.startswith(WINDOW_PARAM) for n in request.param_names):
             why = _connectorx_refusal(fragment)
             if why is None:
                 request.payload.bulk = True
@@ -461,8 +464,10 @@ class MySQLAdapter(ServerSQLAdapter):
     ) -> AsyncIterator[pa.RecordBatch]:
         payload = request.payload
         if getattr(payload, "bulk", False) and (request.bind is None or bind_values is None):
+            values = dict(zip(request.param_names, request.params, strict=True))
+            text = inline(payload.unbound_text, [values[n] for n in payload.unbound_names])
             source = self.run_bulk(
-                payload.unbound_text.replace("%%", "%"),
+                text,
                 request.schema,
                 getattr(payload, "partition", None),
             )

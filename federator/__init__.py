@@ -32,12 +32,14 @@ from federator.errors import (
 )
 from federator.federation import Federation, connect
 from federator.result import BatchReader, Result
+from federator.training import Feature
 
 __all__ = [
     "AmbiguousColumnError",
     "BatchReader",
     "BindError",
     "CatalogError",
+    "Feature",
     "Federation",
     "FederationClosedError",
     "FederatorError",

@@ -54,6 +54,11 @@ class Catalog:
         else:
             self._tables.pop(source, None)
 
+    def forget(self, source: str) -> None:
+        """Read a source's tables again on next use, keeping the plans made so far: for a
+        source whose new tables leave the old ones as they were (the in-memory entities)."""
+        self._tables.pop(source, None)
+
     async def resolve(self, source: str, schema: str | None, table: str) -> TableInfo:
         """Find a table by the names a query used: exact match first, then case-insensitive."""
         adapter = self.adapter(source)

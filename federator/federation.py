@@ -198,6 +198,21 @@ class Federation:
             self._features = FeatureViews(self)
         return self._features
 
+    def training_set(
+        self,
+        entities: Any,
+        features: Any,
+        timestamp: str = "ts",
+        ttl: Any = None,
+    ) -> Result:
+        """Entity rows (Arrow, pandas or SQL text) with each feature's columns as of the row's
+        ``timestamp``, never later: ``fed.training_set(labels, [federator.Feature("pg.profiles",
+        key="user_id", timestamp="updated_at", columns=["age"])])``. See
+        :mod:`federator.training`."""
+        from federator.training import training_set
+
+        return training_set(self, entities, features, timestamp, ttl)
+
     # ---- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
         """Close every pool and stop the background loop; safe to call twice."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
-from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
+from federator.plan.model import LATEST, Fragment, FragmentStats, Plan, bind_batches
 from federator.telemetry import QueryTrace, RunTrace, reading_fragment
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class Execution:
         spent: float = 0.0,
         trace: QueryTrace | None = None,
     ):
+        if any(f.window is not None for f in plan.fragments):  # bound per run: this run's copy
+            plan = dataclasses.replace(plan, requests=dict(plan.requests))
         self.plan = plan
         self.catalog = catalog
         self.params = dict(params)
@@ -126,9 +129,10 @@ class Execution:
         return {fid: t.result() for fid, t in tasks.items()}
 
     def _share_key(self, frag: Fragment) -> tuple[str, str, str, str] | None:
-        """What makes two fragments the same request (None: never shared: bound or top-k).
+        """What makes two fragments the same request (None: never shared: bound, top-k or a
+        time window, whose values come at run time).
         The columns too: a Redis request's text names keys, not the fields it returns."""
-        if frag.bind is not None or frag.top_k is not None:
+        if frag.bind is not None or frag.top_k is not None or frag.window is not None:
             return None
         request = self.plan.requests[frag.id]
         return frag.source, request.text, repr(request.params), repr(frag.columns)
@@ -146,6 +150,8 @@ class Execution:
         if frag.bind is not None:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
+        if frag.window is not None:
+            self._bind_window(frag, await asyncio.shield(tasks[frag.window.producer]))
         if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
             with self._fragment_span(frag, cached=False):
                 return await fetch_top_k(self, frag, keys)
@@ -197,6 +203,25 @@ class Execution:
         stats.note = why
         stats.bound_keys = len(keys)
         return keys.to_pylist()
+
+    def _bind_window(self, frag: Fragment, produced: pa.Table) -> None:
+        """Set the time window of an ASOF join's right side from the producer's times; at a
+        single cut-off, send the latest-per-key request where one was planned."""
+        window = frag.window
+        assert window is not None
+        times = produced.column(window.producer_column)
+        values = window.bounds(times, window.type or times.type)
+        request = self.plan.requests[frag.id]
+        latest = self.plan.requests.get(frag.id + LATEST)
+        names = {window.upper: "upper", window.lower: "lower"}
+        shown = ", ".join(f"{names[k]} {v}" for k, v in values.items())
+        note = f"time window bound: {shown}"
+        if latest is not None and window.single_cut_off(times):
+            request = latest
+            note += "; one cut-off: latest row per key sent by the source"
+        self.plan.requests[frag.id] = request.with_values(values)
+        stats = self.stats[frag.id]
+        stats.note = f"{stats.note}; {note}" if stats.note else note
 
     async def _fragment_batches(
         self, frag: Fragment, keys: list[Any] | None, use_cache: bool = True

@@ -80,6 +80,90 @@ def bind_batches(keys: int, limit: int) -> list[int]:
     return [base + 1] * extra + [base] * (count - extra)
 
 
+WINDOW_PARAM = "__window_"  # parameters a time window binds at run time (never the user's)
+
+
+@dataclass
+class TimeWindow:
+    """This fragment (the right side of an ``ASOF JOIN``) reads only the rows whose time
+    ``column`` can still match: at most the latest time ``producer`` sends in
+    ``producer_column`` (before ``strict``: below it) and, with ``max_age``, at least the
+    earliest one minus ``max_age``; ``after`` (``l.ts <= f.ts``): at least the earliest one.
+    The bounds are computed at run time from the producer's rows and bound as the parameters
+    ``upper``/``lower`` (:meth:`bounds`). ``latest``: the fragment rewritten to send only
+    the latest row per key at or before the bound, used when every producer time is one and
+    the same cut-off (its request is ``Plan.requests[id + LATEST]``).
+
+    >>> import datetime as dt, pyarrow as pa
+    >>> w = TimeWindow("f0", "ts", exp.column("t"), "hi", "lo", max_age=dt.timedelta(days=1))
+    >>> times = pa.chunked_array([[dt.datetime(2026, 1, 5), dt.datetime(2026, 1, 2)]])
+    >>> w.bounds(times, pa.date32())
+    {'hi': datetime.date(2026, 1, 5), 'lo': datetime.date(2026, 1, 1)}
+    """
+
+    producer: str
+    producer_column: str
+    column: exp.Column  # the fragment's time column, qualified by its table alias
+    upper: str | None
+    lower: str | None
+    max_age: Any = None  # a timedelta (or a number for numeric times); None: no lower bound
+    strict: bool = False
+    latest: Fragment | None = None
+    reason: str = ""
+    type: pa.DataType | None = None  # the time column's Arrow type, where the catalog knows it
+
+    def bounds(self, times: pa.ChunkedArray, target: pa.DataType) -> dict[str, Any]:
+        """The window's parameter values for the producer's ``times``, cast to ``target``
+        (the fragment's time column's type; rounded outward, so no matching row is lost)."""
+        import pyarrow.compute as pc
+
+        if pa.types.is_date(times.type):  # a day is its midnight; an age may be hours
+            times = times.cast(pa.timestamp("us"))
+        low, high = pc.min_max(times).values()
+        values: dict[str, Any] = {}
+        if self.upper is not None:
+            values[self.upper] = _cast_bound(high, target, up=True)
+        if self.lower is not None:
+            start = low if self.max_age is None or not low.is_valid else _minus(low, self.max_age)
+            values[self.lower] = _cast_bound(start, target, up=False)
+        return values
+
+    @staticmethod
+    def single_cut_off(times: pa.ChunkedArray) -> bool:
+        """Whether every non-null time is the same (and there is one)."""
+        import pyarrow.compute as pc
+
+        low, high = pc.min_max(times).values()
+        return low.is_valid and low == high
+
+
+def _minus(value: pa.Scalar, age: Any) -> pa.Scalar:
+    return pa.scalar(value.as_py() - age, type=value.type)
+
+
+def _cast_bound(value: pa.Scalar, target: pa.DataType, up: bool) -> Any:
+    """``value`` as a ``target`` value for a bound (no value: None, which matches nothing).
+    A timestamp bound on a date column is its day (the day holds the time either way)."""
+    if not value.is_valid:
+        return None
+    if pa.types.is_timestamp(value.type) and pa.types.is_timestamp(target):
+        if value.type.tz is None and target.tz is not None:
+            value = pa.scalar(value.as_py(), type=pa.timestamp(value.type.unit, "UTC"))
+        elif value.type.tz is not None and target.tz is None:
+            return value.cast(pa.timestamp(value.type.unit, "UTC")).as_py().replace(tzinfo=None)
+        return value.as_py()
+    if pa.types.is_date(target) and pa.types.is_timestamp(value.type):
+        return value.as_py().date()  # the day of the time: rows of that day may match
+    if pa.types.is_floating(value.type) and pa.types.is_integer(target):
+        import math
+
+        return math.ceil(value.as_py()) if up else math.floor(value.as_py())
+    return value.as_py()
+
+
+LATEST = "/latest"
+
+
 @dataclass
 class TopK:
     """``ORDER BY <vector distance> LIMIT k`` pushed into this fragment (a vector search).
@@ -157,6 +241,7 @@ class Fragment:
     estimate_origin: str = ""
     # A partial aggregate's groups as its source estimated them (estimated_rows: rows read).
     estimated_groups: int | None = None
+    window: TimeWindow | None = None  # an ASOF JOIN's right side: its rows' time window
 
     def sql(self) -> str:
         return self.query.sql(dialect="postgres")
@@ -230,10 +315,27 @@ class Plan:
                 f"  bind join: {b.key.sql()} <- distinct {b.producer}.{b.producer_column} "
                 f"({how}); {b.reason}"
             )
+        if frag.window is not None:
+            out.extend(self._explain_window(frag.id, frag.window))
         out.extend(f"  note: {n}" for n in frag.notes)
         if stats is not None:
             sent = frag.estimated_groups or frag.estimated_rows
             out.append("  " + _stats_line(stats) + _estimate_error(sent, stats))
+        return out
+
+    def _explain_window(self, fid: str, w: TimeWindow) -> list[str]:
+        source = f"{w.producer}.{w.producer_column}"
+        parts = []
+        if w.upper is not None:
+            parts.append(f"{w.column.sql()} {'<' if w.strict else '<='} max({source})")
+        if w.lower is not None:
+            age = f" - {w.max_age}" if w.max_age is not None else ""
+            parts.append(f"{w.column.sql()} >= min({source}){age}")
+        out = [f"  time window: {' AND '.join(parts)}, bound at run time; {w.reason}"]
+        latest = self.requests.get(fid + LATEST)
+        if latest is not None:
+            out.append("  latest row per key when every time is one cut-off, sent instead:")
+            out.extend("    " + ln for ln in latest.text.splitlines())
         return out
 
 
@@ -285,8 +387,17 @@ class NativeRequest:
     def with_params(self, values: Mapping[str, Any]) -> NativeRequest:
         """This request with its ``:name`` parameters bound from ``values``, in driver order."""
         return replace(
-            self, params=[None if n.startswith("__bind") else values[n] for n in self.param_names]
+            self,
+            params=[
+                None if n.startswith(("__bind", WINDOW_PARAM)) else values[n]
+                for n in self.param_names
+            ],
         )
+
+    def with_values(self, values: Mapping[str, Any]) -> NativeRequest:
+        """This request with the parameters named in ``values`` set (the others kept)."""
+        params = [values.get(n, v) for n, v in zip(self.param_names, self.params, strict=True)]
+        return replace(self, params=params)
 
     def render_params(self) -> str:
         return ", ".join(f"${i} = {_short(v)}" for i, v in enumerate(self.params, 1))

@@ -36,6 +36,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from federator.adapters.base import TableInfo
 from federator.catalog import Catalog
+from federator.plan.asof_window import apply_windows
 from federator.plan.binding import bind_params, bind_tables, check_params
 from federator.plan.fragments import SplitResult
 from federator.plan.model import Plan
@@ -155,7 +156,12 @@ class Planner:
         split = await self._split_with_source_estimates(tree, infos, params)
         if _has_subquery(as_written):
             split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)
+        apply_windows(split.fragments)
         requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
+        for f in split.fragments:  # ASOF joins' latest-per-key requests (plan.asof_window)
+            if f.window is not None and f.window.latest is not None:
+                latest = f.window.latest
+                requests[latest.id] = self.catalog.adapter(f.source).translate(latest)
         residual_sql = None
         if split.residual is not None:
             residual_sql = residual_duckdb_sql(split.residual)

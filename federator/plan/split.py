@@ -17,6 +17,7 @@ from collections import defaultdict
 from sqlglot import exp
 
 from federator.errors import UnsupportedError
+from federator.plan.asof_window import AsofWindows
 from federator.plan.fragments import SplitResult
 from federator.plan.model import Fragment
 from federator.plan.partial_agg import PartialAggregation
@@ -33,7 +34,7 @@ from federator.plan.tree import (
 from federator.plan.vector_topk import TopKPlanner
 
 
-class Splitter(TopKPlanner, PartialAggregation):
+class Splitter(TopKPlanner, AsofWindows, PartialAggregation):
     """Cuts an optimized, qualified tree into fragments and a residual (mutates the tree)."""
 
     # ---- entry -------------------------------------------------------------------------
@@ -103,6 +104,8 @@ class Splitter(TopKPlanner, PartialAggregation):
                 on = list(_conjuncts(join.args["on"]))
                 if frag is not None:
                     self._plan_bind_joins(on, {**frags, it.alias: frag}, renames, {frag.id})
+                    if _is_asof(join):
+                        self._plan_time_window(select, join, it, frag, frags, renames)
                 elif passed := self._passed_keys(it):
                     takers = {origin[0].id for origin in passed.values()}
                     self._plan_bind_joins(on, frags, renames, takers, passed)

@@ -25,6 +25,66 @@ QUERY_TIMEOUT = 60.0  # seconds per federated query
 _HERE = Path(__file__).parent
 
 
+async def load_pg_table(dsn: str, name: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """Table ``name`` (``columns``: its column list) on PostgreSQL holding ``rows``, analyzed."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns})")
+        await conn.copy_records_to_table(name, records=rows)
+        await conn.execute(f"ANALYZE {name}")
+    finally:
+        await conn.close()
+
+
+async def load_mysql_table(dsn: str, name: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """Table ``name`` (``columns``: its SQL column list) on MariaDB holding ``rows``, analyzed."""
+    import aiomysql
+
+    from federator.config import parse_dsn
+
+    d = parse_dsn(dsn)
+    conn = await aiomysql.connect(
+        host=d.host, port=d.port, user=d.user, db=d.database, autocommit=True
+    )
+    marks = ", ".join(["%s"] * len(rows[0]))
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP TABLE IF EXISTS {name}")
+            await cur.execute(f"CREATE TABLE {name} ({columns})")
+            await cur.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+            await cur.execute(f"ANALYZE TABLE {name}")
+    finally:
+        conn.close()
+
+
+def load_mongo_collection(url: str, database: str, name: str, docs: list[dict[str, Any]]) -> None:
+    """Collection ``database.name`` on MongoDB (CongoDB) holding ``docs``, replaced."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=10_000)
+    try:
+        client[database][name].drop()
+        client[database][name].insert_many(docs)
+    finally:
+        client.close()
+
+
+def four_sources(
+    pg_dsn: str, mysql_dsn: str, mongo_dsn: str, mongo_db: str, lake: Path
+) -> dict[str, Any]:
+    """A catalog of ``pg``, ``my``, ``mongo`` (database ``mongo_db``) and ``lake`` (files)."""
+    return {
+        "sources": {
+            "pg": {"kind": "postgres", "dsn": pg_dsn},
+            "my": {"kind": "mysql", "dsn": mysql_dsn},
+            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": mongo_db},
+            "lake": {"kind": "files", "path": str(lake)},
+        }
+    }
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(_HERE):

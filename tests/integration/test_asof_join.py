@@ -13,15 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pymongo import MongoClient
 
 import federator
 
-from .conftest import run_async
+from .conftest import (
+    four_sources,
+    load_mongo_collection,
+    load_mysql_table,
+    load_pg_table,
+    run_async,
+)
 
 SOURCES = ("pg", "my", "mongo", "lake")
 MONGO_DB = "asof_join"
@@ -77,49 +81,6 @@ def _truth(
     return sorted(out)
 
 
-async def _load_pg(dsn: str, feats: list[Feature]) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS asof_feats;"
-            "CREATE TABLE asof_feats (user_id bigint, ts bigint, v text)"
-        )
-        await conn.copy_records_to_table("asof_feats", records=feats)
-        await conn.execute("ANALYZE asof_feats")
-    finally:
-        await conn.close()
-
-
-async def _load_mysql(dsn: str, feats: list[Feature]) -> None:
-    import aiomysql
-
-    from federator.config import parse_dsn
-
-    d = parse_dsn(dsn)
-    conn = await aiomysql.connect(
-        host=d.host, port=d.port, user=d.user, db=d.database, autocommit=True
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("DROP TABLE IF EXISTS asof_feats")
-            await cur.execute("CREATE TABLE asof_feats (user_id BIGINT, ts BIGINT, v VARCHAR(20))")
-            await cur.executemany("INSERT INTO asof_feats VALUES (%s, %s, %s)", feats)
-            await cur.execute("ANALYZE TABLE asof_feats")
-    finally:
-        conn.close()
-
-
-def _load_mongo(url: str, feats: list[Feature]) -> None:
-    client = MongoClient(url, serverSelectionTimeoutMS=10_000)
-    try:
-        client[MONGO_DB].asof_feats.drop()
-        client[MONGO_DB].asof_feats.insert_many(
-            [{"user_id": u, "ts": t, "v": v} for u, t, v in feats]
-        )
-    finally:
-        client.close()
-
-
 def _table(rows: list[tuple[Any, ...]], names: list[str], types: list[pa.DataType]) -> pa.Table:
     columns = [pa.array([r[i] for r in rows], t) for i, t in enumerate(types)]
     return pa.table(columns, names=names)
@@ -138,17 +99,12 @@ def setup(
         _table(feats, ["user_id", "ts", "v"], [pa.int64(), pa.int64(), pa.string()]),
         lake / "asof_feats.parquet",
     )
-    run_async(_load_pg(pg_dsn, feats))
-    run_async(_load_mysql(mysql_dsn, feats))
-    _load_mongo(mongo_dsn, feats)
-    catalog = {
-        "sources": {
-            "pg": {"kind": "postgres", "dsn": pg_dsn},
-            "my": {"kind": "mysql", "dsn": mysql_dsn},
-            "mongo": {"kind": "mongo", "url": mongo_dsn, "database": MONGO_DB},
-            "lake": {"kind": "files", "path": str(lake)},
-        }
-    }
+    run_async(load_pg_table(pg_dsn, "asof_feats", "user_id bigint, ts bigint, v text", feats))
+    columns = "user_id BIGINT, ts BIGINT, v VARCHAR(20)"
+    run_async(load_mysql_table(mysql_dsn, "asof_feats", columns, feats))
+    docs = [{"user_id": u, "ts": t, "v": v} for u, t, v in feats]
+    load_mongo_collection(mongo_dsn, MONGO_DB, "asof_feats", docs)
+    catalog = four_sources(pg_dsn, mysql_dsn, mongo_dsn, MONGO_DB, lake)
     with federator.connect(catalog, timeout=60) as fed:
         yield fed, labels, feats
 
