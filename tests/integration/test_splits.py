@@ -12,6 +12,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 import pyarrow as pa
@@ -194,3 +195,80 @@ def test_pg_requests_that_do_not_split(pg_fed: federator.Federation, sql: str) -
     splits, parts = split_rows(pg_fed, "pg", sql, 4)
     assert len(splits) == 1 and splits[0].describe == "whole request"
     assert _rows(pg_fed.sql(sql).to_arrow()) == parts[0]
+
+
+# ---- MySQL/MariaDB: integer primary-key ranges ---------------------------------------------
+MY_DATABASE = "splits"
+
+
+def _my_connect(dsn: str, database: str | None = None) -> Any:
+    import pymysql
+
+    url = urlparse(dsn)
+    return pymysql.connect(
+        host=url.hostname,
+        port=url.port,
+        user=url.username or "root",
+        password=url.password or "",
+        database=database,
+        autocommit=True,
+    )
+
+
+def _my_direct(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    con = _my_connect(dsn, MY_DATABASE)
+    try:
+        with con.cursor() as cur:
+            cur.execute(sql)
+            return sorted(tuple(r) for r in cur.fetchall())
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def my_fed(mysql_dsn: str) -> Iterator[federator.Federation]:
+    con = _my_connect(mysql_dsn)
+    try:
+        with con.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {MY_DATABASE}")
+            cur.execute(f"CREATE DATABASE {MY_DATABASE}")
+            cur.execute(f"USE {MY_DATABASE}")
+            cur.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, name VARCHAR(20), x INT)")
+            rows = [(i * 3 - 500, f"row {i}", i % 11) for i in range(ROWS)]
+            cur.executemany("INSERT INTO t VALUES (%s, %s, %s)", rows)
+            cur.execute("CREATE TABLE s (code VARCHAR(10) PRIMARY KEY, n INT)")
+            cur.executemany("INSERT INTO s VALUES (%s, %s)", [(f"c{i}", i) for i in range(50)])
+            cur.execute("CREATE TABLE e (id INT PRIMARY KEY, name TEXT)")
+            cur.execute("CREATE TABLE few (id SMALLINT PRIMARY KEY, name TEXT)")
+            cur.execute("INSERT INTO few VALUES (10, 'a'), (20, 'b'), (900, 'c')")
+    finally:
+        con.close()
+    dsn = f"{mysql_dsn.rpartition('/')[0]}/{MY_DATABASE}"
+    with federator.connect({"sources": {"my": {"kind": "mysql", "dsn": dsn}}}) as federation:
+        yield federation
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_mysql_key_ranges_add_up_to_the_table(
+    mysql_dsn: str, my_fed: federator.Federation, n: int
+) -> None:
+    sql = "SELECT id, name, x FROM my.splits.t WHERE x <> 3"
+    splits, parts = split_rows(my_fed, "my", sql, n)
+    assert_partition(parts, _my_direct(mysql_dsn, "SELECT id, name, x FROM t WHERE x <> 3"))
+    assert len(splits) == n and all(s.snapshot is None for s in splits)
+    assert splits[0].describe.startswith("id <") and splits[-1].describe.startswith("id >=")
+
+
+def test_mysql_other_keys_and_empty_tables_are_one_split(
+    mysql_dsn: str, my_fed: federator.Federation
+) -> None:
+    splits, parts = split_rows(my_fed, "my", "SELECT code, n FROM my.splits.s", 4)
+    assert len(splits) == 1 and parts == [_my_direct(mysql_dsn, "SELECT code, n FROM s")]
+    splits, parts = split_rows(my_fed, "my", "SELECT id, name FROM my.splits.e", 4)
+    assert len(splits) == 1 and parts == [[]]
+
+
+def test_mysql_n_larger_than_the_rows(mysql_dsn: str, my_fed: federator.Federation) -> None:
+    splits, parts = split_rows(my_fed, "my", "SELECT id, name FROM my.splits.few", 1_000)
+    assert len(splits) == 3  # at most one per row
+    assert_partition(parts, _my_direct(mysql_dsn, "SELECT id, name FROM few"))
