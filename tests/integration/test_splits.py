@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.csv
 import pytest
 from federator.adapters import adapter_class
 from federator.adapters.base import Split
@@ -272,3 +273,36 @@ def test_mysql_n_larger_than_the_rows(mysql_dsn: str, my_fed: federator.Federati
     splits, parts = split_rows(my_fed, "my", "SELECT id, name FROM my.splits.few", 1_000)
     assert len(splits) == 3  # at most one per row
     assert_partition(parts, _my_direct(mysql_dsn, "SELECT id, name FROM few"))
+
+
+# ---- files: Parquet row groups ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files_fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[federator.Federation]:
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("split_files")
+    t = pa.table({"id": range(ROWS), "name": [f"n{i % 13}" for i in range(ROWS)]})
+    pq.write_table(t, folder / "t.parquet", row_group_size=ROWS // 5)  # 5 row groups
+    pq.write_table(t.slice(0, 0), folder / "empty.parquet")
+    pa.csv.write_csv(t.slice(0, 40), folder / "c.csv")
+    with federator.connect({"sources": {"lake": {"kind": "files", "path": str(folder)}}}) as fed:
+        yield fed
+
+
+@pytest.mark.parametrize("n", [2, 5, 50])
+def test_files_row_group_splits_add_up(files_fed: federator.Federation, n: int) -> None:
+    sql = "SELECT id, name FROM lake.t WHERE name <> 'n3'"
+    splits, parts = split_rows(files_fed, "lake", sql, n)
+    want = [(i, f"n{i % 13}") for i in range(ROWS) if i % 13 != 3]
+    assert_partition(parts, want)
+    assert len(splits) == min(n, 5) and all(parts)
+    assert splits[0].describe.startswith("file t.parquet row groups 0-")
+
+
+def test_files_that_do_not_split(files_fed: federator.Federation) -> None:
+    splits, parts = split_rows(files_fed, "lake", "SELECT id, name FROM lake.empty", 4)
+    assert len(splits) == 1 and parts == [[]]
+    splits, parts = split_rows(files_fed, "lake", "SELECT id, name FROM lake.c", 4)
+    assert len(splits) == 1 and parts == [[(i, f"n{i % 13}") for i in range(40)]]
+    splits, _ = split_rows(files_fed, "lake", "SELECT max(id) AS m FROM lake.t", 4)
+    assert [s.describe for s in splits] == ["whole request"]
