@@ -9,6 +9,7 @@ splits read one snapshot: rows committed after ``split_scan`` began are in no sp
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
