@@ -130,13 +130,27 @@ def hash_partition(table: pa.Table, keys: list[str], buckets: int) -> list[pa.Ta
     sizes = dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
-    ordered = table.take(order)
+    ordered = _take(table, order)
     parts, start = [], 0
     for b in range(buckets):
         size = sizes.get(b, 0)
         parts.append(ordered.slice(start, size))
         start += size
     return parts
+
+
+def _take(table: pa.Table, indices: pa.Array) -> pa.Table:
+    """``table.take(indices)``, also for view columns (string_view, binary_view), which Arrow
+    takes from only through their non-view type."""
+    columns = []
+    for column in table.columns:
+        t = column.type
+        wide = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}.get(t)
+        if wide is None:
+            columns.append(column.take(indices))
+        else:
+            columns.append(column.cast(wide).take(indices).cast(t))
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def _bucket_ids(table: pa.Table, keys: list[str], buckets: int) -> pa.Array:
@@ -437,29 +451,31 @@ class _Distributor:
             con.close()
 
 
-def _refuse_other_aggregates(con: object, sql: str) -> None:
+def _refuse_other_aggregates(con: Any, sql: str) -> None:
     """Raise :class:`_Refused` when ``sql`` calls a DuckDB aggregate that is not split."""
     import json
 
-    parsed = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]  # type: ignore[attr-defined]
+    parsed = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]
     called = set(_function_names(json.loads(parsed)))
-    if not called:
-        return
-    marks = ", ".join("?" for _ in called)
-    aggregates = {
-        row[0]
-        for row in con.execute(  # type: ignore[attr-defined]
-            "SELECT DISTINCT function_name FROM duckdb_functions() "
-            f"WHERE function_type = 'aggregate' AND function_name IN ({marks})",
-            sorted(called),
-        ).fetchall()
-    }
-    for name in sorted(aggregates - _SPLIT_NAMES):
+    for name in sorted((called & _aggregate_names(con)) - _SPLIT_NAMES):
         if any(word in name for word in ("quantile", "percentile", "median", "mad", "mode")):
             raise _Refused(
                 f"{name}() (a percentile or quantile) needs all of a group's rows in one place"
             )
         raise _Refused(f"{name}() is not split into partial aggregates")
+
+
+_AGGREGATES: list[frozenset[str]] = []  # DuckDB's aggregate function names, read once
+
+
+def _aggregate_names(con: Any) -> frozenset[str]:
+    if not _AGGREGATES:
+        rows = con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() "
+            "WHERE function_type = 'aggregate'"
+        ).fetchall()
+        _AGGREGATES.append(frozenset(r[0].lower() for r in rows))
+    return _AGGREGATES[0]
 
 
 def _function_names(node: object) -> list[str]:
