@@ -61,6 +61,10 @@ _ORDER_STATS = (
     exp.ApproxQuantile,
     exp.Median,
 )
+_NUMERIC_TYPES = {
+    *("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE"),
+    *("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"),
+}
 _SPLIT_NAMES = {"sum", "count", "count_star", "avg", "min", "max"}  # DuckDB's names
 _INTEGER_KEYS = "integer"
 _STRING_KEYS = "string"
@@ -443,12 +447,30 @@ class _Distributor:
             _refuse_other_aggregates(con, sql)
             for name, schema in self.inputs.items():
                 con.register(name, schema.empty_table())
+            _refuse_non_numeric_averages(con, probe)
             types = con.sql(sql).types
             return [exp.DataType.build(str(t), dialect="duckdb") for t in types]
         except (duckdb.Error, ValueError):
             return None
         finally:
             con.close()
+
+
+def _refuse_non_numeric_averages(con: Any, select: exp.Query) -> None:
+    """AVG finishes as a DOUBLE sum over a count: refuse it over anything but numbers (an
+    INTERVAL's or a TIMESTAMP's average is not a number). ``con`` holds the empty inputs."""
+    assert isinstance(select, exp.Select)
+    args = [a.this for a in scope_aggregates(select) if isinstance(a, exp.Avg)]
+    if not args:
+        return
+    probe = select.copy()
+    for key in ("group", "having", "order", "limit", "offset", "distinct", "qualify"):
+        probe.set(key, None)
+    probe.set("expressions", [a.copy().as_(f"a{i}") for i, a in enumerate(args)])
+    for arg, t in zip(args, con.sql(residual_duckdb_sql(probe)).types, strict=True):
+        name = str(t).upper()
+        if not (name in _NUMERIC_TYPES or name.startswith("DECIMAL")):
+            raise _Refused(f"AVG({arg.sql()}) over a {name} is not split into partial aggregates")
 
 
 def _refuse_other_aggregates(con: Any, sql: str) -> None:

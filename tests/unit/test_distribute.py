@@ -276,6 +276,10 @@ REFUSED = [
     ),
     (f"SELECT COUNT(DISTINCT a.g) AS n {JOIN}", "not the partition key"),
     (f"SELECT STDDEV(a.v) AS sd {JOIN}", "not split into partial aggregates"),
+    (
+        f"SELECT AVG(TO_DAYS(a.k)) AS i {JOIN}",
+        "over a INTERVAL is not split into partial aggregates",
+    ),
     (f"SELECT STRING_AGG(a.g, ',') AS sd {JOIN}", "not split into partial aggregates"),
     ("SELECT a.g AS g FROM f0 AS a JOIN f1 AS b ON a.k < b.k", "non-equi join"),
     ("SELECT a.g AS g FROM f0 AS a CROSS JOIN f1 AS b", "non-equi join"),
