@@ -368,10 +368,15 @@ async def _read(adapter: Any, request: Any) -> pa.Table:
     return pa.Table.from_batches(batches)
 
 
-def planned_residual(fed: Any, sql: str) -> tuple[exp.Query, dict[str, pa.Table]] | None:
+def planned_residual(
+    fed: Any, sql: str, params: dict[str, Any] | None = None
+) -> tuple[exp.Query, dict[str, pa.Table]] | None:
     """The residual the planner makes of ``sql`` and its inputs (each fragment's rows, read
     unbound through its adapter); None when one fragment is the whole query."""
-    plan = fed._loop.run(fed.planner.plan(sql, {}))
+    from federator.plan.binding import bind_params
+
+    plan = fed._loop.run(fed.planner.plan(sql, params or {}))
+    plan = bind_params(plan, params or {})
     if plan.residual is None:
         return None
     inputs = {}
@@ -381,11 +386,13 @@ def planned_residual(fed: Any, sql: str) -> tuple[exp.Query, dict[str, pa.Table]
     return plan.residual, inputs
 
 
-def check_planned(residual: exp.Query, tables: dict[str, pa.Table]) -> str | None:
+def check_planned(
+    residual: exp.Query, tables: dict[str, pa.Table], params: dict[str, Any] | None = None
+) -> str | None:
     """Distribute ``residual`` with every input partitioned (buckets 1, 2, 4, 7), and with the
     small inputs broadcast (by their real rows; 4 buckets): None when it distributes either way
     and answers alike, else the reasons."""
-    want = run_sql(residual_duckdb_sql(residual), tables)
+    want = run_sql(residual_duckdb_sql(residual), tables, params)
     want_rows = _rows(want)
     schemas = {n: t.schema for n, t in tables.items()}
     unknown: dict[str, int | None] = dict.fromkeys(tables)
@@ -398,7 +405,7 @@ def check_planned(residual: exp.Query, tables: dict[str, pa.Table]) -> str | Non
                 assert d.reason, residual.sql()
                 reasons.append(d.reason)
                 break
-            got = distributed_answer(d, tables, buckets)
+            got = distributed_answer(d, tables, buckets, params)
             label = f"{buckets} buckets, rows {rows}:\n{residual.sql(pretty=True)}\n{d}"
             assert_same_answer(residual, want, want_rows, got, label)
     return "; ".join(reasons) if len(reasons) == 2 else None
@@ -455,3 +462,43 @@ def test_cross_source_residuals_distribute_alike(fed: Any) -> None:
         assert planned is not None, sql
         reasons.append(check_planned(*planned))
     assert sum(r is None for r in reasons) >= 6, reasons
+
+
+def _conformance_module(name: str) -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "conformance" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"corpus_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conformance_shapes_over_two_sources_distribute_alike(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The conformance catalog's shapes over people (SQLite) and orders (files)."""
+    import federator
+
+    data, shapes = _conformance_module("conform_data"), _conformance_module("conform_shapes")
+    folder = tmp_path_factory.mktemp("conform")
+    catalog = {
+        "sources": {
+            "lite": {"kind": "sqlite", "path": str(data.write_sqlite(folder / "c.db"))},
+            "lake": {"kind": "files", "path": str(data.write_files(folder / "files"))},
+        }
+    }
+    outcome = {}
+    with federator.connect(catalog) as fed:
+        for shape in shapes.SHAPES:
+            if shape.tables != {"p", "o"} or shape.error:
+                continue
+            params = dict(shape.params)
+            planned = planned_residual(fed, shape.text("lite.people", "lake.orders"), params)
+            assert planned is not None, shape.name
+            outcome[shape.name] = check_planned(*planned, params)
+    assert len(outcome) >= 20
+    assert sum(why is None for why in outcome.values()) >= 10, outcome
