@@ -34,6 +34,7 @@ with the reason EXPLAIN shows; it runs as one residual.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -189,7 +190,21 @@ def _cursor() -> Any:
         return _DATABASE[0].cursor()
 
 
-os.register_at_fork(after_in_child=_DATABASE.clear)  # a forked child opens its own
+_INHERITED: list[Any] = []  # a forked child's copy of its parent's database, never freed
+
+
+def _forget_parent_database() -> None:
+    """In a forked child: set the parent's DuckDB aside for good (freeing it here would touch
+    the parent's threads and crash the child); the child opens its own when it needs one."""
+    global _DATABASE_LOCK
+    _DATABASE_LOCK = threading.Lock()  # another thread of the parent may have held it
+    if _DATABASE:
+        parent = _DATABASE.pop()
+        _INHERITED.append(parent)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(parent))  # not even at interpreter exit
+
+
+os.register_at_fork(after_in_child=_forget_parent_database)
 
 
 def _normalised_key(column: pa.Field) -> str:
