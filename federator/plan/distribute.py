@@ -450,25 +450,52 @@ class _Distributor:
     def _probe(self) -> list[exp.DataType] | None:
         """Refuse aggregates DuckDB knows that are not split (whatever sqlglot parsed them as),
         and return the DuckDB types of the residual's outputs (run over empty inputs) so the
-        final query gives the same types; None when they cannot be found."""
-        import duckdb
-
+        final query gives the same types; None when they cannot be found. Kept per residual
+        and input schemas: an engine asks again for other bucket counts or row estimates."""
         probe = self.residual.transform(
             lambda n: exp.Null() if isinstance(n, exp.Placeholder) else n
         )
         sql = residual_duckdb_sql(probe)
-        con = _cursor()
-        try:
-            _refuse_other_aggregates(con, sql)
-            for name, schema in self.inputs.items():
-                con.register(name, schema.empty_table())
-            _refuse_non_numeric_averages(con, probe)
-            types = con.sql(sql).types
-            return [exp.DataType.build(str(t), dialect="duckdb") for t in types]
-        except (duckdb.Error, ValueError):
-            return None
-        finally:
-            con.close()
+        key = (sql, tuple((n, s.to_string()) for n, s in sorted(self.inputs.items())))
+        with _PROBED_LOCK:
+            found = _PROBED.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            try:
+                found = _probe_types(probe, sql, self.inputs)
+            except _Refused as refused:
+                found = refused
+            with _PROBED_LOCK:
+                if len(_PROBED) >= 256:
+                    _PROBED.pop(next(iter(_PROBED)))
+                _PROBED[key] = found
+        if isinstance(found, _Refused):
+            raise _Refused(str(found))
+        return found
+
+
+_PROBED: dict[tuple[Any, ...], list[exp.DataType] | _Refused | None] = {}
+_PROBED_LOCK = threading.Lock()
+_UNSEEN: Any = object()
+
+
+def _probe_types(
+    probe: exp.Query, sql: str, inputs: dict[str, pa.Schema]
+) -> list[exp.DataType] | None:
+    """See :meth:`_Distributor._probe` (``probe``: the residual, parameters as NULL)."""
+    import duckdb
+
+    con = _cursor()
+    try:
+        _refuse_other_aggregates(con, sql)
+        for name, schema in inputs.items():
+            con.register(name, schema.empty_table())
+        _refuse_non_numeric_averages(con, probe)
+        types = con.sql(sql).types
+        return [exp.DataType.build(str(t), dialect="duckdb") for t in types]
+    except (duckdb.Error, ValueError):
+        return None
+    finally:
+        con.close()
 
 
 def _refuse_non_numeric_averages(con: Any, select: exp.Query) -> None:
