@@ -101,13 +101,16 @@ def distribute_residual(
     inputs: dict[str, pa.Schema],
     rows: dict[str, int | None],
     buckets: int,
+    *,
+    broadcast_rows: int = BROADCAST_MAX_ROWS,
 ) -> DistributedResidual | NotDistributed:
     """Split ``residual`` (over tables named as ``inputs``' keys) into per-bucket and final
     SQL, partitioning its inputs on their join keys into ``buckets``; see the module docstring.
-    ``rows`` are the inputs' row estimates (None: not known), which choose what is broadcast.
+    ``rows`` are the inputs' row estimates (None: not known): an input of at most
+    ``broadcast_rows`` is broadcast (0: none is). The SQL is the same for every ``buckets``.
     """
     try:
-        return _Distributor(residual, inputs, rows).split()
+        return _Distributor(residual, inputs, rows, broadcast_rows).split()
     except _Refused as refused:
         return NotDistributed(str(refused))
 
@@ -252,11 +255,16 @@ class _Distributor:
     """One residual's split (see :func:`distribute_residual`)."""
 
     def __init__(
-        self, residual: exp.Query, inputs: dict[str, pa.Schema], rows: dict[str, int | None]
+        self,
+        residual: exp.Query,
+        inputs: dict[str, pa.Schema],
+        rows: dict[str, int | None],
+        broadcast_rows: int,
     ):
         self.residual = residual
         self.inputs = inputs
         self.rows = rows
+        self.broadcast_rows = broadcast_rows
 
     def split(self) -> DistributedResidual:
         select = self._plain_select()
@@ -356,7 +364,7 @@ class _Distributor:
             if i is not largest
             and not i.preserved
             and i.rows is not None
-            and i.rows <= BROADCAST_MAX_ROWS
+            and i.rows <= self.broadcast_rows
             and _count_table(scope, i.table) == 1
         }
 

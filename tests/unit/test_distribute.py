@@ -253,6 +253,17 @@ def test_small_input_is_broadcast(inputs: dict[str, pa.Table], sql: str) -> None
     assert d.broadcast == ["f1"] and list(d.partition_keys) == ["f0"]
 
 
+def test_broadcast_threshold_is_a_parameter(inputs: dict[str, pa.Table]) -> None:
+    schemas = {n: t.schema for n, t in inputs.items()}
+    rows = {"f0": 400, "f1": 250}
+    residual = parse(SHAPES[0])
+    some = distribute_residual(residual, schemas, rows, 4)
+    none = distribute_residual(residual, schemas, rows, 4, broadcast_rows=0)
+    assert isinstance(some, DistributedResidual) and isinstance(none, DistributedResidual)
+    assert some.broadcast == ["f1"]
+    assert none.broadcast == [] and sorted(none.partition_keys) == ["f0", "f1"]
+
+
 def test_outer_join_never_broadcasts_the_preserved_side(inputs: dict[str, pa.Table]) -> None:
     sql = "SELECT a.k AS k, b.w AS w FROM f1 AS b LEFT JOIN f0 AS a ON a.k = b.k"
     d = check_distributes(sql, inputs, SMALL_F1)
