@@ -814,7 +814,9 @@ def _name(output: exp.Expression) -> str:
 
 
 def _output_index(node: exp.Expression, outputs: list[exp.Expression]) -> int | None:
-    """Which output ``node`` (an ORDER BY expression) is: by alias or by equal expression."""
+    """Which output ``node`` (an ORDER BY expression) is: by position, alias or expression."""
+    if isinstance(node, exp.Literal) and node.is_int and 1 <= int(node.this) <= len(outputs):
+        return int(node.this) - 1
     for i, out in enumerate(outputs):
         if isinstance(node, exp.Column) and not node.table and node.name == out.alias_or_name:
             return i

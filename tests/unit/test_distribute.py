@@ -216,6 +216,8 @@ SHAPES = [
     # rows: ORDER BY … LIMIT (local top-N), a key not in the output
     f"SELECT a.g AS g, b.w AS w, b.id AS id {JOIN} ORDER BY b.w DESC NULLS LAST, b.id, a.d LIMIT 7",
     f"SELECT b.id AS id, a.v AS v {JOIN} ORDER BY b.id, a.v NULLS FIRST, a.d LIMIT 5 OFFSET 3",
+    f"SELECT b.id AS id, a.v AS v, a.d AS d {JOIN} ORDER BY 1 DESC, 2 NULLS FIRST, 3 LIMIT 6",
+    f"SELECT a.g AS g, COUNT(*) AS n {JOIN} GROUP BY a.g ORDER BY 2 DESC, 1 LIMIT 3",
     # rows, no order
     f"SELECT a.g AS g, b.h AS h, a.k AS k {JOIN} WHERE a.v > 10",
     # DISTINCT rows
