@@ -65,8 +65,13 @@ class MemoryAdapter(FilesAdapter):
             for name, t in held.items()
         ]
 
-    def _connect(self, text: str) -> Any:
-        """A fresh in-memory DuckDB with each held table the request names registered."""
+    def _row_groups(self, tree: Any) -> None:
+        """No Parquet behind held tables: a scan of one is a single split."""
+        return None
+
+    def _connect(self, text: str, row_groups: tuple[str, tuple[int, ...]] | None = None) -> Any:
+        """A fresh in-memory DuckDB with each held table the request names registered (held
+        tables have no row groups: a memory table is always one split)."""
         with self._lock:
             held = {n: t for n, t in self._held.items() if f'"{n}"' in text}
         con = _duckdb().connect()
