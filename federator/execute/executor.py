@@ -105,6 +105,10 @@ class Execution:
         batches = [b async for b in self.stream()]
         return pa.Table.from_batches(batches)
 
+    def engine_lines(self) -> list[str]:
+        """What EXPLAIN ANALYZE adds about the engine that ran the plan (none in-process)."""
+        return []
+
     # ---- fragments ---------------------------------------------------------------------
     async def _fetch_all(self) -> dict[str, pa.Table]:
         tasks: dict[str, asyncio.Task[pa.Table]] = {}

@@ -1,0 +1,309 @@
+"""The Ray engine: the same :class:`~federator.plan.model.Plan` run on a Ray cluster.
+
+Chosen with ``federator.connect(catalog, engine="ray", ray_address=...)`` or the catalog's
+``[execution] engine = "ray"``; nothing here is imported otherwise (Ray is an optional extra).
+It is a second executor of the plan the planner made, not a second planner:
+
+- one async **source actor** per source holds the adapter and its pool; the adapter's
+  ``max_concurrency`` is the actor's, so a cap on a database's connections holds cluster-wide.
+  The actor gets its source's settings (passwords included) once, by object reference, in its
+  constructor: never as a task argument, which task specs, logs and the dashboard show.
+  ``ray_resources = {"near_pg" = 0.01}`` in a source's settings places it on nodes that have
+  that custom resource;
+- fragments stream from the actors as Arrow batches; bind-join keys travel by reference;
+- the residual runs as one DuckDB task on a worker (retried by Ray if its node is lost);
+- a fragment whose actor dies with its node is fetched again from the restarted actor;
+  what cannot be re-run ends in :class:`~federator.errors.ClusterError`, never a partial result.
+
+>>> fed = federator.connect("catalog.toml", engine="ray", ray_address="auto")  # doctest: +SKIP
+>>> fed.sql("SELECT ...").explain(analyze=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import ray
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    NodeDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    RayError,
+    RayTaskError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+
+from federator.adapters import adapter_class
+from federator.catalog import Catalog
+from federator.config import CatalogConfig, SourceConfig, redact_text
+from federator.errors import ClusterError, FederatorError, SourceError
+from federator.execute.executor import Execution
+from federator.plan.model import Fragment, NativeRequest, Plan
+
+# Failures of the cluster, not of the query: the work they interrupted may be run again.
+NODE_LOST = (
+    ActorDiedError,
+    ActorUnavailableError,
+    NodeDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    WorkerCrashedError,
+)
+FRAGMENT_ATTEMPTS = 3  # a fragment's fetch, when its source actor died with its node
+ACTOR_RESTARTS = 4
+RESIDUAL_RETRIES = 3  # Ray re-runs the residual task when its node is lost
+STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
+
+
+class RayEngine:
+    """A federation's hold on a Ray cluster: the connection and one actor per source.
+
+    ``address``: ``"auto"`` (the cluster this machine belongs to), ``"ray://host:10001"``
+    (a Ray client), ``"127.0.0.1:6379"`` (a head's GCS), or None: the cluster this process is
+    already connected to, else a new local one bound to loopback."""
+
+    def __init__(self, config: CatalogConfig, address: str | None = None):
+        self.config = config
+        self.address = address
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="WARNING",
+                    _node_ip_address="127.0.0.1" if address is None else None,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ClusterError(
+                    f"cannot connect to the Ray cluster at {address!r}: {redact_text(str(e))}; "
+                    "start one with `ray start --head --node-ip-address 127.0.0.1`"
+                ) from None
+        self._actors: dict[str, Any] = {}
+        self._settings: dict[str, Any] = {}  # refs to each actor's settings: a restart reads them
+
+    def __repr__(self) -> str:
+        return f"<federator RayEngine address={self.address!r} actors={sorted(self._actors)}>"
+
+    def actor(self, source: str) -> Any:
+        """The source's actor, started on first use."""
+        if source not in self._actors:
+            self._actors[source] = self._start_actor(self.config.sources[source])
+        return self._actors[source]
+
+    def _start_actor(self, src: SourceConfig) -> Any:
+        concurrency = int(src.options.get("max_concurrency", 4))
+        resources = dict(src.options.get("ray_resources", {}))
+        settings = self._settings[src.name] = ray.put(src)  # never shown in a task spec
+        return SourceActor.options(
+            max_concurrency=concurrency,
+            num_cpus=0,
+            resources=resources,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=0,  # a fetch is re-run by the driver, from its first batch
+        ).remote(settings)
+
+    async def node_of(self, source: str) -> str:
+        """The short id of the node the source's actor runs on."""
+        return await self.actor(source).node.remote()
+
+    def forget(self, source: str) -> None:
+        """Drop a source's actor for good (it could not be restarted)."""
+        actor = self._actors.pop(source, None)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+    async def aclose(self) -> None:
+        """Close every actor's pool, then end the actors."""
+        actors, self._actors = self._actors, {}
+        self._settings.clear()
+        closing = [a.close.remote() for a in actors.values()]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 10)
+        for actor in actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+
+def short_node_id() -> str:
+    """This process's node, as EXPLAIN names it."""
+    return ray.get_runtime_context().get_node_id()[:8]
+
+
+@ray.remote
+class SourceActor:
+    """One source's adapter and pool, in one process of the cluster."""
+
+    def __init__(self, config: SourceConfig):
+        self.adapter = adapter_class(config.kind)(config)
+
+    def __repr__(self) -> str:
+        return f"SourceActor({self.adapter.name!r})"  # never the settings
+
+    async def node(self) -> str:
+        return short_node_id()
+
+    async def execute(
+        self, request: NativeRequest, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        async with contextlib.aclosing(self.adapter.execute(request, keys)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def close(self) -> None:
+        await self.adapter.close()
+
+
+@ray.remote(max_retries=RESIDUAL_RETRIES)
+def run_residual(
+    sql: str, params: dict[str, Any], names: list[str], *tables: pa.Table
+) -> tuple[pa.Table, str]:
+    """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false")
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        con.execute(f"SET threads = {max(1, int(cpus))}")
+        for name, table in zip(names, tables, strict=True):
+            con.register(name, table)
+        relation = con.sql(sql, params=params or None)
+        if hasattr(relation, "to_arrow_table"):
+            answer = relation.to_arrow_table()
+        else:
+            answer = relation.arrow()
+        return answer, short_node_id()
+    except duckdb.Error as e:
+        raise SourceError(f"residual query failed on DuckDB: {e}") from None
+    finally:
+        con.close()
+
+
+class RayExecution(Execution):
+    """One run of a plan on the cluster: fragments from the source actors, the residual as a
+    task. Bind joins, vector top-k, shared requests, the cache and deadlines work as in the
+    in-process :class:`~federator.execute.Execution`, whose steps this reuses."""
+
+    def __init__(
+        self, plan: Plan, catalog: Catalog, params: Mapping[str, Any], *, engine: RayEngine, **kw
+    ):
+        super().__init__(plan, catalog, params, **kw)
+        self.engine = engine
+        self.residual_how = "one DuckDB task (the distributed residual is not built yet)"
+
+    def engine_lines(self) -> list[str]:
+        where = self.engine.address or "the local cluster"
+        lines = [f"Engine: ray ({where})"]
+        fragments = ", ".join(
+            f"{f.id} ({self.stats[f.id].note or 'not run'})" for f in self.plan.fragments
+        )
+        lines.append(f"  stage 1: fragments from source actors: {fragments}")
+        if self.plan.residual is not None:
+            lines.append(f"  stage 2: residual as {self.residual_how}")
+        return lines
+
+    async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
+        """The fragment whole, fetched again from the restarted actor if its node was lost."""
+        for attempt in range(1, FRAGMENT_ATTEMPTS + 1):
+            try:
+                return await super()._collect(frag, keys)
+            except ClusterError as e:
+                if not e.retryable or attempt == FRAGMENT_ATTEMPTS:
+                    raise
+                stats = self.stats[frag.id]
+                stats.rows = stats.bytes = 0
+        raise AssertionError("unreachable")
+
+    async def _source_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        actor = self.engine.actor(frag.source)
+        request = self.plan.requests[frag.id]
+        stats = self.stats[frag.id]
+        label = f"fragment {frag.id} on source {frag.source!r}"
+        self._running.add(label)
+        started = time.perf_counter()
+        interrupted = False
+        stream = actor.execute.options(
+            _generator_backpressure_num_objects=STREAM_BACKPRESSURE
+        ).remote(request, ray.put(keys) if keys is not None else None)
+        try:
+            async for ref in stream:
+                batch = await ref
+                stats.rows += batch.num_rows
+                stats.bytes += batch.nbytes
+                yield batch
+            stats.note = _joined(
+                stats.note, f"1 split on node {await self.engine.node_of(frag.source)}"
+            )
+        except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+            interrupted = True
+            raise
+        except RayError as e:
+            raise _query_error(e, label) from None
+        finally:
+            stats.ms += (time.perf_counter() - started) * 1000
+            if interrupted:
+                ray.cancel(stream, recursive=True)  # the actor's task, and its server query
+            else:
+                self._running.discard(label)
+
+    async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
+        from federator.execute.topk import grow_top_k
+
+        assert self.plan.residual_sql is not None
+        tables = await grow_top_k(self, tables)
+        started = time.perf_counter()
+        sql = self.plan.residual_sql
+        params = {k: v for k, v in self.params.items() if f"${k}" in sql}
+        names = list(tables)
+        ref = run_residual.remote(sql, params, names, *(ray.put(tables[n]) for n in names))
+        self._running.add("the residual")
+        try:
+            answer, node = await ref
+        except (asyncio.CancelledError, TimeoutError):
+            ray.cancel(ref, force=True)  # DuckDB does not stop for a Python interrupt
+            raise
+        except RayError as e:
+            raise _query_error(e, "the residual") from None
+        finally:
+            self.residual_stats.ms += (time.perf_counter() - started) * 1000
+        self._running.discard("the residual")
+        self.residual_stats.note = f"one DuckDB task on node {node}"
+        batches = answer.to_batches(max_chunksize=65_536) or [
+            pa.RecordBatch.from_pylist([], schema=answer.schema)
+        ]
+        for batch in batches:
+            self.residual_stats.rows += batch.num_rows
+            self.residual_stats.bytes += batch.nbytes
+            yield batch
+
+
+def _joined(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
+def _query_error(error: RayError, what: str) -> FederatorError:
+    """The typed error a failure on the cluster becomes: the source's own error as raised in
+    the actor or task, else a :class:`ClusterError` naming what was running."""
+    if isinstance(error, RayTaskError):
+        cause = error.cause
+        if isinstance(cause, FederatorError):
+            return cause
+        if not isinstance(cause, RayError):
+            return SourceError(f"{what} failed: {type(cause).__name__}: {redact_text(str(cause))}")
+        error = cause
+    if isinstance(error, TaskCancelledError):
+        return ClusterError(f"{what} was cancelled on the cluster", retryable=False)
+    lost = isinstance(error, NODE_LOST)
+    reason = "its node or worker was lost" if lost else type(error).__name__
+    return ClusterError(f"{what} failed on the Ray cluster: {reason}", retryable=lost)
