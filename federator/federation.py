@@ -66,6 +66,7 @@ class Federation:
         settings = config.settings.get("planner", {})
         self.planner_settings = PlannerSettings.from_catalog(settings)
         self.timeout = timeout if timeout is not None else config.settings.get("timeout")
+        self.engine = _engine(config, engine, ray_address)  # None: in-process
         # Rule plug-ins (catalog `rules = [...]`, entry points) import before the adapters copy
         # their kind's rule set; their `federator_rules(fed)` hooks run once the sources exist.
         rule_hooks = load_rule_modules(config.settings.get("rules", ()))
@@ -75,7 +76,6 @@ class Federation:
         self._loop = LoopThread()
         self.cache.loop = self._loop
         self.planner = Planner(self.catalog, self.planner_settings)
-        self.engine = _engine(config, engine, ray_address)  # None: in-process
         default_engine().warm_in_background()  # the residual engine's first use, off the clock
         self._closed = False
         _OPEN.add(self)

@@ -18,14 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+from federator.rules import Rule
 
 import federator
-from federator.rules import Rule
 
 from .conftest import QUERY_TIMEOUT, run_async
 from .tpch import SPLITS, arrow_answer, compare, federated_names
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'federator[ray]'")
 pytestmark = pytest.mark.timeout(300)
 
 OBJECT_STORE = 100 * 2**20
@@ -257,7 +257,8 @@ def _busy_worker(cluster: Any) -> Any | None:
     """The worker node whose CPU a task holds (the residual: source actors take no CPU)."""
     free = ray._private.state.state.available_resources_per_node()
     for node in cluster.worker_nodes:
-        if free.get(node.node_id, {}).get("CPU", 1) == 0:
+        resources = free.get(node.node_id)  # a resource all taken is left out, not 0
+        if resources is not None and resources.get("CPU", 0) < 1:
             return node
     return None
 
