@@ -8,6 +8,7 @@ stream of Arrow record batches.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,6 +49,32 @@ class TableInfo:
     rows: int | None = None
     # Column sets each unique on their own (primary key, unique indexes); None: not known.
     unique_keys: tuple[tuple[str, ...], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a request's rows, runnable on its own (in another process too, by an adapter
+    of the same source opened there): :meth:`Adapter.execute_split` runs it.
+
+    ``index`` of ``count`` splits of one :meth:`Adapter.split_scan`; ``snapshot`` is the
+    source's snapshot every split reads (PostgreSQL's exported snapshot id) or None;
+    ``describe`` is what EXPLAIN shows ("ctid [0,1200)", "id [1,5000)", "whole request").
+
+    >>> whole_split("pg", NativeRequest("pg", "SELECT 1")).describe
+    'whole request'
+    """
+
+    source: str
+    index: int
+    count: int
+    request: NativeRequest
+    snapshot: str | None
+    describe: str
+
+
+def whole_split(source: str, request: NativeRequest) -> Split:
+    """The one split of a request that does not split: all of it."""
+    return Split(source, 0, 1, request, None, "whole request")
 
 
 def failure_reason(error: BaseException, password: str | None) -> str:
@@ -127,3 +154,23 @@ class Adapter(abc.ABC):
         self, request: NativeRequest, bind_values: Sequence[Any] | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
         """Stream the request's result. Stops cleanly when the consumer is cancelled."""
+
+    @contextlib.asynccontextmanager
+    async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
+        """At most ``n`` disjoint splits whose rows together are ``request``'s, valid until the
+        context exits (a source with snapshots holds its snapshot open until then).
+
+        The default is one split of the whole request; adapters that can read a plain scan in
+        parts (key or ctid ranges, files) override it. A request with a bind, a LIMIT, an
+        ORDER BY or an aggregate always gives one split.
+
+        >>> async def parts(adapter, request):
+        ...     async with adapter.split_scan(request, 4) as splits:
+        ...         return [s.describe for s in splits]
+        """
+        yield [whole_split(self.name, request)]
+
+    def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
+        """Stream one split's rows; the adapter may be another process's, opened on the same
+        source. The default runs the split's request."""
+        return self.execute(split.request)

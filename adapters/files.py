@@ -19,14 +19,16 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from federator.adapters.arrowconv import conform, next_batch
-from federator.adapters.base import TableInfo, TableRef
-from federator.adapters.sqlbase import SQLAdapter
+from federator.adapters.base import NativeRequest, Split, TableInfo, TableRef, whole_split
+from federator.adapters.splits import splittable_tree
+from federator.adapters.sqlbase import SQLAdapter, SQLPayload
+from sqlglot import exp
 
 from federator.config import SourceConfig
 from federator.errors import CatalogError
@@ -48,6 +50,14 @@ class DataFile:
     name: str
     path: Path
     format: str  # "parquet" | "csv" | "ipc"
+
+
+@dataclass
+class RowGroupsPayload(SQLPayload):
+    """A split's request: the request's SQL over some row groups of one Parquet table."""
+
+    table: str = ""
+    row_groups: tuple[int, ...] = ()
 
 
 class FilesAdapter(SQLAdapter):
@@ -122,11 +132,63 @@ class FilesAdapter(SQLAdapter):
                 f"source {self.name!r}: cannot read {f.format} file {f.path.name!r}: {e}"
             ) from None
 
+    # ---- splits (a distributed engine's scan) ----------------------------------------
+    @contextlib.asynccontextmanager
+    async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
+        """A plain scan of a Parquet table as at most ``n`` runs of consecutive row groups;
+        other files (CSV, Arrow IPC), one-row-group files and other requests are one split."""
+        tree = splittable_tree(request)
+        groups = await asyncio.to_thread(self._row_groups, tree) if tree is not None else None
+        if n < 2 or groups is None or groups[1] < 2:
+            yield [whole_split(self.name, request)]
+            return
+        f, count = groups
+        parts = min(n, count)
+        bounds = [count * i // parts for i in range(parts + 1)]
+        splits = []
+        for i in range(parts):
+            groups_read = tuple(range(bounds[i], bounds[i + 1]))
+            payload = RowGroupsPayload(
+                **{**vars(request.payload), "table": f.name, "row_groups": groups_read}
+            )
+            shown = f"file {f.path.name} row groups {bounds[i]}-{bounds[i + 1] - 1}"
+            splits.append(
+                Split(self.name, i, parts, replace(request, payload=payload), None, shown)
+            )
+        yield splits
+
+    def _row_groups(self, tree: exp.Query) -> tuple[DataFile, int] | None:
+        """The Parquet file a plain scan reads and its number of row groups (None: no Parquet)."""
+        import pyarrow.parquet as pq
+
+        if self._files is None:
+            self._files = self.scan()
+        f = self._files.get(next(tree.find_all(exp.Table)).name)
+        if f is None or f.format != "parquet":
+            return None
+        return f, pq.ParquetFile(f.path).num_row_groups
+
+    def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
+        """A split of row groups: the request's SQL with its table read from those groups."""
+        payload = split.request.payload
+        if not isinstance(payload, RowGroupsPayload) or not payload.row_groups:
+            return self.execute(split.request)
+        values = dict(zip(split.request.param_names, split.request.params, strict=True))
+        params = [values[n] for n in payload.unbound_names]
+        only = (payload.table, payload.row_groups)
+        return self.run(payload.unbound_text, params, split.request.schema, only)
+
     # ---- execute ---------------------------------------------------------------------
     async def run(
-        self, text: str, params: list[Any], schema: pa.Schema | None
+        self,
+        text: str,
+        params: list[Any],
+        schema: pa.Schema | None,
+        row_groups: tuple[str, tuple[int, ...]] | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
-        con = await asyncio.to_thread(self._connect, text)
+        """Run ``text`` over views of the files it names; ``row_groups``: (table, groups) to
+        read of that table's Parquet file instead of all of it (a split)."""
+        con = await asyncio.to_thread(self._connect, text, row_groups)
         calls = _Calls()
         try:
             reader = await calls.run(self._start, con, text, params)
@@ -140,7 +202,7 @@ class FilesAdapter(SQLAdapter):
         finally:
             calls.close(con)
 
-    def _connect(self, text: str) -> Any:
+    def _connect(self, text: str, row_groups: tuple[str, tuple[int, ...]] | None = None) -> Any:
         """A fresh in-memory DuckDB with a view for every table the request names."""
         if self._files is None:
             self._files = self.scan()
@@ -156,7 +218,9 @@ class FilesAdapter(SQLAdapter):
                         f"source {self.name!r}: file {f.path.name!r} "
                         f"disappeared from {str(self.path)!r}"
                     )
-                if f.format == "parquet":
+                if row_groups is not None and row_groups[0] == f.name:
+                    con.register(f.name, _read_row_groups(f.path, row_groups[1]))
+                elif f.format == "parquet":
                     con.read_parquet(str(f.path)).create_view(f.name)
                 elif f.format == "csv":
                     con.read_csv(str(f.path)).create_view(f.name)
@@ -227,6 +291,12 @@ def _plain(schema: pa.Schema) -> pa.Schema:
         for f in schema
     ]
     return pa.schema(fields)
+
+
+def _read_row_groups(path: Path, groups: tuple[int, ...]) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_groups(list(groups))
 
 
 def _ipc_dataset(path: Path) -> Any:

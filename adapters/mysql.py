@@ -29,9 +29,17 @@ import aiomysql
 import pyarrow as pa
 import pymysql
 from federator.adapters.arrowconv import conform, rows_to_batch
-from federator.adapters.base import NativeRequest, TableInfo, TableRef, failure_reason
+from federator.adapters.base import (
+    NativeRequest,
+    Split,
+    TableInfo,
+    TableRef,
+    failure_reason,
+    whole_split,
+)
 from federator.adapters.cxworker import CXWorkers
 from federator.adapters.mysql_literals import inline
+from federator.adapters.splits import describe_range, integer_cuts, splittable_tree
 from federator.adapters.sqlbase import ServerSQLAdapter
 from federator.rules.sql import collation_note
 from sqlglot import exp
@@ -556,6 +564,45 @@ class MySQLAdapter(ServerSQLAdapter):
         text = inline(payload.unbound_text, [values[n] for n in payload.unbound_names])
         [(plan,)] = await self._fetchall("EXPLAIN FORMAT=JSON " + text)
         return explained_rows(json.loads(plan))
+
+    # ---- splits (a distributed engine's scan) ----------------------------------------
+    @contextlib.asynccontextmanager
+    async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
+        """A plain scan of a table with a one-column integer primary key as at most ``n``
+        ranges of that key, cut evenly between its minimum and maximum (the first range open
+        below, the last open above). No snapshot is shared: each split reads the table as it
+        is when it runs. Other requests, and empty tables, are one split."""
+        tree = splittable_tree(request)
+        found = await self._key_bounds(tree) if tree is not None and n > 1 else None
+        if tree is None or found is None:
+            yield [whole_split(self.name, request)]
+            return
+        column, low, high, rows = found
+        cuts = integer_cuts(low, high, min(n, rows))
+        requests = self.range_requests(request, tree, column, cuts)
+        yield [
+            Split(self.name, i, len(requests), r, None, describe_range(column.name, cuts, i))
+            for i, r in enumerate(requests)
+        ]
+
+    async def _key_bounds(self, tree: exp.Query) -> tuple[exp.Column, int, int, int] | None:
+        """The scanned table's integer primary key (as the tree names it), its minimum and
+        maximum, and the table's rows; None without such a key or rows."""
+        table = next(tree.find_all(exp.Table))
+        if not self._int_keys:
+            await self.tables()
+        key = self._int_keys.get((table.db or self.default_schema, table.name))
+        if key is None:
+            return None
+        column = exp.column(key, table=table.alias_or_name, quoted=True)
+        bare = exp.column(key, quoted=True)
+        query = exp.select(
+            exp.Min(this=bare), exp.Max(this=bare.copy()), exp.Count(this=exp.Star())
+        ).from_(exp.table_(table.name, db=table.db or None))
+        [(low, high, rows)] = await self._fetchall(query.sql(dialect=self.dialect, identify=True))
+        if low is None:
+            return None
+        return column, int(low), int(high), int(rows)
 
     # ---- execution -------------------------------------------------------------------
     async def run(

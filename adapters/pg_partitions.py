@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-from sqlglot import exp
 
 from federator.errors import SourceError
 
@@ -29,7 +28,7 @@ _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 # A relation's kind and current size in pages (not relpages: that is as of the last ANALYZE).
 _PAGES_SQL = """
-SELECT c.relkind AS kind,
+SELECT c.relkind::text AS kind,
        pg_catalog.pg_relation_size(c.oid) / current_setting('block_size')::bigint AS pages
 FROM pg_catalog.pg_class c
 WHERE c.oid = to_regclass($1::text)
@@ -56,18 +55,6 @@ def ctid_ranges(pages: int, partitions: int) -> list[tuple[tuple[int, int], tupl
     """
     bounds = [pages * i // partitions for i in range(partitions)] + [_MAX_BLOCK]
     return [((lo, 0), (hi, 0)) for lo, hi in itertools.pairwise(bounds)]
-
-
-def _plain_scan(tree: exp.Expression) -> bool:
-    """A SELECT of columns of one table: no join, grouping, ordering, limit or nesting."""
-    if not isinstance(tree, exp.Select):
-        return False
-    if any(tree.args.get(k) for k in ("joins", "group", "having", "order", "limit", "offset")):
-        return False
-    if tree.args.get("distinct") or tree.find(exp.AggFunc, exp.Window) is not None:
-        return False
-    tables = list(tree.find_all(exp.Table))
-    return len(tables) == 1 and len(list(tree.find_all(exp.Select))) == 1
 
 
 def _snapshot_literal(snapshot: str) -> str:

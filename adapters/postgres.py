@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pyarrow as pa
 from federator.adapters import pgcopy
-from federator.adapters.base import NativeRequest, TableInfo, TableRef
+from federator.adapters.base import NativeRequest, Split, TableInfo, TableRef, whole_split
 from federator.adapters.pg_bulk import (
     _BULK_BLOCK_BYTES,
     _decode,
@@ -43,7 +43,6 @@ from federator.adapters.pg_partitions import (
     _PAGES_SQL,
     PartitionedScan,
     _drain,
-    _plain_scan,
     _snapshot_literal,
     ctid_ranges,
 )
@@ -56,6 +55,7 @@ from federator.adapters.pg_types import (
     _vector_lists,
     pg_arrow_type,
 )
+from federator.adapters.splits import describe_range, plain_scan, splittable_tree
 from federator.adapters.sqlbase import BIND_PARAM
 from sqlglot import exp
 
@@ -209,7 +209,7 @@ class PostgresAdapter(PostgresConnections):
         if n < 2 or (fragment.estimated_rows or 0) < self.partition_rows:
             return None
         tree = self.localize(self.rules.rewrite(fragment.query, self.dialect))
-        if not _plain_scan(tree):
+        if not plain_scan(tree):
             return None
         table = next(tree.find_all(exp.Table))
         ctid = exp.column("ctid", table=table.alias_or_name, quoted=True)
@@ -486,6 +486,74 @@ class PostgresAdapter(PostgresConnections):
             if not task.done():
                 task.cancel()
                 await cleanup(task)
+
+    # ---- splits (a distributed engine's scan) ----------------------------------------
+    @contextlib.asynccontextmanager
+    async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
+        """A plain scan of a table as ctid ranges (at most ``n``, at most one per page), all
+        read in one snapshot: exported by a transaction held open until the context exits,
+        set by each split's own transaction (:meth:`execute_split`). Other requests, and
+        views (no ctid), are one split."""
+        tree = splittable_tree(request)
+
+        if tree is None:
+            yield [whole_split(self.name, request)]
+            return
+        table = next(tree.find_all(exp.Table))
+        name = exp.table_(table.name, db=table.db or None).sql(dialect="postgres", identify=True)
+        pool = await self._get_pool()
+        lead = await self._begin(pool, _BEGIN_SNAPSHOT)
+        outcome: BaseException | None = None
+        try:
+            row = await lead.fetchrow(_PAGES_SQL, name)
+            if row is None or row["kind"] not in ("r", "m"):
+                yield [whole_split(self.name, request)]
+            else:
+                snapshot = await lead.fetchval("SELECT pg_catalog.pg_export_snapshot()")
+                _snapshot_literal(snapshot)  # checked here, before any split carries it
+                ranges = ctid_ranges(int(row["pages"]), max(1, min(n, int(row["pages"]))))
+                cuts = [high for _, high in ranges[:-1]]
+                ctid = exp.column("ctid", table=table.alias_or_name, quoted=True)
+                requests = self.range_requests(request, tree, ctid, cuts)
+                blocks = [block for block, _ in cuts]
+                yield [
+                    Split(
+                        self.name, i, len(requests), r, snapshot, describe_range("ctid", blocks, i)
+                    )
+                    for i, r in enumerate(requests)
+                ]
+            await lead.execute("COMMIT")
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, lead, outcome)
+
+    async def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
+        """One split: a ctid range in its own REPEATABLE READ READ ONLY transaction set to the
+        split's snapshot, read through binary COPY; a split without snapshot as a request."""
+        request = split.request
+        if split.snapshot is None:
+            async with contextlib.aclosing(self.execute(request)) as batches:
+                async for batch in batches:
+                    yield batch
+            return
+        pool = await self._get_pool()
+        conn = await self._begin(pool, _BEGIN_SNAPSHOT)
+        outcome: BaseException | None = None
+        try:
+            await conn.execute(f"SET TRANSACTION SNAPSHOT {_snapshot_literal(split.snapshot)}")
+            stmt = await conn.prepare(request.text)
+            copied = self._copy(conn, stmt, request.text, list(request.params), request.schema)
+            async with contextlib.aclosing(copied) as batches:
+                async for batch in batches:
+                    yield batch
+            await conn.execute("COMMIT")
+        except BaseException as e:
+            outcome = e
+            raise
+        finally:
+            await self._release(pool, conn, _copy_outcome(outcome))
 
     # ---- execution -------------------------------------------------------------------
     async def run(

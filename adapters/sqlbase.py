@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 from federator.adapters.base import Adapter, BindSpec, NativeRequest, failure_reason
+from federator.adapters.splits import range_condition, range_values
 from sqlglot import exp
 
 from federator.config import SourceConfig, parse_dsn
@@ -34,6 +35,7 @@ class SQLPayload:
     unbound_text: str
     unbound_names: list[str]
     bound_tree: exp.Query | None = None
+    tree: exp.Query | None = None  # the request's tree, unbound: what split_scan cuts
     in_list_cache: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
 
 
@@ -68,7 +70,7 @@ class SQLAdapter(Adapter):
         tree = self.localize(tree)
         text, names = self.render(tree)
         request = NativeRequest(source=self.name, text=text, param_names=names)
-        request.payload = SQLPayload(unbound_text=text, unbound_names=names)
+        request.payload = SQLPayload(unbound_text=text, unbound_names=names, tree=tree)
         if fragment.bind is not None:
             key = fragment.bind.key.copy()
             spec = BindSpec(
@@ -158,6 +160,30 @@ class SQLAdapter(Adapter):
             bound = payload.bound_tree.copy().where(exp.In(this=key_sql.copy(), expressions=[item]))
             payload.in_list_cache[n] = self.render(bound, {BIND_PARAM: n})
         return payload.in_list_cache[n]
+
+    def range_requests(
+        self, request: NativeRequest, tree: exp.Query, column: exp.Column, cuts: list[Any]
+    ) -> list[NativeRequest]:
+        """``request`` (a plain scan, parameters bound, its tree ``tree``) as one request per
+        range of ``column`` that ``cuts`` make (see :func:`.splits.range_condition`)."""
+        values = dict(zip(request.param_names, request.params, strict=True))
+        requests = []
+        for index in range(len(cuts) + 1):
+            condition = range_condition(column, cuts, index)
+            ranged = tree.copy() if condition is None else tree.copy().where(condition)
+            text, names = self.render(ranged)
+            given = {**values, **range_values(cuts, index)}
+            requests.append(
+                NativeRequest(
+                    source=self.name,
+                    text=text,
+                    param_names=names,
+                    params=[given[n] for n in names],
+                    schema=request.schema,
+                    payload=SQLPayload(unbound_text=text, unbound_names=names, tree=ranged),
+                )
+            )
+        return requests
 
     # ---- execute ---------------------------------------------------------------------
     async def execute(
