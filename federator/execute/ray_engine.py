@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -43,10 +44,17 @@ from ray.exceptions import (
 )
 
 from federator.adapters import adapter_class
+from federator.adapters.base import Split
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, SourceConfig, redact_text
 from federator.errors import ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
+from federator.plan.distribute import (
+    BUCKETS_TABLE,
+    DistributedResidual,
+    distribute_residual,
+    hash_partition,
+)
 from federator.plan.model import Fragment, NativeRequest, Plan
 
 # Failures of the cluster, not of the query: the work they interrupted may be run again.
@@ -62,6 +70,9 @@ FRAGMENT_ATTEMPTS = 3  # a fragment's fetch, when its source actor died with its
 ACTOR_RESTARTS = 4
 RESIDUAL_RETRIES = 3  # Ray re-runs the residual task when its node is lost
 STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
+# Residuals over fewer input rows than this run as one DuckDB task (``[execution]
+# distribute_rows``): below it, the stages' overhead costs more than they save.
+DISTRIBUTE_ROWS = 1_000_000
 
 
 class RayEngine:
@@ -90,6 +101,11 @@ class RayEngine:
                 ) from None
         self._actors: dict[str, Any] = {}
         self._settings: dict[str, Any] = {}  # refs to each actor's settings: a restart reads them
+        execution = config.settings.get("execution", {})
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.splits = int(execution.get("splits", workers))  # per plain scan, at most
+        self.buckets = int(execution.get("buckets", workers))  # of a distributed residual
+        self.distribute_rows = int(execution.get("distribute_rows", DISTRIBUTE_ROWS))
 
     def __repr__(self) -> str:
         return f"<federator RayEngine address={self.address!r} actors={sorted(self._actors)}>"
@@ -146,6 +162,8 @@ class SourceActor:
 
     def __init__(self, config: SourceConfig):
         self.adapter = adapter_class(config.kind)(config)
+        self._scans: dict[int, contextlib.AsyncExitStack] = {}
+        self._scan_ids = itertools.count()
 
     def __repr__(self) -> str:
         return f"SourceActor({self.adapter.name!r})"  # never the settings
@@ -160,6 +178,25 @@ class SourceActor:
             async for batch in batches:
                 yield batch
 
+    async def open_scan(self, request: NativeRequest, n: int) -> tuple[int, list[Split]]:
+        """Split a request into at most ``n`` splits, held valid (a snapshot kept open) until
+        :meth:`close_scan` of the returned id."""
+        scan = contextlib.AsyncExitStack()
+        splits = await scan.enter_async_context(self.adapter.split_scan(request, n))
+        scan_id = next(self._scan_ids)
+        self._scans[scan_id] = scan
+        return scan_id, splits
+
+    async def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
+        async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def close_scan(self, scan_id: int) -> None:
+        scan = self._scans.pop(scan_id, None)
+        if scan is not None:
+            await scan.aclose()
+
     async def close(self) -> None:
         await self.adapter.close()
 
@@ -169,6 +206,26 @@ def run_residual(
     sql: str, params: dict[str, Any], names: list[str], *tables: pa.Table
 ) -> tuple[pa.Table, str]:
     """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on."""
+    return _run_sql(sql, params, names, tables)
+
+
+@ray.remote(max_retries=RESIDUAL_RETRIES)
+def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table, ...]:
+    """One input's rows in ``buckets`` parts by a hash of its join keys (one object each)."""
+    return tuple(hash_partition(table, keys, buckets))
+
+
+@ray.remote(max_retries=RESIDUAL_RETRIES)
+def run_final(sql: str, params: dict[str, Any], *outputs: tuple[pa.Table, str]) -> tuple:
+    """The final SQL over every bucket's output; the answer, its node, the buckets' nodes."""
+    together = pa.concat_tables([table for table, _ in outputs])
+    answer, node = _run_sql(sql, params, [BUCKETS_TABLE], (together,))
+    return answer, node, [n for _, n in outputs]
+
+
+def _run_sql(
+    sql: str, params: dict[str, Any], names: list[str], tables: tuple[pa.Table, ...]
+) -> tuple[pa.Table, str]:
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")
@@ -226,59 +283,78 @@ class RayExecution(Execution):
     async def _source_batches(
         self, frag: Fragment, keys: list[Any] | None
     ) -> AsyncIterator[pa.RecordBatch]:
-        actor = self.engine.actor(frag.source)
-        request = self.plan.requests[frag.id]
         stats = self.stats[frag.id]
         label = f"fragment {frag.id} on source {frag.source!r}"
         self._running.add(label)
         started = time.perf_counter()
         interrupted = False
-        stream = actor.execute.options(
-            _generator_backpressure_num_objects=STREAM_BACKPRESSURE
-        ).remote(request, ray.put(keys) if keys is not None else None)
         try:
-            async for ref in stream:
-                batch = await ref
-                stats.rows += batch.num_rows
-                stats.bytes += batch.nbytes
-                yield batch
-            stats.note = _joined(
-                stats.note, f"1 split on node {await self.engine.node_of(frag.source)}"
-            )
+            async with contextlib.aclosing(self._split_batches(frag, keys)) as batches:
+                async for batch in batches:
+                    stats.rows += batch.num_rows
+                    stats.bytes += batch.nbytes
+                    yield batch
         except (asyncio.CancelledError, TimeoutError, GeneratorExit):
-            interrupted = True
+            interrupted = True  # keep the label: a timeout message names what was running
             raise
         except RayError as e:
             raise _query_error(e, label) from None
         finally:
             stats.ms += (time.perf_counter() - started) * 1000
-            if interrupted:
-                ray.cancel(stream, recursive=True)  # the actor's task, and its server query
-            else:
+            if not interrupted:
                 self._running.discard(label)
 
+    async def _split_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The fragment's batches from its source actor: a bound request whole, with its keys
+        by reference; a plain scan as the adapter's splits, all running at once in the actor
+        (its ``max_concurrency`` bounds them) and read in order."""
+        actor = self.engine.actor(frag.source)
+        request = self.plan.requests[frag.id]
+        streaming = {"_generator_backpressure_num_objects": STREAM_BACKPRESSURE}
+        if keys is not None or self.engine.splits < 2:
+            bound = ray.put(keys) if keys is not None else None
+            streams = [actor.execute.options(**streaming).remote(request, bound)]
+            scan_id, described = None, ["whole request" + (" (bound)" if keys else "")]
+        else:
+            scan_id, splits = await actor.open_scan.remote(request, self.engine.splits)
+            streams = [actor.execute_split.options(**streaming).remote(s) for s in splits]
+            described = [s.describe for s in splits]
+        done = False
+        try:
+            for stream in streams:
+                async for ref in stream:
+                    yield await ref
+            done = True
+        finally:
+            if not done:  # the actor's tasks, and through them the server-side queries
+                for stream in streams:
+                    ray.cancel(stream, recursive=True)
+            if scan_id is not None:
+                closing = actor.close_scan.remote(scan_id)
+                if done:
+                    await closing
+        node = await self.engine.node_of(frag.source)
+        shown = ", ".join(described) if len(described) <= 4 else f"{described[0]}, …"
+        note = f"{len(described)} split(s) on node {node}: {shown}"
+        self.stats[frag.id].note = _joined(self.stats[frag.id].note, note)
+
+    # ---- residual ----------------------------------------------------------------------
     async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
         from federator.execute.topk import grow_top_k
 
         assert self.plan.residual_sql is not None
         tables = await grow_top_k(self, tables)
         started = time.perf_counter()
-        sql = self.plan.residual_sql
-        params = {k: v for k, v in self.params.items() if f"${k}" in sql}
-        names = list(tables)
-        ref = run_residual.remote(sql, params, names, *(ray.put(tables[n]) for n in names))
         self._running.add("the residual")
         try:
-            answer, node = await ref
-        except (asyncio.CancelledError, TimeoutError):
-            ray.cancel(ref, force=True)  # DuckDB does not stop for a Python interrupt
-            raise
+            answer = await self._residual_answer(tables)
         except RayError as e:
             raise _query_error(e, "the residual") from None
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
         self._running.discard("the residual")
-        self.residual_stats.note = f"one DuckDB task on node {node}"
         batches = answer.to_batches(max_chunksize=65_536) or [
             pa.RecordBatch.from_pylist([], schema=answer.schema)
         ]
@@ -286,6 +362,83 @@ class RayExecution(Execution):
             self.residual_stats.rows += batch.num_rows
             self.residual_stats.bytes += batch.nbytes
             yield batch
+
+    async def _residual_answer(self, tables: dict[str, pa.Table]) -> pa.Table:
+        """The residual's answer: in buckets when it is large and splits so, else one task."""
+        params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
+        refs = {name: ray.put(table) for name, table in tables.items()}
+        distributed = self._distribution(tables)
+        if distributed is None:
+            sql = self.plan.residual_sql
+            assert sql is not None
+            answer, node = await _cancelling(
+                run_residual.remote(sql, params, list(refs), *refs.values())
+            )
+            self.residual_stats.note = f"one DuckDB task on node {node}"
+            return answer
+        return await self._buckets(distributed, refs, params)
+
+    def _distribution(self, tables: dict[str, pa.Table]) -> DistributedResidual | None:
+        """How the residual runs (``residual_how`` says why): None for one task."""
+        rows = {name: table.num_rows for name, table in tables.items()}
+        total = sum(rows.values())
+        buckets = self.engine.buckets
+        if total < self.engine.distribute_rows or buckets < 2:
+            self.residual_how = (
+                f"one DuckDB task: {total:,} input rows, under distribute_rows "
+                f"{self.engine.distribute_rows:,}"
+                if buckets >= 2
+                else "one DuckDB task: buckets = 1"
+            )
+            return None
+        assert self.plan.residual is not None
+        schemas = {name: table.schema for name, table in tables.items()}
+        split = distribute_residual(self.plan.residual, schemas, dict(rows), buckets)
+        if not isinstance(split, DistributedResidual):
+            self.residual_how = f"one DuckDB task: {split.reason}"
+            return None
+        parts = ", ".join(f"{n} on ({', '.join(k)})" for n, k in split.partition_keys.items())
+        shown = f"; broadcast {', '.join(split.broadcast)}" if split.broadcast else ""
+        self.residual_how = (
+            f"{buckets} buckets ({total:,} input rows): hash partitioned {parts}{shown}; "
+            "per-bucket SQL then a final SQL over the buckets' outputs"
+        )
+        return split
+
+    async def _buckets(
+        self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
+    ) -> pa.Table:
+        """Partition tasks, a DuckDB task per bucket, then the final task."""
+        buckets = self.engine.buckets
+        parts = {
+            name: partition.options(num_returns=buckets).remote(refs[name], keys, buckets)
+            for name, keys in split.partition_keys.items()
+        }
+        names = list(refs)
+        outputs = [
+            run_residual.remote(
+                split.bucket_sql,
+                params,
+                names,
+                *(parts[n][b] if n in parts else refs[n] for n in names),
+            )
+            for b in range(buckets)
+        ]
+        answer, node, nodes = await _cancelling(run_final.remote(split.final_sql, params, *outputs))
+        counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
+        spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
+        self.residual_stats.note = f"buckets: {spread}; final task on node {node}"
+        return answer
+
+
+async def _cancelling(ref: Any) -> Any:
+    """The value of a task's result; if the wait is cancelled (a timeout, a closed result),
+    the task and every task it depends on are cancelled too."""
+    try:
+        return await ref
+    except (asyncio.CancelledError, TimeoutError):
+        ray.cancel(ref, force=True, recursive=True)  # DuckDB does not stop for an interrupt
+        raise
 
 
 def _joined(note: str, more: str) -> str:
