@@ -16,16 +16,18 @@ BUILT_IN = {
     "mysql": "federator.adapters.mysql:MySQLAdapter",
     "sqlite": "federator.adapters.sqlite:SQLiteAdapter",
     "files": "federator.adapters.files:FilesAdapter",
+    "features": "federator.adapters.feature_files:FeatureViewsAdapter",
     "mongo": "federator.adapters.mongo:MongoAdapter",
     "redis": "federator.adapters.redis:RedisAdapter",
     "milvus": "federator.adapters.milvus:MilvusAdapter",
+    "qdrant": "federator.adapters.qdrant:QdrantAdapter",
     "falkordb": "federator.adapters.graph:FalkorDBAdapter",
     "neo4j": "federator.adapters.graph:Neo4jAdapter",
 }
 ALIASES = {"postgresql": "postgres", "mariadb": "mysql", "mongodb": "mongo"}
 ALIASES.update({"bolt": "neo4j", "memgraph": "neo4j"})
 EXTRAS = {"postgres": "postgres", "mysql": "mysql", "mongo": "mongo", "redis": "redis"}
-EXTRAS.update({"milvus": "milvus", "falkordb": "graph", "neo4j": "graph"})
+EXTRAS.update({"milvus": "milvus", "qdrant": "qdrant", "falkordb": "graph", "neo4j": "graph"})
 
 
 def adapter_class(kind: str) -> type[Adapter]:

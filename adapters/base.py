@@ -56,9 +56,11 @@ class Split:
     """One part of a request's rows, runnable on its own (in another process too, by an adapter
     of the same source opened there): :meth:`Adapter.execute_split` runs it.
 
-    ``index`` of ``count`` splits of one :meth:`Adapter.split_scan`; ``snapshot`` is the
-    source's snapshot every split reads (PostgreSQL's exported snapshot id) or None;
-    ``describe`` is what EXPLAIN shows ("ctid [0,1200)", "id [1,5000)", "whole request").
+    ``index`` of ``count`` splits of one :meth:`Adapter.split_scan`; ``request`` has its
+    parameters bound; ``snapshot`` is the source's snapshot every split reads (PostgreSQL's
+    exported snapshot id) or None; ``describe`` is what EXPLAIN shows ("ctid [1200,2400)",
+    "id < 5000", "file t.parquet row groups 0-3", "whole request"). A split pickles and holds
+    no DSN or password, only the request (its native text and parameter values).
 
     >>> whole_split("pg", NativeRequest("pg", "SELECT 1")).describe
     'whole request'
@@ -157,8 +159,9 @@ class Adapter(abc.ABC):
 
     @contextlib.asynccontextmanager
     async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
-        """At most ``n`` disjoint splits whose rows together are ``request``'s, valid until the
-        context exits (a source with snapshots holds its snapshot open until then).
+        """At most ``n`` disjoint splits whose rows together are ``request``'s (its parameters
+        bound: ``NativeRequest.with_params``), valid until the context exits (a source with
+        snapshots holds its snapshot open until then).
 
         The default is one split of the whole request; adapters that can read a plain scan in
         parts (key or ctid ranges, files) override it. A request with a bind, a LIMIT, an

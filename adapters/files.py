@@ -213,23 +213,27 @@ class FilesAdapter(SQLAdapter):
             for f in self._files.values():
                 if f'"{f.name}"' not in text:
                     continue
-                if not f.path.exists():
-                    raise CatalogError(
-                        f"source {self.name!r}: file {f.path.name!r} "
-                        f"disappeared from {str(self.path)!r}"
-                    )
                 if row_groups is not None and row_groups[0] == f.name:
                     con.register(f.name, _read_row_groups(f.path, row_groups[1]))
-                elif f.format == "parquet":
-                    con.read_parquet(str(f.path)).create_view(f.name)
-                elif f.format == "csv":
-                    con.read_csv(str(f.path)).create_view(f.name)
                 else:
-                    con.register(f.name, _ipc_dataset(f.path))
+                    self._create_view(con, f)
         except BaseException:
             con.close()
             raise
         return con
+
+    def _create_view(self, con: Any, f: DataFile) -> None:
+        """Table ``f.name`` in ``con``: a view over its file."""
+        if not f.path.exists():
+            raise CatalogError(
+                f"source {self.name!r}: file {f.path.name!r} disappeared from {str(self.path)!r}"
+            )
+        if f.format == "parquet":
+            con.read_parquet(str(f.path)).create_view(f.name)
+        elif f.format == "csv":
+            con.read_csv(str(f.path)).create_view(f.name)
+        else:
+            con.register(f.name, _ipc_dataset(f.path))
 
     def _start(self, con: Any, text: str, params: list[Any]) -> pa.RecordBatchReader:
         relation = con.sql(text, params=params or None)

@@ -30,15 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.base import BindSpec, NativeRequest, TableInfo, TableRef
 from federator.adapters.budget import server_seconds, teardown
+from federator.adapters.threaded import ThreadedClientAdapter
 from federator.rules.milvus import order_distance, vector_operands
 from sqlglot import exp
 
 from federator.config import SourceConfig
 from federator.errors import CatalogError, SourceError, SourceUnreachableError, UnsupportedError
 from federator.plan.model import Fragment
-from federator.sql.dialect import VectorDistance, exact_distances, vector_value
+from federator.sql.dialect import VectorDistance, nearest, vector_value
 
 METRICS = {"l2": "L2", "cosine": "COSINE", "neg_ip": "IP", "ip": "IP"}
 _OPERATOR = {"L2": "<->", "COSINE": "<=>", "IP": "<#>"}  # the operator that searches an index
@@ -104,7 +105,7 @@ class MilvusCall:
     index_metric: str | None = None  # set when the field's index has another metric: exact scan
 
 
-class MilvusAdapter(Adapter):
+class MilvusAdapter(ThreadedClientAdapter):
     """Milvus source; options: ``uri`` (a ``.db`` path or a server URL), ``token``,
     ``db_name``, ``timeout`` (seconds per call, default 60)."""
 
@@ -121,8 +122,6 @@ class MilvusAdapter(Adapter):
         self.db_name = str(config.options.get("db_name", "default"))
         self.default_schema = self.db_name
         self.call_timeout = float(config.options.get("timeout", 60))
-        self._client: Any = None
-        self._lock = asyncio.Lock()
         self._loaded: set[str] = set()
         self._schemas: dict[str, tuple[pa.Schema, str | None]] = {}
         self._index_metrics: dict[tuple[str, str], str] = {}  # (collection, field) -> metric
@@ -132,17 +131,6 @@ class MilvusAdapter(Adapter):
         return self.uri
 
     # ---- connection ------------------------------------------------------------------
-    async def open(self) -> None:
-        await self._get_client()
-
-    async def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                self._client = await asyncio.to_thread(self._connect)
-        return self._client
-
     def _connect(self) -> Any:
         try:
             from pymilvus import MilvusClient
@@ -162,11 +150,6 @@ class MilvusAdapter(Adapter):
             raise SourceUnreachableError(
                 self.name, self.where, f"{type(e).__name__}: {e}"
             ) from None
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
 
     def _server_timeout(self) -> float:
         """The gRPC deadline of a request: the query's remaining time, at most the source's
@@ -369,17 +352,11 @@ class MilvusAdapter(Adapter):
         if not rows:
             return _empty(schema)
         matrix = np.asarray([r[call.anns_field] for r in rows], dtype=np.float64)
-        distances = exact_distances(call.metric, matrix, np.asarray(vector, dtype=np.float64))
-        nearest = -distances if call.metric == "ip" else distances  # inner_product: DESC
-        order = np.argsort(nearest, kind="stable")[call.offset : call.offset + call.limit]
         out = []
-        for i in order.tolist():
+        for i, distance in nearest(call.metric, matrix, vector, call.offset, call.limit):
             row = rows[i]
             out.append(
-                {
-                    o.name: float(distances[i]) if o.metric is not None else o.of(row)
-                    for o in call.outputs
-                }
+                {o.name: distance if o.metric is not None else o.of(row) for o in call.outputs}
             )
         return _batch(out, schema)
 

@@ -35,13 +35,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 from federator.adapters.arrowconv import to_array
-from federator.adapters.base import Adapter, BindSpec, NativeRequest, TableInfo, TableRef
+from federator.adapters.base import (
+    Adapter,
+    BindSpec,
+    NativeRequest,
+    Split,
+    TableInfo,
+    TableRef,
+    whole_split,
+)
 from federator.adapters.budget import query_timeout, server_ms, teardown
 from federator.adapters.mongo_pipeline import BindKeys, Param, Pipeline, Translator, substitute
 from federator.adapters.mongo_types import (
@@ -53,6 +62,7 @@ from federator.adapters.mongo_types import (
     sampled_fields,
     to_bson,
 )
+from federator.adapters.splits import describe_range, integer_cuts
 from federator.rules import mongo as _mongo_rules  # noqa: F401  (registers the rule set)
 from sqlglot import exp
 
@@ -238,6 +248,55 @@ class MongoAdapter(Adapter):
         request.schema = pa.schema(schema)
         return request
 
+    # ---- splits (a distributed engine's scan) --------------------------------------------
+    @contextlib.asynccontextmanager
+    async def split_scan(self, request: NativeRequest, n: int) -> AsyncIterator[list[Split]]:
+        """A pipeline of per-document stages ($match, $project, …) as at most ``n`` ranges of
+        ``_id``, cut evenly between the collection's least and greatest ``_id`` (ObjectIds as
+        96-bit numbers, so ids made in one second split too), at most one per document; the
+        first range is open below, the last open above. Only when every ``_id`` is of one
+        BSON type (the least and greatest are: types sort apart) and it is an ObjectId or a
+        number, since a range matches one type only. Otherwise one split."""
+        pipe: Pipeline = request.payload
+        cuts = await self._id_cuts(pipe, n) if _per_document(request) and n > 1 else []
+        if not cuts:
+            yield [whole_split(self.name, request)]
+            return
+        splits = []
+        for i in range(len(cuts) + 1):
+            bounds: dict[str, Any] = {}
+            if i > 0:
+                bounds["$gte"] = cuts[i - 1]
+            if i < len(cuts):
+                bounds["$lt"] = cuts[i]
+            ranged = dataclasses.replace(pipe, stages=[{"$match": {"_id": bounds}}, *pipe.stages])
+            part = dataclasses.replace(request, payload=ranged, text=ranged.text())
+            shown = describe_range("_id", [str(c) for c in cuts], i)
+            splits.append(Split(self.name, i, len(cuts) + 1, part, None, shown))
+        yield splits
+
+    async def _id_cuts(self, pipe: Pipeline, n: int) -> list[Any]:
+        """Inner ``_id`` bounds for at most ``n`` even ranges (see :meth:`split_scan`)."""
+        from bson import ObjectId
+
+        await self.open()
+        coll = self._client[pipe.database][pipe.collection]
+        what = f"split of {pipe.database}.{pipe.collection}"
+        ends = []
+        for order in (1, -1):
+            docs = await self._call(
+                what, coll.find({}, {"_id": 1}).sort("_id", order).limit(1).to_list(length=1)
+            )
+            ends.append(docs[0]["_id"] if docs else None)
+        low, high = ends
+        count = await self._call(what, coll.estimated_document_count())
+        if isinstance(low, ObjectId) and isinstance(high, ObjectId):
+            cuts = integer_cuts(_oid_int(low), _oid_int(high), min(n, count))
+            return [ObjectId(c.to_bytes(12, "big")) for c in cuts]
+        if _whole_number(low) and _whole_number(high):
+            return integer_cuts(int(low), int(high), min(n, count))
+        return []
+
     # ---- execute -------------------------------------------------------------------------
     async def execute(
         self, request: NativeRequest, bind_values: Sequence[Any] | None = None
@@ -371,6 +430,30 @@ class MongoAdapter(Adapter):
                 ) from None
             names.append(column)
         return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+_PER_DOCUMENT = {"$match", "$project", "$addFields", "$set", "$unset", "$unwind"}
+
+
+def _per_document(request: NativeRequest) -> bool:
+    """Whether each document's rows come from that document alone (no grouping, sorting,
+    limit or lookup), so documents may be read in parts."""
+    pipe = request.payload
+    return (
+        isinstance(pipe, Pipeline)
+        and request.bind is None
+        and pipe.bind_field is None
+        and pipe.global_defaults is None
+        and all(set(stage) <= _PER_DOCUMENT for stage in pipe.stages)
+    )
+
+
+def _oid_int(oid: Any) -> int:
+    return int.from_bytes(oid.binary, "big")
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def connect_timeout(config: SourceConfig) -> float:

@@ -279,17 +279,21 @@ class PostgresAdapter(PostgresConnections):
         schema: pa.Schema | None,
         verify: bool = False,
         semi_join: int | None = None,
+        snapshot: str | None = None,
     ) -> AsyncIterator[pa.RecordBatch]:
         """Run a SELECT through binary COPY and decode it into Arrow without row objects.
 
         COPY takes no parameters, so bound values travel as parameters of ``set_config``
         (transaction-local settings) and the query reads them back with ``current_setting``
         cast to the parameter's type: no value is ever written into the SQL text.
+        ``snapshot``: an exported snapshot the transaction reads (REPEATABLE READ).
         """
         pool = await self._get_pool()
-        conn = await self._begin(pool)
+        conn = await (self._begin(pool, _BEGIN_SNAPSHOT) if snapshot else self._begin(pool))
         outcome: BaseException | None = None
         try:
+            if snapshot:
+                await conn.execute(f"SET TRANSACTION SNAPSHOT {_snapshot_literal(snapshot)}")
             stmt = await conn.prepare(text)
             ptypes = stmt.get_parameters()
             if verify and await self._server_estimate(conn, text, params, ptypes) < self.bulk_rows:
@@ -534,26 +538,13 @@ class PostgresAdapter(PostgresConnections):
         split's snapshot, read through binary COPY; a split without snapshot as a request."""
         request = split.request
         if split.snapshot is None:
-            async with contextlib.aclosing(self.execute(request)) as batches:
-                async for batch in batches:
-                    yield batch
-            return
-        pool = await self._get_pool()
-        conn = await self._begin(pool, _BEGIN_SNAPSHOT)
-        outcome: BaseException | None = None
-        try:
-            await conn.execute(f"SET TRANSACTION SNAPSHOT {_snapshot_literal(split.snapshot)}")
-            stmt = await conn.prepare(request.text)
-            copied = self._copy(conn, stmt, request.text, list(request.params), request.schema)
-            async with contextlib.aclosing(copied) as batches:
-                async for batch in batches:
-                    yield batch
-            await conn.execute("COMMIT")
-        except BaseException as e:
-            outcome = e
-            raise
-        finally:
-            await self._release(pool, conn, _copy_outcome(outcome))
+            source = self.execute(request)
+        else:
+            params = list(request.params)
+            source = self.run_bulk(request.text, params, request.schema, snapshot=split.snapshot)
+        async with contextlib.aclosing(source) as batches:
+            async for batch in batches:
+                yield batch
 
     # ---- execution -------------------------------------------------------------------
     async def run(

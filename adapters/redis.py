@@ -256,7 +256,7 @@ class RedisAdapter(Adapter):
             raise CatalogError(f"source {config.name!r} (redis) needs a 'url' (redis://...)")
         self.url = str(url)
         self.kv_tables = declared_tables(opts.get("tables") or {}, config.name)
-        if not self.kv_tables:
+        if not self.kv_tables and not opts.get("serves_features"):
             raise CatalogError(
                 f"source {config.name!r} (redis) declares no tables; add "
                 f'[sources.{config.name}.tables.NAME] with key = "prefix:{{id}}" and columns'
@@ -284,6 +284,12 @@ class RedisAdapter(Adapter):
                 socket_connect_timeout=self.timeout,
                 max_connections=max(self.max_concurrency * 2, 2),
             )
+
+    async def client(self) -> Any:
+        """The connection pool (a ``redis.asyncio.Redis``), opened on first use: what the
+        feature views' online copies are written and read with."""
+        await self.open()
+        return self._client
 
     async def close(self) -> None:
         if self._client is not None:

@@ -166,6 +166,10 @@ class SQLAdapter(Adapter):
     ) -> list[NativeRequest]:
         """``request`` (a plain scan, parameters bound, its tree ``tree``) as one request per
         range of ``column`` that ``cuts`` make (see :func:`.splits.range_condition`)."""
+        if len(request.params) != len(request.param_names):
+            raise ValueError(
+                "split a request with its parameters bound (NativeRequest.with_params)"
+            )
         values = dict(zip(request.param_names, request.params, strict=True))
         requests = []
         for index in range(len(cuts) + 1):

@@ -1,5 +1,5 @@
-"""The ``federator`` command line: ``query``, ``explain``, ``sources``, ``demo``, ``repl`` and
-``rules test``.
+"""The ``federator`` command line: ``query``, ``explain``, ``sources``, ``demo``, ``repl``,
+``serve``, ``rules test`` and ``features materialize``.
 
 Exit codes: 0 ok, 1 query error (one ``error: ...`` line on stderr; ``--debug`` adds the
 traceback), 2 usage error. The catalog comes from ``--catalog``, else ``$FEDERATOR_CATALOG``,
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(command="repl", run=cmd_repl)
 
+    _add_serve_parser(sub, common)
+
     rules = sub.add_parser(
         "rules",
         help="work with pushdown rules (rules test FIXTURES...)",
@@ -252,7 +254,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     rt.set_defaults(command="rules test", run=cmd_rules_test)
+
+    features = sub.add_parser(
+        "features",
+        help="work with feature views (features materialize VIEW)",
+        description="Feature views declared as [features.NAME] in the catalog.",
+    )
+    features.set_defaults(command="features", run=lambda a: _usage(features))
+    fsub = features.add_subparsers(title="features commands", metavar="COMMAND")
+    fm = fsub.add_parser(
+        "materialize",
+        parents=[common],
+        help="compute a feature view and write its offline and online copies",
+        description="Run the view's query from its last materialized timestamp on (in full "
+        "on a first run or after the query changed: a new version) and write its copies "
+        "atomically; prints what was written.",
+    )
+    fm.add_argument("view", metavar="VIEW", help="the view's name ([features.VIEW])")
+    fm.add_argument(
+        "--since",
+        metavar="T",
+        help="on a first run, only rows with timestamp >= T (ISO date or date-time)",
+    )
+    fm.set_defaults(command="features materialize", run=cmd_features_materialize)
     return parser
+
+
+def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the catalog over Arrow Flight SQL (ADBC, JDBC, DBeaver)",
+        description="Serve federated queries over Arrow Flight SQL. Clients log in with a "
+        "user and password from the catalog's [serve.users] or a bearer token from "
+        "[serve.tokens]; --insecure-local serves loopback without authentication.",
+    )
+    sv.add_argument(
+        "catalog_file", nargs="?", metavar="CATALOG", help="catalog TOML (same as --catalog)"
+    )
+    sv.add_argument("--port", type=int, default=8815, help="port to listen on (default 8815)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics here")
+    sv.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="no authentication; only with a loopback --host",
+    )
+    sv.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
+    sv.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM)")
+    sv.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (stdin or prompt), print its [serve.users] entry and exit",
+    )
+    sv.add_argument(
+        "--new-token",
+        action="store_true",
+        help="print a new bearer token and its [serve.tokens] entry and exit",
+    )
+    sv.set_defaults(command="serve", run=cmd_serve)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -394,6 +454,32 @@ def cmd_repl(args: argparse.Namespace) -> int:
     return run_repl(path, history=args.history, debug=args.debug, max_rows=args.max_rows)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from federator.serve import main as serve
+
+    try:
+        if args.hash_password:
+            serve.print_password_entry(sys.stdin, sys.stdout)
+            return EXIT_OK
+        if args.new_token:
+            serve.print_new_token(sys.stdout)
+            return EXIT_OK
+        if args.catalog_file and args.catalog:
+            raise UsageError("give the catalog once: CATALOG or --catalog")
+        serve.serve_catalog(
+            catalog_path(args.catalog_file or args.catalog),
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            insecure_local=args.insecure_local,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+    except serve.ServeUsageError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from federator import rules_testing as rt
     from federator.rules import load_rule_modules
@@ -416,6 +502,28 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for line in rt.report(results, verbose=args.verbose):
         print(line)
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERROR
+
+
+def cmd_features_materialize(args: argparse.Namespace) -> int:
+    since = _iso_time(args.since) if args.since else None
+    with open_catalog(args.catalog) as fed:
+        done = fed.features.materialize(args.view, since=since)
+    kind = "new version" if done.new_version else "version"
+    print(
+        f"{done.view}: {kind} {done.version}, {done.rows} row(s) from {done.since} to "
+        f"{done.until}; offline files {done.offline_files}, online namespace "
+        f"{done.online_namespace or '-'}"
+    )
+    return EXIT_OK
+
+
+def _iso_time(text: str) -> Any:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not an ISO date or date-time") from None
 
 
 # ---- inputs -----------------------------------------------------------------------------

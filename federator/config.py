@@ -52,6 +52,7 @@ class CatalogConfig:
     sources: dict[str, SourceConfig]
     settings: dict[str, Any] = field(default_factory=dict)
     secrets: frozenset[str] = frozenset()  # setting paths filled from ${VAR}, e.g. "cache.redis"
+    features: dict[str, FeatureViewConfig] = field(default_factory=dict)  # [features.NAME]
 
     def __repr__(self) -> str:
         settings = redact_options(self.settings, self.secrets)
@@ -76,9 +77,152 @@ def load_catalog(catalog: str | os.PathLike[str] | dict[str, Any]) -> CatalogCon
     sources = {name: _source(name, spec) for name, spec in sources_raw.items()}
     secrets: set[str] = set()
     settings = {
-        k: _substitute(v, "(catalog)", k, secrets) for k, v in raw.items() if k != "sources"
+        k: _substitute(v, "(catalog)", k, secrets)
+        for k, v in raw.items()
+        if k not in ("sources", "features")
     }
-    return CatalogConfig(sources=sources, settings=settings, secrets=frozenset(secrets))
+    features = feature_views(raw.get("features", {}), sources)
+    return CatalogConfig(
+        sources=_with_feature_sources(sources, features),
+        settings=settings,
+        secrets=frozenset(secrets),
+        features=features,
+    )
+
+
+@dataclass(frozen=True)
+class FeatureViewConfig:
+    """One ``[features.NAME]`` section: a federated query materialized under a name.
+
+    ``offline``: ``{"path": folder, "partition": "date" | "none"}``; ``online``:
+    ``{"source": redis source, "key": template of the entity columns, "grace": seconds an
+    old online copy stays readable}``; ``ttl``: seconds after which a value reads as missing."""
+
+    name: str
+    query: str
+    entity: tuple[str, ...]
+    timestamp: str
+    offline: dict[str, Any] | None = None
+    online: dict[str, Any] | None = None
+    ttl: float | None = None
+
+
+FEATURES_SOURCE = "features"  # the source whose tables are the views' offline copies
+_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def feature_views(raw: Any, sources: dict[str, SourceConfig]) -> dict[str, FeatureViewConfig]:
+    """The ``[features.NAME]`` sections, checked: each error names the view and what to fix.
+
+    >>> views = feature_views({"u": {"query": "SELECT * FROM pg.t", "entity": "id",
+    ...     "timestamp": "ts", "offline": {"path": "/data/u"}}}, {})
+    >>> views["u"].entity, views["u"].offline
+    (('id',), {'path': '/data/u', 'partition': 'date'})
+    """
+    if not isinstance(raw, dict):
+        raise CatalogError("[features] must hold one table per view: [features.NAME]")
+    if raw and FEATURES_SOURCE in sources:
+        raise CatalogError(
+            f"source name {FEATURES_SOURCE!r} is taken by the feature views' tables; "
+            "rename that source"
+        )
+    return {name: _feature_view(name, spec, sources) for name, spec in raw.items()}
+
+
+def _feature_view(name: str, spec: Any, sources: dict[str, SourceConfig]) -> FeatureViewConfig:
+    where = f"feature view {name!r}"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise CatalogError(f"{where}: the name must be a plain identifier")
+    if not isinstance(spec, dict):
+        raise CatalogError(f"{where} must be a table of settings")
+    known = {"query", "entity", "timestamp", "offline", "online", "ttl"}
+    if unknown := sorted(set(spec) - known):
+        raise CatalogError(f"{where}: unknown setting(s) {unknown} (known: {sorted(known)})")
+    for key in ("query", "entity", "timestamp"):
+        if not spec.get(key):
+            raise CatalogError(f"{where} needs {key!r}")
+    entity = spec["entity"]
+    entity = (entity,) if isinstance(entity, str) else entity
+    if not isinstance(entity, list | tuple) or not all(isinstance(e, str) for e in entity):
+        raise CatalogError(f"{where}: 'entity' is a column name or a list of them")
+    if not isinstance(spec["query"], str) or not isinstance(spec["timestamp"], str):
+        raise CatalogError(f"{where}: 'query' (SQL text) and 'timestamp' (a column) are text")
+    if "offline" not in spec and "online" not in spec:
+        raise CatalogError(f"{where} needs 'offline = {{ path = ... }}' and/or 'online'")
+    return FeatureViewConfig(
+        name=name,
+        query=spec["query"],
+        entity=tuple(entity),
+        timestamp=spec["timestamp"],
+        offline=_offline(where, spec["offline"]) if "offline" in spec else None,
+        online=_online(where, spec["online"], tuple(entity), sources) if "online" in spec else None,
+        ttl=_duration(where, spec["ttl"]) if spec.get("ttl") is not None else None,
+    )
+
+
+def _offline(where: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict) or not spec.get("path"):
+        raise CatalogError(f'{where}: offline needs a folder: offline = {{ path = "..." }}')
+    partition = spec.get("partition", "date")
+    if partition not in ("date", "none"):
+        raise CatalogError(f"{where}: offline partition is 'date' or 'none', not {partition!r}")
+    return {"path": str(spec["path"]), "partition": partition}
+
+
+def _online(
+    where: str, spec: Any, entity: tuple[str, ...], sources: dict[str, SourceConfig]
+) -> dict[str, Any]:
+    if not isinstance(spec, dict) or not spec.get("source") or not spec.get("key"):
+        raise CatalogError(
+            f"{where}: online needs a Redis source and a key template, e.g. online = "
+            f'{{ source = "kv", key = "stats:{{{entity[0]}}}" }}'
+        )
+    source = sources.get(str(spec["source"]))
+    if source is None or source.kind != "redis":
+        raise CatalogError(
+            f"{where}: online source {spec['source']!r} must be a source of kind 'redis' "
+            f"(sources: {', '.join(sorted(sources)) or 'none'})"
+        )
+    fields = _TEMPLATE_FIELD.findall(str(spec["key"]))
+    if sorted(fields) != sorted(entity):
+        raise CatalogError(
+            f"{where}: online key {spec['key']!r} must name each entity column once as "
+            f"{{column}}: {', '.join('{' + e + '}' for e in entity)}"
+        )
+    grace = _duration(where, spec.get("grace", 60))
+    return {"source": source.name, "key": str(spec["key"]), "grace": grace}
+
+
+def _duration(where: str, value: Any) -> float:
+    """Seconds from a number or text such as ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    m = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise CatalogError(
+            f"{where}: {value!r} is not a duration; write seconds or text like '24h', '7d'"
+        )
+    return float(m.group(1)) * _SECONDS[m.group(2) or "s"]
+
+
+def _with_feature_sources(
+    sources: dict[str, SourceConfig], views: dict[str, FeatureViewConfig]
+) -> dict[str, SourceConfig]:
+    """``sources`` plus the ``features`` source over the views' offline copies; a Redis
+    source that holds online copies is told which (it then needs no declared tables)."""
+    out = dict(sources)
+    offline = {v.name: v.offline["path"] for v in views.values() if v.offline}
+    if offline:
+        out[FEATURES_SOURCE] = SourceConfig(FEATURES_SOURCE, "features", {"views": offline})
+    for view in views.values():
+        if view.online:
+            src = out[view.online["source"]]
+            served = [*src.options.get("serves_features", ()), view.name]
+            options = {**src.options, "serves_features": served}
+            out[src.name] = SourceConfig(src.name, src.kind, options, src.secrets)
+    return out
 
 
 def _source(name: str, spec: Any) -> SourceConfig:

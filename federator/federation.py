@@ -78,6 +78,7 @@ class Federation:
         self.planner = Planner(self.catalog, self.planner_settings)
         default_engine().warm_in_background()  # the residual engine's first use, off the clock
         self._closed = False
+        self._features: Any = None
         _OPEN.add(self)
         self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -197,6 +198,16 @@ class Federation:
         from federator.lookup import lookup
 
         return await lookup(self, keys, tables, **options)
+
+    @property
+    def features(self) -> Any:
+        """The catalog's feature views (``[features.NAME]``): ``fed.features.materialize(name)``,
+        ``fed.features.lookup(name, keys, budget_ms=5)``; :mod:`federator.features`."""
+        if self._features is None:
+            from federator.features import FeatureViews
+
+            self._features = FeatureViews(self)
+        return self._features
 
     # ---- lifecycle -------------------------------------------------------------------
     def close(self) -> None:

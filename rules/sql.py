@@ -326,5 +326,6 @@ for _kind, _rules in {
     "mysql": MYSQL,
     "sqlite": SQLITE,
     "files": DUCKDB_FILES,
+    "features": DUCKDB_FILES,  # feature views' offline copies: a files source
 }.items():
     register(_kind, _rules)

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 falkordb_url=g,
                 milvus_url=mv,
                 bolt=True,
+                qdrant=True,
             )
             con = truth()
             with federator.connect(catalog, timeout=60) as fed:

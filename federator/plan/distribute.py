@@ -34,6 +34,7 @@ with the reason EXPLAIN shows; it runs as one residual.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -61,6 +62,10 @@ _ORDER_STATS = (
     exp.ApproxQuantile,
     exp.Median,
 )
+_NUMERIC_TYPES = {
+    *("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE"),
+    *("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"),
+}
 _SPLIT_NAMES = {"sum", "count", "count_star", "avg", "min", "max"}  # DuckDB's names
 _INTEGER_KEYS = "integer"
 _STRING_KEYS = "string"
@@ -96,13 +101,16 @@ def distribute_residual(
     inputs: dict[str, pa.Schema],
     rows: dict[str, int | None],
     buckets: int,
+    *,
+    broadcast_rows: int = BROADCAST_MAX_ROWS,
 ) -> DistributedResidual | NotDistributed:
     """Split ``residual`` (over tables named as ``inputs``' keys) into per-bucket and final
     SQL, partitioning its inputs on their join keys into ``buckets``; see the module docstring.
-    ``rows`` are the inputs' row estimates (None: not known), which choose what is broadcast.
+    ``rows`` are the inputs' row estimates (None: not known): an input of at most
+    ``broadcast_rows`` is broadcast (0: none is). The SQL is the same for every ``buckets``.
     """
     try:
-        return _Distributor(residual, inputs, rows).split()
+        return _Distributor(residual, inputs, rows, broadcast_rows).split()
     except _Refused as refused:
         return NotDistributed(str(refused))
 
@@ -130,13 +138,27 @@ def hash_partition(table: pa.Table, keys: list[str], buckets: int) -> list[pa.Ta
     sizes = dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
-    ordered = table.take(order)
+    ordered = _take(table, order)
     parts, start = [], 0
     for b in range(buckets):
         size = sizes.get(b, 0)
         parts.append(ordered.slice(start, size))
         start += size
     return parts
+
+
+def _take(table: pa.Table, indices: pa.Array) -> pa.Table:
+    """``table.take(indices)``, also for view columns (string_view, binary_view), which Arrow
+    takes from only through their non-view type."""
+    columns = []
+    for column in table.columns:
+        t = column.type
+        wide = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}.get(t)
+        if wide is None:
+            columns.append(column.take(indices))
+        else:
+            columns.append(column.cast(wide).take(indices).cast(t))
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def _bucket_ids(table: pa.Table, keys: list[str], buckets: int) -> pa.Array:
@@ -171,7 +193,21 @@ def _cursor() -> Any:
         return _DATABASE[0].cursor()
 
 
-os.register_at_fork(after_in_child=_DATABASE.clear)  # a forked child opens its own
+_INHERITED: list[Any] = []  # a forked child's copy of its parent's database, never freed
+
+
+def _forget_parent_database() -> None:
+    """In a forked child: set the parent's DuckDB aside for good (freeing it here would touch
+    the parent's threads and crash the child); the child opens its own when it needs one."""
+    global _DATABASE_LOCK
+    _DATABASE_LOCK = threading.Lock()  # another thread of the parent may have held it
+    if _DATABASE:
+        parent = _DATABASE.pop()
+        _INHERITED.append(parent)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(parent))  # not even at interpreter exit
+
+
+os.register_at_fork(after_in_child=_forget_parent_database)
 
 
 def _normalised_key(column: pa.Field) -> str:
@@ -219,11 +255,16 @@ class _Distributor:
     """One residual's split (see :func:`distribute_residual`)."""
 
     def __init__(
-        self, residual: exp.Query, inputs: dict[str, pa.Schema], rows: dict[str, int | None]
+        self,
+        residual: exp.Query,
+        inputs: dict[str, pa.Schema],
+        rows: dict[str, int | None],
+        broadcast_rows: int,
     ):
         self.residual = residual
         self.inputs = inputs
         self.rows = rows
+        self.broadcast_rows = broadcast_rows
 
     def split(self) -> DistributedResidual:
         select = self._plain_select()
@@ -323,7 +364,7 @@ class _Distributor:
             if i is not largest
             and not i.preserved
             and i.rows is not None
-            and i.rows <= BROADCAST_MAX_ROWS
+            and i.rows <= self.broadcast_rows
             and _count_table(scope, i.table) == 1
         }
 
@@ -417,49 +458,96 @@ class _Distributor:
     def _probe(self) -> list[exp.DataType] | None:
         """Refuse aggregates DuckDB knows that are not split (whatever sqlglot parsed them as),
         and return the DuckDB types of the residual's outputs (run over empty inputs) so the
-        final query gives the same types; None when they cannot be found."""
-        import duckdb
-
+        final query gives the same types; None when they cannot be found. Kept per residual
+        and input schemas: an engine asks again for other bucket counts or row estimates."""
         probe = self.residual.transform(
             lambda n: exp.Null() if isinstance(n, exp.Placeholder) else n
         )
         sql = residual_duckdb_sql(probe)
-        con = _cursor()
-        try:
-            _refuse_other_aggregates(con, sql)
-            for name, schema in self.inputs.items():
-                con.register(name, schema.empty_table())
-            types = con.sql(sql).types
-            return [exp.DataType.build(str(t), dialect="duckdb") for t in types]
-        except (duckdb.Error, ValueError):
-            return None
-        finally:
-            con.close()
+        key = (sql, tuple((n, s.to_string()) for n, s in sorted(self.inputs.items())))
+        with _PROBED_LOCK:
+            found = _PROBED.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            try:
+                found = _probe_types(probe, sql, self.inputs)
+            except _Refused as refused:
+                found = refused
+            with _PROBED_LOCK:
+                if len(_PROBED) >= 256:
+                    _PROBED.pop(next(iter(_PROBED)))
+                _PROBED[key] = found
+        if isinstance(found, _Refused):
+            raise _Refused(str(found))
+        return found
 
 
-def _refuse_other_aggregates(con: object, sql: str) -> None:
+_PROBED: dict[tuple[Any, ...], list[exp.DataType] | _Refused | None] = {}
+_PROBED_LOCK = threading.Lock()
+_UNSEEN: Any = object()
+
+
+def _probe_types(
+    probe: exp.Query, sql: str, inputs: dict[str, pa.Schema]
+) -> list[exp.DataType] | None:
+    """See :meth:`_Distributor._probe` (``probe``: the residual, parameters as NULL)."""
+    import duckdb
+
+    con = _cursor()
+    try:
+        _refuse_other_aggregates(con, sql)
+        for name, schema in inputs.items():
+            con.register(name, schema.empty_table())
+        _refuse_non_numeric_averages(con, probe)
+        types = con.sql(sql).types
+        return [exp.DataType.build(str(t), dialect="duckdb") for t in types]
+    except (duckdb.Error, ValueError):
+        return None
+    finally:
+        con.close()
+
+
+def _refuse_non_numeric_averages(con: Any, select: exp.Query) -> None:
+    """AVG finishes as a DOUBLE sum over a count: refuse it over anything but numbers (an
+    INTERVAL's or a TIMESTAMP's average is not a number). ``con`` holds the empty inputs."""
+    assert isinstance(select, exp.Select)
+    args = [a.this for a in scope_aggregates(select) if isinstance(a, exp.Avg)]
+    if not args:
+        return
+    probe = select.copy()
+    for key in ("group", "having", "order", "limit", "offset", "distinct", "qualify"):
+        probe.set(key, None)
+    probe.set("expressions", [a.copy().as_(f"a{i}") for i, a in enumerate(args)])
+    for arg, t in zip(args, con.sql(residual_duckdb_sql(probe)).types, strict=True):
+        name = str(t).upper()
+        if not (name in _NUMERIC_TYPES or name.startswith("DECIMAL")):
+            raise _Refused(f"AVG({arg.sql()}) over a {name} is not split into partial aggregates")
+
+
+def _refuse_other_aggregates(con: Any, sql: str) -> None:
     """Raise :class:`_Refused` when ``sql`` calls a DuckDB aggregate that is not split."""
     import json
 
-    parsed = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]  # type: ignore[attr-defined]
+    parsed = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]
     called = set(_function_names(json.loads(parsed)))
-    if not called:
-        return
-    marks = ", ".join("?" for _ in called)
-    aggregates = {
-        row[0]
-        for row in con.execute(  # type: ignore[attr-defined]
-            "SELECT DISTINCT function_name FROM duckdb_functions() "
-            f"WHERE function_type = 'aggregate' AND function_name IN ({marks})",
-            sorted(called),
-        ).fetchall()
-    }
-    for name in sorted(aggregates - _SPLIT_NAMES):
+    for name in sorted((called & _aggregate_names(con)) - _SPLIT_NAMES):
         if any(word in name for word in ("quantile", "percentile", "median", "mad", "mode")):
             raise _Refused(
                 f"{name}() (a percentile or quantile) needs all of a group's rows in one place"
             )
         raise _Refused(f"{name}() is not split into partial aggregates")
+
+
+_AGGREGATES: list[frozenset[str]] = []  # DuckDB's aggregate function names, read once
+
+
+def _aggregate_names(con: Any) -> frozenset[str]:
+    if not _AGGREGATES:
+        rows = con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() "
+            "WHERE function_type = 'aggregate'"
+        ).fetchall()
+        _AGGREGATES.append(frozenset(r[0].lower() for r in rows))
+    return _AGGREGATES[0]
 
 
 def _function_names(node: object) -> list[str]:

@@ -522,3 +522,19 @@ def exact_distances(metric: str, vectors: Any, q: Any) -> Any:
         with np.errstate(invalid="ignore", divide="ignore"):
             return 1.0 - dots / norms
     return -dots if metric == "neg_ip" else dots
+
+
+def nearest(metric: str, vectors: Any, q: Any, offset: int, limit: int) -> list[tuple[int, float]]:
+    """(row, distance) of the rows of ``vectors`` nearest ``q`` by ``metric``, ranks
+    ``offset`` to ``offset + limit``: ascending distance, descending for ``ip``; ties by row.
+
+    >>> import numpy as np
+    >>> nearest("l2", np.array([[3.0, 0.0], [1.0, 0.0], [2.0, 0.0]]), [0.0, 0.0], 1, 5)
+    [(2, 2.0), (0, 3.0)]
+    """
+    import numpy as np
+
+    distances = exact_distances(metric, vectors, np.asarray(q, dtype=np.float64))
+    ranked = -distances if metric == "ip" else distances
+    order = np.argsort(ranked, kind="stable")[offset : offset + limit]
+    return [(i, float(distances[i])) for i in order.tolist()]

@@ -11,9 +11,9 @@ dates and timestamps.
 
 :func:`load_all` puts both tables into a database ``conform`` on PostgreSQL and MariaDB, a
 SQLite file, a folder of Parquet files and a MongoDB database (and where given pgvector,
-Redis, FalkorDB, Milvus and FalkorDB's Bolt endpoint), and returns the catalog of one
-federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``, ``pgv``,
-``kv``, ``g``, ``mv``, ``gb``).
+Redis, FalkorDB, Milvus, FalkorDB's Bolt endpoint and a Qdrant folder), and returns the catalog
+of one federation over all of them (sources ``pg``, ``my``, ``lite``, ``files``, ``mongo``,
+``pgv``, ``kv``, ``g``, ``mv``, ``gb``, ``qd``).
 :func:`truth` is DuckDB with the same Arrow tables loaded directly.
 
 >>> sorted(TABLES)
@@ -409,6 +409,34 @@ def _milvus_value(v: Any) -> Any:
     return v
 
 
+# Qdrant (local mode on a folder): people and orders as collections, every column a payload field
+# (the point id is the row's key, shown as column "_point"), a 2-dimensional dummy vector
+# because a collection needs one; decimals as numbers, dates and timestamps as ISO text, as for
+# Milvus.
+def load_qdrant(folder: Path) -> dict[str, Any]:
+    """``people`` and ``orders`` as collections of a local-mode folder; the source."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(folder))
+    try:
+        for name, table in TABLES.items():
+            vectors = models.VectorParams(size=2, distance=models.Distance.EUCLID)
+            client.create_collection(name, vectors_config=vectors)
+            key = table.schema.names[0]
+            points = [
+                models.PointStruct(
+                    id=row[key],
+                    vector=[0.0, 0.0],
+                    payload={k: _milvus_value(v) for k, v in row.items()},
+                )
+                for row in table.to_pylist()
+            ]
+            client.upsert(name, points)
+    finally:
+        client.close()
+    return {"kind": "qdrant", "path": str(folder), "id_column": "_point"}
+
+
 BOLT_GRAPH = "falkordb"  # FalkorDB's Bolt endpoint serves this graph whatever database is named
 
 
@@ -436,15 +464,19 @@ def load_all(
     falkordb_url: str | None = None,
     milvus_url: str | None = None,
     bolt: bool = False,
+    qdrant: bool = False,
 ) -> dict[str, Any]:
     """Load every kind (databases named ``db``); the catalog of one federation over all.
     PostgreSQL 16 with pgvector (source ``pgv``), Redis (``kv``), FalkorDB (``g``), Milvus
-    (``mv``) where given, and with ``bolt`` FalkorDB's graph over Bolt (``gb``)."""
+    (``mv``) where given, with ``bolt`` FalkorDB's graph over Bolt (``gb``) and with ``qdrant``
+    a Qdrant local-mode folder (``qd``)."""
     extra: dict[str, Any] = {}
     if milvus_url is not None:
         extra["mv"] = load_milvus(milvus_url)
     if bolt and falkordb_url is not None:
         extra["gb"] = load_bolt(falkordb_url)
+    if qdrant:
+        extra["qd"] = load_qdrant(folder / f"{db}_qdrant")
     if pgvector_dsn is not None:
         extra["pgv"] = {"kind": "postgres", "dsn": asyncio.run(load_postgres(pgvector_dsn, db))}
     if redis_url is not None:

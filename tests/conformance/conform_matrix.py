@@ -19,7 +19,7 @@ from conform_shapes import SHAPES, Shape
 
 import federator
 
-KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb")
+KINDS = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb", "qd")
 KIND_NAMES = {
     "pg": "PostgreSQL 15",
     "my": "MariaDB",
@@ -31,6 +31,7 @@ KIND_NAMES = {
     "g": "FalkorDB (label tables)",
     "mv": "Milvus scalar fields (milvus-lite server; decimals as DOUBLE, dates as text)",
     "gb": "FalkorDB over Bolt (the neo4j driver; dates as text)",
+    "qd": "Qdrant payload fields (local mode on a folder; decimals as numbers, dates as text)",
 }
 # people on the first, orders on the second: every kind with PostgreSQL both ways, a few others
 PAIRS = (
@@ -140,15 +141,16 @@ _MONGO_DECIMAL = (
     "'12.50') and a Decimal128 with a number never (a real MongoDB compares them numerically)"
 )
 _TEXT_DATES = (
-    "the source holds dates and timestamps as ISO text (Milvus has no date type; FalkorDB's "
-    "Bolt endpoint crashes sending one): comparing that text with a DATE/TIMESTAMP is a type "
-    "error (SourceError: cannot compare VARCHAR and DATE), as it is on PostgreSQL"
+    "the source holds dates and timestamps as ISO text (Milvus and Qdrant payloads have no "
+    "date type; FalkorDB's Bolt endpoint crashes sending one): comparing that text with a "
+    "DATE/TIMESTAMP is a type error (SourceError: cannot compare VARCHAR and DATE), as it is "
+    "on PostgreSQL"
 )
 KNOWN: dict[tuple[str, str], str] = {
     **{
         (shape, kind): _TEXT_DATES
         for shape in ("filter_date_range", "filter_timestamp_range")
-        for kind in ("mv", "gb")
+        for kind in ("mv", "gb", "qd")
     },
     **{
         (shape, "my"): _MYSQL_COLLATION

@@ -43,6 +43,7 @@ def conform_catalog(
         falkordb_url=falkordb_url,
         milvus_url=milvus_url,
         bolt=True,
+        qdrant=True,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import federator
 
-ALONE = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb")
+ALONE = ("pg", "my", "lite", "files", "mongo", "pgv", "kv", "g", "mv", "gb", "qd")
 PAIRS = (("pg", "my"), ("my", "pg"), ("lite", "files"), ("files", "mongo"))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from vector_truth import brute, top_k
 
 import federator
 
@@ -75,19 +76,6 @@ def fed(data: dict[str, Any], tmp_path_factory) -> Iterator[Any]:
     )
     yield f
     f.close()
-
-
-def brute(vectors: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
-    v, q = vectors.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        return np.linalg.norm(v - q, axis=1)
-    if metric == "cosine":
-        return 1 - v @ q / (np.linalg.norm(v, axis=1) * np.linalg.norm(q))
-    return -(v @ q)
-
-
-def top_k(ids: np.ndarray, dist: np.ndarray, k: int) -> list[int]:
-    return ids[np.argsort(dist, kind="stable")[:k]].tolist()
 
 
 OPS = [("<->", "l2", "L2"), ("<=>", "cosine", "COSINE"), ("<#>", "neg_ip", "IP")]

@@ -12,6 +12,7 @@ import asyncpg
 import numpy as np
 import pyarrow as pa
 import pytest
+from vector_truth import brute
 
 import federator
 from federator.sql.dialect import vector_text
@@ -68,15 +69,6 @@ def fed(pgvector_dsn: str, data: dict[str, Any], tmp_path_factory) -> Iterator[A
     )
     yield f
     f.close()
-
-
-def brute(vectors: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
-    v, q = vectors.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        return np.linalg.norm(v - q, axis=1)
-    if metric == "cosine":
-        return 1 - v @ q / (np.linalg.norm(v, axis=1) * np.linalg.norm(q))
-    return -(v @ q)
 
 
 def top_k(ids: np.ndarray, dist: np.ndarray, k: int) -> list[int]:

