@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -47,7 +48,7 @@ from federator.adapters import adapter_class
 from federator.adapters.base import Split
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, SourceConfig, redact_text
-from federator.errors import ClusterError, FederatorError, SourceError
+from federator.errors import CatalogError, ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
 from federator.plan.distribute import (
     BUCKETS_TABLE,
@@ -73,6 +74,7 @@ STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
 # Residuals over fewer input rows than this run as one DuckDB task (``[execution]
 # distribute_rows``): below it, the stages' overhead costs more than they save.
 DISTRIBUTE_ROWS = 1_000_000
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 
 
 class RayEngine:
@@ -106,6 +108,7 @@ class RayEngine:
         self.splits = int(execution.get("splits", workers))  # per plain scan, at most
         self.buckets = int(execution.get("buckets", workers))  # of a distributed residual
         self.distribute_rows = int(execution.get("distribute_rows", DISTRIBUTE_ROWS))
+        self.memory_limit = _memory_limit(execution.get("memory_limit"))  # per DuckDB task
 
     def __repr__(self) -> str:
         return f"<federator RayEngine address={self.address!r} actors={sorted(self._actors)}>"
@@ -203,10 +206,11 @@ class SourceActor:
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
 def run_residual(
-    sql: str, params: dict[str, Any], names: list[str], *tables: pa.Table
+    sql: str, params: dict[str, Any], memory: str | None, names: list[str], *tables: pa.Table
 ) -> tuple[pa.Table, str]:
-    """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on."""
-    return _run_sql(sql, params, names, tables)
+    """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on.
+    ``memory``: DuckDB's ``memory_limit`` for it (it spills past that), None: DuckDB's default."""
+    return _run_sql(sql, params, memory, names, tables)
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -216,21 +220,29 @@ def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table,
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
-def run_final(sql: str, params: dict[str, Any], *outputs: tuple[pa.Table, str]) -> tuple:
+def run_final(
+    sql: str, params: dict[str, Any], memory: str | None, *outputs: tuple[pa.Table, str]
+) -> tuple:
     """The final SQL over every bucket's output; the answer, its node, the buckets' nodes."""
     together = pa.concat_tables([table for table, _ in outputs])
-    answer, node = _run_sql(sql, params, [BUCKETS_TABLE], (together,))
+    answer, node = _run_sql(sql, params, memory, [BUCKETS_TABLE], (together,))
     return answer, node, [n for _, n in outputs]
 
 
 def _run_sql(
-    sql: str, params: dict[str, Any], names: list[str], tables: tuple[pa.Table, ...]
+    sql: str,
+    params: dict[str, Any],
+    memory: str | None,
+    names: list[str],
+    tables: tuple[pa.Table, ...],
 ) -> tuple[pa.Table, str]:
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         con.execute(f"SET threads = {max(1, int(cpus))}")
+        if memory is not None:  # checked against MEMORY_LIMIT when the catalog was read
+            con.execute(f"SET memory_limit = '{memory}'")
         for name, table in zip(names, tables, strict=True):
             con.register(name, table)
         relation = con.sql(sql, params=params or None)
@@ -265,7 +277,9 @@ class RayExecution(Execution):
         )
         lines.append(f"  stage 1: fragments from source actors: {fragments}")
         if self.plan.residual is not None:
-            lines.append(f"  stage 2: residual as {self.residual_how}")
+            limit = self.engine.memory_limit
+            memory = f" (DuckDB memory_limit {limit} per task)" if limit else ""
+            lines.append(f"  stage 2: residual as {self.residual_how}{memory}")
         return lines
 
     async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
@@ -372,7 +386,9 @@ class RayExecution(Execution):
             sql = self.plan.residual_sql
             assert sql is not None
             answer, node = await _cancelling(
-                run_residual.remote(sql, params, list(refs), *refs.values())
+                run_residual.remote(
+                    sql, params, self.engine.memory_limit, list(refs), *refs.values()
+                )
             )
             self.residual_stats.note = f"one DuckDB task on node {node}"
             return answer
@@ -419,12 +435,15 @@ class RayExecution(Execution):
             run_residual.remote(
                 split.bucket_sql,
                 params,
+                self.engine.memory_limit,
                 names,
                 *(parts[n][b] if n in parts else refs[n] for n in names),
             )
             for b in range(buckets)
         ]
-        answer, node, nodes = await _cancelling(run_final.remote(split.final_sql, params, *outputs))
+        answer, node, nodes = await _cancelling(
+            run_final.remote(split.final_sql, params, self.engine.memory_limit, *outputs)
+        )
         counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
         spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
         self.residual_stats.note = f"buckets: {spread}; final task on node {node}"
@@ -439,6 +458,17 @@ async def _cancelling(ref: Any) -> Any:
     except (asyncio.CancelledError, TimeoutError):
         ray.cancel(ref, force=True, recursive=True)  # DuckDB does not stop for an interrupt
         raise
+
+
+def _memory_limit(value: Any) -> str | None:
+    """The catalog's ``[execution] memory_limit`` ("256MB", "2GiB"), checked; None: unset."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not MEMORY_LIMIT.fullmatch(value):
+        raise CatalogError(
+            f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
+        )
+    return value
 
 
 def _joined(note: str, more: str) -> str:

@@ -71,7 +71,7 @@ DISTRIBUTE_ROWS = {"split": None, "reverse": 0}
 def test_tpch_on_ray_answers_like_one_database(cluster, tpch, split: str) -> None:
     catalog = tpch.catalog(split)
     if DISTRIBUTE_ROWS[split] is not None:
-        catalog["execution"] = {"distribute_rows": DISTRIBUTE_ROWS[split]}
+        catalog["execution"] = {"distribute_rows": DISTRIBUTE_ROWS[split], "memory_limit": "1GB"}
     with _ray_fed(catalog) as fed:
         diffs, how = [], {}
         for qid, query in sorted(tpch.queries.items()):
@@ -89,6 +89,7 @@ def test_tpch_on_ray_answers_like_one_database(cluster, tpch, split: str) -> Non
         assert not bucketed and "one DuckDB task: " in how["q03"], how["q03"]
     else:
         assert len(bucketed) >= 5, how  # the joins + aggregates that split into buckets
+        assert "DuckDB memory_limit 1GB per task" in how["q03"]
 
 
 # ---- a source of every kind the fixtures give, in one query --------------------------------

@@ -38,3 +38,11 @@ def test_an_unknown_engine_names_the_choices() -> None:
 def test_the_catalog_can_name_the_local_engine() -> None:
     with federator.connect({**CATALOG, "execution": {"engine": "local"}}) as fed:
         assert fed.engine is None
+
+
+def test_a_memory_limit_must_be_a_size() -> None:
+    from federator.execute.ray_engine import _memory_limit  # imports Ray (federator[ray])
+
+    assert _memory_limit("256MB") == "256MB" and _memory_limit(None) is None
+    with pytest.raises(federator.CatalogError, match="must be a size such as '256MB'"):
+        _memory_limit("1GB'; SET threads = 64")
