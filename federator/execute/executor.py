@@ -230,7 +230,6 @@ class Execution:
         self, frag: Fragment, keys: list[Any] | None
     ) -> AsyncIterator[pa.RecordBatch]:
         adapter = self.catalog.adapter(frag.source)
-        request = self.plan.requests[frag.id]  # with keys None, a bound request runs in full
         sem = self._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
         stats = self.stats[frag.id]
         label = f"fragment {frag.id} on source {frag.source!r}"
@@ -239,7 +238,7 @@ class Execution:
             started = time.perf_counter()
             interrupted = False
             try:
-                async with contextlib.aclosing(adapter.execute(request, keys)) as batches:
+                async with contextlib.aclosing(self._request_batches(frag, keys)) as batches:
                     async for batch in batches:
                         stats.rows += batch.num_rows
                         stats.bytes += batch.nbytes
@@ -255,6 +254,13 @@ class Execution:
                 stats.ms += (time.perf_counter() - started) * 1000
                 if not interrupted:
                     self._running.discard(label)
+
+    def _request_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The fragment's request as its source streams it (the Ray engine: from its actor);
+        with ``keys`` None, a bound request runs in full."""
+        return self.catalog.adapter(frag.source).execute(self.plan.requests[frag.id], keys)
 
     # ---- residual ----------------------------------------------------------------------
     async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:

@@ -294,29 +294,18 @@ class RayExecution(Execution):
                 stats.rows = stats.bytes = 0
         raise AssertionError("unreachable")
 
-    async def _source_batches(
+    async def _request_batches(
         self, frag: Fragment, keys: list[Any] | None
     ) -> AsyncIterator[pa.RecordBatch]:
-        stats = self.stats[frag.id]
+        """The fragment's batches from its source's actor; a failure on the cluster becomes
+        the source's own error or a :class:`ClusterError`, never a driver traceback."""
         label = f"fragment {frag.id} on source {frag.source!r}"
-        self._running.add(label)
-        started = time.perf_counter()
-        interrupted = False
         try:
             async with contextlib.aclosing(self._split_batches(frag, keys)) as batches:
                 async for batch in batches:
-                    stats.rows += batch.num_rows
-                    stats.bytes += batch.nbytes
                     yield batch
-        except (asyncio.CancelledError, TimeoutError, GeneratorExit):
-            interrupted = True  # keep the label: a timeout message names what was running
-            raise
         except RayError as e:
             raise _query_error(e, label) from None
-        finally:
-            stats.ms += (time.perf_counter() - started) * 1000
-            if not interrupted:
-                self._running.discard(label)
 
     async def _split_batches(
         self, frag: Fragment, keys: list[Any] | None
