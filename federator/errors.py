@@ -136,3 +136,12 @@ class QueryTimeoutError(FederatorError):
 
 class JoinKeyTypeError(FederatorError):
     """The two sides of a cross-source join have incompatible key types."""
+
+
+class ClusterError(FederatorError):
+    """The Ray cluster failed a query: unreachable, or a node lost with work that could not be
+    run again (``retryable`` says whether running it again may succeed)."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable

@@ -21,6 +21,7 @@ from federator.cache import Cache
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, load_catalog
 from federator.deadline import within
+from federator.errors import CatalogError
 from federator.execute import Execution
 from federator.execute.residual import default_engine
 from federator.plan.model import Plan
@@ -32,25 +33,40 @@ from federator.telemetry import QueryTrace, unwatch, watch
 
 
 def connect(
-    catalog: str | os.PathLike[str] | dict[str, Any], *, timeout: float | None = None
+    catalog: str | os.PathLike[str] | dict[str, Any],
+    *,
+    timeout: float | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
 ) -> Federation:
     """Open a federation over the sources a catalog names (a TOML path or a dict).
+
+    ``engine``: ``"local"`` (in-process, the default) or ``"ray"`` (the same plans on a Ray
+    cluster at ``ray_address``); None: the catalog's ``[execution] engine`` and ``address``.
 
     >>> fed = connect({"sources": {"demo": {"kind": "sqlite", "path": ":memory:"}}})
     >>> fed.close()
     """
     config = load_catalog(catalog)
-    return Federation(config, timeout=timeout)
+    return Federation(config, timeout=timeout, engine=engine, ray_address=ray_address)
 
 
 class Federation:
     """Runs federated SQL over the catalog's sources. Sync and async context manager."""
 
-    def __init__(self, config: CatalogConfig, *, timeout: float | None = None):
+    def __init__(
+        self,
+        config: CatalogConfig,
+        *,
+        timeout: float | None = None,
+        engine: str | None = None,
+        ray_address: str | None = None,
+    ):
         self.config = config
         settings = config.settings.get("planner", {})
         self.planner_settings = PlannerSettings.from_catalog(settings)
         self.timeout = timeout if timeout is not None else config.settings.get("timeout")
+        self.engine = _engine(config, engine, ray_address)  # None: in-process
         # Rule plug-ins (catalog `rules = [...]`, entry points) import before the adapters copy
         # their kind's rule set; their `federator_rules(fed)` hooks run once the sources exist.
         rule_hooks = load_rule_modules(config.settings.get("rules", ()))
@@ -164,16 +180,14 @@ class Federation:
         trace: QueryTrace | None = None,
     ) -> Execution:
         cache = self.cache if self.cache.enabled else None
-        return Execution(
-            plan,
-            self.catalog,
-            params,
-            timeout,
-            cache=cache,
-            max_staleness=max_staleness,
-            spent=spent,
-            trace=trace,
-        )
+        options = dict(cache=cache, max_staleness=max_staleness, spent=spent, trace=trace)
+        if self.engine is not None:
+            from federator.execute.ray_engine import RayExecution
+
+            return RayExecution(
+                plan, self.catalog, params, timeout=timeout, engine=self.engine, **options
+            )
+        return Execution(plan, self.catalog, params, timeout, **options)
 
     # ---- planning --------------------------------------------------------------------
     async def plan_async(self, query: str | exp.Query, params: Mapping[str, Any]) -> Plan:
@@ -229,6 +243,8 @@ class Federation:
                 await stream.aclose()
         await self.cache.close()
         await self.catalog.close()
+        if self.engine is not None:
+            await self.engine.aclose()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -252,6 +268,25 @@ class Federation:
         if not getattr(self, "_closed", True) and not sys.is_finalizing():
             with contextlib.suppress(Exception):
                 self.close()
+
+
+ENGINES = ("local", "ray")
+
+
+def _engine(config: CatalogConfig, engine: str | None, address: str | None) -> Any:
+    """The engine that runs this federation's plans: None for the in-process one, else a
+    :class:`federator.execute.ray_engine.RayEngine` (Ray imports only then)."""
+    settings = config.settings.get("execution", {})
+    chosen = engine or settings.get("engine", "local")
+    if chosen not in ENGINES:
+        raise CatalogError(f"unknown engine {chosen!r}: choose one of {', '.join(ENGINES)}")
+    if chosen == "local":
+        return None
+    try:
+        from federator.execute.ray_engine import RayEngine
+    except ImportError:
+        raise CatalogError("engine 'ray' needs Ray: pip install 'federator[ray]'") from None
+    return RayEngine(config, address or settings.get("address"))
 
 
 _OPEN: weakref.WeakSet[Federation] = weakref.WeakSet()

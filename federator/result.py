@@ -179,9 +179,20 @@ class Result:
         self.to_arrow()
         assert self.last_execution is not None
         ex = self.last_execution
-        return self.plan.explain(
+        explained = self.plan.explain(
             ex.stats, ex.residual_stats if self.plan.residual is not None else None
         )
+        return "\n".join([explained, *ex.engine_lines()])
+
+    def to_ray_dataset(self) -> Any:
+        """Run the query and hand the answer to Ray Data (``pip install 'federator[ray]'``).
+
+        >>> ds = fed.sql("SELECT id, label FROM pg.items").to_ray_dataset()  # doctest: +SKIP
+        >>> ds.count()  # doctest: +SKIP
+        """
+        import ray.data
+
+        return ray.data.from_arrow(self.to_arrow())
 
     # ---- async terminals -------------------------------------------------------------
     async def to_arrow_async(self) -> pa.Table:

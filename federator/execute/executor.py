@@ -108,6 +108,10 @@ class Execution:
         batches = [b async for b in self.stream()]
         return pa.Table.from_batches(batches)
 
+    def engine_lines(self) -> list[str]:
+        """What EXPLAIN ANALYZE adds about the engine that ran the plan (none in-process)."""
+        return []
+
     # ---- fragments ---------------------------------------------------------------------
     async def _fetch_all(self) -> dict[str, pa.Table]:
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
@@ -257,7 +261,6 @@ class Execution:
         self, frag: Fragment, keys: list[Any] | None
     ) -> AsyncIterator[pa.RecordBatch]:
         adapter = self.catalog.adapter(frag.source)
-        request = self.plan.requests[frag.id]  # with keys None, a bound request runs in full
         sem = self._semaphores.setdefault(frag.source, asyncio.Semaphore(adapter.max_concurrency))
         stats = self.stats[frag.id]
         label = f"fragment {frag.id} on source {frag.source!r}"
@@ -267,7 +270,7 @@ class Execution:
             interrupted = False
             try:
                 context = self._fragment_context(frag)
-                async with contextlib.aclosing(adapter.execute(request, keys)) as batches:
+                async with contextlib.aclosing(self._request_batches(frag, keys)) as batches:
                     while (batch := await _next_under(batches, context)) is not None:
                         stats.rows += batch.num_rows
                         stats.bytes += batch.nbytes
@@ -283,6 +286,13 @@ class Execution:
                 stats.ms += (time.perf_counter() - started) * 1000
                 if not interrupted:
                     self._running.discard(label)
+
+    def _request_batches(
+        self, frag: Fragment, keys: list[Any] | None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The fragment's request as its source streams it (the Ray engine: from its actor);
+        with ``keys`` None, a bound request runs in full."""
+        return self.catalog.adapter(frag.source).execute(self.plan.requests[frag.id], keys)
 
     # ---- residual ----------------------------------------------------------------------
     async def _residual(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.RecordBatch]:
