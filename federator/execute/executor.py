@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,14 @@ from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
-from federator.plan.model import Fragment, FragmentStats, Plan, bind_batches
+from federator.plan.model import (
+    Fragment,
+    FragmentStats,
+    Plan,
+    alternative_id,
+    bind_batches,
+    choose_bind,
+)
 from federator.telemetry import QueryTrace, RunTrace
 
 if TYPE_CHECKING:
@@ -143,7 +151,9 @@ class Execution:
         keys = None
         if frag.bind is not None and frag.bind.race and frag.top_k is None:
             return await self._fetch_racing(frag, tasks[frag.bind.producer])
-        if frag.bind is not None:
+        if frag.bind is not None and frag.bind.alternatives and frag.top_k is None:
+            keys = await self._chosen_bind_keys(frag, tasks)
+        elif frag.bind is not None:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
         if frag.top_k is not None:  # vector top-k: pre/post filter from the actual key count
@@ -181,15 +191,40 @@ class Execution:
                 with contextlib.suppress(BaseException):
                     await full
 
+    async def _chosen_bind_keys(
+        self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]
+    ) -> list[Any] | None:
+        """A bind with alternatives: wait for every producer, then bind the key set that
+        keeps the smallest share of the consumer (:func:`choose_bind`), or fetch in full."""
+        assert frag.bind is not None
+        binds = [frag.bind, *frag.bind.alternatives]
+        keys = []
+        for b in binds:
+            produced = await asyncio.shield(tasks[b.producer])
+            keys.append(_distinct(produced, b.producer_column))
+        index, why = choose_bind(binds, [len(k) for k in keys], self.bind_fallback_keys)
+        if index is None:
+            self.stats[frag.id].note = why
+            return None
+        if index > 0:  # this execution's plan sends the alternative's request instead
+            chosen = self.plan.requests[alternative_id(frag.id, index - 1)]
+            self.plan = dataclasses.replace(
+                self.plan, requests={**self.plan.requests, frag.id: chosen}
+            )
+        return self._bound(frag, keys[index], why)
+
     def _bind_keys(self, frag: Fragment, produced: pa.Table) -> list[Any] | None:
         assert frag.bind is not None
-        column = produced.column(frag.bind.producer_column)
-        keys = pc.unique(column.combine_chunks()).drop_null()
-        stats = self.stats[frag.id]
+        keys = _distinct(produced, frag.bind.producer_column)
         bind, why = frag.bind.decide(len(keys), self.bind_fallback_keys)
         if not bind:
-            stats.note = why
+            self.stats[frag.id].note = why
             return None
+        return self._bound(frag, keys, why)
+
+    def _bound(self, frag: Fragment, keys: pa.Array, why: str) -> list[Any]:
+        """``keys`` to bind into ``frag``'s request; EXPLAIN ANALYZE notes ``why``."""
+        stats = self.stats[frag.id]
         spec = self.plan.requests[frag.id].bind
         if spec is not None:
             batches = bind_batches(len(keys), spec.batch_size)
@@ -301,6 +336,11 @@ class Execution:
             return reader, head
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+def _distinct(produced: pa.Table, column: str) -> pa.Array:
+    """The distinct non-null values of a producer's key column."""
+    return pc.unique(produced.column(column).combine_chunks()).drop_null()
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

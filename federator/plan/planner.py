@@ -25,6 +25,7 @@ One idea per module, in the order a query meets them:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from federator.adapters.base import TableInfo
 from federator.catalog import Catalog
 from federator.plan.binding import bind_params, bind_tables, check_params
 from federator.plan.fragments import SplitResult
-from federator.plan.model import Plan
+from federator.plan.model import Fragment, NativeRequest, Plan, alternative_id
 from federator.plan.param_types import check_param_types
 from federator.plan.passes import PASSES, optimize, pass_names, sqlglot_schema
 from federator.plan.settings import PlannerSettings
@@ -155,7 +156,7 @@ class Planner:
         split = await self._split_with_source_estimates(tree, infos, params)
         if _has_subquery(as_written):
             split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)
-        requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
+        requests = self._requests(split.fragments)
         residual_sql = None
         if split.residual is not None:
             residual_sql = residual_duckdb_sql(split.residual)
@@ -167,6 +168,17 @@ class Planner:
             notes=split.notes,
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
         )
+
+    def _requests(self, fragments: list[Fragment]) -> dict[str, NativeRequest]:
+        """Each fragment's native request, and one per alternative bind of it
+        (:func:`~federator.plan.model.alternative_id`): the executor picks one at run time."""
+        requests = {}
+        for f in fragments:
+            translate = self.catalog.adapter(f.source).translate
+            requests[f.id] = translate(f)
+            for i, alt in enumerate(f.bind.alternatives if f.bind is not None else ()):
+                requests[alternative_id(f.id, i)] = translate(dataclasses.replace(f, bind=alt))
+        return requests
 
     def _splitter(
         self, infos: list[TableInfo], observed: Mapping[tuple[str, str], int] | None = None
