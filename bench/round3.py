@@ -130,6 +130,7 @@ def _run(env: Any, split: str, qids: list[str], repeats: int) -> list[str]:
             cells.append(" / ".join(correct))
             cells += [_pair(m, 0) for m in moved]
             rows.append("| " + " | ".join(cells) + " |")
+            print("ROW " + rows[-1], flush=True)  # a run cut short keeps its rows in the log
     finally:
         for fed in feds.values():
             fed.close()

@@ -27,6 +27,7 @@ from federator.plan.model import (
     bind_batches,
     choose_bind,
 )
+from federator.plan.ship import ROWS_PARAM, shippable, shipped_fragment
 from federator.telemetry import QueryTrace, RunTrace
 
 if TYPE_CHECKING:
@@ -100,6 +101,10 @@ class Execution:
             if self.plan.residual is None:
                 async for batch in self._fragment_batches(self.plan.fragments[0], None):
                     yield batch
+            elif self.plan.ship is not None and self.cache is None:
+                async with contextlib.aclosing(self._shipped_or_split()) as answer:
+                    async for batch in answer:
+                        yield batch
             elif self.cache is not None:  # the join cache, which falls back to the below
                 async with contextlib.aclosing(self.cache.join_batches(self)) as joined:
                     async for batch in joined:
@@ -113,15 +118,62 @@ class Execution:
         batches = [b async for b in self.stream()]
         return pa.Table.from_batches(batches)
 
+    # ---- the small side shipped to the big source (federator.plan.ship) ------------------
+    async def _shipped_or_split(self) -> AsyncIterator[pa.RecordBatch]:
+        """Fetch the small side; when few enough rows come, send them to the big side's
+        source with the rest of the query, else run the plan as split (the rows kept)."""
+        ship = self.plan.ship
+        small = self.plan.fragment(ship.small)
+        table = await self._collect(small, None)
+        if table.num_rows <= ship.max_rows and shippable(table.schema):
+            async with contextlib.aclosing(self._shipped(table)) as batches:
+                async for batch in batches:
+                    yield batch
+            return
+        self.stats[small.id].note = (
+            f"not shipped to {ship.source}: {table.num_rows:,} rows came "
+            f"(> ship_max_rows {ship.max_rows:,}, or a type without an array)"
+        )
+        tables = await self._fetch_all(ready={small.id: table})
+        async for batch in self._residual(tables):
+            yield batch
+
+    async def _shipped(self, small_rows: pa.Table) -> AsyncIterator[pa.RecordBatch]:
+        """The whole query on the big side's source, the small side's rows as arrays."""
+        ship = self.plan.ship
+        big = self.plan.fragment(ship.big)
+        assert self.plan.residual is not None
+        query = shipped_fragment(ship, small_rows.schema)
+        columns = [s.alias_or_name for s in self.plan.residual.selects]
+        request = self.catalog.adapter(ship.source).translate(
+            Fragment(id=big.id, source=ship.source, query=query, columns=columns)
+        )
+        arrays = {
+            f"{ROWS_PARAM}{i}": small_rows.column(c).to_pylist() for i, c in enumerate(ship.columns)
+        }
+        request = request.with_params({**self.params, **arrays})
+        self.plan = dataclasses.replace(self.plan, requests={**self.plan.requests, big.id: request})
+        self.stats[big.id].note = (
+            f"shipped: {ship.small}'s {small_rows.num_rows:,} rows sent to {ship.source} as "
+            f"arrays; {ship.source} ran the whole query (the residual did not run)"
+        )
+        with self._fragment_span(big, cached=False):
+            async with contextlib.aclosing(self._source_batches(big, None)) as batches:
+                async for batch in batches:
+                    yield batch
+
     # ---- fragments ---------------------------------------------------------------------
-    async def _fetch_all(self) -> dict[str, pa.Table]:
+    async def _fetch_all(self, ready: dict[str, pa.Table] | None = None) -> dict[str, pa.Table]:
+        """Every fragment's rows (``ready``: those already fetched)."""
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
         first: dict[tuple[str, str, str, str], str] = {}  # identical requests run once
         try:
             async with asyncio.TaskGroup() as group:
                 for frag in self.plan.fragments:
                     key = self._share_key(frag)
-                    if key is not None and key in first:
+                    if ready and frag.id in ready:
+                        fetch = _ready(ready[frag.id])
+                    elif key is not None and key in first:
                         fetch = self._shared(frag, tasks[first[key]], first[key])
                     else:
                         if key is not None:
@@ -336,6 +388,10 @@ class Execution:
             return reader, head
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+async def _ready(table: pa.Table) -> pa.Table:
+    return table
 
 
 def _distinct(produced: pa.Table, column: str) -> pa.Array:

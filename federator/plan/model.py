@@ -245,6 +245,9 @@ class Plan:
     residual_sql: str | None = None
     notes: list[str] = field(default_factory=list)
     source_kinds: dict[str, str] = field(default_factory=dict)
+    # The small side's rows shipped to the big side's source, decided at run time
+    # (federator.plan.ship.ShipSmallSide); None: not planned.
+    ship: Any = None
     # Facts later layers derive from the planned trees (the cache's shape key, table references,
     # volatility), computed once: every binding of this plan (bind_params copies the Plan, not
     # this dict) shares them. Nothing may mutate the trees after planning.
@@ -269,6 +272,8 @@ class Plan:
             lines.extend("  " + ln for ln in self.residual_sql.splitlines())
             if residual_stats is not None:
                 lines.append("  " + _stats_line(residual_stats))
+        if self.ship is not None:
+            lines.append(f"Ship small side: {self.ship.reason}")
         for note in self.notes:
             lines.append(f"Note: {note}")
         return "\n".join(lines)

@@ -43,9 +43,11 @@ from federator.plan.model import Fragment, NativeRequest, Plan, alternative_id
 from federator.plan.param_types import check_param_types
 from federator.plan.passes import PASSES, optimize, pass_names, sqlglot_schema
 from federator.plan.settings import PlannerSettings
+from federator.plan.ship import plan_ship
 from federator.plan.source_estimates import SourceEstimates
 from federator.plan.split import Splitter
 from federator.plan.tree import collect_columns, field_type, free_aliases, rename_columns
+from federator.rules import RuleSet
 from federator.sql.depth import with_nesting_room
 from federator.sql.dialect import (
     Federated,
@@ -167,6 +169,7 @@ class Planner:
             residual_sql=residual_sql,
             notes=split.notes,
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
+            ship=plan_ship(split.fragments, split.residual, self._rules(), self.settings),
         )
 
     def _requests(self, fragments: list[Fragment]) -> dict[str, NativeRequest]:
@@ -180,11 +183,14 @@ class Planner:
                 requests[alternative_id(f.id, i)] = translate(dataclasses.replace(f, bind=alt))
         return requests
 
+    def _rules(self) -> dict[str, RuleSet]:
+        return {name: a.rules for name, a in self.catalog.adapters.items()}
+
     def _splitter(
         self, infos: list[TableInfo], observed: Mapping[tuple[str, str], int] | None = None
     ) -> Splitter:
         return Splitter(
-            {name: a.rules for name, a in self.catalog.adapters.items()},
+            self._rules(),
             {(i.source, i.ref.schema, i.ref.name): i for i in infos},
             self.settings,
             observed,

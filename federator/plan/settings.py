@@ -44,6 +44,11 @@ class PlannerSettings:
     # keys) waits for all of them and binds the keys keeping the smallest share of it; False:
     # the bind planned first, from the estimates alone.
     bind_alternatives: bool = True
+    # Ship the small side to the big source (federator.plan.ship): a two-fragment query whose
+    # big side's source can run the rest itself gets the small side's rows as array
+    # parameters when at most this many come (0: never, the default: measured slower on
+    # TPC-H Q4, where PostgreSQL then aggregates a decorrelated subquery over all lineitem).
+    ship_max_rows: int = 0
     # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
     # binds the other side's keys into the search, "post" over-fetches k x factor and filters
     # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.

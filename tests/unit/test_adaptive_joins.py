@@ -22,6 +22,7 @@ from federator.plan.planner import (
     optimize,
     sqlglot_schema,
 )
+from federator.plan.ship import ShipSmallSide, plan_ship, shippable, shipped_fragment
 from federator.sql.dialect import Federated, parse
 
 INT = pa.int64()
@@ -431,3 +432,53 @@ def test_an_unknown_share_ranks_last_then_by_keys() -> None:
     plain = BindJoin("f2", "k", exp.column("k"), "k", "")
     assert choose_bind([plain, orders], [10, 46_000])[0] == 1
     assert choose_bind([plain, BindJoin("f3", "j", exp.column("j"), "j", "")], [50, 10])[0] == 1
+
+
+# ---- the small side shipped to the big source (federator.plan.ship) -------------------------
+Q4 = """
+SELECT o.o_orderdate, count(*) AS n
+FROM my.db.orders o
+WHERE o.o_orderdate >= DATE '1993-07-01' AND o.o_orderdate < DATE '1993-10-01'
+  AND EXISTS (SELECT * FROM pg.public.lineitem l WHERE l.l_orderkey = o.o_orderkey AND l.l_qty > 10)
+GROUP BY o.o_orderdate
+ORDER BY o.o_orderdate
+"""
+
+
+def _ship(sql: str, **settings: object) -> tuple[SplitResult, ShipSmallSide | None]:
+    result = split(sql, infos(rows={"lineitem": 3_000_000}), **settings)
+    rules = {"pg": rule_set_for("postgres"), "my": rule_set_for("mysql")}
+    return result, plan_ship(result.fragments, result.residual, rules, PlannerSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_the_small_sides_rows_go_to_postgres_as_arrays_with_the_rest_of_the_query() -> None:
+    result, ship = _ship(Q4, ship_max_rows=50_000)
+    assert ship is not None and ship.source == "pg"
+    orders = by_tables(result)[frozenset({"orders"})]
+    assert (ship.small, ship.columns) == (orders.id, orders.columns)
+    schema = pa.schema([(c, INT if c == "o_orderkey" else DATE) for c in orders.columns])
+    sent = shipped_fragment(ship, schema).sql(dialect="postgres")
+    arrays = ", ".join(
+        f"CAST(%(__rows{i})s AS {'BIGINT' if c == 'o_orderkey' else 'DATE'}[])"
+        for i, c in enumerate(orders.columns)
+    )
+    assert f"FROM UNNEST({arrays}) AS o({', '.join(orders.columns)})" in sent
+    assert "pg.public.lineitem" in sent and "l.l_qty > 10" in sent  # the big side inlined
+    assert "GROUP BY o.o_orderdate ORDER BY" in sent  # the aggregate runs there too
+    assert {t.name for t in exp.maybe_parse(sent, dialect="postgres").find_all(exp.Table)} == {
+        "lineitem"
+    }
+
+
+def test_no_ship_when_off_too_big_or_to_a_source_without_rows_parameters() -> None:
+    assert _ship(Q4)[1] is None  # ship_max_rows 0: the default
+    assert _ship(Q4, ship_max_rows=10)[1] is None  # orders estimated above it
+    result = split(Q4, infos(rows={"lineitem": 3_000_000}), ship_max_rows=50_000)
+    mysql_only = {"pg": rule_set_for("mysql"), "my": rule_set_for("mysql")}
+    on = PlannerSettings(ship_max_rows=50_000)
+    assert plan_ship(result.fragments, result.residual, mysql_only, on) is None  # type: ignore[arg-type]
+
+
+def test_a_column_without_an_array_type_is_not_shipped() -> None:
+    assert shippable(pa.schema([("k", INT), ("d", DATE), ("s", STR)]))
+    assert not shippable(pa.schema([("b", pa.binary())]))
