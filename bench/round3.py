@@ -26,7 +26,7 @@ import federator
 
 from . import tpch
 from .env import start
-from .round2 import _answer, _geomean, _pair
+from .round2 import _answer, _geomean, _pair, write_report
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "round 2": {"bind_alternatives": False},
@@ -61,18 +61,15 @@ def main(argv: list[str] | None = None) -> int:
             loads.append(os.getloadavg()[0])
     finally:
         env.stop()
-    head = [
-        f"# TPC-H SF {args.sf:g}, both splits: binds chosen on observed keys (commit {commit})",
+    title = f"# TPC-H SF {args.sf:g}, both splits: binds chosen on observed keys (commit {commit})"
+    average = ", ".join(f"{x:.1f}" for x in loads)
+    lines = [
+        f"Load average (1 min) at the start and after each split: {average} (a shared 2-core "
+        "machine).",
         "",
-        f"Command: `python -m bench.round3 {' '.join(argv or sys.argv[1:])}`; load: {loaded}.",
-        f"Load average (1 min) at the start and after each split: "
-        f"{', '.join(f'{x:.1f}' for x in loads)} (a shared 2-core machine).",
-        "Best of the repeats; ratio = time / single PostgreSQL; rows moved pg / my.",
-        "",
+        *lines,
     ]
-    text = "\n".join(head + lines) + "\n"
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, title, f"bench.round3 {' '.join(argv or sys.argv[1:])}", loaded, lines)
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from sqlglot import exp
 
+from federator.catalog import arrow_to_sql_type
 from federator.plan.model import Fragment
 from federator.plan.settings import PlannerSettings
 from federator.rules import RuleSet
@@ -120,18 +121,18 @@ def shippable(schema: pa.Schema) -> bool:
 
 
 def _sql_type(t: pa.DataType) -> str:
-    if pa.types.is_integer(t):
-        return "BIGINT"
-    if pa.types.is_floating(t):
-        return "DOUBLE"
-    if pa.types.is_decimal(t):
-        return f"DECIMAL({t.precision}, {t.scale})"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "TEXT"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    raise TypeError(f"no array type for {t}")
+    if not any(is_type(t) for is_type in _ARRAY_TYPES):
+        raise TypeError(f"no array type for {t}")
+    return arrow_to_sql_type(t)
+
+
+_ARRAY_TYPES = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_date,
+    pa.types.is_boolean,
+    pa.types.is_timestamp,
+)
