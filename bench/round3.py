@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg")
     ap.add_argument("--mysql")
     ap.add_argument("--tpch-loaded", action="store_true")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="names, comma-separated")
     ap.add_argument("--out", default="bench/results/tpch-round3.md")
     args = ap.parse_args(argv)
     tp = tpch._tp()
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         loaded = "already loaded" if args.tpch_loaded else _load(env, args.sf)
         lines = []
         for split in args.splits.split(","):
-            lines += _run(env, split, qids, args.repeats)
+            variants = {n: VARIANTS[n] for n in args.variants.split(",")}
+            lines += _run(env, split, qids, args.repeats, variants)
             loads.append(os.getloadavg()[0])
     finally:
         env.stop()
@@ -82,7 +84,9 @@ def _load(env: Any, sf: float) -> str:
     return f"{time.perf_counter() - t0:.0f} s"
 
 
-def _run(env: Any, split: str, qids: list[str], repeats: int) -> list[str]:
+def _run(
+    env: Any, split: str, qids: list[str], repeats: int, variants: dict[str, dict[str, Any]]
+) -> list[str]:
     tp = tpch._tp()
     queries = tp.load_queries()
     sources = {
@@ -93,19 +97,19 @@ def _run(env: Any, split: str, qids: list[str], repeats: int) -> list[str]:
     truth_conn = loop.run_until_complete(asyncpg.connect(tp._with_db(env.pg_dsn, tp.TRUTH_DB)))
     feds = {
         name: federator.connect({"sources": sources, "planner": planner}, timeout=600)
-        for name, planner in VARIANTS.items()
+        for name, planner in variants.items()
     }
     rows = [
         f"## Split {split!r} (PostgreSQL: {', '.join(tp.PG_SIDE[split])})",
         "",
         "| query | single PG s | "
-        + " | ".join(f"{n} s | ratio" for n in VARIANTS)
+        + " | ".join(f"{n} s | ratio" for n in variants)
         + " | correct | "
-        + " | ".join(f"rows moved {n}" for n in VARIANTS)
+        + " | ".join(f"rows moved {n}" for n in variants)
         + " |",
-        "|---|---:|" + "---:|---:|" * len(VARIANTS) + "---|" + "---:|" * len(VARIANTS),
+        "|---|---:|" + "---:|---:|" * len(variants) + "---|" + "---:|" * len(variants),
     ]
-    ratios: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    ratios: dict[str, list[float]] = {n: [] for n in variants}
     try:
         for qid in qids:
             q = queries[qid]
@@ -123,7 +127,8 @@ def _run(env: Any, split: str, qids: list[str], repeats: int) -> list[str]:
                 )
                 moved.append(tpch._moved(res.last_execution))
                 print(f"{split} {qid} {name}: {seconds:.3f} s ({seconds / pg_s:.2f}x)", flush=True)
-                print(res.explain(analyze=True), flush=True)
+                ex = res.last_execution  # the timed run's plan and stats, not a run more
+                print(ex.plan.explain(ex.stats, ex.residual_stats), flush=True)
             cells.append(" / ".join(correct))
             cells += [_pair(m, 0) for m in moved]
             rows.append("| " + " | ".join(cells) + " |")
