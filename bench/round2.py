@@ -53,17 +53,23 @@ def main(argv: list[str] | None = None) -> int:
         lines = _run(env, args.queries.split(","), args.repeats, variants)
     finally:
         env.stop()
+    title = f"# TPC-H SF {args.sf:g}: before/after (commit {commit})"
+    write_report(args.out, title, f"bench.round2 {' '.join(argv or sys.argv[1:])}", loaded, lines)
+    return 0
+
+
+def write_report(out: str, title: str, command: str, loaded: str, lines: list[str]) -> None:
+    """The report: a title, how it was run, then ``lines``; printed too."""
     head = [
-        f"# TPC-H SF {args.sf:g}: before/after (commit {commit})",
+        title,
         "",
-        f"Command: `python -m bench.round2 {' '.join(argv or sys.argv[1:])}`; load: {loaded}.",
+        f"Command: `python -m {command}`; load: {loaded}.",
         "Best of the repeats; ratio = time / single PostgreSQL; rows moved pg / my.",
         "",
     ]
     text = "\n".join(head + lines) + "\n"
-    Path(args.out).write_text(text)
+    Path(out).write_text(text)
     print(text)
-    return 0
 
 
 def _load(env: Any, sf: float) -> str:

@@ -178,8 +178,8 @@ class Result:
             return "\n".join([self.plan.explain(), *lines])
         self.to_arrow()
         assert self.last_execution is not None
-        ex = self.last_execution
-        explained = self.plan.explain(
+        ex = self.last_execution  # its plan: the requests as sent (an alternative bind's)
+        explained = ex.plan.explain(
             ex.stats, ex.residual_stats if self.plan.residual is not None else None
         )
         return "\n".join([explained, *ex.engine_lines()])

@@ -244,6 +244,14 @@ def _average_as_sum_over_count(node: exp.Expression) -> exp.Expression:
     return exp.Div(this=exp.Sum(this=argument.copy()), expression=count)
 
 
+def _rows_parameter(node: exp.Expression) -> bool:
+    """An ``unnest`` of array parameters cast to their types: rows the executor sends."""
+    return all(
+        isinstance(a, exp.Cast) and isinstance(a.this, exp.Placeholder) and a.to.is_type("array")
+        for a in node.expressions
+    )
+
+
 POSTGRES = RELATIONAL.extend(
     "postgres",
     [
@@ -252,7 +260,9 @@ POSTGRES = RELATIONAL.extend(
         ),
         *PGVECTOR,
         Rule(exp.Avg, write=_average_as_sum_over_count, name="AVG of a double as SUM / COUNT"),
+        Rule(exp.Unnest, guard=_rows_parameter, name="rows parameter: unnest of typed arrays"),
     ],
+    # rows_parameter: rows sent as one typed array parameter per column (federator.plan.ship).
     # correlated_subquery: PostgreSQL plans its own subqueries (indexed nested loops), so a
     # query it runs whole goes as written, not as the optimizer decorrelated it.
     # partial_aggregate: a GROUP BY of its rows may be pushed below a cross-source join
@@ -264,6 +274,7 @@ POSTGRES = RELATIONAL.extend(
         "correlated_subquery",
         "partial_aggregate",
         "group_by_bytes",
+        "rows_parameter",
     },
 )
 MYSQL = RELATIONAL.extend(

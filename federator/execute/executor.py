@@ -19,7 +19,16 @@ from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import default_engine
 from federator.execute.topk import fetch_top_k, grow_top_k
-from federator.plan.model import LATEST, Fragment, FragmentStats, Plan, bind_batches
+from federator.plan.model import (
+    LATEST,
+    Fragment,
+    FragmentStats,
+    Plan,
+    alternative_id,
+    bind_batches,
+    choose_bind,
+)
+from federator.plan.ship import ROWS_PARAM, shippable, shipped_fragment
 from federator.telemetry import QueryTrace, RunTrace, reading_fragment
 
 if TYPE_CHECKING:
@@ -95,6 +104,10 @@ class Execution:
             if self.plan.residual is None:
                 async for batch in self._fragment_batches(self.plan.fragments[0], None):
                     yield batch
+            elif self.plan.ship is not None and self.cache is None:
+                async with contextlib.aclosing(self._shipped_or_split()) as answer:
+                    async for batch in answer:
+                        yield batch
             elif self.cache is not None:  # the join cache, which falls back to the below
                 async with contextlib.aclosing(self.cache.join_batches(self)) as joined:
                     async for batch in joined:
@@ -112,15 +125,62 @@ class Execution:
         """What EXPLAIN ANALYZE adds about the engine that ran the plan (none in-process)."""
         return []
 
+    # ---- the small side shipped to the big source (federator.plan.ship) ------------------
+    async def _shipped_or_split(self) -> AsyncIterator[pa.RecordBatch]:
+        """Fetch the small side; when few enough rows come, send them to the big side's
+        source with the rest of the query, else run the plan as split (the rows kept)."""
+        ship = self.plan.ship
+        small = self.plan.fragment(ship.small)
+        table = await self._collect(small, None)
+        if table.num_rows <= ship.max_rows and shippable(table.schema):
+            async with contextlib.aclosing(self._shipped(table)) as batches:
+                async for batch in batches:
+                    yield batch
+            return
+        self.stats[small.id].note = (
+            f"not shipped to {ship.source}: {table.num_rows:,} rows came "
+            f"(> ship_max_rows {ship.max_rows:,}, or a type without an array)"
+        )
+        tables = await self._fetch_all(ready={small.id: table})
+        async for batch in self._residual(tables):
+            yield batch
+
+    async def _shipped(self, small_rows: pa.Table) -> AsyncIterator[pa.RecordBatch]:
+        """The whole query on the big side's source, the small side's rows as arrays."""
+        ship = self.plan.ship
+        big = self.plan.fragment(ship.big)
+        assert self.plan.residual is not None
+        query = shipped_fragment(ship, small_rows.schema)
+        columns = [s.alias_or_name for s in self.plan.residual.selects]
+        request = self.catalog.adapter(ship.source).translate(
+            Fragment(id=big.id, source=ship.source, query=query, columns=columns)
+        )
+        arrays = {
+            f"{ROWS_PARAM}{i}": small_rows.column(c).to_pylist() for i, c in enumerate(ship.columns)
+        }
+        request = request.with_params({**self.params, **arrays})
+        self.plan = dataclasses.replace(self.plan, requests={**self.plan.requests, big.id: request})
+        self.stats[big.id].note = (
+            f"shipped: {ship.small}'s {small_rows.num_rows:,} rows sent to {ship.source} as "
+            f"arrays; {ship.source} ran the whole query (the residual did not run)"
+        )
+        with self._fragment_span(big, cached=False):
+            async with contextlib.aclosing(self._source_batches(big, None)) as batches:
+                async for batch in batches:
+                    yield batch
+
     # ---- fragments ---------------------------------------------------------------------
-    async def _fetch_all(self) -> dict[str, pa.Table]:
+    async def _fetch_all(self, ready: dict[str, pa.Table] | None = None) -> dict[str, pa.Table]:
+        """Every fragment's rows (``ready``: those already fetched)."""
         tasks: dict[str, asyncio.Task[pa.Table]] = {}
         first: dict[tuple[str, str, str, str], str] = {}  # identical requests run once
         try:
             async with asyncio.TaskGroup() as group:
                 for frag in self.plan.fragments:
                     key = self._share_key(frag)
-                    if key is not None and key in first:
+                    if ready and frag.id in ready:
+                        fetch = _ready(ready[frag.id])
+                    elif key is not None and key in first:
                         fetch = self._shared(frag, tasks[first[key]], first[key])
                     else:
                         if key is not None:
@@ -151,7 +211,9 @@ class Execution:
         keys = None
         if frag.bind is not None and frag.bind.race and frag.top_k is None:
             return await self._fetch_racing(frag, tasks[frag.bind.producer])
-        if frag.bind is not None:
+        if frag.bind is not None and frag.bind.alternatives and frag.top_k is None:
+            keys = await self._chosen_bind_keys(frag, tasks)
+        elif frag.bind is not None:
             produced = await asyncio.shield(tasks[frag.bind.producer])
             keys = self._bind_keys(frag, produced)
         if frag.window is not None:
@@ -191,15 +253,40 @@ class Execution:
                 with contextlib.suppress(BaseException):
                     await full
 
+    async def _chosen_bind_keys(
+        self, frag: Fragment, tasks: dict[str, asyncio.Task[pa.Table]]
+    ) -> list[Any] | None:
+        """A bind with alternatives: wait for every producer, then bind the key set that
+        keeps the smallest share of the consumer (:func:`choose_bind`), or fetch in full."""
+        assert frag.bind is not None
+        binds = [frag.bind, *frag.bind.alternatives]
+        keys = []
+        for b in binds:
+            produced = await asyncio.shield(tasks[b.producer])
+            keys.append(_distinct(produced, b.producer_column))
+        index, why = choose_bind(binds, [len(k) for k in keys], self.bind_fallback_keys)
+        if index is None:
+            self.stats[frag.id].note = why
+            return None
+        if index > 0:  # this execution's plan sends the alternative's request instead
+            chosen = self.plan.requests[alternative_id(frag.id, index - 1)]
+            self.plan = dataclasses.replace(
+                self.plan, requests={**self.plan.requests, frag.id: chosen}
+            )
+        return self._bound(frag, keys[index], why)
+
     def _bind_keys(self, frag: Fragment, produced: pa.Table) -> list[Any] | None:
         assert frag.bind is not None
-        column = produced.column(frag.bind.producer_column)
-        keys = pc.unique(column.combine_chunks()).drop_null()
-        stats = self.stats[frag.id]
+        keys = _distinct(produced, frag.bind.producer_column)
         bind, why = frag.bind.decide(len(keys), self.bind_fallback_keys)
         if not bind:
-            stats.note = why
+            self.stats[frag.id].note = why
             return None
+        return self._bound(frag, keys, why)
+
+    def _bound(self, frag: Fragment, keys: pa.Array, why: str) -> list[Any]:
+        """``keys`` to bind into ``frag``'s request; EXPLAIN ANALYZE notes ``why``."""
+        stats = self.stats[frag.id]
         spec = self.plan.requests[frag.id].bind
         if spec is not None:
             batches = bind_batches(len(keys), spec.batch_size)
@@ -343,6 +430,15 @@ class Execution:
             return reader, head
         except duckdb.Error as e:
             raise SourceError(f"residual query failed on DuckDB: {e}") from e
+
+
+async def _ready(table: pa.Table) -> pa.Table:
+    return table
+
+
+def _distinct(produced: pa.Table, column: str) -> pa.Array:
+    """The distinct non-null values of a producer's key column."""
+    return pc.unique(produced.column(column).combine_chunks()).drop_null()
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

@@ -146,6 +146,8 @@ class JoinPlanner(FragmentBuilder):
                 refusals.append(f"{producer[0].id} -> {consumer[0].id}: {reason}")
             else:
                 unbound.append((left, right, refusals))
+        self._plan_alternative_binds(candidates, consumers)
+        unbound = [u for u in unbound if not _alternative_of(u[0][0], u[1][0])]
         for left, right, refusals in unbound:  # after every plain bind has taken its consumer
             pairs = sorted(
                 ((left, right), (right, left)), key=lambda pc: pc[0][0].estimated_rows or 0
@@ -179,16 +181,53 @@ class JoinPlanner(FragmentBuilder):
             return frags[table], table, name, name
         return None
 
-    def _bind_refusal(self, producer: Fragment, consumer: Fragment) -> str | None:
+    def _plan_alternative_binds(
+        self,
+        candidates: list[tuple[tuple[Fragment, str, str, str], tuple[Fragment, str, str, str]]],
+        consumers: set[str] | None,
+    ) -> None:
+        """Other join keys a plainly bound consumer could take instead (its bind's
+        ``alternatives``): each producer a plain bind would accept but for the bind already
+        taken. The executor binds the key set that keeps the smallest share of the consumer
+        once the producers' rows are in (Q5: lineitem on the order keys, not the supplier's)."""
+        if not self.settings.bind_alternatives:
+            return
+        for left, right in candidates:
+            for producer, consumer in ((left, right), (right, left)):
+                cfrag, bind = consumer[0], consumer[0].bind
+                if bind is None or bind.race or bind.semi_join_of or cfrag.top_k is not None:
+                    continue
+                if consumers is not None and cfrag.id not in consumers:
+                    continue
+                taken = {bind.producer, *(a.producer for a in bind.alternatives)}
+                if producer[0].id in taken or bind.max_keys is None:
+                    continue
+                narrowed, cfrag.estimated_rows = cfrag.estimated_rows, bind.consumer_rows
+                try:  # judged on the consumer's size before its bind narrowed it
+                    if self._bind_refusal(producer[0], cfrag, alternative=True) is None and (
+                        self._filters_nothing(producer) is None
+                    ):
+                        bind.alternatives.append(
+                            self._bind_join(producer, consumer, alternative=True)
+                        )
+                finally:
+                    cfrag.estimated_rows = narrowed
+
+    def _bind_refusal(
+        self, producer: Fragment, consumer: Fragment, alternative: bool = False
+    ) -> str | None:
         """Why ``consumer`` should not take ``producer``'s keys (None: bind it).
 
         Bound when the producer is small (<= bind_max_keys) and the consumer at least
         bind_ratio times larger, or, adaptively, when the producer is larger (up to
         bind_large_max_keys) but the consumer so much larger that shipping the keys is cheaper
         than shipping its rows. The executor re-checks the actual key count at run time.
+        ``alternative``: whether it could take them instead of the bind it has (the key limit
+        is then left to the run time, which counts the keys: Q5's orders side is estimated
+        246 k rows before its own bind, and brings 46 k keys).
         """
         s = self.settings
-        if consumer.bind is not None:
+        if consumer.bind is not None and not alternative:
             return f"{consumer.id} already bound to {consumer.bind.producer}"
         if not self.rules[consumer.source].can("bind_join"):
             return f"source {consumer.source} takes no bind joins"
@@ -200,7 +239,7 @@ class JoinPlanner(FragmentBuilder):
         if p is None or c is None:
             return "no row estimate"
         limit = self._bind_key_limit(c)
-        if p > limit:
+        if p > limit and not alternative:  # an alternative's keys are counted at run time
             return f"{producer.id} estimated {p:,} rows > {limit:,} keys allowed"
         if c < s.bind_ratio * p:
             return f"{consumer.id} estimated {c:,} rows, not {s.bind_ratio:g}x {p:,}"
@@ -228,11 +267,11 @@ class JoinPlanner(FragmentBuilder):
         return max(s.bind_max_keys, min(s.bind_large_max_keys, adaptive))
 
     def _depends_on(self, frag: Fragment, other: Fragment) -> bool:
-        while frag.bind is not None:
-            if frag.bind.producer == other.id:
-                return True
-            frag = self.fragment(frag.bind.producer)
-        return False
+        """Whether ``frag`` waits for ``other``'s rows, through its bind or an alternative."""
+        if frag.bind is None:
+            return False
+        producers = [frag.bind.producer, *(a.producer for a in frag.bind.alternatives)]
+        return any(p == other.id or self._depends_on(self.fragment(p), other) for p in producers)
 
     def _bind(
         self,
@@ -240,12 +279,29 @@ class JoinPlanner(FragmentBuilder):
         consumer: tuple[Fragment, str, str, str],
         forced: bool = False,
     ) -> None:
+        cfrag = consumer[0]
+        cfrag.bind = self._bind_join(producer, consumer, forced)
+        self._narrow_estimate(producer, cfrag)
+
+    def _bind_join(
+        self,
+        producer: tuple[Fragment, str, str, str],
+        consumer: tuple[Fragment, str, str, str],
+        forced: bool = False,
+        alternative: bool = False,
+    ) -> BindJoin:
+        """``consumer`` bound to ``producer``'s keys, as planned from the estimates."""
         pfrag, _, _, pname = producer
         cfrag, calias, ccol, cname = consumer
         p, c = pfrag.estimated_rows, cfrag.estimated_rows
         limit = self._bind_key_limit(c) if c is not None else None
         if forced or p is None or c is None or limit is None:
             reason = "bound: the vector search needs the other side's keys"
+        elif alternative:
+            reason = (
+                f"{pfrag.id} estimated {p:,} rows, {cfrag.id} {c:,}: bound instead when its "
+                f"observed keys (<= {limit:,}) keep a smaller share of {cfrag.id}"
+            )
         else:
             reason = (
                 f"bound: {pfrag.id} estimated {p:,} rows <= {limit:,} keys allowed"
@@ -253,7 +309,8 @@ class JoinPlanner(FragmentBuilder):
                 + f", {cfrag.id} estimated {c:,} rows >= {self.settings.bind_ratio:g}x"
                 + "; re-checked at run time against the observed distinct keys"
             )
-        cfrag.bind = BindJoin(
+        unique = self._key_unique(producer) is True
+        return BindJoin(
             producer=pfrag.id,
             producer_column=pname,
             key=exp.column(ccol, table=calias, quoted=True),
@@ -262,8 +319,8 @@ class JoinPlanner(FragmentBuilder):
             max_keys=None if forced else limit,
             consumer_rows=None if forced else c,
             estimated_keys=p,
+            key_domain=self._table_rows(pfrag, producer[1]) if unique else None,
         )
-        self._narrow_estimate(producer, cfrag)
 
     def _narrow_estimate(self, producer: tuple[Fragment, str, str, str], cfrag: Fragment) -> None:
         """A bound consumer's estimate, when the producer's key is its table's unique key:
@@ -451,6 +508,14 @@ class JoinPlanner(FragmentBuilder):
             if origin is not None:
                 found[(it.alias, proj.alias_or_name)] = origin
         return found
+
+
+def _alternative_of(a: Fragment, b: Fragment) -> bool:
+    """Whether either fragment may take the other's keys as an alternative bind."""
+    return any(
+        x.bind is not None and any(alt.producer == y.id for alt in x.bind.alternatives)
+        for x, y in ((a, b), (b, a))
+    )
 
 
 def _output_origin(frag: Fragment, output: str) -> tuple[Fragment, str, str, str] | None:

@@ -25,6 +25,7 @@ One idea per module, in the order a query meets them:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -39,13 +40,15 @@ from federator.catalog import Catalog
 from federator.plan.asof_window import apply_windows
 from federator.plan.binding import bind_params, bind_tables, check_params
 from federator.plan.fragments import SplitResult
-from federator.plan.model import Plan
+from federator.plan.model import Fragment, NativeRequest, Plan, alternative_id
 from federator.plan.param_types import check_param_types
 from federator.plan.passes import PASSES, optimize, pass_names, sqlglot_schema
 from federator.plan.settings import PlannerSettings
+from federator.plan.ship import plan_ship
 from federator.plan.source_estimates import SourceEstimates
 from federator.plan.split import Splitter
 from federator.plan.tree import collect_columns, field_type, free_aliases, rename_columns
+from federator.rules import RuleSet
 from federator.sql.depth import with_nesting_room
 from federator.sql.dialect import (
     Federated,
@@ -157,7 +160,7 @@ class Planner:
         if _has_subquery(as_written):
             split = self._prefer_as_written(split, PASSES[0](as_written, schema=schema), infos)
         apply_windows(split.fragments)
-        requests = {f.id: self.catalog.adapter(f.source).translate(f) for f in split.fragments}
+        requests = self._requests(split.fragments)
         for f in split.fragments:  # ASOF joins' latest-per-key requests (plan.asof_window)
             if f.window is not None and f.window.latest is not None:
                 latest = f.window.latest
@@ -172,13 +175,28 @@ class Planner:
             residual_sql=residual_sql,
             notes=split.notes,
             source_kinds={n: a.kind for n, a in self.catalog.adapters.items()},
+            ship=plan_ship(split.fragments, split.residual, self._rules(), self.settings),
         )
+
+    def _requests(self, fragments: list[Fragment]) -> dict[str, NativeRequest]:
+        """Each fragment's native request, and one per alternative bind of it
+        (:func:`~federator.plan.model.alternative_id`): the executor picks one at run time."""
+        requests = {}
+        for f in fragments:
+            translate = self.catalog.adapter(f.source).translate
+            requests[f.id] = translate(f)
+            for i, alt in enumerate(f.bind.alternatives if f.bind is not None else ()):
+                requests[alternative_id(f.id, i)] = translate(dataclasses.replace(f, bind=alt))
+        return requests
+
+    def _rules(self) -> dict[str, RuleSet]:
+        return {name: a.rules for name, a in self.catalog.adapters.items()}
 
     def _splitter(
         self, infos: list[TableInfo], observed: Mapping[tuple[str, str], int] | None = None
     ) -> Splitter:
         return Splitter(
-            {name: a.rules for name, a in self.catalog.adapters.items()},
+            self._rules(),
             {(i.source, i.ref.schema, i.ref.name): i for i in infos},
             self.settings,
             observed,

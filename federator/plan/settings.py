@@ -10,7 +10,7 @@ from federator.errors import CatalogError
 
 _POSITIVE = ("bind_ratio", "bind_large_ratio", "semi_join_ratio", "bind_batch_size", "post_factor")
 _VECTOR_FILTERS = ("auto", "pre", "post")
-_SWITCHES = ("bind_race", "partial_aggregate")
+_SWITCHES = ("bind_race", "bind_alternatives", "partial_aggregate")
 
 
 @dataclass
@@ -40,6 +40,15 @@ class PlannerSettings:
     # the full fetch at once and cancels it if the keys come first and pay (no waiting when
     # the bind is dropped, but wasted work when it is not: it lost on a busy 2-core machine).
     bind_race: bool = False
+    # A consumer several producers could bind (TPC-H Q5's lineitem: order keys or supplier
+    # keys) waits for all of them and binds the keys keeping the smallest share of it; False:
+    # the bind planned first, from the estimates alone.
+    bind_alternatives: bool = True
+    # Ship the small side to the big source (federator.plan.ship): a two-fragment query whose
+    # big side's source can run the rest itself gets the small side's rows as array
+    # parameters when at most this many come (0: never, the default: measured slower on
+    # TPC-H Q4, where PostgreSQL then aggregates a decorrelated subquery over all lineitem).
+    ship_max_rows: int = 0
     # A vector top-k (ORDER BY <distance> LIMIT k) whose filter is on another source: "pre"
     # binds the other side's keys into the search, "post" over-fetches k x factor and filters
     # after; "auto" picks pre when the keys are at most prefilter_selectivity of the collection.

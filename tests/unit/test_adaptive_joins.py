@@ -14,7 +14,7 @@ from federator.rules import rule_set_for
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from federator.plan.model import BindJoin, Fragment, bind_batches
+from federator.plan.model import BindJoin, Fragment, bind_batches, choose_bind
 from federator.plan.planner import (
     PlannerSettings,
     SplitResult,
@@ -22,6 +22,7 @@ from federator.plan.planner import (
     optimize,
     sqlglot_schema,
 )
+from federator.plan.ship import ShipSmallSide, plan_ship, shippable, shipped_fragment
 from federator.sql.dialect import Federated, parse
 
 INT = pa.int64()
@@ -365,3 +366,119 @@ def test_a_producer_keeping_every_key_of_its_table_is_not_bound() -> None:
         Q9_WHOLE_DIMENSION.replace("GROUP BY", "AND s.s_nationkey = 3 GROUP BY"), infos()
     )
     assert by_tables(filtered)[frozenset({"lineitem"})].bind is not None
+
+
+# ---- a consumer several producers could bind: chosen at run time ---------------------------
+Q5 = """
+SELECT n.n_name, sum(l.l_qty) AS qty
+FROM my.db.customer c, my.db.orders o, pg.public.lineitem l, my.db.supplier s, my.db.nation n
+WHERE c.c_custkey = o.o_custkey AND l.l_orderkey = o.o_orderkey AND l.l_suppkey = s.s_suppkey
+  AND c.c_nationkey = s.s_nationkey AND s.s_nationkey = n.n_nationkey AND n.n_name = 'CHINA'
+  AND o.o_orderdate >= DATE '1994-01-01' AND o.o_orderdate < DATE '1995-01-01'
+GROUP BY n.n_name
+"""
+
+
+def test_a_consumer_two_producers_could_bind_keeps_both_binds() -> None:
+    """Q5's lineitem could take the order keys or the supplier keys: it keeps both, each with
+    the size of its key's table, and the executor binds the one that keeps less of it."""
+    groups = by_tables(split(Q5, infos()))
+    line = groups[frozenset({"lineitem"})]
+    orders = next(f for t, f in groups.items() if "orders" in t)
+    supplier = next(f for t, f in groups.items() if "supplier" in t)
+    assert line.bind is not None and len(line.bind.alternatives) == 1
+    binds = {b.producer: b for b in (line.bind, *line.bind.alternatives)}
+    assert set(binds) == {orders.id, supplier.id}
+    assert binds[orders.id].key.name == "l_orderkey" and binds[orders.id].key_domain == 75_000
+    assert binds[supplier.id].key.name == "l_suppkey" and binds[supplier.id].key_domain == 500
+
+
+def test_alternative_binds_can_be_turned_off() -> None:
+    line = by_tables(split(Q5, infos(), bind_alternatives=False))[frozenset({"lineitem"})]
+    assert line.bind is not None and line.bind.alternatives == []
+
+
+def _q5_binds() -> tuple[BindJoin, BindJoin]:
+    supplier = BindJoin(
+        "f1", "s_suppkey", exp.column("l_suppkey"), "l_suppkey", "", key_domain=10_000
+    )
+    orders = BindJoin(
+        "f0", "o_orderkey", exp.column("l_orderkey"), "l_orderkey", "", key_domain=1_500_000
+    )
+    return supplier, orders
+
+
+def test_the_bind_keeping_the_smaller_share_is_chosen_not_the_fewer_keys() -> None:
+    supplier, orders = _q5_binds()
+    index, why = choose_bind([supplier, orders], [2_003, 46_000])
+    assert index == 1
+    assert (
+        "chose f0.o_orderkey" in why and "(20.0% of 10,000)" in why and "(3.1% of 1,500,000)" in why
+    )
+    # fewer order keys than that share: still the order keys; more: the supplier keys
+    assert choose_bind([supplier, orders], [2_003, 2_000])[0] == 1
+    assert choose_bind([supplier, orders], [2_003, 600_000])[0] == 0
+
+
+def test_a_bind_the_ceiling_refuses_is_not_chosen() -> None:
+    supplier, orders = _q5_binds()
+    assert choose_bind([supplier, orders], [2_003, 46_000], limit=10_000)[0] == 0
+    index, why = choose_bind([supplier, orders], [20_000, 46_000], limit=10_000)
+    assert index is None and why.count("bind dropped at run time") == 2
+
+
+def test_an_unknown_share_ranks_last_then_by_keys() -> None:
+    orders = _q5_binds()[1]
+    plain = BindJoin("f2", "k", exp.column("k"), "k", "")
+    assert choose_bind([plain, orders], [10, 46_000])[0] == 1
+    assert choose_bind([plain, BindJoin("f3", "j", exp.column("j"), "j", "")], [50, 10])[0] == 1
+
+
+# ---- the small side shipped to the big source (federator.plan.ship) -------------------------
+Q4 = """
+SELECT o.o_orderdate, count(*) AS n
+FROM my.db.orders o
+WHERE o.o_orderdate >= DATE '1993-07-01' AND o.o_orderdate < DATE '1993-10-01'
+  AND EXISTS (SELECT * FROM pg.public.lineitem l WHERE l.l_orderkey = o.o_orderkey AND l.l_qty > 10)
+GROUP BY o.o_orderdate
+ORDER BY o.o_orderdate
+"""
+
+
+def _ship(sql: str, **settings: object) -> tuple[SplitResult, ShipSmallSide | None]:
+    result = split(sql, infos(rows={"lineitem": 3_000_000}), **settings)
+    rules = {"pg": rule_set_for("postgres"), "my": rule_set_for("mysql")}
+    return result, plan_ship(result.fragments, result.residual, rules, PlannerSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_the_small_sides_rows_go_to_postgres_as_arrays_with_the_rest_of_the_query() -> None:
+    result, ship = _ship(Q4, ship_max_rows=50_000)
+    assert ship is not None and ship.source == "pg"
+    orders = by_tables(result)[frozenset({"orders"})]
+    assert (ship.small, ship.columns) == (orders.id, orders.columns)
+    schema = pa.schema([(c, INT if c == "o_orderkey" else DATE) for c in orders.columns])
+    sent = shipped_fragment(ship, schema).sql(dialect="postgres")
+    arrays = ", ".join(
+        f"CAST(%(__rows{i})s AS {'BIGINT' if c == 'o_orderkey' else 'DATE'}[])"
+        for i, c in enumerate(orders.columns)
+    )
+    assert f"FROM UNNEST({arrays}) AS o({', '.join(orders.columns)})" in sent
+    assert "pg.public.lineitem" in sent and "l.l_qty > 10" in sent  # the big side inlined
+    assert "GROUP BY o.o_orderdate ORDER BY" in sent  # the aggregate runs there too
+    assert {t.name for t in exp.maybe_parse(sent, dialect="postgres").find_all(exp.Table)} == {
+        "lineitem"
+    }
+
+
+def test_no_ship_when_off_too_big_or_to_a_source_without_rows_parameters() -> None:
+    assert _ship(Q4)[1] is None  # ship_max_rows 0: the default
+    assert _ship(Q4, ship_max_rows=10)[1] is None  # orders estimated above it
+    result = split(Q4, infos(rows={"lineitem": 3_000_000}), ship_max_rows=50_000)
+    mysql_only = {"pg": rule_set_for("mysql"), "my": rule_set_for("mysql")}
+    on = PlannerSettings(ship_max_rows=50_000)
+    assert plan_ship(result.fragments, result.residual, mysql_only, on) is None  # type: ignore[arg-type]
+
+
+def test_a_column_without_an_array_type_is_not_shipped() -> None:
+    assert shippable(pa.schema([("k", INT), ("d", DATE), ("s", STR)]))
+    assert not shippable(pa.schema([("b", pa.binary())]))
