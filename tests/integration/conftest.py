@@ -38,6 +38,40 @@ async def load_pg_table(dsn: str, name: str, columns: str, rows: list[tuple[Any,
         await conn.close()
 
 
+async def fresh_pg_database(dsn: str, name: str, setup: str) -> str:
+    """Database ``name`` on ``dsn``'s server made anew (dropped first if there) with ``setup``
+    (SQL statements) run in it, then analyzed; its DSN."""
+    import asyncpg
+
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn_with_database(dsn, name))
+    try:
+        await conn.execute(setup)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return dsn_with_database(dsn, name)
+
+
+def pg_sorted_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    """``sql``'s rows on PostgreSQL, sorted: the truth a test compares a federated answer with."""
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return sorted(tuple(r) for r in await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return run_async(fetch())
+
+
 async def load_mysql_table(dsn: str, name: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
     """Table ``name`` (``columns``: its SQL column list) on MariaDB holding ``rows``, analyzed."""
     import aiomysql

@@ -11,55 +11,37 @@ from typing import Any
 
 import asyncpg
 import pytest
+from servers import dsn_with_database
 
 import federator
 
-from .conftest import run_async
+from .conftest import fresh_pg_database, pg_sorted_rows, run_async
 
 ROWS = 40_000
 DATABASE = "parallel_scan"
 
 
-async def _setup(dsn: str) -> None:
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        await admin.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(_db(dsn))
-    try:
-        await conn.execute(
-            "CREATE TABLE t AS SELECT g::bigint AS id, 'row ' || g AS name, "
-            "(g % 997 / 10.0)::numeric(8, 2) AS amount, g % 3 = 0 AS flag "
-            f"FROM generate_series(1, {ROWS}) g"
-        )
-        await conn.execute("DELETE FROM t WHERE id % 7 = 0")  # holes in some pages
-        await conn.execute("CREATE TABLE tiny AS SELECT 1::int AS id")
-        await conn.execute("CREATE VIEW v AS SELECT id, name FROM t WHERE id < 1000")
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+SETUP = f"""
+CREATE TABLE t AS SELECT g::bigint AS id, 'row ' || g AS name,
+    (g % 997 / 10.0)::numeric(8, 2) AS amount, g % 3 = 0 AS flag
+FROM generate_series(1, {ROWS}) g;
+DELETE FROM t WHERE id % 7 = 0;  -- holes in some pages
+CREATE TABLE tiny AS SELECT 1::int AS id;
+CREATE VIEW v AS SELECT id, name FROM t WHERE id < 1000;
+"""
 
 
 def _db(dsn: str) -> str:
-    return f"{dsn.rpartition('/')[0]}/{DATABASE}"
+    return dsn_with_database(dsn, DATABASE)
 
 
 def _direct(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    async def run() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(_db(dsn))
-        try:
-            return sorted(tuple(r) for r in await conn.fetch(sql))
-        finally:
-            await conn.close()
-
-    return run_async(run())
+    return pg_sorted_rows(_db(dsn), sql)
 
 
 @pytest.fixture(scope="module")
 def fed(pg_dsn: str) -> Iterator[federator.Federation]:
-    run_async(_setup(pg_dsn))
+    run_async(fresh_pg_database(pg_dsn, DATABASE, SETUP))
     source = {
         "kind": "postgres",
         "dsn": _db(pg_dsn),

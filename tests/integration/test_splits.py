@@ -22,11 +22,12 @@ import pyarrow.csv
 import pytest
 from federator.adapters import adapter_class
 from federator.adapters.base import Split
+from servers import dsn_with_database
 
 import federator
 from federator.config import SourceConfig
 
-from .conftest import run_async
+from .conftest import fresh_pg_database, pg_sorted_rows, run_async
 
 ROWS = 3_000
 
@@ -91,45 +92,27 @@ def assert_partition(parts: list[list[tuple[Any, ...]]], whole: list[tuple[Any, 
 PG_DATABASE = "splits"
 
 
-async def _pg_setup(dsn: str) -> None:
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE}")
-        await admin.execute(f"CREATE DATABASE {PG_DATABASE}")
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(_pg_db(dsn))
-    try:
-        await conn.execute(
-            "CREATE TABLE t AS SELECT g::bigint AS id, 'row ' || g AS name, "
-            f"(g % 97 / 10.0)::numeric(8, 2) AS amount FROM generate_series(1, {ROWS}) g"
-        )
-        await conn.execute("DELETE FROM t WHERE id % 7 = 0")  # holes in some pages
-        await conn.execute("CREATE TABLE empty (id int, name text)")
-        await conn.execute("CREATE VIEW v AS SELECT id, name FROM t WHERE id < 100")
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+PG_SETUP = f"""
+CREATE TABLE t AS SELECT g::bigint AS id, 'row ' || g AS name,
+    (g % 97 / 10.0)::numeric(8, 2) AS amount
+FROM generate_series(1, {ROWS}) g;
+DELETE FROM t WHERE id % 7 = 0;  -- holes in some pages
+CREATE TABLE empty (id int, name text);
+CREATE VIEW v AS SELECT id, name FROM t WHERE id < 100;
+"""
 
 
 def _pg_db(dsn: str) -> str:
-    return f"{dsn.rpartition('/')[0]}/{PG_DATABASE}"
+    return dsn_with_database(dsn, PG_DATABASE)
 
 
 def _pg_direct(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    async def run() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(_pg_db(dsn))
-        try:
-            return sorted(tuple(r) for r in await conn.fetch(sql))
-        finally:
-            await conn.close()
-
-    return run_async(run())
+    return pg_sorted_rows(_pg_db(dsn), sql)
 
 
 @pytest.fixture(scope="module")
 def pg_fed(pg_dsn: str) -> Iterator[federator.Federation]:
-    run_async(_pg_setup(pg_dsn))
+    run_async(fresh_pg_database(pg_dsn, PG_DATABASE, PG_SETUP))
     source = {"kind": "postgres", "dsn": _pg_db(pg_dsn)}
     with federator.connect({"sources": {"pg": source}}) as federation:
         yield federation
