@@ -64,6 +64,7 @@ from federator.adapters.mongo_types import (
 )
 from federator.adapters.splits import describe_range, integer_cuts
 from federator.rules import mongo as _mongo_rules  # noqa: F401  (registers the rule set)
+from federator.rules.mongo import latest_per_key
 from sqlglot import exp
 
 from federator.config import SourceConfig, redact_dsn
@@ -221,15 +222,17 @@ class MongoAdapter(Adapter):
     # ---- translate (pure) ----------------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
         query = self.rules.rewrite(fragment.query)  # rules may write a node as another
-        if not isinstance(query, exp.Select) or not isinstance(
-            query.args.get("from_") and query.args["from_"].this, exp.Table
+        latest = latest_per_key(query)
+        read = latest.inner if latest is not None else query
+        if not isinstance(read, exp.Select) or not isinstance(
+            read.args.get("from_") and read.args["from_"].this, exp.Table
         ):
             why = self.rules.refusal(query) or "it does not read one collection"
             raise UnsupportedError(
                 f"source {self.name!r} (mongo) cannot run this as one pipeline ({why}): "
                 f"{query.sql()}"
             )
-        table = query.args["from_"].this
+        table = read.args["from_"].this
         ref = TableRef(table.db, table.name)
         collection = self.collections.get(ref) or Collection(ref, {})
         translator = Translator(query, collection)

@@ -4,6 +4,8 @@
 pipeline stages over one collection (the rule set in :mod:`federator.rules.mongo` guarantees
 it can); ``Pipeline.text`` is the shell notation EXPLAIN prints. Parameters stay ``Param``
 placeholders until execution (``substitute``); bind-join keys go where ``BindKeys`` stands.
+The latest row per key (``ROW_NUMBER() … WHERE rn = 1``) is the inner query's filter, then
+``$sort`` by key and time, ``$group`` taking each key's ``$first`` document, ``$replaceRoot``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 from federator.adapters.mongo_types import Collection, FieldSpec, to_bson
-from federator.rules.mongo import AGGREGATES, is_value
+from federator.rules.mongo import AGGREGATES, is_value, latest_per_key
 from sqlglot import exp
 
 from federator.errors import UnsupportedError
@@ -139,11 +141,17 @@ class Translator:
     """Builds the pipeline of one fragment. ``fields`` maps (table alias, column) → FieldSpec."""
 
     def __init__(self, select: exp.Select, collection: Collection, rules_name: str = "mongo"):
+        self.latest = latest_per_key(select)
+        self.outer_alias = ""  # the latest-per-key subquery's alias, which the outer names
+        if self.latest is not None:
+            select, self.outer_alias = self._first_rows(select, self.latest.inner)
         self.select = select
         self.collection = collection
         table = select.args["from_"].this
         self.alias = table.alias_or_name
         self.projections = {s.alias_or_name: s.unalias() for s in select.selects}
+        if self.latest is not None:
+            self.projections = self._outer_projections()
         self.unnests: dict[str, FieldSpec] = {}  # UNNEST alias -> the array field unwound
         self.elements: dict[str, str] = {}  # UNNEST(o.tags) AS u(tag): "u" -> "tag"
         for join in select.args.get("joins") or []:
@@ -154,9 +162,28 @@ class Translator:
             if alias.columns:
                 self.elements[alias.name] = alias.columns[0].name
 
+    def _first_rows(self, outer: exp.Select, inner: exp.Select) -> tuple[exp.Select, str]:
+        """The inner query without its ROW_NUMBER column, and the subquery's alias."""
+        assert self.latest is not None
+        self._outer = outer
+        inner = inner.copy()
+        rn = self.latest.row_number
+        inner.set("expressions", [s for s in inner.selects if s.alias_or_name != rn])
+        return inner, self.latest.alias
+
+    def _outer_projections(self) -> dict[str, exp.Expression]:
+        """The outer select list, each ``s.col`` replaced by what the inner query names col."""
+        inner = self.projections
+        return {s.alias_or_name: inner[s.unalias().name] for s in self._outer.selects}
+
     # -- columns and values
     def spec(self, column: exp.Column) -> FieldSpec:
         name = column.name
+        if self.outer_alias and column.table == self.outer_alias:
+            inner = self.projections.get(name)
+            if not isinstance(inner, exp.Column):
+                raise UnsupportedError(f"{column.sql()} is not a field of the collection")
+            return self.spec(inner)
         if column.table in self.unnests:
             return self._element_spec(column)
         if column.table and column.table != self.alias:
@@ -281,6 +308,8 @@ class Translator:
         aggregates = [n for s in select.selects for n in s.find_all(*AGGREGATES)]
         having = select.args.get("having")
         distinct = select.args.get("distinct")
+        if self.latest is not None:
+            stages += self._latest_stages(self.latest.keys, self.latest.time)
         pipe = Pipeline(table.db, table.name, stages, [])
         if group is not None or aggregates or distinct or having is not None:
             self._grouped(pipe, group, distinct)
@@ -305,6 +334,36 @@ class Translator:
         if on_elements:
             stages.append({"$match": self.match(exp.and_(*on_elements, copy=False))})
         return stages
+
+    def _latest_stages(self, keys: list[exp.Column], time: exp.Ordered) -> list[dict[str, Any]]:
+        """Each key's first document in the window's time order: ``$sort`` (keys, then the
+        time with NULLs placed as SQL's ORDER BY places them), ``$group`` by the keys (a
+        missing field and NULL are one key, as NULLs are one partition), ``$replaceRoot``."""
+        desc = bool(time.args.get("desc"))
+        nulls_first = time.args.get("nulls_first")
+        nulls_first = desc if nulls_first is None else bool(nulls_first)
+        if self._never_null(time.this):
+            nulls_first = not desc  # MongoDB's own placement: no NULL flag to compute
+        sort_keys = [(self.spec(k).path, False, True) for k in keys]  # no NULL flag needed
+        sort_keys.append((self.spec(time.this).path, desc, nulls_first))
+        group_id = {
+            f"k{i}": {"$ifNull": ["$" + self.spec(k).path, None]} for i, k in enumerate(keys)
+        }
+        return [
+            *self._sort_stages(sort_keys),
+            {"$group": {"_id": group_id, "doc": {"$first": "$$ROOT"}}},
+            {"$replaceRoot": {"newRoot": "$doc"}},
+        ]
+
+    def _never_null(self, column: exp.Column) -> bool:
+        """Whether a conjunct of WHERE compares ``column`` to a value (NULL never passes)."""
+        return any(
+            isinstance(c, tuple(_OPS))
+            and not isinstance(c, exp.NEQ)
+            and any(isinstance(s, exp.Column) and s == column for s in (c.this, c.expression))
+            and any(is_value(s) for s in (c.this, c.expression))
+            for c in _conjuncts(self.select.args.get("where"))
+        )
 
     def _out_field(self, name: str, taken: set[str], i: int) -> str:
         f = name if _SAFE_FIELD.fullmatch(name) and not name.startswith("__") else f"c{i}"

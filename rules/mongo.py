@@ -3,10 +3,13 @@
 A fragment that passes these rules is one ``aggregate()`` call: WHERE → ``$match``,
 GROUP BY with COUNT/SUM/AVG/MIN/MAX (and COUNT(DISTINCT col)) → ``$group``, HAVING → ``$match``,
 ORDER BY → ``$sort``, OFFSET/LIMIT → ``$skip``/``$limit``, the select list → ``$project``,
-``CROSS JOIN UNNEST(o.items) AS it`` → ``$unwind`` (``it.qty`` is ``items.qty`` after it).
-Everything else is refused and stays in the residual: joins between collections, subqueries,
-set operations, window functions, arithmetic and other functions, comparisons that are not
-``column op value`` (or two columns of the same collection).
+``CROSS JOIN UNNEST(o.items) AS it`` → ``$unwind`` (``it.qty`` is ``items.qty`` after it),
+the latest row per key (``SELECT … FROM (SELECT …, ROW_NUMBER() OVER (PARTITION BY k ORDER
+BY ts DESC) AS rn FROM c WHERE …) AS s WHERE s.rn = 1``) → ``$sort`` + ``$group`` with
+``$first`` + ``$replaceRoot``. Everything else is refused and stays in the residual: joins
+between collections, other subqueries and window functions, set operations, arithmetic and
+other functions, comparisons that are not ``column op value`` (or two columns of the same
+collection).
 
 >>> from sqlglot import parse_one
 >>> MONGO.refusal(parse_one("SELECT a FROM m.db.c WHERE a > 1 AND b LIKE 'x%'")) is None
@@ -16,6 +19,8 @@ True
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from federator.rules.base import Rule, RuleSet, register, rules_for_classes
 from sqlglot import exp
@@ -152,7 +157,97 @@ def _unnest(node: exp.Expression) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class LatestPerKey:
+    """The parts of a latest-row-per-key query (see :func:`latest_per_key`)."""
+
+    inner: exp.Select  # the one-collection SELECT with the ROW_NUMBER column
+    alias: str  # the subquery's alias, which the outer columns name
+    row_number: str  # the ROW_NUMBER column's name
+    keys: list[exp.Column]  # PARTITION BY
+    time: exp.Ordered  # ORDER BY (one field)
+    window: int  # the ROW_NUMBER column's place in the inner select list
+
+
+_CLAUSES = ("joins", "group", "having", "order", "limit", "offset", "distinct", "qualify")
+
+
+def latest_per_key(node: exp.Expression) -> LatestPerKey | None:
+    """``node``'s parts when it is ``SELECT s.a, … FROM (SELECT …, ROW_NUMBER() OVER
+    (PARTITION BY field, … ORDER BY field [DESC]) AS rn FROM one collection [WHERE …]) AS s
+    WHERE s.rn = 1``, the only subquery and window the pipeline takes, else None.
+
+    >>> from sqlglot import parse_one
+    >>> q = parse_one("SELECT s.v AS v FROM (SELECT c.v AS v, ROW_NUMBER() OVER (PARTITION "
+    ...     "BY c.k ORDER BY c.t DESC) AS rn FROM m.db.c AS c) AS s WHERE s.rn = 1")
+    >>> latest_per_key(q).time.sql()
+    'c.t DESC'
+    """
+    if not isinstance(node, exp.Select) or any(node.args.get(k) for k in _CLAUSES):
+        return None
+    sub = node.args.get("from_") and node.args["from_"].this
+    if not isinstance(sub, exp.Subquery) or not sub.alias or not isinstance(sub.this, exp.Select):
+        return None
+    inner = sub.this
+    if any(inner.args.get(k) for k in _CLAUSES) or not _from(inner.args["from_"]):
+        return None
+    windows = [i for i, s in enumerate(inner.selects) if s.find(exp.Window)]
+    if len(windows) != 1 or not isinstance(inner.selects[windows[0]], exp.Alias):
+        return None
+    column = inner.selects[windows[0]]
+    window = column.this
+    order = window.args.get("order")
+    keys = window.args.get("partition_by") or []
+    if not (
+        isinstance(window, exp.Window)
+        and isinstance(window.this, exp.RowNumber)
+        and not window.args.get("spec")
+        and keys
+        and all(isinstance(k, exp.Column) for k in keys)
+        and order is not None
+        and len(order.expressions) == 1
+        and isinstance(order.expressions[0].this, exp.Column)
+    ):
+        return None
+    latest = LatestPerKey(inner, sub.alias, column.alias, keys, order.expressions[0], windows[0])
+    return latest if _outer_is_first_row(node, latest) else None
+
+
+def _outer_is_first_row(outer: exp.Select, latest: LatestPerKey) -> bool:
+    """WHERE rn = 1 only, and the select list names the inner query's other columns."""
+    where = outer.args.get("where")
+    cond = where.this if where is not None else None
+    inner_names = {s.alias_or_name for s in latest.inner.selects} - {latest.row_number}
+    return (
+        isinstance(cond, exp.EQ)
+        and isinstance(cond.this, exp.Column)
+        and cond.this.table == latest.alias
+        and cond.this.name == latest.row_number
+        and isinstance(cond.expression, exp.Literal)
+        and cond.expression.this == "1"
+        and all(
+            isinstance(c, exp.Column) and c.table == latest.alias and c.name in inner_names
+            for c in (s.unalias() for s in outer.selects)
+        )
+    )
+
+
+def _first_row_of(node: exp.Expression) -> bool:
+    """Whether ``node`` is the subquery, the window or the ROW_NUMBER of a latest-per-key
+    query (no other subquery or window passes)."""
+    outer = node.find_ancestor(exp.Select)
+    if isinstance(node, (exp.Window, exp.RowNumber)) and outer is not None:
+        outer = outer.find_ancestor(exp.Select)
+    latest = latest_per_key(outer) if outer is not None else None
+    if latest is None:
+        return False
+    window = latest.inner.selects[latest.window].this
+    return node is latest.inner.parent or node is window or node is window.this
+
+
 def _from(node: exp.Expression) -> bool:
+    if isinstance(node.this, exp.Subquery):
+        return latest_per_key(node.parent) is not None
     return isinstance(node.this, exp.Table)
 
 
@@ -190,6 +285,10 @@ MONGO = RuleSet(
         Rule(exp.Table, guard=_table),
         Rule(exp.Join, guard=_unnest_join, name="CROSS JOIN UNNEST(array) ($unwind)"),
         Rule(exp.Unnest, guard=_unnest, name="UNNEST of an array field ($unwind)"),
+        *(
+            Rule(c, guard=_first_row_of, name="latest row per key ($group $first)")
+            for c in (exp.Subquery, exp.Window, exp.RowNumber)
+        ),
         *rules_for_classes(
             exp.TableAlias,
             exp.Identifier,

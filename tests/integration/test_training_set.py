@@ -6,7 +6,7 @@ The data has entity times equal to feature times (ties), users without features,
 newer than every entity row, NULL keys and times on both sides, and features exactly the TTL
 old (kept) and a second older (NULL). The feature fragments get the time window of the entity
 times (EXPLAIN shows it, EXPLAIN ANALYZE its values) and, at a single cut-off, send the latest
-row per key themselves where their rules take ``ROW_NUMBER()``.
+row per key themselves (``ROW_NUMBER()``, or MongoDB's ``$group`` with ``$first``).
 """
 
 from __future__ import annotations
@@ -202,18 +202,43 @@ def test_explain_shows_the_time_window_and_analyze_its_values(setup: Any, source
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_a_single_cut_off_is_answered_with_the_latest_row_per_key(setup: Any, source: str) -> None:
-    """Every entity at one time: PostgreSQL, MariaDB and files send the latest row per key
-    themselves (ROW_NUMBER); MongoDB's rules take no window function, it sends the window."""
+@pytest.mark.parametrize("ttl", [TTL, None], ids=["ttl", "no-ttl"])
+def test_a_single_cut_off_is_answered_with_the_latest_row_per_key(
+    setup: Any, source: str, ttl: timedelta | None
+) -> None:
+    """Every entity at one time: each source sends the latest row per key itself, PostgreSQL,
+    MariaDB and files with ROW_NUMBER, MongoDB with $sort + $group $first (without a TTL the
+    window has no lower bound, so the NULL-key row is one more group)."""
     fed, entities, rows = setup
     cut = _hours(300)
     at_cut = [(i, u, cut) for i, u, _ in entities]
-    result = fed.training_set(_entity_table(at_cut), [_profile(source, ttl=TTL)])
-    assert _answer(result.to_arrow(), "id", "age", "plan") == _truth(at_cut, rows, TTL)
+    result = fed.training_set(_entity_table(at_cut), [_profile(source, ttl=ttl)])
+    assert _answer(result.to_arrow(), "id", "age", "plan") == _truth(at_cut, rows, ttl)
     analyzed = result.explain(analyze=True)
-    pushed = "one cut-off: latest row per key sent by the source" in analyzed
-    assert pushed == (source != "mongo"), analyzed
+    assert "one cut-off: latest row per key sent by the source" in analyzed, analyzed
     if source == "mongo":
-        assert "latest row per key not pushed" in analyzed, analyzed
+        assert '{"$first": "$$ROOT"}' in analyzed, analyzed
     else:
         assert "ROW_NUMBER() OVER (PARTITION BY" in analyzed, analyzed
+
+
+LATEST_PER_KEY = (
+    "SELECT s.user_id, s.age, s.plan FROM (SELECT p.user_id AS user_id, p.age AS age,"
+    " p.plan AS plan, ROW_NUMBER() OVER (PARTITION BY p.user_id ORDER BY p.updated_at DESC)"
+    " AS rn FROM {source}.pit_profiles AS p) AS s WHERE s.rn = 1"
+)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_latest_row_per_key_written_by_hand_runs_in_the_source(setup: Any, source: str) -> None:
+    """The same query as the cut-off's, without a window: the NULL keys are one partition and a
+    NULL time sorts first under DESC (PostgreSQL's order), on every source alike."""
+    fed, _, rows = setup
+    by_key: dict[int | None, list[Row]] = {}
+    for r in rows:
+        by_key.setdefault(r[0], []).append(r)
+    latest = [max(g, key=lambda r: (r[1] is None, r[1] or BASE)) for g in by_key.values()]
+    truth = sorted((r[2], r[3]) for r in latest)
+    result = fed.sql(LATEST_PER_KEY.format(source=source))
+    assert _answer(result.to_arrow(), "age", "plan") == truth
+    assert "no residual" in result.explain()

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _pushdown import planning_federation
-from sqlglot import exp
+from sqlglot import exp, parse_one
 
 import federator
 from federator import Feature
@@ -50,14 +50,47 @@ def test_sql_sources_are_planned_a_latest_row_per_key_request(
     assert latest.count('"o"."ordered_at" <=') == 1 and latest.count('"o"."ordered_at" >=') == 1
 
 
-def test_mongo_sends_the_window_only_and_says_why(shop: federator.Federation) -> None:
+def test_mongo_is_planned_a_latest_row_per_key_pipeline(shop: federator.Federation) -> None:
+    """The window's filter, then each key's first document by time descending."""
     if "docs" not in shop.catalog.adapters:
         pytest.skip("the mongo driver is not installed")
     plan = shop.sql(AGED.format(src="docs")).plan
     feature = plan.fragments[1]
-    assert feature.id + LATEST not in plan.requests
-    assert any("latest row per key not pushed" in n for n in feature.notes)
-    assert "$gte" in plan.requests[feature.id].text and "$lte" in plan.requests[feature.id].text
+    stages = plan.requests[feature.id + LATEST].payload.stages
+    assert [next(iter(s)) for s in stages] == [
+        "$match",  # the bind join's keys
+        "$match",  # the window
+        "$sort",
+        "$group",
+        "$replaceRoot",
+        "$project",
+    ]
+    window = stages[1]["$match"]["$and"]
+    assert {next(iter(c["ordered_at"])) for c in window} == {"$lte", "$gte"}
+    assert stages[2] == {"$sort": {"customer_id": 1, "ordered_at": -1}}
+    group = {"_id": {"k0": {"$ifNull": ["$customer_id", None]}}, "doc": {"$first": "$$ROOT"}}
+    assert stages[3] == {"$group": group}
+    assert not any("latest row per key not pushed" in n for n in feature.notes)
+
+
+def test_mongo_refuses_other_window_functions_and_subqueries() -> None:
+    from federator.rules.mongo import MONGO
+
+    inner = "SELECT c.v AS v, {w} AS rn FROM m.db.c AS c"
+    latest = "SELECT s.v AS v FROM ({inner}) AS s WHERE s.rn = {n}"
+    row_number = "ROW_NUMBER() OVER (PARTITION BY c.k ORDER BY c.t DESC)"
+    assert MONGO.refusal(parse_one(latest.format(inner=inner.format(w=row_number), n=1))) is None
+    for w, n in [
+        (row_number, 2),
+        ("RANK() OVER (PARTITION BY c.k ORDER BY c.t DESC)", 1),
+        ("ROW_NUMBER() OVER (ORDER BY c.t DESC)", 1),
+        ("ROW_NUMBER() OVER (PARTITION BY c.k ORDER BY c.t DESC, c.u)", 1),
+    ]:
+        assert MONGO.refusal(parse_one(latest.format(inner=inner.format(w=w), n=n))) is not None
+    assert MONGO.refusal(parse_one(f"SELECT v, {row_number} AS rn FROM m.db.c AS c")) is not None
+    assert (
+        MONGO.refusal(parse_one("SELECT s.v FROM (SELECT c.v FROM m.db.c AS c) AS s")) is not None
+    )
 
 
 def test_explain_names_the_window_and_the_latest_request(shop: federator.Federation) -> None:
