@@ -260,6 +260,36 @@ def test_timeout_cancels_the_tasks_and_the_server_query(cluster, pg_dsn: str, ev
         assert fed.sql("SELECT x FROM pg.ray_sleep").to_arrow().column("x").to_pylist() == [1]
 
 
+# ---- FederatedDataset on Ray: streaming_split, one stream per trainer -----------------------
+def _epochs(shard: Any, epochs: int) -> list[list[int]]:
+    return [[i for batch in shard for i in batch["id"].tolist()] for _ in range(epochs)]
+
+
+def test_ray_shards_give_every_row_to_exactly_one_trainer_each_epoch(
+    cluster, every_kind: dict[str, Any]
+) -> None:
+    from federator.torch import FederatedDataset
+
+    with _ray_fed(every_kind) as fed:
+        ds = FederatedDataset(fed, "SELECT id, id * 2 AS y FROM pg.ray_users", batch_size=7)
+        shards = ds.ray_shards(2, equal=True)
+        with ThreadPoolExecutor(2) as pool:  # streaming_split: the trainers run an epoch together
+            seen = list(pool.map(lambda s: _epochs(s, 2), shards))
+    for epoch in range(2):
+        rows = [i for trainer in seen for i in trainer[epoch]]
+        assert sorted(rows) == list(range(1, 61))  # ray_users holds ids 1..60, each once
+        assert [len(trainer[epoch]) for trainer in seen] == [30, 30]  # equal=True
+
+
+def test_ray_shards_need_the_ray_engine(every_kind: dict[str, Any]) -> None:
+    from federator.torch import FederatedDataset
+
+    with federator.connect(every_kind, timeout=QUERY_TIMEOUT) as fed:
+        ds = FederatedDataset(fed, "SELECT id FROM pg.ray_users")
+        with pytest.raises(federator.FederatorError, match="needs the Ray engine"):
+            ds.ray_shards(2)
+
+
 # ---- a worker node removed mid-query: the residual re-runs, the answer is exact -------------
 SLOW = """
     SELECT count(*) AS n, sum(o.o_custkey % 7) AS s
