@@ -352,22 +352,26 @@ class RayExecution(Execution):
         started = time.perf_counter()
         self._running.add("the residual")
         try:
-            answer = await self._residual_answer(tables)
+            async with contextlib.aclosing(self._residual_tables(tables)) as answers:
+                schema, sent = None, False
+                async for answer in answers:
+                    schema = answer.schema
+                    for batch in answer.to_batches(max_chunksize=65_536):
+                        self.residual_stats.rows += batch.num_rows
+                        self.residual_stats.bytes += batch.nbytes
+                        sent = True
+                        yield batch
+                if not sent and schema is not None:
+                    yield pa.RecordBatch.from_pylist([], schema=schema)
         except RayError as e:
             raise _query_error(e, "the residual") from None
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
         self._running.discard("the residual")
-        batches = answer.to_batches(max_chunksize=65_536) or [
-            pa.RecordBatch.from_pylist([], schema=answer.schema)
-        ]
-        for batch in batches:
-            self.residual_stats.rows += batch.num_rows
-            self.residual_stats.bytes += batch.nbytes
-            yield batch
 
-    async def _residual_answer(self, tables: dict[str, pa.Table]) -> pa.Table:
-        """The residual's answer: in buckets when it is large and splits so, else one task."""
+    async def _residual_tables(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.Table]:
+        """The residual's answer in parts: each bucket's as it finishes when the final SQL
+        only maps rows, else the one task's or the final task's answer."""
         params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
         refs = {name: ray.put(table) for name, table in tables.items()}
         distributed = self._distribution(tables)
@@ -380,8 +384,13 @@ class RayExecution(Execution):
                 )
             )
             self.residual_stats.note = f"one DuckDB task on node {node}"
-            return answer
-        return await self._buckets(distributed, refs, params)
+            yield answer
+        elif distributed.row_wise:
+            async with contextlib.aclosing(self._streamed_buckets(distributed, refs, params)) as a:
+                async for answer in a:
+                    yield answer
+        else:
+            yield await self._buckets(distributed, refs, params)
 
     def _distribution(self, tables: dict[str, pa.Table]) -> DistributedResidual | None:
         """How the residual runs (``residual_how`` says why): None for one task."""
@@ -406,21 +415,25 @@ class RayExecution(Execution):
         shown = f"; broadcast {', '.join(split.broadcast)}" if split.broadcast else ""
         self.residual_how = (
             f"{buckets} buckets ({total:,} input rows): hash partitioned {parts}{shown}; "
-            "per-bucket SQL then a final SQL over the buckets' outputs"
+            + (
+                "per-bucket SQL, its rows mapped and sent as each bucket finishes"
+                if split.row_wise
+                else "per-bucket SQL then a final SQL over the buckets' outputs"
+            )
         )
         return split
 
-    async def _buckets(
+    def _bucket_tasks(
         self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
-    ) -> pa.Table:
-        """Partition tasks, a DuckDB task per bucket, then the final task."""
+    ) -> list[Any]:
+        """Partition tasks, then a DuckDB task per bucket: each bucket's output ref."""
         buckets = self.engine.buckets
         parts = {
             name: partition.options(num_returns=buckets).remote(refs[name], keys, buckets)
             for name, keys in split.partition_keys.items()
         }
         names = list(refs)
-        outputs = [
+        return [
             run_residual.remote(
                 split.bucket_sql,
                 params,
@@ -430,6 +443,45 @@ class RayExecution(Execution):
             )
             for b in range(buckets)
         ]
+
+    async def _streamed_buckets(
+        self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
+    ) -> AsyncIterator[pa.Table]:
+        """A row-wise final SQL on each bucket's output, each answer sent as its task ends
+        (first done, first sent): the driver holds one bucket's answer at a time."""
+        memory = self.engine.memory_limit
+        finals = [
+            run_final.remote(split.final_sql, params, memory, output)
+            for output in self._bucket_tasks(split, refs, params)
+        ]
+        waiting = {asyncio.wrap_future(ref.future()): ref for ref in finals}
+        futures, nodes, first_after = list(waiting), [], None
+        try:
+            while waiting:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    del waiting[future]
+                    answer, _, bucket_nodes = future.result()
+                    nodes += bucket_nodes
+                    if first_after is None:  # how many buckets were done when the first was sent
+                        first_after = sum(f.done() for f in futures)
+                    yield answer
+        finally:
+            for future, ref in waiting.items():  # a stream closed early, a timeout: stop the rest
+                future.cancel()
+                ray.cancel(ref, force=True, recursive=True)
+        counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
+        spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
+        self.residual_stats.note = (
+            f"buckets: {spread}; streamed as each bucket finished "
+            f"(first answer sent when {first_after} of {len(finals)} were done)"
+        )
+
+    async def _buckets(
+        self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
+    ) -> pa.Table:
+        """Partition tasks, a DuckDB task per bucket, then the final task."""
+        outputs = self._bucket_tasks(split, refs, params)
         answer, node, nodes = await _cancelling(
             run_final.remote(split.final_sql, params, self.engine.memory_limit, *outputs)
         )

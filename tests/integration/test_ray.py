@@ -8,6 +8,7 @@ PostgreSQL holding all tables, the cross-source query against the in-process eng
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -258,6 +259,31 @@ def test_timeout_cancels_the_tasks_and_the_server_query(cluster, pg_dsn: str, ev
             assert time.monotonic() < deadline, "pg_sleep still running on the server"
             time.sleep(0.2)
         assert fed.sql("SELECT x FROM pg.ray_sleep").to_arrow().column("x").to_pylist() == [1]
+
+
+# ---- a row-wise distributed residual streams each bucket's rows as it finishes ----------------
+ROWS = """
+    SELECT u.id, u.country, o.amount FROM pg.ray_users AS u
+    JOIN my.ray_orders AS o ON o.user_id = u.id WHERE o.amount > 10
+"""
+
+
+def test_row_wise_buckets_stream_as_they_finish(cluster, every_kind: dict[str, Any]) -> None:
+    with federator.connect(every_kind, timeout=QUERY_TIMEOUT) as local:
+        truth = local.sql(ROWS).to_arrow()
+    catalog = {**every_kind, "execution": {"distribute_rows": 0, "buckets": 4}}
+    with _ray_fed(catalog) as fed:
+        result = fed.sql(ROWS)
+        got = result.to_arrow()
+        ex = result.last_execution
+        assert ex is not None
+        shown = "\n".join([ex.residual_stats.note, *ex.engine_lines()])
+    assert got.schema == truth.schema
+    assert sorted(got.to_pylist(), key=str) == sorted(truth.to_pylist(), key=str)
+    assert "rows mapped and sent as each bucket finishes" in shown, shown
+    # 4 bucket tasks on 2 one-CPU workers: at most 2 can be done when the first is sent
+    sent_after = re.search(r"first answer sent when (\d+) of 4 were done", shown)
+    assert sent_after and int(sent_after[1]) < 4, shown
 
 
 # ---- FederatedDataset on Ray: streaming_split, one stream per trainer -----------------------
