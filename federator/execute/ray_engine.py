@@ -68,6 +68,11 @@ NODE_LOST = (
     WorkerCrashedError,
 )
 FRAGMENT_ATTEMPTS = 3  # a fragment's fetch, when its source actor died with its node
+SPLIT_ATTEMPTS = 3  # a split that failed transiently before its first batch
+# Failures a source's request may not meet again: the connection lost, reset or closed by the
+# server (SQLSTATE class 08, admin/crash shutdown), a serialization failure or deadlock.
+TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
+TRANSIENT_MYSQL_CODES = {2006, 2013, 1205, 1213}  # server gone/lost, lock wait, deadlock
 ACTOR_RESTARTS = 4
 RESIDUAL_RETRIES = 3  # Ray re-runs the residual task when its node is lost
 STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
@@ -191,9 +196,21 @@ class SourceActor:
         return scan_id, splits
 
     async def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
-        async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
-            async for batch in batches:
-                yield batch
+        """The split's batches; a transient failure becomes a retryable :class:`SourceError`."""
+        try:
+            async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
+                async for batch in batches:
+                    yield batch
+        except FederatorError:
+            raise
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            raise SourceError(
+                f"split {split.describe} of source {self.adapter.name!r} failed transiently: "
+                f"{type(e).__name__}: {redact_text(str(e))}",
+                retryable=True,
+            ) from None
 
     async def close_scan(self, scan_id: int) -> None:
         scan = self._scans.pop(scan_id, None)
@@ -202,6 +219,17 @@ class SourceActor:
 
     async def close(self) -> None:
         await self.adapter.close()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a driver's error is one that running the request again may not meet."""
+    if isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
+        return True
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(TRANSIENT_SQLSTATES):
+        return True
+    code = error.args[0] if error.args else None
+    return type(error).__name__ == "OperationalError" and code in TRANSIENT_MYSQL_CODES
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -268,6 +296,7 @@ class RayExecution(Execution):
         super().__init__(plan, catalog, params, **kw)
         self.engine = engine
         self.residual_how = "one DuckDB task (the distributed residual is not built yet)"
+        self.split_retries = 0  # splits run again after a transient source error
 
     def engine_lines(self) -> list[str]:
         where = self.engine.address or "the local cluster"
@@ -287,8 +316,8 @@ class RayExecution(Execution):
         for attempt in range(1, FRAGMENT_ATTEMPTS + 1):
             try:
                 return await super()._collect(frag, keys)
-            except ClusterError as e:
-                if not e.retryable or attempt == FRAGMENT_ATTEMPTS:
+            except (ClusterError, SourceError) as e:
+                if not getattr(e, "retryable", False) or attempt == FRAGMENT_ATTEMPTS:
                     raise
                 stats = self.stats[frag.id]
                 stats.rows = stats.bytes = 0
@@ -319,6 +348,7 @@ class RayExecution(Execution):
         if keys is not None or self.engine.splits < 2:
             bound = ray.put(keys) if keys is not None else None
             streams = [actor.execute.options(**streaming).remote(request, bound)]
+            splits: list[Split] = []  # a whole request is retried with its fragment
             scan_id, described = None, ["whole request" + (" (bound)" if keys else "")]
         else:
             scan_id, splits = await actor.open_scan.remote(request, self.engine.splits)
@@ -326,9 +356,22 @@ class RayExecution(Execution):
             described = [s.describe for s in splits]
         done = False
         try:
-            for stream in streams:
-                async for ref in stream:
-                    yield await ref
+            for i in range(len(streams)):
+                for attempt in range(1, SPLIT_ATTEMPTS + 1):
+                    sent = False
+                    try:
+                        async for ref in streams[i]:
+                            batch = await ref
+                            sent = True
+                            yield batch
+                        break
+                    except RayTaskError as e:
+                        error = e.cause
+                        last = attempt == SPLIT_ATTEMPTS
+                        if sent or last or not splits or not _retryable(error):
+                            raise  # after a batch, only the whole fragment may run again
+                        self.split_retries += 1
+                        streams[i] = actor.execute_split.options(**streaming).remote(splits[i])
             done = True
         finally:
             if not done:  # the actor's tasks, and through them the server-side queries
@@ -341,6 +384,8 @@ class RayExecution(Execution):
         node = await self.engine.node_of(frag.source)
         shown = ", ".join(described) if len(described) <= 4 else f"{described[0]}, …"
         note = f"{len(described)} split(s) on node {node}: {shown}"
+        if self.split_retries:
+            note += f" ({self.split_retries} split(s) run again after a transient error)"
         self.stats[frag.id].note = _joined(self.stats[frag.id].note, note)
 
     # ---- residual ----------------------------------------------------------------------
@@ -510,6 +555,10 @@ def _memory_limit(value: Any) -> str | None:
             f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
         )
     return value
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, SourceError) and error.retryable
 
 
 def _joined(note: str, more: str) -> str:

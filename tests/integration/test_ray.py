@@ -7,6 +7,7 @@ PostgreSQL holding all tables, the cross-source query against the in-process eng
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -314,6 +315,42 @@ def test_ray_shards_need_the_ray_engine(every_kind: dict[str, Any]) -> None:
         ds = FederatedDataset(fed, "SELECT id FROM pg.ray_users")
         with pytest.raises(federator.FederatorError, match="needs the Ray engine"):
             ds.ray_shards(2)
+
+
+# ---- a transient source error: the split runs again, the answer is whole --------------------
+async def _terminate_split_once(pg_dsn: str, deadline: float) -> int:
+    """Terminate the backend of the first split found sleeping (its binary COPY); its pid."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        while time.monotonic() < deadline:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY %PG_SLEEP(1)%'"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            if pid is not None:
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                return pid
+            await asyncio.sleep(0.05)
+        raise AssertionError("the split never started")
+    finally:
+        await conn.close()
+
+
+def test_a_split_whose_backend_is_terminated_runs_again(cluster, pg_dsn: str, every_kind) -> None:
+    sql = "SELECT x FROM pg.ray_sleep WHERE pg_sleep(1) IS NOT NULL"
+    with _ray_fed({"sources": {"pg": {"kind": "postgres", "dsn": pg_dsn}}}) as fed:
+        fed.rules.add(Rule("PG_SLEEP"), kind="postgres")
+        with ThreadPoolExecutor(1) as pool:
+            killer = pool.submit(run_async, _terminate_split_once(pg_dsn, time.monotonic() + 30))
+            result = fed.sql(sql)
+            got = result.to_arrow()
+            assert killer.result(timeout=30)
+        ex = result.last_execution
+        assert ex is not None and ex.split_retries == 1
+        assert "1 split(s) run again after a transient error" in ex.stats["f0"].note
+    assert got.column("x").to_pylist() == [1]  # ray_sleep holds one row: x = 1
 
 
 # ---- a worker node removed mid-query: the residual re-runs, the answer is exact -------------
