@@ -58,6 +58,8 @@ from federator.plan.distribute import (
 )
 from federator.plan.model import Fragment, NativeRequest, Plan
 
+TraceCarrier = dict[str, str]  # a W3C trace context (``traceparent``...), as propagate injects
+
 # Failures of the cluster, not of the query: the work they interrupted may be run again.
 NODE_LOST = (
     ActorDiedError,
@@ -180,11 +182,12 @@ class SourceActor:
         return short_node_id()
 
     async def execute(
-        self, request: NativeRequest, keys: list[Any] | None
+        self, request: NativeRequest, keys: list[Any] | None, trace: TraceCarrier | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
-        async with contextlib.aclosing(self.adapter.execute(request, keys)) as batches:
-            async for batch in batches:
-                yield batch
+        with attached(trace):
+            async with contextlib.aclosing(self.adapter.execute(request, keys)) as batches:
+                async for batch in batches:
+                    yield batch
 
     async def open_scan(self, request: NativeRequest, n: int) -> tuple[int, list[Split]]:
         """Split a request into at most ``n`` splits, held valid (a snapshot kept open) until
@@ -195,12 +198,15 @@ class SourceActor:
         self._scans[scan_id] = scan
         return scan_id, splits
 
-    async def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
+    async def execute_split(
+        self, split: Split, trace: TraceCarrier | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
         """The split's batches; a transient failure becomes a retryable :class:`SourceError`."""
         try:
-            async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
-                async for batch in batches:
-                    yield batch
+            with attached(trace):
+                async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
+                    async for batch in batches:
+                        yield batch
         except FederatorError:
             raise
         except Exception as e:
@@ -221,6 +227,39 @@ class SourceActor:
         await self.adapter.close()
 
 
+def trace_carrier(context: Any) -> TraceCarrier | None:
+    """``context`` (an OpenTelemetry context; None: tracing off) as a W3C trace context to pass
+    with a task or actor call: it holds ids only, never the query's data or settings."""
+    if context is None:
+        return None
+    from opentelemetry import propagate
+
+    carrier: TraceCarrier = {}
+    propagate.inject(carrier, context=context)
+    return carrier or None
+
+
+@contextlib.contextmanager
+def attached(carrier: TraceCarrier | None) -> Any:
+    """Make the driver's trace context (:func:`trace_carrier`) current in this worker, so that
+    spans started here parent to the driver's span when the worker has a tracer provider.
+
+    >>> with attached(None):  # tracing off: nothing to attach
+    ...     pass
+    """
+    if not carrier:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # reset from another context (a moved generator)
+            context.detach(token)
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a driver's error is one that running the request again may not meet."""
     if isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
@@ -234,11 +273,17 @@ def is_transient(error: BaseException) -> bool:
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
 def run_residual(
-    sql: str, params: dict[str, Any], memory: str | None, names: list[str], *tables: pa.Table
+    sql: str,
+    params: dict[str, Any],
+    memory: str | None,
+    names: list[str],
+    *tables: pa.Table,
+    trace: TraceCarrier | None = None,
 ) -> tuple[pa.Table, str]:
     """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on.
     ``memory``: DuckDB's ``memory_limit`` for it (it spills past that), None: DuckDB's default."""
-    return _run_sql(sql, params, memory, names, tables)
+    with attached(trace):
+        return _run_sql(sql, params, memory, names, tables)
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -249,11 +294,16 @@ def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table,
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
 def run_final(
-    sql: str, params: dict[str, Any], memory: str | None, *outputs: tuple[pa.Table, str]
+    sql: str,
+    params: dict[str, Any],
+    memory: str | None,
+    *outputs: tuple[pa.Table, str],
+    trace: TraceCarrier | None = None,
 ) -> tuple:
     """The final SQL over every bucket's output; the answer, its node, the buckets' nodes."""
     together = pa.concat_tables([table for table, _ in outputs])
-    answer, node = _run_sql(sql, params, memory, [BUCKETS_TABLE], (together,))
+    with attached(trace):
+        answer, node = _run_sql(sql, params, memory, [BUCKETS_TABLE], (together,))
     return answer, node, [n for _, n in outputs]
 
 
@@ -297,6 +347,15 @@ class RayExecution(Execution):
         self.engine = engine
         self.residual_how = "one DuckDB task (the distributed residual is not built yet)"
         self.split_retries = 0  # splits run again after a transient source error
+        self.trace_carriers: dict[str, TraceCarrier | None] = {}  # what each task was given
+
+    def _span_context(self, fragment_id: str | None) -> Any:
+        """The span a task's spans parent to: the fragment's, or the run's (None: off)."""
+        if self._run is None:
+            return None
+        if fragment_id is not None:
+            return self._run.fragment_context(fragment_id)
+        return self._run.context
 
     def engine_lines(self) -> list[str]:
         where = self.engine.address or "the local cluster"
@@ -345,14 +404,15 @@ class RayExecution(Execution):
         actor = self.engine.actor(frag.source)
         request = self.plan.requests[frag.id]
         streaming = {"_generator_backpressure_num_objects": STREAM_BACKPRESSURE}
+        trace = self.trace_carriers[frag.id] = trace_carrier(self._span_context(frag.id))
         if keys is not None or self.engine.splits < 2:
             bound = ray.put(keys) if keys is not None else None
-            streams = [actor.execute.options(**streaming).remote(request, bound)]
+            streams = [actor.execute.options(**streaming).remote(request, bound, trace)]
             splits: list[Split] = []  # a whole request is retried with its fragment
             scan_id, described = None, ["whole request" + (" (bound)" if keys else "")]
         else:
             scan_id, splits = await actor.open_scan.remote(request, self.engine.splits)
-            streams = [actor.execute_split.options(**streaming).remote(s) for s in splits]
+            streams = [actor.execute_split.options(**streaming).remote(s, trace) for s in splits]
             described = [s.describe for s in splits]
         done = False
         try:
@@ -371,7 +431,8 @@ class RayExecution(Execution):
                         if sent or last or not splits or not _retryable(error):
                             raise  # after a batch, only the whole fragment may run again
                         self.split_retries += 1
-                        streams[i] = actor.execute_split.options(**streaming).remote(splits[i])
+                        retry = actor.execute_split.options(**streaming)
+                        streams[i] = retry.remote(splits[i], trace)
             done = True
         finally:
             if not done:  # the actor's tasks, and through them the server-side queries
@@ -419,13 +480,14 @@ class RayExecution(Execution):
         only maps rows, else the one task's or the final task's answer."""
         params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
         refs = {name: ray.put(table) for name, table in tables.items()}
+        trace = self.trace_carriers["residual"] = trace_carrier(self._span_context(None))
         distributed = self._distribution(tables)
         if distributed is None:
             sql = self.plan.residual_sql
             assert sql is not None
             answer, node = await _cancelling(
                 run_residual.remote(
-                    sql, params, self.engine.memory_limit, list(refs), *refs.values()
+                    sql, params, self.engine.memory_limit, list(refs), *refs.values(), trace=trace
                 )
             )
             self.residual_stats.note = f"one DuckDB task on node {node}"
@@ -485,6 +547,7 @@ class RayExecution(Execution):
                 self.engine.memory_limit,
                 names,
                 *(parts[n][b] if n in parts else refs[n] for n in names),
+                trace=self.trace_carriers.get("residual"),
             )
             for b in range(buckets)
         ]
@@ -496,7 +559,9 @@ class RayExecution(Execution):
         (first done, first sent): the driver holds one bucket's answer at a time."""
         memory = self.engine.memory_limit
         finals = [
-            run_final.remote(split.final_sql, params, memory, output)
+            run_final.remote(
+                split.final_sql, params, memory, output, trace=self.trace_carriers["residual"]
+            )
             for output in self._bucket_tasks(split, refs, params)
         ]
         waiting = {asyncio.wrap_future(ref.future()): ref for ref in finals}
@@ -528,7 +593,13 @@ class RayExecution(Execution):
         """Partition tasks, a DuckDB task per bucket, then the final task."""
         outputs = self._bucket_tasks(split, refs, params)
         answer, node, nodes = await _cancelling(
-            run_final.remote(split.final_sql, params, self.engine.memory_limit, *outputs)
+            run_final.remote(
+                split.final_sql,
+                params,
+                self.engine.memory_limit,
+                *outputs,
+                trace=self.trace_carriers["residual"],
+            )
         )
         counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
         spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())

@@ -353,6 +353,50 @@ def test_a_split_whose_backend_is_terminated_runs_again(cluster, pg_dsn: str, ev
     assert got.column("x").to_pylist() == [1]  # ray_sleep holds one row: x = 1
 
 
+# ---- trace context: tasks and actor calls get the driver's span as their parent -------------
+@ray.remote(num_cpus=0)
+def _span_seen(carrier: dict[str, str] | None) -> tuple[int, int]:
+    """The (trace id, span id) a worker sees as current once the carrier is attached."""
+    from opentelemetry import trace
+
+    from federator.execute.ray_engine import attached
+
+    with attached(carrier):
+        seen = trace.get_current_span().get_span_context()
+        return seen.trace_id, seen.span_id
+
+
+def test_tasks_carry_the_drivers_trace_context(cluster, every_kind: dict[str, Any]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from federator import telemetry
+
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    restore = telemetry.set_providers(tracer_provider=provider)
+    try:
+        with _ray_fed(every_kind) as fed:
+            result = fed.sql(ROWS)
+            assert result.to_arrow().num_rows > 0
+            ex = result.last_execution
+            assert ex is not None
+            carriers = dict(ex.trace_carriers)
+    finally:
+        restore()
+        provider.shutdown()
+    spans = {s.attributes.get("federator.fragment"): s for s in exporter.get_finished_spans()}
+    fragments = [f for f in carriers if f != "residual"]
+    assert len(fragments) == 2 and "residual" in carriers
+    for fragment in fragments:
+        want = spans[fragment].get_span_context()
+        assert "traceparent" in carriers[fragment]  # ids only: W3C trace context
+        assert ray.get(_span_seen.remote(carriers[fragment])) == (want.trace_id, want.span_id)
+    trace_id, _ = ray.get(_span_seen.remote(carriers["residual"]))
+    assert trace_id == spans[fragments[0]].get_span_context().trace_id
+
+
 # ---- a worker node removed mid-query: the residual re-runs, the answer is exact -------------
 SLOW = """
     SELECT count(*) AS n, sum(o.o_custkey % 7) AS s
