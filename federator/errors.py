@@ -120,7 +120,13 @@ class FederationClosedError(FederatorError):
 
 
 class SourceError(FederatorError):
-    """A source failed while running a request."""
+    """A source failed while running a request. ``retryable``: a transient failure (the
+    connection reset or closed by the server) that running the same request again may not meet.
+    """
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class SourceUnreachableError(SourceError):

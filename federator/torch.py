@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Features",
     "FederatedDataset",
+    "RayShard",
     "TorchConversionError",
     "TorchPolicy",
     "Vocabulary",
@@ -173,6 +174,33 @@ class FederatedDataset(IterableDataset):
         restarts at 0 here."""
         self.epoch = epoch
         self._passes = 0
+
+    # ---- Ray: one stream per trainer -----------------------------------------------------
+    def ray_shards(self, n: int, *, equal: bool = False) -> list[RayShard]:
+        """With ``engine="ray"``: the answer as a Ray Dataset cut by Ray Data's
+        ``streaming_split`` into ``n`` shards, one per trainer (each picklable, e.g. to a Ray
+        Train worker). In each epoch every row reaches exactly one shard once; the ``n``
+        shards must iterate an epoch together (streaming_split's rule). ``equal=True`` gives
+        every shard the same row count (dropping at most ``n - 1`` rows).
+
+        >>> shards = ds.ray_shards(2)  # doctest: +SKIP
+        >>> for batch in shards[rank]: ...  # doctest: +SKIP
+        """
+        fed = self._fed
+        if fed is None or fed.engine is None:
+            raise FederatorError(
+                "ray_shards() needs the Ray engine: build the dataset over"
+                " federator.connect(catalog, engine='ray')"
+            )
+        if n < 1:
+            raise ValueError("ray_shards() needs n >= 1")
+        import ray.data
+
+        table = fed.sql(self._query, self.params, timeout=self._timeout).to_arrow()
+        size = max(1, math.ceil(table.num_rows / n))  # n blocks: every trainer can get one
+        blocks = [table.slice(start, size) for start in range(0, table.num_rows, size)]
+        dataset = ray.data.from_arrow(blocks or [table])
+        return [RayShard(self, it) for it in dataset.streaming_split(n, equal=equal)]
 
     # ---- pickling to spawned workers: the catalog travels, the open federation does not -----
     def __getstate__(self) -> dict[str, Any]:
@@ -397,6 +425,28 @@ class FederatedDataset(IterableDataset):
             or pa.types.is_large_string(f.type)
             or (pa.types.is_dictionary(f.type) and pa.types.is_string(f.type.value_type))
         ]
+
+
+class RayShard:
+    """One trainer's share of a :class:`FederatedDataset` on Ray
+    (:meth:`FederatedDataset.ray_shards`): each pass over it is one epoch of its rows, as
+    batches of tensors."""
+
+    def __init__(self, dataset: FederatedDataset, iterator: Any):
+        self._dataset = dataset
+        self._iterator = iterator  # a ray.data.DataIterator
+
+    def __repr__(self) -> str:
+        return f"<federator RayShard batch_size={self._dataset.batch_size}>"
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor] | Features]:
+        ds = self._dataset
+        batches = self._iterator.iter_batches(
+            batch_size=ds.batch_size, batch_format="pyarrow", drop_last=ds.drop_last
+        )
+        for table in batches:
+            if table.num_rows:
+                yield ds._convert(table)
 
 
 def _shard_of_this_reader() -> tuple[int, int]:

@@ -58,6 +58,8 @@ from federator.plan.distribute import (
 )
 from federator.plan.model import Fragment, NativeRequest, Plan
 
+TraceCarrier = dict[str, str]  # a W3C trace context (``traceparent``...), as propagate injects
+
 # Failures of the cluster, not of the query: the work they interrupted may be run again.
 NODE_LOST = (
     ActorDiedError,
@@ -68,6 +70,11 @@ NODE_LOST = (
     WorkerCrashedError,
 )
 FRAGMENT_ATTEMPTS = 3  # a fragment's fetch, when its source actor died with its node
+SPLIT_ATTEMPTS = 3  # a split that failed transiently before its first batch
+# Failures a source's request may not meet again: the connection lost, reset or closed by the
+# server (SQLSTATE class 08, admin/crash shutdown), a serialization failure or deadlock.
+TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "40001", "40P01")
+TRANSIENT_MYSQL_CODES = {2006, 2013, 1205, 1213}  # server gone/lost, lock wait, deadlock
 ACTOR_RESTARTS = 4
 RESIDUAL_RETRIES = 3  # Ray re-runs the residual task when its node is lost
 STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
@@ -175,11 +182,12 @@ class SourceActor:
         return short_node_id()
 
     async def execute(
-        self, request: NativeRequest, keys: list[Any] | None
+        self, request: NativeRequest, keys: list[Any] | None, trace: TraceCarrier | None = None
     ) -> AsyncIterator[pa.RecordBatch]:
-        async with contextlib.aclosing(self.adapter.execute(request, keys)) as batches:
-            async for batch in batches:
-                yield batch
+        with attached(trace):
+            async with contextlib.aclosing(self.adapter.execute(request, keys)) as batches:
+                async for batch in batches:
+                    yield batch
 
     async def open_scan(self, request: NativeRequest, n: int) -> tuple[int, list[Split]]:
         """Split a request into at most ``n`` splits, held valid (a snapshot kept open) until
@@ -190,10 +198,25 @@ class SourceActor:
         self._scans[scan_id] = scan
         return scan_id, splits
 
-    async def execute_split(self, split: Split) -> AsyncIterator[pa.RecordBatch]:
-        async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
-            async for batch in batches:
-                yield batch
+    async def execute_split(
+        self, split: Split, trace: TraceCarrier | None = None
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """The split's batches; a transient failure becomes a retryable :class:`SourceError`."""
+        try:
+            with attached(trace):
+                async with contextlib.aclosing(self.adapter.execute_split(split)) as batches:
+                    async for batch in batches:
+                        yield batch
+        except FederatorError:
+            raise
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            raise SourceError(
+                f"split {split.describe} of source {self.adapter.name!r} failed transiently: "
+                f"{type(e).__name__}: {redact_text(str(e))}",
+                retryable=True,
+            ) from None
 
     async def close_scan(self, scan_id: int) -> None:
         scan = self._scans.pop(scan_id, None)
@@ -204,13 +227,63 @@ class SourceActor:
         await self.adapter.close()
 
 
+def trace_carrier(context: Any) -> TraceCarrier | None:
+    """``context`` (an OpenTelemetry context; None: tracing off) as a W3C trace context to pass
+    with a task or actor call: it holds ids only, never the query's data or settings."""
+    if context is None:
+        return None
+    from opentelemetry import propagate
+
+    carrier: TraceCarrier = {}
+    propagate.inject(carrier, context=context)
+    return carrier or None
+
+
+@contextlib.contextmanager
+def attached(carrier: TraceCarrier | None) -> Any:
+    """Make the driver's trace context (:func:`trace_carrier`) current in this worker, so that
+    spans started here parent to the driver's span when the worker has a tracer provider.
+
+    >>> with attached(None):  # tracing off: nothing to attach
+    ...     pass
+    """
+    if not carrier:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # reset from another context (a moved generator)
+            context.detach(token)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a driver's error is one that running the request again may not meet."""
+    if isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
+        return True
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(TRANSIENT_SQLSTATES):
+        return True
+    code = error.args[0] if error.args else None
+    return type(error).__name__ == "OperationalError" and code in TRANSIENT_MYSQL_CODES
+
+
 @ray.remote(max_retries=RESIDUAL_RETRIES)
 def run_residual(
-    sql: str, params: dict[str, Any], memory: str | None, names: list[str], *tables: pa.Table
+    sql: str,
+    params: dict[str, Any],
+    memory: str | None,
+    names: list[str],
+    *tables: pa.Table,
+    trace: TraceCarrier | None = None,
 ) -> tuple[pa.Table, str]:
     """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on.
     ``memory``: DuckDB's ``memory_limit`` for it (it spills past that), None: DuckDB's default."""
-    return _run_sql(sql, params, memory, names, tables)
+    with attached(trace):
+        return _run_sql(sql, params, memory, names, tables)
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -221,11 +294,16 @@ def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table,
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
 def run_final(
-    sql: str, params: dict[str, Any], memory: str | None, *outputs: tuple[pa.Table, str]
+    sql: str,
+    params: dict[str, Any],
+    memory: str | None,
+    *outputs: tuple[pa.Table, str],
+    trace: TraceCarrier | None = None,
 ) -> tuple:
     """The final SQL over every bucket's output; the answer, its node, the buckets' nodes."""
     together = pa.concat_tables([table for table, _ in outputs])
-    answer, node = _run_sql(sql, params, memory, [BUCKETS_TABLE], (together,))
+    with attached(trace):
+        answer, node = _run_sql(sql, params, memory, [BUCKETS_TABLE], (together,))
     return answer, node, [n for _, n in outputs]
 
 
@@ -268,6 +346,16 @@ class RayExecution(Execution):
         super().__init__(plan, catalog, params, **kw)
         self.engine = engine
         self.residual_how = "one DuckDB task (the distributed residual is not built yet)"
+        self.split_retries = 0  # splits run again after a transient source error
+        self.trace_carriers: dict[str, TraceCarrier | None] = {}  # what each task was given
+
+    def _span_context(self, fragment_id: str | None) -> Any:
+        """The span a task's spans parent to: the fragment's, or the run's (None: off)."""
+        if self._run is None:
+            return None
+        if fragment_id is not None:
+            return self._run.fragment_context(fragment_id)
+        return self._run.context
 
     def engine_lines(self) -> list[str]:
         where = self.engine.address or "the local cluster"
@@ -287,8 +375,8 @@ class RayExecution(Execution):
         for attempt in range(1, FRAGMENT_ATTEMPTS + 1):
             try:
                 return await super()._collect(frag, keys)
-            except ClusterError as e:
-                if not e.retryable or attempt == FRAGMENT_ATTEMPTS:
+            except (ClusterError, SourceError) as e:
+                if not getattr(e, "retryable", False) or attempt == FRAGMENT_ATTEMPTS:
                     raise
                 stats = self.stats[frag.id]
                 stats.rows = stats.bytes = 0
@@ -316,19 +404,35 @@ class RayExecution(Execution):
         actor = self.engine.actor(frag.source)
         request = self.plan.requests[frag.id]
         streaming = {"_generator_backpressure_num_objects": STREAM_BACKPRESSURE}
+        trace = self.trace_carriers[frag.id] = trace_carrier(self._span_context(frag.id))
         if keys is not None or self.engine.splits < 2:
             bound = ray.put(keys) if keys is not None else None
-            streams = [actor.execute.options(**streaming).remote(request, bound)]
+            streams = [actor.execute.options(**streaming).remote(request, bound, trace)]
+            splits: list[Split] = []  # a whole request is retried with its fragment
             scan_id, described = None, ["whole request" + (" (bound)" if keys else "")]
         else:
             scan_id, splits = await actor.open_scan.remote(request, self.engine.splits)
-            streams = [actor.execute_split.options(**streaming).remote(s) for s in splits]
+            streams = [actor.execute_split.options(**streaming).remote(s, trace) for s in splits]
             described = [s.describe for s in splits]
         done = False
         try:
-            for stream in streams:
-                async for ref in stream:
-                    yield await ref
+            for i in range(len(streams)):
+                for attempt in range(1, SPLIT_ATTEMPTS + 1):
+                    sent = False
+                    try:
+                        async for ref in streams[i]:
+                            batch = await ref
+                            sent = True
+                            yield batch
+                        break
+                    except RayTaskError as e:
+                        error = e.cause
+                        last = attempt == SPLIT_ATTEMPTS
+                        if sent or last or not splits or not _retryable(error):
+                            raise  # after a batch, only the whole fragment may run again
+                        self.split_retries += 1
+                        retry = actor.execute_split.options(**streaming)
+                        streams[i] = retry.remote(splits[i], trace)
             done = True
         finally:
             if not done:  # the actor's tasks, and through them the server-side queries
@@ -341,6 +445,8 @@ class RayExecution(Execution):
         node = await self.engine.node_of(frag.source)
         shown = ", ".join(described) if len(described) <= 4 else f"{described[0]}, …"
         note = f"{len(described)} split(s) on node {node}: {shown}"
+        if self.split_retries:
+            note += f" ({self.split_retries} split(s) run again after a transient error)"
         self.stats[frag.id].note = _joined(self.stats[frag.id].note, note)
 
     # ---- residual ----------------------------------------------------------------------
@@ -352,36 +458,46 @@ class RayExecution(Execution):
         started = time.perf_counter()
         self._running.add("the residual")
         try:
-            answer = await self._residual_answer(tables)
+            async with contextlib.aclosing(self._residual_tables(tables)) as answers:
+                schema, sent = None, False
+                async for answer in answers:
+                    schema = answer.schema
+                    for batch in answer.to_batches(max_chunksize=65_536):
+                        self.residual_stats.rows += batch.num_rows
+                        self.residual_stats.bytes += batch.nbytes
+                        sent = True
+                        yield batch
+                if not sent and schema is not None:
+                    yield pa.RecordBatch.from_pylist([], schema=schema)
         except RayError as e:
             raise _query_error(e, "the residual") from None
         finally:
             self.residual_stats.ms += (time.perf_counter() - started) * 1000
         self._running.discard("the residual")
-        batches = answer.to_batches(max_chunksize=65_536) or [
-            pa.RecordBatch.from_pylist([], schema=answer.schema)
-        ]
-        for batch in batches:
-            self.residual_stats.rows += batch.num_rows
-            self.residual_stats.bytes += batch.nbytes
-            yield batch
 
-    async def _residual_answer(self, tables: dict[str, pa.Table]) -> pa.Table:
-        """The residual's answer: in buckets when it is large and splits so, else one task."""
+    async def _residual_tables(self, tables: dict[str, pa.Table]) -> AsyncIterator[pa.Table]:
+        """The residual's answer in parts: each bucket's as it finishes when the final SQL
+        only maps rows, else the one task's or the final task's answer."""
         params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
         refs = {name: ray.put(table) for name, table in tables.items()}
+        trace = self.trace_carriers["residual"] = trace_carrier(self._span_context(None))
         distributed = self._distribution(tables)
         if distributed is None:
             sql = self.plan.residual_sql
             assert sql is not None
             answer, node = await _cancelling(
                 run_residual.remote(
-                    sql, params, self.engine.memory_limit, list(refs), *refs.values()
+                    sql, params, self.engine.memory_limit, list(refs), *refs.values(), trace=trace
                 )
             )
             self.residual_stats.note = f"one DuckDB task on node {node}"
-            return answer
-        return await self._buckets(distributed, refs, params)
+            yield answer
+        elif distributed.row_wise:
+            async with contextlib.aclosing(self._streamed_buckets(distributed, refs, params)) as a:
+                async for answer in a:
+                    yield answer
+        else:
+            yield await self._buckets(distributed, refs, params)
 
     def _distribution(self, tables: dict[str, pa.Table]) -> DistributedResidual | None:
         """How the residual runs (``residual_how`` says why): None for one task."""
@@ -406,32 +522,84 @@ class RayExecution(Execution):
         shown = f"; broadcast {', '.join(split.broadcast)}" if split.broadcast else ""
         self.residual_how = (
             f"{buckets} buckets ({total:,} input rows): hash partitioned {parts}{shown}; "
-            "per-bucket SQL then a final SQL over the buckets' outputs"
+            + (
+                "per-bucket SQL, its rows mapped and sent as each bucket finishes"
+                if split.row_wise
+                else "per-bucket SQL then a final SQL over the buckets' outputs"
+            )
         )
         return split
 
-    async def _buckets(
+    def _bucket_tasks(
         self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
-    ) -> pa.Table:
-        """Partition tasks, a DuckDB task per bucket, then the final task."""
+    ) -> list[Any]:
+        """Partition tasks, then a DuckDB task per bucket: each bucket's output ref."""
         buckets = self.engine.buckets
         parts = {
             name: partition.options(num_returns=buckets).remote(refs[name], keys, buckets)
             for name, keys in split.partition_keys.items()
         }
         names = list(refs)
-        outputs = [
+        return [
             run_residual.remote(
                 split.bucket_sql,
                 params,
                 self.engine.memory_limit,
                 names,
                 *(parts[n][b] if n in parts else refs[n] for n in names),
+                trace=self.trace_carriers.get("residual"),
             )
             for b in range(buckets)
         ]
+
+    async def _streamed_buckets(
+        self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
+    ) -> AsyncIterator[pa.Table]:
+        """A row-wise final SQL on each bucket's output, each answer sent as its task ends
+        (first done, first sent): the driver holds one bucket's answer at a time."""
+        memory = self.engine.memory_limit
+        finals = [
+            run_final.remote(
+                split.final_sql, params, memory, output, trace=self.trace_carriers["residual"]
+            )
+            for output in self._bucket_tasks(split, refs, params)
+        ]
+        waiting = {asyncio.wrap_future(ref.future()): ref for ref in finals}
+        futures, nodes, first_after = list(waiting), [], None
+        try:
+            while waiting:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    del waiting[future]
+                    answer, _, bucket_nodes = future.result()
+                    nodes += bucket_nodes
+                    if first_after is None:  # how many buckets were done when the first was sent
+                        first_after = sum(f.done() for f in futures)
+                    yield answer
+        finally:
+            for future, ref in waiting.items():  # a stream closed early, a timeout: stop the rest
+                future.cancel()
+                ray.cancel(ref, force=True, recursive=True)
+        counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
+        spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
+        self.residual_stats.note = (
+            f"buckets: {spread}; streamed as each bucket finished "
+            f"(first answer sent when {first_after} of {len(finals)} were done)"
+        )
+
+    async def _buckets(
+        self, split: DistributedResidual, refs: dict[str, Any], params: dict[str, Any]
+    ) -> pa.Table:
+        """Partition tasks, a DuckDB task per bucket, then the final task."""
+        outputs = self._bucket_tasks(split, refs, params)
         answer, node, nodes = await _cancelling(
-            run_final.remote(split.final_sql, params, self.engine.memory_limit, *outputs)
+            run_final.remote(
+                split.final_sql,
+                params,
+                self.engine.memory_limit,
+                *outputs,
+                trace=self.trace_carriers["residual"],
+            )
         )
         counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
         spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
@@ -458,6 +626,10 @@ def _memory_limit(value: Any) -> str | None:
             f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
         )
     return value
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, SourceError) and error.retryable
 
 
 def _joined(note: str, more: str) -> str:

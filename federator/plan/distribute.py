@@ -76,13 +76,16 @@ class DistributedResidual:
     """A residual as per-bucket SQL and a final SQL (DuckDB dialect; parameters as ``$name``).
 
     ``partition_keys``: the columns each partitioned input is hash partitioned on (see
-    :func:`hash_partition`); ``broadcast``: inputs every bucket reads whole.
+    :func:`hash_partition`); ``broadcast``: inputs every bucket reads whole. ``row_wise``:
+    the final SQL only maps rows (no aggregate, DISTINCT, ORDER BY, LIMIT or OFFSET), so it may
+    run on each bucket's output alone and the answers be concatenated as they come.
     """
 
     bucket_sql: str
     final_sql: str
     partition_keys: dict[str, list[str]]
     broadcast: list[str] = field(default_factory=list)
+    row_wise: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,7 @@ class _Distributor:
             final_sql=residual_duckdb_sql(final),
             partition_keys={i.table: keys[i.table] for i in partitioned},
             broadcast=sorted(broadcast),
+            row_wise=_row_wise(select),
         )
 
     # ---- the shape -----------------------------------------------------------------------
@@ -855,6 +859,13 @@ def _literal_int(node: exp.Expression | None) -> int | None:
     if isinstance(node, exp.Literal) and node.is_int:
         return int(node.this)
     return None
+
+
+def _row_wise(select: exp.Select) -> bool:
+    """Whether the final query over ``select``'s buckets only maps rows, one bucket at a time."""
+    if scope_aggregates(select):
+        return False
+    return not any(select.args.get(k) for k in ("group", "distinct", "order", "limit", "offset"))
 
 
 def _finish(final: exp.Select, select: exp.Select, order: list[exp.Ordered]) -> None:

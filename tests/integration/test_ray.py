@@ -7,7 +7,9 @@ PostgreSQL holding all tables, the cross-source query against the in-process eng
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -258,6 +260,141 @@ def test_timeout_cancels_the_tasks_and_the_server_query(cluster, pg_dsn: str, ev
             assert time.monotonic() < deadline, "pg_sleep still running on the server"
             time.sleep(0.2)
         assert fed.sql("SELECT x FROM pg.ray_sleep").to_arrow().column("x").to_pylist() == [1]
+
+
+# ---- a row-wise distributed residual streams each bucket's rows as it finishes ----------------
+ROWS = """
+    SELECT u.id, u.country, o.amount FROM pg.ray_users AS u
+    JOIN my.ray_orders AS o ON o.user_id = u.id WHERE o.amount > 10
+"""
+
+
+def test_row_wise_buckets_stream_as_they_finish(cluster, every_kind: dict[str, Any]) -> None:
+    with federator.connect(every_kind, timeout=QUERY_TIMEOUT) as local:
+        truth = local.sql(ROWS).to_arrow()
+    catalog = {**every_kind, "execution": {"distribute_rows": 0, "buckets": 4}}
+    with _ray_fed(catalog) as fed:
+        result = fed.sql(ROWS)
+        got = result.to_arrow()
+        ex = result.last_execution
+        assert ex is not None
+        shown = "\n".join([ex.residual_stats.note, *ex.engine_lines()])
+    assert got.schema == truth.schema
+    assert sorted(got.to_pylist(), key=str) == sorted(truth.to_pylist(), key=str)
+    assert "rows mapped and sent as each bucket finishes" in shown, shown
+    # 4 bucket tasks on 2 one-CPU workers: at most 2 can be done when the first is sent
+    sent_after = re.search(r"first answer sent when (\d+) of 4 were done", shown)
+    assert sent_after and int(sent_after[1]) < 4, shown
+
+
+# ---- FederatedDataset on Ray: streaming_split, one stream per trainer -----------------------
+def _epochs(shard: Any, epochs: int) -> list[list[int]]:
+    return [[i for batch in shard for i in batch["id"].tolist()] for _ in range(epochs)]
+
+
+def test_ray_shards_give_every_row_to_exactly_one_trainer_each_epoch(
+    cluster, every_kind: dict[str, Any]
+) -> None:
+    from federator.torch import FederatedDataset
+
+    with _ray_fed(every_kind) as fed:
+        ds = FederatedDataset(fed, "SELECT id, id * 2 AS y FROM pg.ray_users", batch_size=7)
+        shards = ds.ray_shards(2, equal=True)
+        with ThreadPoolExecutor(2) as pool:  # streaming_split: the trainers run an epoch together
+            seen = list(pool.map(lambda s: _epochs(s, 2), shards))
+    for epoch in range(2):
+        rows = [i for trainer in seen for i in trainer[epoch]]
+        assert sorted(rows) == list(range(1, 61))  # ray_users holds ids 1..60, each once
+        assert [len(trainer[epoch]) for trainer in seen] == [30, 30]  # equal=True
+
+
+def test_ray_shards_need_the_ray_engine(every_kind: dict[str, Any]) -> None:
+    from federator.torch import FederatedDataset
+
+    with federator.connect(every_kind, timeout=QUERY_TIMEOUT) as fed:
+        ds = FederatedDataset(fed, "SELECT id FROM pg.ray_users")
+        with pytest.raises(federator.FederatorError, match="needs the Ray engine"):
+            ds.ray_shards(2)
+
+
+# ---- a transient source error: the split runs again, the answer is whole --------------------
+async def _terminate_split_once(pg_dsn: str, deadline: float) -> int:
+    """Terminate the backend of the first split found sleeping (its binary COPY); its pid."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        while time.monotonic() < deadline:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY %PG_SLEEP(1)%'"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            if pid is not None:
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                return pid
+            await asyncio.sleep(0.05)
+        raise AssertionError("the split never started")
+    finally:
+        await conn.close()
+
+
+def test_a_split_whose_backend_is_terminated_runs_again(cluster, pg_dsn: str, every_kind) -> None:
+    sql = "SELECT x FROM pg.ray_sleep WHERE pg_sleep(1) IS NOT NULL"
+    with _ray_fed({"sources": {"pg": {"kind": "postgres", "dsn": pg_dsn}}}) as fed:
+        fed.rules.add(Rule("PG_SLEEP"), kind="postgres")
+        with ThreadPoolExecutor(1) as pool:
+            killer = pool.submit(run_async, _terminate_split_once(pg_dsn, time.monotonic() + 30))
+            result = fed.sql(sql)
+            got = result.to_arrow()
+            assert killer.result(timeout=30)
+        ex = result.last_execution
+        assert ex is not None and ex.split_retries == 1
+        assert "1 split(s) run again after a transient error" in ex.stats["f0"].note
+    assert got.column("x").to_pylist() == [1]  # ray_sleep holds one row: x = 1
+
+
+# ---- trace context: tasks and actor calls get the driver's span as their parent -------------
+@ray.remote(num_cpus=0)
+def _span_seen(carrier: dict[str, str] | None) -> tuple[int, int]:
+    """The (trace id, span id) a worker sees as current once the carrier is attached."""
+    from opentelemetry import trace
+
+    from federator.execute.ray_engine import attached
+
+    with attached(carrier):
+        seen = trace.get_current_span().get_span_context()
+        return seen.trace_id, seen.span_id
+
+
+def test_tasks_carry_the_drivers_trace_context(cluster, every_kind: dict[str, Any]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from federator import telemetry
+
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    restore = telemetry.set_providers(tracer_provider=provider)
+    try:
+        with _ray_fed(every_kind) as fed:
+            result = fed.sql(ROWS)
+            assert result.to_arrow().num_rows > 0
+            ex = result.last_execution
+            assert ex is not None
+            carriers = dict(ex.trace_carriers)
+    finally:
+        restore()
+        provider.shutdown()
+    spans = {s.attributes.get("federator.fragment"): s for s in exporter.get_finished_spans()}
+    fragments = [f for f in carriers if f != "residual"]
+    assert len(fragments) == 2 and "residual" in carriers
+    for fragment in fragments:
+        want = spans[fragment].get_span_context()
+        assert "traceparent" in carriers[fragment]  # ids only: W3C trace context
+        assert ray.get(_span_seen.remote(carriers[fragment])) == (want.trace_id, want.span_id)
+    trace_id, _ = ray.get(_span_seen.remote(carriers["residual"]))
+    assert trace_id == spans[fragments[0]].get_span_context().trace_id
 
 
 # ---- a worker node removed mid-query: the residual re-runs, the answer is exact -------------
