@@ -386,7 +386,10 @@ class JoinPlanner(FragmentBuilder):
         cfrag, calias, ccol, _ = consumer
         if cfrag.bind is not None or pfrag.top_k is not None or cfrag.as_written:
             return "not grouped"
-        if not self.rules[cfrag.source].can("bind_join") or cfrag.estimated_rows is None:
+        rules = self.rules[cfrag.source]
+        if not (rules.can("bind_join") and rules.can("bind_under_group")):
+            return "not grouped"
+        if cfrag.estimated_rows is None:
             return "not grouped"
         site, _ = grouped_bind_site(cfrag.query.copy(), exp.column(ccol, table=calias))
         if site.parent is None or self._depends_on(pfrag, cfrag):
