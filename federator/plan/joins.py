@@ -384,6 +384,8 @@ class JoinPlanner(FragmentBuilder):
         filter is often 1). Returns None when planned; else not this case."""
         pfrag, _, _, pname = producer
         cfrag, calias, ccol, _ = consumer
+        if not self.settings.grouped_bind:
+            return "grouped binds off"
         if cfrag.bind is not None or pfrag.top_k is not None or cfrag.as_written:
             return "not grouped"
         rules = self.rules[cfrag.source]
