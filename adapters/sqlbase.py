@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +20,7 @@ from sqlglot import exp
 from federator.config import SourceConfig, parse_dsn
 from federator.deadline import bound
 from federator.errors import CatalogError, SourceUnreachableError
-from federator.plan.model import Fragment, bind_batches
+from federator.plan.model import Fragment, bind_batches, grouped_bind_site
 from federator.telemetry import bind_batch
 
 BIND_PARAM = "__bind__"
@@ -81,17 +81,21 @@ class SQLAdapter(Adapter):
             )
             request.bind = spec
             if self.bind_style == "array":
-                bound = tree.copy().where(
-                    exp.EQ(
-                        this=key,
+                bound = _bound(
+                    tree,
+                    key,
+                    lambda k: exp.EQ(
+                        this=k,
                         expression=exp.Any(this=exp.Paren(this=exp.Placeholder(this=BIND_PARAM))),
-                    )
+                    ),
                 )
                 request.text, request.param_names = self.render(bound)
             else:
                 request.payload.bound_tree = tree
-                shown = tree.copy().where(
-                    exp.In(this=key, expressions=[exp.Placeholder(this=f"{BIND_PARAM}0")])
+                shown = _bound(
+                    tree,
+                    key,
+                    lambda k: exp.In(this=k, expressions=[exp.Placeholder(this=f"{BIND_PARAM}0")]),
                 )
                 text, _ = self.render(shown)
                 request.text = _annotate_in_list(text, spec.batch_size)
@@ -158,7 +162,9 @@ class SQLAdapter(Adapter):
         if n not in payload.in_list_cache:
             assert payload.bound_tree is not None
             item = exp.Placeholder(this=BIND_PARAM)
-            bound = payload.bound_tree.copy().where(exp.In(this=key_sql.copy(), expressions=[item]))
+            bound = _bound(
+                payload.bound_tree, key_sql, lambda k: exp.In(this=k, expressions=[item])
+            )
             payload.in_list_cache[n] = self.render(bound, {BIND_PARAM: n})
         return payload.in_list_cache[n]
 
@@ -229,6 +235,18 @@ class SQLAdapter(Adapter):
     ) -> AsyncIterator[pa.RecordBatch]:
         """Run SQL with positional parameters; stream batches. ``schema`` holds the exact Arrow
         types known for some output columns (by name); yield at least one (maybe empty) batch."""
+
+
+def _bound(
+    tree: exp.Query, key: exp.Column, condition: Callable[[exp.Expression], exp.Expression]
+) -> exp.Query:
+    """A copy of ``tree`` with the bind ``condition`` on ``key``, under the GROUP BY of the
+    derived table ``key`` comes from where it is a group key (``grouped_bind_site``), so the
+    source filters the rows before grouping them (TPC-H Q17's AVG per part)."""
+    copy = tree.copy()
+    site, where = grouped_bind_site(copy, key)
+    site.where(condition(where), copy=False)
+    return copy
 
 
 def _annotate_in_list(text: str, batch_size: int) -> str:

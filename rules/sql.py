@@ -112,7 +112,9 @@ RELATIONAL = RuleSet(
         Rule(exp.Join, guard=_not_asof_join, name="join (not ASOF)"),
         *rules_for_classes(*STRUCTURE, *PREDICATES, *SCALARS, *AGGREGATES),
     ],
-    frozenset({"join", "aggregate", "subquery", "order_limit"}),
+    # bind_under_group: a bind on a derived table's GROUP BY key is rendered under that GROUP
+    # BY (adapters/sqlbase.py), so binding a grouped fragment saves the grouping's work.
+    frozenset({"join", "aggregate", "subquery", "order_limit", "bind_under_group"}),
 )
 
 

@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from federator.errors import JoinKeyTypeError
 from federator.plan.fragments import FragmentBuilder
-from federator.plan.model import BindJoin, Fragment
+from federator.plan.model import BindJoin, Fragment, grouped_bind_site
 from federator.plan.tree import (
     _column_equalities,
     _conjuncts,
@@ -155,6 +155,9 @@ class JoinPlanner(FragmentBuilder):
             for producer, consumer in pairs:
                 if consumers is not None and consumer[0].id not in consumers:
                     continue
+                reason = self._plan_grouped_bind(producer, consumer)
+                if reason is None:
+                    break
                 reason = self._plan_semi_join(producer, consumer)
                 if reason is None:
                     break
@@ -345,8 +348,10 @@ class JoinPlanner(FragmentBuilder):
         limit: int,
         reason: str,
         semi_join_of: str | None = None,
+        sized: bool = True,
     ) -> None:
-        """Bind ``consumer`` to ``producer``'s keys, bound only if the observed count pays."""
+        """Bind ``consumer`` to ``producer``'s keys, bound only if the observed count pays
+        (``sized``: also no more keys than the consumer's estimated rows / bind_ratio)."""
         cfrag, calias, ccol, cname = consumer
         cfrag.bind = BindJoin(
             producer=producer,
@@ -355,7 +360,7 @@ class JoinPlanner(FragmentBuilder):
             key_output=cname,
             reason=reason,
             max_keys=limit,
-            consumer_rows=cfrag.estimated_rows,
+            consumer_rows=cfrag.estimated_rows if sized else None,
             estimated_keys=self.fragment(semi_join_of or producer).estimated_rows,
             min_ratio=self.settings.bind_ratio,
             semi_join_of=semi_join_of,
@@ -366,6 +371,41 @@ class JoinPlanner(FragmentBuilder):
         if self.settings.bind_race:
             return f"starts in full at once, races {producer}'s keys"
         return f"waits for {producer}'s keys"
+
+    def _plan_grouped_bind(
+        self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
+    ) -> str | None:
+        """A consumer that groups by the join key (a decorrelated subquery's aggregate per
+        key, TPC-H Q17's ``AVG(l_quantity)`` per part): its estimate counts groups, but its
+        work is every row it groups, so the row estimates cannot judge the bind. The bind goes
+        under the GROUP BY (:func:`~federator.plan.model.grouped_bind_site`), where it is exact,
+        and the executor binds when the producer's observed keys are within the key limit
+        (however many groups are estimated: a source's estimate of groups after a join or
+        filter is often 1). Returns None when planned; else not this case."""
+        pfrag, _, _, pname = producer
+        cfrag, calias, ccol, _ = consumer
+        if not self.settings.grouped_bind:
+            return "grouped binds off"
+        if cfrag.bind is not None or pfrag.top_k is not None or cfrag.as_written:
+            return "not grouped"
+        rules = self.rules[cfrag.source]
+        if not (rules.can("bind_join") and rules.can("bind_under_group")):
+            return "not grouped"
+        if cfrag.estimated_rows is None:
+            return "not grouped"
+        site, _ = grouped_bind_site(cfrag.query.copy(), exp.column(ccol, table=calias))
+        if site.parent is None or self._depends_on(pfrag, cfrag):
+            return "not grouped"
+        c = cfrag.estimated_rows
+        limit = self._bind_key_limit(c)
+        why = (
+            f"grouped on the key: {cfrag.id} aggregates per {ccol} (estimated {c:,} groups), "
+            f"so {pfrag.id}'s keys go under its GROUP BY; {cfrag.id} {self._waits(pfrag.id)} "
+            f"and binds them if they number <= {limit:,}, else fetches in full"
+        )
+        # the groups do not bound its work (the rows grouped do): only the key limit applies
+        self._bind_at_run_time(pfrag.id, pname, consumer, limit, why, sized=False)
+        return None
 
     def _plan_semi_join(
         self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]

@@ -126,6 +126,55 @@ def alternative_id(fid: str, index: int) -> str:
     return f"{fid}~alt{index}"
 
 
+def grouped_bind_site(tree: exp.Query, key: exp.Column) -> tuple[exp.Select, exp.Expression]:
+    """Where a bind on ``key`` filters ``tree``: the SELECT to add the condition to, and the
+    key as written there. A key that is a GROUP BY key of the derived table ``tree`` reads goes
+    under that GROUP BY (keeping a group's input rows by its key keeps exactly the groups of
+    those keys), level by level; anywhere else it stays on ``tree`` itself. The nodes are
+    ``tree``'s own: the caller passes a copy it may change.
+
+    >>> from sqlglot import parse_one
+    >>> t = parse_one("SELECT g.k, g.n FROM (SELECT t.a AS k, COUNT(*) AS n FROM s.t AS t "
+    ...               "GROUP BY t.a) AS g")
+    >>> site, inner = grouped_bind_site(t, exp.column("k", table="g"))
+    >>> site is t, inner.sql()
+    (False, 't.a')
+    """
+    site: exp.Select = tree  # type: ignore[assignment]
+    where: exp.Expression = key
+    while isinstance(key, exp.Column) and (inner := _grouped_derived(site, key)) is not None:
+        site, where = inner
+        key = where  # type: ignore[assignment]
+    return site, where.copy()
+
+
+def _grouped_derived(
+    select: exp.Select, key: exp.Column
+) -> tuple[exp.Select, exp.Expression] | None:
+    """The derived table ``select`` reads alone and its expression of ``key``, when that is a
+    GROUP BY key there and nothing (LIMIT, DISTINCT, windows) makes filtering first differ."""
+    if not isinstance(select, exp.Select) or select.args.get("joins"):
+        return None
+    source = select.args.get("from_")
+    derived = source.this if source is not None else None
+    if not isinstance(derived, exp.Subquery) or derived.alias_or_name != key.table:
+        return None
+    inner = derived.this
+    if not isinstance(inner, exp.Select) or not inner.args.get("group"):
+        return None
+    if any(inner.args.get(a) for a in ("limit", "offset", "distinct", "qualify")):
+        return None
+    if inner.find(exp.Window) is not None:
+        return None
+    found = [p for p in inner.expressions if p.alias_or_name == key.name]
+    if len(found) != 1:
+        return None
+    expr = found[0].unalias()
+    if not any(g == expr for g in inner.args["group"].expressions):
+        return None
+    return inner, expr
+
+
 def bind_batches(keys: int, limit: int) -> list[int]:
     """Sizes of the requests ``keys`` bound keys are sent in, each at most ``limit``, as even
     as possible (3 requests of 6,667 rather than 10,000 + 10,000 + 1).

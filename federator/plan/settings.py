@@ -10,7 +10,7 @@ from federator.errors import CatalogError
 
 _POSITIVE = ("bind_ratio", "bind_large_ratio", "semi_join_ratio", "bind_batch_size", "post_factor")
 _VECTOR_FILTERS = ("auto", "pre", "post")
-_SWITCHES = ("bind_race", "bind_alternatives", "partial_aggregate")
+_SWITCHES = ("bind_race", "bind_alternatives", "partial_aggregate", "grouped_bind")
 
 
 @dataclass
@@ -44,6 +44,10 @@ class PlannerSettings:
     # keys) waits for all of them and binds the keys keeping the smallest share of it; False:
     # the bind planned first, from the estimates alone.
     bind_alternatives: bool = True
+    # A consumer grouped by the join key (a decorrelated subquery's aggregate per key, TPC-H
+    # Q17) waits for the producer's keys and binds them under its GROUP BY when they are within
+    # the key limit, whatever the row estimates say (they count its groups, not its work).
+    grouped_bind: bool = True
     # Ship the small side to the big source (federator.plan.ship): a two-fragment query whose
     # big side's source can run the rest itself gets the small side's rows as array
     # parameters when at most this many come (0: never, the default: measured slower on
