@@ -57,11 +57,11 @@ class SQLAdapter(Adapter):
     @property
     def bind_batch_size(self) -> int:
         """Most keys per bound request: an array is one parameter whatever its length, so it
-        takes as many keys as a bind may have (one round trip; measured faster than several
-        here); an IN list has a placeholder per key and stays at 1,000."""
+        takes as many keys as a bind may have (bind_large_max_keys: one round trip, measured
+        faster than several here); an IN list has a placeholder per key and stays at 1,000."""
         return int(
             self.config.options.get(
-                "bind_batch_size", 50_000 if self.bind_style == "array" else 1_000
+                "bind_batch_size", 200_000 if self.bind_style == "array" else 1_000
             )
         )
 

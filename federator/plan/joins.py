@@ -137,7 +137,7 @@ class JoinPlanner(FragmentBuilder):
             for producer, consumer in ((left, right), (right, left)):
                 if consumers is not None and consumer[0].id not in consumers:
                     continue  # the preserved side of a LEFT JOIN keeps all its rows
-                reason = self._bind_refusal(producer[0], consumer[0]) or self._filters_nothing(
+                reason = self._bind_refusal(producer, consumer[0]) or self._filters_nothing(
                     producer
                 )
                 if reason is None:
@@ -207,7 +207,7 @@ class JoinPlanner(FragmentBuilder):
                     continue
                 narrowed, cfrag.estimated_rows = cfrag.estimated_rows, bind.consumer_rows
                 try:  # judged on the consumer's size before its bind narrowed it
-                    if self._bind_refusal(producer[0], cfrag, alternative=True) is None and (
+                    if self._bind_refusal(producer, cfrag, alternative=True) is None and (
                         self._filters_nothing(producer) is None
                     ):
                         bind.alternatives.append(
@@ -217,19 +217,25 @@ class JoinPlanner(FragmentBuilder):
                     cfrag.estimated_rows = narrowed
 
     def _bind_refusal(
-        self, producer: Fragment, consumer: Fragment, alternative: bool = False
+        self,
+        origin: tuple[Fragment, str, str, str],
+        consumer: Fragment,
+        alternative: bool = False,
     ) -> str | None:
         """Why ``consumer`` should not take ``producer``'s keys (None: bind it).
 
         Bound when the producer is small (<= bind_max_keys) and the consumer at least
         bind_ratio times larger, or, adaptively, when the producer is larger (up to
         bind_large_max_keys) but the consumer so much larger that shipping the keys is cheaper
-        than shipping its rows. The executor re-checks the actual key count at run time.
+        than shipping its rows, or when its keys are a small share of its table's unique keys
+        (``bind_small_share``: they keep that share of the consumer's foreign key). The executor
+        re-checks the actual key count at run time.
         ``alternative``: whether it could take them instead of the bind it has (the key limit
         is then left to the run time, which counts the keys: Q5's orders side is estimated
         246 k rows before its own bind, and brings 46 k keys).
         """
         s = self.settings
+        producer = origin[0]
         if consumer.bind is not None and not alternative:
             return f"{consumer.id} already bound to {consumer.bind.producer}"
         if not self.rules[consumer.source].can("bind_join"):
@@ -242,7 +248,8 @@ class JoinPlanner(FragmentBuilder):
         if p is None or c is None:
             return "no row estimate"
         limit = self._bind_key_limit(c)
-        if p > limit and not alternative:  # an alternative's keys are counted at run time
+        # an alternative's keys are counted at run time
+        if p > limit and not alternative and not self._small_share(origin):
             return f"{producer.id} estimated {p:,} rows > {limit:,} keys allowed"
         if c < s.bind_ratio * p:
             return f"{consumer.id} estimated {c:,} rows, not {s.bind_ratio:g}x {p:,}"
@@ -305,6 +312,13 @@ class JoinPlanner(FragmentBuilder):
                 f"{pfrag.id} estimated {p:,} rows, {cfrag.id} {c:,}: bound instead when its "
                 f"observed keys (<= {limit:,}) keep a smaller share of {cfrag.id}"
             )
+        elif p > limit:
+            domain = self._key_domain(producer) or 1
+            reason = (
+                f"bound: {pfrag.id} estimated {p:,} rows > {limit:,} keys allowed, but "
+                f"{p / domain:.1%} of its table's {domain:,} keys; bound at run time if the "
+                f"observed keys are at most {self.settings.bind_small_share:.0%} of them"
+            )
         else:
             reason = (
                 f"bound: {pfrag.id} estimated {p:,} rows <= {limit:,} keys allowed"
@@ -312,7 +326,6 @@ class JoinPlanner(FragmentBuilder):
                 + f", {cfrag.id} estimated {c:,} rows >= {self.settings.bind_ratio:g}x"
                 + "; re-checked at run time against the observed distinct keys"
             )
-        unique = self._key_unique(producer) is True
         return BindJoin(
             producer=pfrag.id,
             producer_column=pname,
@@ -322,8 +335,25 @@ class JoinPlanner(FragmentBuilder):
             max_keys=None if forced else limit,
             consumer_rows=None if forced else c,
             estimated_keys=p,
-            key_domain=self._table_rows(pfrag, producer[1]) if unique else None,
+            key_domain=self._key_domain(producer),
+            share_limit=self.settings.bind_small_share,
+            share_max_keys=self.settings.bind_large_max_keys,
         )
+
+    def _small_share(self, producer: tuple[Fragment, str, str, str]) -> bool:
+        """Whether the producer is estimated at few enough of its table's unique keys to be
+        bound above the key limit (``bind_small_share``, up to ``bind_large_max_keys``, both
+        checked on the observed keys by :meth:`BindJoin.decide`)."""
+        s, p, domain = self.settings, producer[0].estimated_rows, self._key_domain(producer)
+        # planned on twice the bounds, as estimates are often 2x off: the run time counts keys
+        if p is None or not domain or p > 2 * s.bind_large_max_keys:
+            return False
+        return p <= 2 * s.bind_small_share * domain
+
+    def _key_domain(self, producer: tuple[Fragment, str, str, str]) -> int | None:
+        """The rows of the producer's table when its key is unique there (None: unknown)."""
+        unique = self._key_unique(producer) is True
+        return self._table_rows(producer[0], producer[1]) if unique else None
 
     def _narrow_estimate(self, producer: tuple[Fragment, str, str, str], cfrag: Fragment) -> None:
         """A bound consumer's estimate, when the producer's key is its table's unique key:
@@ -349,6 +379,7 @@ class JoinPlanner(FragmentBuilder):
         reason: str,
         semi_join_of: str | None = None,
         sized: bool = True,
+        key_domain: int | None = None,
     ) -> None:
         """Bind ``consumer`` to ``producer``'s keys, bound only if the observed count pays
         (``sized``: also no more keys than the consumer's estimated rows / bind_ratio)."""
@@ -365,6 +396,9 @@ class JoinPlanner(FragmentBuilder):
             min_ratio=self.settings.bind_ratio,
             semi_join_of=semi_join_of,
             race=self.settings.bind_race,
+            key_domain=key_domain,
+            share_limit=self.settings.bind_small_share,
+            share_max_keys=self.settings.bind_large_max_keys,
         )
 
     def _waits(self, producer: str) -> str:
@@ -404,7 +438,10 @@ class JoinPlanner(FragmentBuilder):
             f"and binds them if they number <= {limit:,}, else fetches in full"
         )
         # the groups do not bound its work (the rows grouped do): only the key limit applies
-        self._bind_at_run_time(pfrag.id, pname, consumer, limit, why, sized=False)
+        domain = self._key_domain(producer)
+        self._bind_at_run_time(
+            pfrag.id, pname, consumer, limit, why, sized=False, key_domain=domain
+        )
         return None
 
     def _plan_semi_join(
@@ -448,7 +485,8 @@ class JoinPlanner(FragmentBuilder):
                 f"adaptive: {sizes}; {cfrag.id} {self._waits(pfrag.id)} and binds them if "
                 f"they number <= {min(limit, int(c / s.bind_ratio)):,}, else fetches in full"
             )
-            self._bind_at_run_time(pfrag.id, pname, consumer, limit, why)
+            domain = self._key_domain(producer)
+            self._bind_at_run_time(pfrag.id, pname, consumer, limit, why, key_domain=domain)
             return None
         if pfrag.bind is not None:
             return f"{pfrag.id} is bound itself (a keys-only copy would run unbound)"

@@ -46,6 +46,9 @@ class BindJoin:
     semi_join_of: str | None = None
     race: bool = False  # fetch in full meanwhile; bind only if the keys come first and pay
     key_domain: int | None = None
+    # above max_keys, still bound up to share_max_keys keys keeping at most share_limit
+    share_limit: float = 0.0
+    share_max_keys: int | None = None
     alternatives: list[BindJoin] = field(default_factory=list)
 
     def kept_share(self, keys: int) -> float | None:
@@ -69,7 +72,12 @@ class BindJoin:
         est = f" (estimated {self.estimated_keys:,})" if self.estimated_keys is not None else ""
         seen = f"observed {keys:,} distinct keys{est}"
         if ceiling is not None and keys > ceiling:
-            return False, f"bind dropped at run time: {seen} > {ceiling:,} allowed; fetched in full"
+            small = self._small_share(keys, limit)
+            if small is None:
+                return False, (
+                    f"bind dropped at run time: {seen} > {ceiling:,} allowed; fetched in full"
+                )
+            return True, f"bound at run time: {seen} > {ceiling:,} allowed, but {small}"
         rows = self.consumer_rows
         if rows is not None and keys * self.min_ratio > rows:
             return False, (
@@ -78,6 +86,28 @@ class BindJoin:
             )
         shown = f" <= {ceiling:,} allowed" if ceiling is not None else ""
         return True, f"bound at run time: {seen}{shown}"
+
+    def _small_share(self, keys: int, limit: int | None) -> str | None:
+        """Why ``keys`` keys above the key limit still pay (None: they do not): they are at
+        most ``share_limit`` of the producer table's unique keys, and within
+        ``share_max_keys`` and the executor's ``limit``.
+
+        >>> b = BindJoin("f0", "k", exp.column("k"), "k", "", max_keys=50_000,
+        ...              key_domain=1_500_000, share_limit=0.1, share_max_keys=200_000)
+        >>> b.decide(57_000)[1].split(", but ")[1]
+        'they keep 3.8% of 1,500,000 keys (<= 10%)'
+        >>> b.decide(300_000)[0]
+        False
+        """
+        share = self.kept_share(keys)
+        cap = (
+            min(x for x in (self.share_max_keys, limit) if x is not None)
+            if (self.share_max_keys is not None or limit is not None)
+            else None
+        )
+        if share is None or share > self.share_limit or (cap is not None and keys > cap):
+            return None
+        return f"they keep {share:.1%} of {self.key_domain:,} keys (<= {self.share_limit:.0%})"
 
 
 def choose_bind(

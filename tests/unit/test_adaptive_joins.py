@@ -482,3 +482,30 @@ def test_no_ship_when_off_too_big_or_to_a_source_without_rows_parameters() -> No
 def test_a_column_without_an_array_type_is_not_shipped() -> None:
     assert shippable(pa.schema([("k", INT), ("d", DATE), ("s", STR)]))
     assert not shippable(pa.schema([("b", pa.binary())]))
+
+
+Q3_LIKE = """
+SELECT o.o_orderdate, sum(l.l_qty) AS qty
+FROM my.db.orders o, pg.public.lineitem l
+WHERE l.l_orderkey = o.o_orderkey AND o.o_orderdate < DATE '1995-03-15'
+GROUP BY o.o_orderdate
+"""
+
+
+def test_keys_above_the_limit_but_a_small_share_of_their_table_are_bound() -> None:
+    # orders x 0.33 = 25,000 rows > bind_max_keys 5,000, but (estimated twice over) 33 % of
+    # 75,000 order keys is within 2 x bind_small_share 0.2: bound, re-checked at run time.
+    settings = {"bind_max_keys": 5_000, "bind_large_max_keys": 30_000, "bind_small_share": 0.2}
+    result = split(Q3_LIKE, infos(), **settings)
+    line = by_tables(result)[frozenset({"lineitem"})]
+    assert line.bind is not None and line.bind.key_domain == 75_000
+    assert "of its table's 75,000 keys" in line.bind.reason
+    assert line.bind.decide(14_000)[0]  # 18.7 % of the order keys
+    assert not line.bind.decide(16_000)[0]  # 21.3 %
+    assert not line.bind.decide(31_000)[0]  # above bind_large_max_keys
+
+
+def test_without_the_small_share_rule_such_keys_are_fetched_in_full() -> None:
+    settings = {"bind_max_keys": 5_000, "bind_large_max_keys": 30_000, "bind_small_share": 0}
+    line = by_tables(split(Q3_LIKE, infos(), **settings))[frozenset({"lineitem"})]
+    assert line.bind is None or not line.bind.decide(14_000)[0]
