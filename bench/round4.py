@@ -134,7 +134,7 @@ def _run_split(
     """Every query of ``split`` by every method not done yet; the report after each query."""
     with tpch.Measurer(env, split, args.repeats, args.query_timeout) as m:
         for qid in qids:
-            wanted = [x for x in ("pg", *methods) if (sf, split, qid, x) not in done]
+            wanted = _wanted(done, sf, split, qid, methods)
             if not wanted:
                 continue
             pg, truth = m.truth(qid)  # its answer is needed even when its time is kept
@@ -215,10 +215,16 @@ def _todo(
     methods: list[str], plan_overhead: bool,
 ) -> bool:  # fmt: skip
     """Whether anything of SF ``sf`` is left to measure (else its servers are not started)."""
-    wanted = {(sf, s, q, m) for s in splits for q in qids for m in ("pg", *methods)}
-    if plan_overhead:
-        wanted |= {(sf, splits[0], q, "planning") for q in qids}
-    return not wanted <= done
+    if any(_wanted(done, sf, s, q, methods) for s in splits for q in qids):
+        return True
+    return plan_overhead and any((sf, splits[0], q, "planning") not in done for q in qids)
+
+
+def _wanted(
+    done: set[tuple[Any, ...]], sf: float, split: str, qid: str, methods: list[str]
+) -> list[str]:
+    """The methods ("pg" first: the truth) of one query not measured yet."""
+    return [m for m in ("pg", *methods) if (sf, split, qid, m) not in done]
 
 
 def _methods(names: str, peer_note: str) -> list[str]:
