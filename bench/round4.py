@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import re
 import subprocess
@@ -431,6 +432,10 @@ def _split_section(
     return out
 
 
+def _x(ratio: float) -> str:
+    return "-" if math.isnan(ratio) else f"{ratio:.2f}"
+
+
 def _yes(r: dict[str, Any] | None) -> str:
     if r is None:
         return "-"
@@ -444,7 +449,7 @@ def _summary_lines(table: dict[str, dict[str, Any]], methods: list[str]) -> list
         w = f"worst {s.worst[0]} {s.worst[1]:.2f}x" if s.worst else "none answered"
         above = f" ({', '.join(s.above)})" if s.above else ""
         out.append(
-            f"- {METHOD_NAMES[m]}: geomean **{s.geomean:.2f}** x single PG over "
+            f"- {METHOD_NAMES[m]}: geomean **{_x(s.geomean)}** x single PG over "
             f"{len(s.ratios)} queries; {len(s.above)} above {ABOVE:g}x{above}; {w}; "
             f"correct {s.correct}/{len(s.ratios) + s.failed}; {s.failed} failed or timed out"
         )
@@ -479,7 +484,7 @@ def _curve(tables: dict[tuple[float, str], dict[str, dict[str, Any]]]) -> list[s
         moved = [v for f in feds for v in (f.get("moved") or {}).values()]
         pg_total = sum(t["pg"]["seconds"] or 0 for t in table.values() if "pg" in t)
         out.append(
-            f"| {sf:g} | {split} | {s.geomean:.2f} | {len(s.ratios)} | "
+            f"| {sf:g} | {split} | {_x(s.geomean)} | {len(s.ratios)} | "
             f"{sum(m[0] for m in moved):,} | {sum(m[1] for m in moved):,} | {pg_total:.2f} | "
             f"{sum(f['seconds'] for f in feds):.2f} |"
         )
