@@ -257,9 +257,13 @@ def _commit() -> str:
 
 
 def _append(log: Path, row: dict[str, Any]) -> None:
+    """One row as a line of its own, on disk before the run goes on."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    with log.open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end and f.seek(end - 1) >= 0 and f.read(1) != b"\n":
+            f.write(b"\n")  # a line cut short by a crash stays a line of its own
+        f.write(json.dumps(row).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
 

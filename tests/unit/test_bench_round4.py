@@ -127,6 +127,8 @@ def test_resume_skips_what_the_jsonl_holds_and_a_torn_last_line(tmp_path: Path) 
     qids = ["q01", "q02", "q03"]
     assert not round4._todo(done, 0.1, ["split"], qids, ["federator"], plan_overhead=False)
     assert round4._todo(done, 0.1, ["split"], qids, ["federator"], plan_overhead=True)
+    round4._append(log, {"kind": "note", "text": "resumed"})  # after the torn line, not in it
+    assert round4.read_rows(log)[-1] == {"kind": "note", "text": "resumed"}
 
 
 def test_a_query_gets_a_parameter_from_its_first_compared_integer() -> None:
