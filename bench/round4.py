@@ -23,8 +23,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,26 +104,11 @@ def _servers(sf: float, main: bool, args: argparse.Namespace, log: Path) -> Iter
     env = start(args.pg, args.mysql) if main else start(None, None)
     try:
         if not (main and args.tpch_loaded):
-            seconds = _load(env, sf)
+            seconds = tpch.load_all(env, sf)
             _append(log, {"kind": "load", "sf": sf, "seconds": seconds})
         yield env
     finally:
         env.stop()  # only the servers this run started
-
-
-def _load(env: Env, sf: float) -> float:
-    """The truth and both splits at SF ``sf``; seconds taken (generating included)."""
-    import asyncio
-    import shutil
-
-    tp = tpch._tp()
-    t0 = time.perf_counter()
-    folder = tp.generate(Path(tempfile.mkdtemp(prefix="federator-bench-tpch-")), sf)
-    try:
-        asyncio.run(tp.load_all(folder, env.pg_dsn, env.mysql_dsn))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return time.perf_counter() - t0
 
 
 def _run_split(
@@ -160,10 +143,7 @@ def _planning(
     make one."""
     tp = tpch._tp()
     queries = tp.load_queries()
-    catalog = {"sources": {
-        "pg": {"kind": "postgres", "dsn": tp._with_db(env.pg_dsn, tp.PG_DB[split])},
-        "my": {"kind": "mysql", "dsn": tp._with_db(env.mysql_dsn, tp.MY_DB[split])}}}  # fmt: skip
-    with federator.connect(catalog, timeout=args.query_timeout) as fed:
+    with federator.connect(tpch.split_catalog(env, split), timeout=args.query_timeout) as fed:
         for qid in qids:
             if (sf, split, qid, "planning") in done:
                 continue

@@ -96,6 +96,26 @@ def load(env: Env, scale: float) -> dict[str, float]:
     return seconds
 
 
+def load_all(env: Env, scale: float) -> float:
+    """Generate SF ``scale`` and bulk-load the truth and both splits; seconds taken."""
+    tp = _tp()
+    t0 = time.perf_counter()
+    folder = tp.generate(Path(tempfile.mkdtemp(prefix="federator-bench-tpch-")), scale)
+    try:
+        asyncio.run(tp.load_all(folder, env.pg_dsn, env.mysql_dsn))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def split_catalog(env: Env, split: str) -> dict[str, Any]:
+    """The catalog of ``split``'s two databases: sources ``pg`` and ``my``."""
+    tp = _tp()
+    return {"sources": {
+        "pg": {"kind": "postgres", "dsn": tp._with_db(env.pg_dsn, tp.PG_DB[split])},
+        "my": {"kind": "mysql", "dsn": tp._with_db(env.mysql_dsn, tp.MY_DB[split])}}}  # fmt: skip
+
+
 def _best(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
     """Best wall time of up to ``repeats`` runs and that run's output; runs stop repeating once
     they took REPEAT_UNDER_S (a long run's noise is small against its length)."""
@@ -145,10 +165,8 @@ class Measurer:
         tp = _tp()
         self.split, self.repeats, self.timeout = split, repeats, timeout
         self.queries = tp.load_queries()
-        self.pg_db = tp._with_db(env.pg_dsn, tp.PG_DB[split])
-        self.my_db = tp._with_db(env.mysql_dsn, tp.MY_DB[split])
-        catalog = {"sources": {"pg": {"kind": "postgres", "dsn": self.pg_db},
-                               "my": {"kind": "mysql", "dsn": self.my_db}}}  # fmt: skip
+        catalog = split_catalog(env, split)
+        self.pg_db, self.my_db = (catalog["sources"][s]["dsn"] for s in ("pg", "my"))
         self.fed = federator.connect(catalog, timeout=timeout)
         self._loop = asyncio.new_event_loop()
         self._truth_conn = self._loop.run_until_complete(
