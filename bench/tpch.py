@@ -153,7 +153,9 @@ class MethodResult:
 
 class Measurer:
     """Runs the 22 queries of one split by each method, one (query, method) at a time; a
-    method's error or timeout becomes its result's ``error``. Use as a context manager.
+    method's error or timeout becomes its result's ``error``. Use as a context manager. The
+    glue runs in a spawned worker process, which imports the ``__main__`` module again: a script
+    using this class needs the ``if __name__ == "__main__":`` guard.
 
     >>> with Measurer(env, "reverse", repeats=1, timeout=300) as m:  # doctest: +SKIP
     ...     pg_s, truth = m.truth("q01")
