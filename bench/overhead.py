@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 
@@ -52,14 +54,26 @@ def run(pg_dsn: str, runs: int) -> dict[str, float]:
     }
 
 
-def planning(fed: federator.Federation, query: str, runs: int, cold: bool) -> list[float]:
-    """Seconds to plan ``query`` with a new ``:id`` each run: parse and plan every time
-    (``cold``: the plan cache emptied first) or only bind the kept plan's parameters."""
+def planning(
+    fed: federator.Federation,
+    query: str,
+    runs: int,
+    cold: bool,
+    params: Callable[[int], dict[str, Any]] = lambda i: {"id": i + 1},
+    forget_estimates: bool = False,
+) -> list[float]:
+    """Seconds to plan ``query`` with ``params(i)`` on run ``i`` (by default a new ``:id`` each
+    run): parse and plan every time (``cold``: the plan cache emptied first, and the sources'
+    kept estimates too with ``forget_estimates``) or only bind the kept plan's parameters."""
+    from federator.plan.source_estimates import SourceEstimates
+
     times = []
     for i in range(runs):
         if cold:
             fed.planner._plans.clear()
+            if forget_estimates:
+                fed.planner._estimates = SourceEstimates()
         t0 = time.perf_counter()
-        fed._loop.run(fed.plan_async(query, {"id": i + 1}))
+        fed._loop.run(fed.plan_async(query, params(i)))
         times.append(time.perf_counter() - t0)
     return times

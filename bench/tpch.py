@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 import re
 import shutil
 import subprocess
@@ -95,6 +96,26 @@ def load(env: Env, scale: float) -> dict[str, float]:
     return seconds
 
 
+def load_all(env: Env, scale: float) -> float:
+    """Generate SF ``scale`` and bulk-load the truth and both splits; seconds taken."""
+    tp = _tp()
+    t0 = time.perf_counter()
+    folder = tp.generate(Path(tempfile.mkdtemp(prefix="federator-bench-tpch-")), scale)
+    try:
+        asyncio.run(tp.load_all(folder, env.pg_dsn, env.mysql_dsn))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def split_catalog(env: Env, split: str) -> dict[str, Any]:
+    """The catalog of ``split``'s two databases: sources ``pg`` and ``my``."""
+    tp = _tp()
+    return {"sources": {
+        "pg": {"kind": "postgres", "dsn": tp._with_db(env.pg_dsn, tp.PG_DB[split])},
+        "my": {"kind": "mysql", "dsn": tp._with_db(env.mysql_dsn, tp.MY_DB[split])}}}  # fmt: skip
+
+
 def _best(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
     """Best wall time of up to ``repeats`` runs and that run's output; runs stop repeating once
     they took REPEAT_UNDER_S (a long run's noise is small against its length)."""
@@ -112,14 +133,128 @@ def _best(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
     return best, best_out  # type: ignore[return-value]
 
 
-def run(env: Env, repeats: int, timeout: float, peer: bool = True) -> Run:
-    """Every query by every method; one method's error or timeout is noted and the run goes on."""
-    tp = _tp()
-    queries = tp.load_queries()
-    pg_db = tp._with_db(env.pg_dsn, tp.PG_DB[SPLIT])
-    my_db = tp._with_db(env.mysql_dsn, tp.MY_DB[SPLIT])
-    catalog = {"sources": {"pg": {"kind": "postgres", "dsn": pg_db},
-                           "my": {"kind": "mysql", "dsn": my_db}}}  # fmt: skip
+METHODS = ("pg", "federator", "glue", "duckdb")  # "pg": the query on one PostgreSQL (the truth)
+
+
+@dataclass
+class MethodResult:
+    """One method's run of one query: best seconds, whether it answered right, what it moved."""
+
+    method: str
+    seconds: float | None = None
+    correct: bool | None = None  # against the truth; None for the truth itself or no answer
+    result_rows: int = 0
+    moved: dict[str, tuple[int, int]] = field(default_factory=dict)  # source → (rows, bytes)
+    fragments: list[dict[str, Any]] = field(default_factory=list)  # federator's, see _fragments
+    residual_ms: float = 0.0
+    error: str = ""
+    timed_out: bool = False
+
+
+class Measurer:
+    """Runs the 22 queries of one split by each method, one (query, method) at a time; a
+    method's error or timeout becomes its result's ``error``. Use as a context manager. The
+    glue runs in a spawned worker process, which imports the ``__main__`` module again: a script
+    using this class needs the ``if __name__ == "__main__":`` guard.
+
+    >>> with Measurer(env, "reverse", repeats=1, timeout=300) as m:  # doctest: +SKIP
+    ...     pg_s, truth = m.truth("q01")
+    ...     m.measure("federator", "q01", truth).seconds
+    0.41
+    """
+
+    def __init__(self, env: Env, split: str, repeats: int, timeout: float):
+        tp = _tp()
+        self.split, self.repeats, self.timeout = split, repeats, timeout
+        self.queries = tp.load_queries()
+        catalog = split_catalog(env, split)
+        self.pg_db, self.my_db = (catalog["sources"][s]["dsn"] for s in ("pg", "my"))
+        self.fed = federator.connect(catalog, timeout=timeout)
+        self._loop = asyncio.new_event_loop()
+        self._truth_conn = self._loop.run_until_complete(
+            asyncpg.connect(tp._with_db(env.pg_dsn, tp.TRUTH_DB), command_timeout=timeout)
+        )
+        self._scratch = Path(tempfile.mkdtemp(prefix="federator-bench-peer-"))
+        self._glue_pool: Any = None
+
+    def __enter__(self) -> Measurer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.fed.close()
+        self._loop.run_until_complete(self._truth_conn.close())
+        self._loop.close()
+        if self._glue_pool is not None:
+            self._glue_pool.terminate()
+            self._glue_pool.join()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def truth(self, qid: str) -> tuple[MethodResult, Any]:
+        """The query on one PostgreSQL holding every table: its timing and its answer (None
+        when it failed)."""
+        tp, q = _tp(), self.queries[qid]
+        r = MethodResult("pg")
+        try:
+            r.seconds, answer = _best(
+                lambda: self._loop.run_until_complete(tp.truth_answer(self._truth_conn, q)),
+                self.repeats,
+            )
+        except Exception as e:
+            r.error, r.timed_out = _why(e), _is_timeout(e)
+            return r, None
+        r.result_rows = len(answer.rows)
+        return r, answer
+
+    def measure(self, method: str, qid: str, truth: Any) -> MethodResult:
+        """``method`` ("federator", "glue" or "duckdb") on ``qid``, checked against ``truth``."""
+        tp, q = _tp(), self.queries[qid]
+        r = MethodResult(method)
+        try:
+            table = getattr(self, f"_{method}")(r, q)
+        except Exception as e:
+            r.error, r.timed_out = _why(e), _is_timeout(e)
+            return r
+        r.result_rows = table.num_rows
+        r.correct = tp.compare(q, truth, tp.arrow_answer(table)) is None
+        return r
+
+    def _federator(self, r: MethodResult, q: Any) -> pa.Table:
+        sql = q.sql(_tp().federated_names(self.split))
+        r.seconds, (res, table) = _best(lambda: _federator(self.fed, sql), self.repeats)
+        ex = res.last_execution  # the timed run's plan and stats
+        r.moved, r.fragments, r.residual_ms = _moved(ex), _fragments(ex), ex.residual_stats.ms
+        return table
+
+    def _glue(self, r: MethodResult, q: Any) -> pa.Table:
+        """In a worker process, so that a timeout can stop it (ConnectorX cannot be cancelled)."""
+        if self._glue_pool is None:
+            self._glue_pool = multiprocessing.get_context("spawn").Pool(1)
+        job = self._glue_pool.apply_async(
+            _glue_best, (q.qid, self.split, self.pg_db, self.my_db, self.repeats)
+        )
+        try:
+            r.seconds, table = job.get(self.timeout)
+        except multiprocessing.TimeoutError:
+            self._glue_pool.terminate()
+            self._glue_pool.join()
+            self._glue_pool = None
+            raise TimeoutError(f"glue ran past {self.timeout:g} s") from None
+        return table
+
+    def _duckdb(self, r: MethodResult, q: Any) -> pa.Table:
+        sql = q.sql(_tp().federated_names(self.split))
+        r.seconds, table = _peer(
+            sql, self.pg_db, self.my_db, self.repeats, self._scratch / q.qid, self.timeout
+        )
+        return table
+
+
+def run(env: Env, repeats: int, timeout: float, peer: bool = True, split: str = SPLIT) -> Run:
+    """Every query of ``split`` by every method; one method's error or timeout is noted and the
+    run goes on."""
     out = Run([])
     if peer:
         try:
@@ -128,49 +263,35 @@ def run(env: Env, repeats: int, timeout: float, peer: bool = True) -> Run:
             out.peer_note = f"unavailable: {e}"
     else:
         out.peer_note = "skipped (--no-peer)"
-    loop = asyncio.new_event_loop()
-    truth_conn = loop.run_until_complete(
-        asyncpg.connect(tp._with_db(env.pg_dsn, tp.TRUTH_DB), command_timeout=timeout)
-    )
-    scratch = Path(tempfile.mkdtemp(prefix="federator-bench-peer-"))
-    with federator.connect(catalog, timeout=timeout) as fed:
-        for qid in sorted(queries):
-            q = queries[qid]
-            r = QueryResult(qid)
+    methods = ["federator", "glue"] + ([] if out.peer_note else ["duckdb"])
+    with Measurer(env, split, repeats, timeout) as m:
+        for qid in sorted(m.queries):
+            pg, truth = m.truth(qid)
+            r = QueryResult(qid, single_pg_s=pg.seconds)
             out.results.append(r)
-            try:
-                r.single_pg_s, truth = _best(
-                    lambda q=q: loop.run_until_complete(tp.truth_answer(truth_conn, q)), repeats
-                )
-            except Exception as e:
-                r.error = f"single PG: {_why(e)}"
+            if truth is None:
+                r.error = f"single PG: {pg.error}"
                 continue
-            fed_sql = q.sql(tp.federated_names(SPLIT))
-            try:
-                r.federator_s, res = _best(lambda s=fed_sql: _federator(fed, s), repeats)
-                r.result_rows = res[1].num_rows
-                r.correct = tp.compare(q, truth, tp.arrow_answer(res[1])) is None
-                ex = res[0].last_execution
-                r.moved, r.fragments = _moved(ex), _fragments(ex)
-                r.residual_ms = ex.residual_stats.ms
-            except Exception as e:
-                r.error += f" federator: {_why(e)}"
-            try:
-                r.glue_s, glue = _best(lambda q=q: _glue(tp, q, pg_db, my_db), repeats)
-                r.glue_correct = tp.compare(q, truth, tp.arrow_answer(glue)) is None
-            except Exception as e:
-                r.error += f" glue: {_why(e)}"
-            if not out.peer_note:
-                try:
-                    r.duck_s, answer = _peer(fed_sql, pg_db, my_db, repeats, scratch / qid, timeout)
-                    r.duck_correct = tp.compare(q, truth, tp.arrow_answer(answer)) is None
-                except Exception as e:
-                    r.error += f" DuckDB attach: {_why(e)}"
+            for method in methods:
+                _merge(r, m.measure(method, qid, truth))
             _log(r)
-    loop.run_until_complete(truth_conn.close())
-    loop.close()
-    shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _merge(r: QueryResult, m: MethodResult) -> None:
+    """One method's figures into the query's row of the ``python -m bench`` report."""
+    if m.error:
+        r.error += f" {_LABELS[m.method]}: {m.error}"
+    if m.method == "federator":
+        r.federator_s, r.correct, r.result_rows = m.seconds, bool(m.correct), m.result_rows
+        r.moved, r.fragments, r.residual_ms = m.moved, m.fragments, m.residual_ms
+    elif m.method == "glue":
+        r.glue_s, r.glue_correct = m.seconds, bool(m.correct)
+    else:
+        r.duck_s, r.duck_correct = m.seconds, bool(m.correct)
+
+
+_LABELS = {"pg": "single PG", "federator": "federator", "glue": "glue", "duckdb": "DuckDB attach"}
 
 
 def _federator(fed: Any, sql: str) -> tuple[Any, pa.Table]:
@@ -215,8 +336,13 @@ def _peer(
     return min(stats["seconds"]), _rtrim_text(table, _char_columns())
 
 
+def _is_timeout(e: BaseException) -> bool:
+    timeouts = subprocess.TimeoutExpired | TimeoutError | asyncio.TimeoutError
+    return isinstance(e, timeouts | federator.errors.QueryTimeoutError)
+
+
 def _why(e: BaseException) -> str:
-    if isinstance(e, subprocess.TimeoutExpired | TimeoutError | asyncio.TimeoutError):
+    if _is_timeout(e):
         return f"timed out ({type(e).__name__})"
     return f"{type(e).__name__}: {str(e)[:200]}"
 
@@ -232,7 +358,16 @@ def _log(r: QueryResult) -> None:
     )
 
 
-def _glue(tp: Any, q: Any, pg_db: str, my_db: str) -> pa.Table:
+def _glue_best(
+    qid: str, split: str, pg_db: str, my_db: str, repeats: int
+) -> tuple[float, pa.Table]:
+    """The glue's best time on ``qid`` and its answer (runs in the Measurer's worker process)."""
+    tp = _tp()
+    q = tp.load_queries()[qid]
+    return _best(lambda: _glue(tp, q, split, pg_db, my_db), repeats)
+
+
+def _glue(tp: Any, q: Any, split: str, pg_db: str, my_db: str) -> pa.Table:
     """What a user writes by hand: read every referenced table whole, join in DuckDB.
 
     ConnectorX returns PostgreSQL NUMERIC as decimal128(38, 10), whose SUMs overflow in DuckDB,
@@ -243,7 +378,7 @@ def _glue(tp: Any, q: Any, pg_db: str, my_db: str) -> pa.Table:
     used = [t for t in tp.TABLES if re.search(rf"\b{t}\b", text)]
     con = duckdb.connect()
     for t in used:
-        dsn = pg_db if t in tp.PG_SIDE[SPLIT] else my_db
+        dsn = pg_db if t in tp.PG_SIDE[split] else my_db
         import connectorx as cx
 
         table = cx.read_sql(_cx_uri(dsn), f"SELECT * FROM {t}", return_type="arrow")
