@@ -23,7 +23,7 @@ from federator.config import CatalogConfig, load_catalog
 from federator.deadline import within
 from federator.errors import CatalogError
 from federator.execute import Execution
-from federator.execute.residual import default_engine
+from federator.execute.residual import checked_memory_limit, default_engine
 from federator.plan.model import Plan
 from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
@@ -281,6 +281,7 @@ def _engine(config: CatalogConfig, engine: str | None, address: str | None) -> A
     if chosen not in ENGINES:
         raise CatalogError(f"unknown engine {chosen!r}: choose one of {', '.join(ENGINES)}")
     if chosen == "local":
+        checked_memory_limit(settings.get("memory_limit"))  # the residual's: a bad one fails now
         return None
     try:
         from federator.execute.ray_engine import RayEngine

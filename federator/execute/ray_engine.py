@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,8 +47,9 @@ from federator.adapters import adapter_class
 from federator.adapters.base import Split
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, SourceConfig, redact_text
-from federator.errors import CatalogError, ClusterError, FederatorError, SourceError
+from federator.errors import ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
+from federator.execute.residual import checked_memory_limit
 from federator.plan.distribute import (
     BUCKETS_TABLE,
     DistributedResidual,
@@ -81,7 +81,6 @@ STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
 # Residuals over fewer input rows than this run as one DuckDB task (``[execution]
 # distribute_rows``): below it, the stages' overhead costs more than they save.
 DISTRIBUTE_ROWS = 1_000_000
-MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 
 
 class RayEngine:
@@ -115,7 +114,7 @@ class RayEngine:
         self.splits = int(execution.get("splits", workers))  # per plain scan, at most
         self.buckets = int(execution.get("buckets", workers))  # of a distributed residual
         self.distribute_rows = int(execution.get("distribute_rows", DISTRIBUTE_ROWS))
-        self.memory_limit = _memory_limit(execution.get("memory_limit"))  # per DuckDB task
+        self.memory_limit = checked_memory_limit(execution.get("memory_limit"))  # per DuckDB task
 
     def __repr__(self) -> str:
         return f"<federator RayEngine address={self.address!r} actors={sorted(self._actors)}>"
@@ -319,7 +318,7 @@ def _run_sql(
         con.execute("SET enable_progress_bar = false")
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         con.execute(f"SET threads = {max(1, int(cpus))}")
-        if memory is not None:  # checked against MEMORY_LIMIT when the catalog was read
+        if memory is not None:  # checked by checked_memory_limit when the catalog was read
             con.execute(f"SET memory_limit = '{memory}'")
         for name, table in zip(names, tables, strict=True):
             con.register(name, table)
@@ -615,17 +614,6 @@ async def _cancelling(ref: Any) -> Any:
     except (asyncio.CancelledError, TimeoutError):
         ray.cancel(ref, force=True, recursive=True)  # DuckDB does not stop for an interrupt
         raise
-
-
-def _memory_limit(value: Any) -> str | None:
-    """The catalog's ``[execution] memory_limit`` ("256MB", "2GiB"), checked; None: unset."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not MEMORY_LIMIT.fullmatch(value):
-        raise CatalogError(
-            f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
-        )
-    return value
 
 
 def _retryable(error: BaseException) -> bool:
