@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -359,6 +360,13 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     folder = Path(tempfile.mkdtemp(prefix="federator-ray-join-"))
+    try:
+        _measure(args, folder, memory_limit)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, folder: Path, memory_limit: str | None) -> None:
     load = [os.getloadavg()]
     _files(folder, args.big, args.small)
     truth = _truth(folder, QUERIES[args.query])
