@@ -94,13 +94,15 @@ def _input_rows(execution: Any) -> int:
 
 
 def _time(fed: Any, sql: str, repeats: int) -> tuple[float, pa.Table, Any]:
+    """The best of ``repeats`` runs: its seconds, answer and execution (its stages' figures)."""
     best, table, execution = float("inf"), None, None
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = fed.sql(sql)
-        table = result.to_arrow()
-        best = min(best, time.perf_counter() - t0)
-        execution = result.last_execution
+        answer = result.to_arrow()
+        seconds = time.perf_counter() - t0
+        if seconds < best:
+            best, table, execution = seconds, answer, result.last_execution
     return best, table, execution
 
 
@@ -123,7 +125,9 @@ class MemorySampler:
 
     nodes: list[tuple[str, Any]]  # (label, ray._private.node.Node)
     extra: dict[str, int] = field(default_factory=dict)  # label -> a pid (driver, a subprocess)
+    spill_dir: Path | None = None  # DuckDB's temporary files (.tmp of the working directory)
     peaks: dict[str, Peak] = field(default_factory=dict)
+    spill_peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -144,6 +148,7 @@ class MemorySampler:
                 pids = {label: _node_pids(node) for label, node in self.nodes}
                 pids.update({label: [pid] for label, pid in self.extra.items()})
             stores = {label: _store(node) for label, node in self.nodes}
+            self.spill_peak = max(self.spill_peak, _size(self.spill_dir))
             for label, node_pids in pids.items():
                 store, spilled = stores.get(label, (0, 0))
                 total = _private(node_pids) + store
@@ -155,12 +160,27 @@ class MemorySampler:
                 return
 
     def shown(self) -> str:
-        return "; ".join(
-            f"{label} {p.total / MIB:,.0f}"
-            + (f" (store {p.store / MIB:,.0f})" if p.store else "")
-            + (f", spilled {p.spilled / MIB:,.0f}" if p.spilled else "")
-            for label, p in self.peaks.items()
+        spill = f"; DuckDB spill {self.spill_peak / MIB:,.0f}" if self.spill_dir else ""
+        return (
+            "; ".join(
+                f"{label} {p.total / MIB:,.0f}"
+                + (f" (store {p.store / MIB:,.0f})" if p.store else "")
+                + (f", spilled {p.spilled / MIB:,.0f}" if p.spilled else "")
+                for label, p in self.peaks.items()
+            )
+            + spill
         )
+
+
+def _size(folder: Path | None) -> int:
+    """The bytes of the files under ``folder`` (0: none, or no such folder)."""
+    if folder is None or not folder.exists():
+        return 0
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
 
 
 def _node_pids(node: Any) -> list[int]:
@@ -232,7 +252,7 @@ def _run_in_process(
     child = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=capped
     )
-    sampler = MemorySampler([], extra={"process": child.pid})
+    sampler = MemorySampler([], extra={"process": child.pid}, spill_dir=folder / ".tmp")
     killed = False
     with sampler:
         while child.poll() is None:
@@ -241,7 +261,7 @@ def _run_in_process(
                 child.kill()
                 killed = True
         stdout, stderr = child.communicate()
-    peak = f"{sampler.peaks.get('process', Peak()).total / MIB:,.0f}"
+    peak = sampler.shown()
     if killed:
         return f"did not finish: over {cap_gib:g} GiB", peak, "-", "-"
     if child.returncode != 0:
@@ -305,12 +325,11 @@ def _ray_runs(args: argparse.Namespace, folder: Path, truth: pa.Table) -> tuple[
         rows.append(
             {"engine": "Ray cluster idle (1 s, before any query)", "peak_mib": idle.shown()}
         )
-        rates = stage_rates(folder, sql, args.memory_limit)
         for buckets in args.buckets:
             execution = {"buckets": buckets, "distribute_rows": 0, "splits": 2}
             execution["memory_limit"] = args.memory_limit
             catalog = {"sources": sources, "execution": execution}
-            sampler = MemorySampler(nodes, extra={"driver": os.getpid()})
+            sampler = MemorySampler(nodes, {"driver": os.getpid()}, folder / ".tmp")
             with federator.connect(catalog, engine="ray") as fed, sampler:
                 fed.sql(sql).to_arrow()  # warm: actors and workers
                 s, table, ex = _time(fed, sql, args.repeats)
@@ -330,6 +349,7 @@ def _ray_runs(args: argparse.Namespace, folder: Path, truth: pa.Table) -> tuple[
                 }
             )
             print(rows[-1], flush=True)
+        rates = stage_rates(folder, sql, args.memory_limit)  # last: it leaves the driver bigger
         ray.shutdown()
     finally:
         cluster.shutdown()
@@ -380,7 +400,7 @@ def _measure(args: argparse.Namespace, folder: Path, memory_limit: str | None) -
                 "seconds": s,
                 "exact": exact,
                 "input_rows": inputs,
-                "peak_mib": f"process {peak}",
+                "peak_mib": peak,
             }
         )
         print(rows[-1], flush=True)
