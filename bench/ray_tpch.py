@@ -26,12 +26,13 @@ from .tpch import SPLIT, _best, _tp, load
 OBJECT_STORE = 200 * 2**20
 
 
-def _cluster() -> Any:
+def _cluster(object_store: int = OBJECT_STORE) -> Any:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (README)
     import ray
     from ray.cluster_utils import Cluster
 
-    local = {"node_ip_address": "127.0.0.1", "object_store_memory": OBJECT_STORE}
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # as the tests: read at import time
+    local = {"node_ip_address": "127.0.0.1", "object_store_memory": object_store}
     c = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **local}
     )

@@ -23,7 +23,7 @@ from federator.config import CatalogConfig, load_catalog
 from federator.deadline import within
 from federator.errors import CatalogError
 from federator.execute import Execution
-from federator.execute.residual import default_engine
+from federator.execute.residual import checked_memory_limit, engine_for
 from federator.plan.model import Plan
 from federator.plan.planner import Planner, PlannerSettings
 from federator.result import Result
@@ -77,7 +77,8 @@ class Federation:
         self._loop = LoopThread()
         self.cache.loop = self._loop
         self.planner = Planner(self.catalog, self.planner_settings)
-        default_engine().warm_in_background()  # the residual engine's first use, off the clock
+        limit = config.settings.get("execution", {}).get("memory_limit")  # checked by _engine
+        engine_for(limit).warm_in_background()  # the residual engine's first use, off the clock
         self._closed = False
         self._features: Any = None
         _OPEN.add(self)
@@ -281,6 +282,7 @@ def _engine(config: CatalogConfig, engine: str | None, address: str | None) -> A
     if chosen not in ENGINES:
         raise CatalogError(f"unknown engine {chosen!r}: choose one of {', '.join(ENGINES)}")
     if chosen == "local":
+        checked_memory_limit(settings.get("memory_limit"))  # the residual's: a bad one fails now
         return None
     try:
         from federator.execute.ray_engine import RayEngine

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from federator.catalog import Catalog
 from federator.deadline import ascope, run_deadline
 from federator.errors import FederatorError, QueryTimeoutError, SourceError
-from federator.execute.residual import default_engine
+from federator.execute.residual import checked_memory_limit, engine_for
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import (
     LATEST,
@@ -65,6 +65,8 @@ class Execution:
         self.max_staleness = max_staleness  # per query; None: the cache's default
         self.stats: dict[str, FragmentStats] = {f.id: FragmentStats() for f in plan.fragments}
         self.residual_stats = FragmentStats()
+        execution = catalog.config.settings.get("execution", {})
+        self.memory_limit = checked_memory_limit(execution.get("memory_limit"))  # residual's
         self._running: set[str] = set()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self.trace = trace if trace is not None else QueryTrace()
@@ -386,7 +388,7 @@ class Execution:
         assert self.plan.residual_sql is not None
         tables = await grow_top_k(self, tables)  # no-op unless a vector top-k was pushed
         started = time.perf_counter()
-        engine = default_engine()
+        engine = engine_for(self.memory_limit)
         con = engine.cursor()  # its own connection: its fragment names are its alone
         assert self._run is not None, "the residual runs inside stream()"
         with self._run.residual_span(self.residual_stats):

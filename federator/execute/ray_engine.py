@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,8 +47,9 @@ from federator.adapters import adapter_class
 from federator.adapters.base import Split
 from federator.catalog import Catalog
 from federator.config import CatalogConfig, SourceConfig, redact_text
-from federator.errors import CatalogError, ClusterError, FederatorError, SourceError
+from federator.errors import ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
+from federator.execute.residual import checked_memory_limit
 from federator.plan.distribute import (
     BUCKETS_TABLE,
     DistributedResidual,
@@ -81,7 +81,6 @@ STREAM_BACKPRESSURE = 16  # batches a source actor may run ahead of the consumer
 # Residuals over fewer input rows than this run as one DuckDB task (``[execution]
 # distribute_rows``): below it, the stages' overhead costs more than they save.
 DISTRIBUTE_ROWS = 1_000_000
-MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 
 
 class RayEngine:
@@ -115,7 +114,7 @@ class RayEngine:
         self.splits = int(execution.get("splits", workers))  # per plain scan, at most
         self.buckets = int(execution.get("buckets", workers))  # of a distributed residual
         self.distribute_rows = int(execution.get("distribute_rows", DISTRIBUTE_ROWS))
-        self.memory_limit = _memory_limit(execution.get("memory_limit"))  # per DuckDB task
+        self.memory_limit = checked_memory_limit(execution.get("memory_limit"))  # per DuckDB task
 
     def __repr__(self) -> str:
         return f"<federator RayEngine address={self.address!r} actors={sorted(self._actors)}>"
@@ -287,9 +286,11 @@ def run_residual(
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
-def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[pa.Table, ...]:
-    """One input's rows in ``buckets`` parts by a hash of its join keys (one object each)."""
-    return tuple(hash_partition(table, keys, buckets))
+def partition(table: pa.Table, keys: list[str], buckets: int) -> tuple[Any, ...]:
+    """One input's rows in ``buckets`` parts by a hash of its join keys (one object each), then
+    the parts' sizes in bytes (the Arrow buffers each references) as one more object."""
+    parts = hash_partition(table, keys, buckets)
+    return (*parts, [part.nbytes for part in parts])
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -319,7 +320,7 @@ def _run_sql(
         con.execute("SET enable_progress_bar = false")
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         con.execute(f"SET threads = {max(1, int(cpus))}")
-        if memory is not None:  # checked against MEMORY_LIMIT when the catalog was read
+        if memory is not None:  # checked by checked_memory_limit when the catalog was read
             con.execute(f"SET memory_limit = '{memory}'")
         for name, table in zip(names, tables, strict=True):
             con.register(name, table)
@@ -348,6 +349,10 @@ class RayExecution(Execution):
         self.residual_how = "one DuckDB task (the distributed residual is not built yet)"
         self.split_retries = 0  # splits run again after a transient source error
         self.trace_carriers: dict[str, TraceCarrier | None] = {}  # what each task was given
+        self.driver_bytes = 0  # the fragments' tables the driver put into the object store
+        self.shuffled_bytes = 0  # the hash-partitioned bucket inputs the partition tasks made
+        self.broadcast_bytes = 0  # inputs every bucket reads whole, once per bucket
+        self._part_sizes: list[Any] = []  # each partition task's refs to its parts' sizes
 
     def _span_context(self, fragment_id: str | None) -> Any:
         """The span a task's spans parent to: the fragment's, or the run's (None: off)."""
@@ -368,7 +373,19 @@ class RayExecution(Execution):
             limit = self.engine.memory_limit
             memory = f" (DuckDB memory_limit {limit} per task)" if limit else ""
             lines.append(f"  stage 2: residual as {self.residual_how}{memory}")
+            if self.driver_bytes:
+                lines.append(f"  data: {self.data_moved()}")
         return lines
+
+    def data_moved(self) -> str:
+        """The bytes the residual moved, as EXPLAIN ANALYZE's ``data:`` line shows them: e.g.
+        ``72,000 bytes of fragments through the driver; shuffled 48,000 bytes into 2 buckets``."""
+        moved = f"{self.driver_bytes:,} bytes of fragments through the driver"
+        if self._part_sizes:
+            moved += f"; shuffled {self.shuffled_bytes:,} bytes into {self.engine.buckets} buckets"
+        if self.broadcast_bytes:
+            moved += f"; broadcast {self.broadcast_bytes:,} bytes (whole inputs, once per bucket)"
+        return moved
 
     async def _collect(self, frag: Fragment, keys: list[Any] | None) -> pa.Table:
         """The fragment whole, fetched again from the restarted actor if its node was lost."""
@@ -480,8 +497,12 @@ class RayExecution(Execution):
         only maps rows, else the one task's or the final task's answer."""
         params = {k: v for k, v in self.params.items() if f"${k}" in self.plan.residual_sql}
         refs = {name: ray.put(table) for name, table in tables.items()}
+        self.driver_bytes = sum(table.nbytes for table in tables.values())
         trace = self.trace_carriers["residual"] = trace_carrier(self._span_context(None))
         distributed = self._distribution(tables)
+        if distributed is not None:
+            whole = sum(tables[name].nbytes for name in distributed.broadcast)
+            self.broadcast_bytes = whole * self.engine.buckets
         if distributed is None:
             sql = self.plan.residual_sql
             assert sql is not None
@@ -535,10 +556,12 @@ class RayExecution(Execution):
     ) -> list[Any]:
         """Partition tasks, then a DuckDB task per bucket: each bucket's output ref."""
         buckets = self.engine.buckets
-        parts = {
-            name: partition.options(num_returns=buckets).remote(refs[name], keys, buckets)
-            for name, keys in split.partition_keys.items()
-        }
+        parts: dict[str, list[Any]] = {}
+        for name, keys in split.partition_keys.items():
+            *parts[name], sizes = partition.options(num_returns=buckets + 1).remote(
+                refs[name], keys, buckets
+            )
+            self._part_sizes.append(sizes)
         names = list(refs)
         return [
             run_residual.remote(
@@ -584,7 +607,8 @@ class RayExecution(Execution):
         spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
         self.residual_stats.note = (
             f"buckets: {spread}; streamed as each bucket finished "
-            f"(first answer sent when {first_after} of {len(finals)} were done)"
+            f"(first answer sent when {first_after} of {len(finals)} were done); "
+            + await self._shuffled()
         )
 
     async def _buckets(
@@ -603,8 +627,15 @@ class RayExecution(Execution):
         )
         counts = {n: nodes.count(n) for n in dict.fromkeys(nodes)}
         spread = ", ".join(f"{c} on node {n}" for n, c in counts.items())
-        self.residual_stats.note = f"buckets: {spread}; final task on node {node}"
+        self.residual_stats.note = f"buckets: {spread}; final task on node {node}; "
+        self.residual_stats.note += await self._shuffled()
         return answer
+
+    async def _shuffled(self) -> str:
+        """Count the bytes the partition tasks made (their sizes, a small object each)."""
+        sizes = await asyncio.gather(*self._part_sizes)
+        self.shuffled_bytes = sum(sum(each) for each in sizes)
+        return f"shuffled {self.shuffled_bytes:,} bytes into {self.engine.buckets} buckets"
 
 
 async def _cancelling(ref: Any) -> Any:
@@ -615,17 +646,6 @@ async def _cancelling(ref: Any) -> Any:
     except (asyncio.CancelledError, TimeoutError):
         ray.cancel(ref, force=True, recursive=True)  # DuckDB does not stop for an interrupt
         raise
-
-
-def _memory_limit(value: Any) -> str | None:
-    """The catalog's ``[execution] memory_limit`` ("256MB", "2GiB"), checked; None: unset."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not MEMORY_LIMIT.fullmatch(value):
-        raise CatalogError(
-            f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
-        )
-    return value
 
 
 def _retryable(error: BaseException) -> bool:

@@ -9,6 +9,12 @@ microseconds. Each cursor is a connection of its own: the fragments it registers
 in a background thread when it is created, so that ``connect()`` stays fast and the first query
 does not pay for it.
 
+``[execution] memory_limit`` ("256MB") gives residuals a database of their own with DuckDB's
+``memory_limit`` (:func:`engine_for`): DuckDB sets it per database, not per connection, so it
+bounds every residual running at once under that limit together, and past it DuckDB spills to
+its temporary directory (``.tmp`` of the working directory) or fails with its out-of-memory
+error.
+
 The database and the pool belong to one process: after a ``fork`` (DataLoader workers) the
 child makes its own, as DuckDB's and the pool's threads do not survive a fork. The child never
 frees the parent's: destroying a DuckDB database inherited through ``fork`` waits for threads
@@ -30,6 +36,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -39,8 +46,11 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
+from federator.errors import CatalogError
+
 T = TypeVar("T")
 RECYCLE_AFTER = 5_000  # residuals per DuckDB database, then a fresh one (see cursor())
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 
 
 def default_workers() -> int:
@@ -52,11 +62,28 @@ def default_workers() -> int:
     return max(2, cores)
 
 
+def checked_memory_limit(value: Any) -> str | None:
+    """The catalog's ``[execution] memory_limit`` ("256MB", "2GiB"), checked; None: unset.
+
+    >>> checked_memory_limit("256MB")
+    '256MB'
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not MEMORY_LIMIT.fullmatch(value):
+        raise CatalogError(
+            f"[execution] memory_limit {value!r} must be a size such as '256MB' or '2GiB'"
+        )
+    return value
+
+
 class _Database:
     """One DuckDB database and the cursors it handed out (all of them, and those still open)."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_limit: str | None = None) -> None:
         self.connection = duckdb.connect()
+        if memory_limit is not None:  # checked by checked_memory_limit: safe to inline
+            self.connection.execute(f"SET memory_limit = '{memory_limit}'")
         self.handed_out = 0
         self.open = 0
 
@@ -69,9 +96,9 @@ class _ProcessState:
     """What one process owns: the current database, older ones that still have open cursors,
     and the worker threads."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, memory_limit: str | None = None):
         self.pid = os.getpid()
-        self.database = _Database()
+        self.database = _Database(memory_limit)
         self.owners: dict[int, _Database] = {}  # id(cursor) -> the database it belongs to
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="federator-residual")
 
@@ -86,9 +113,15 @@ class _ProcessState:
 class ResidualEngine:
     """Cursors of one shared DuckDB database and the threads residuals run on."""
 
-    def __init__(self, workers: int | None = None, recycle_after: int = RECYCLE_AFTER):
+    def __init__(
+        self,
+        workers: int | None = None,
+        recycle_after: int = RECYCLE_AFTER,
+        memory_limit: str | None = None,
+    ):
         self.workers = workers or default_workers()
         self.recycle_after = recycle_after
+        self.memory_limit = checked_memory_limit(memory_limit)  # DuckDB's, for the database
         self._lock = threading.Lock()
         self._state: _ProcessState | None = None
         self._warmed = False
@@ -103,7 +136,7 @@ class ResidualEngine:
         if self._state is not None and self._state.pid != os.getpid():
             _forget_parent(self)  # a fork the hook missed
         if self._state is None:
-            self._state = _ProcessState(self.workers)
+            self._state = _ProcessState(self.workers, self.memory_limit)
         return self._state
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -115,7 +148,7 @@ class ResidualEngine:
                 # A long-lived DuckDB database keeps ~1 KB per statement it ran; a fresh one
                 # every few thousand residuals keeps memory flat. The old one closes with its
                 # last cursor.
-                state.database = _Database()
+                state.database = _Database(self.memory_limit)
                 if database.open == 0:
                     database.close()
                 database = state.database
@@ -211,3 +244,23 @@ atexit.register(_DEFAULT.close)  # before DuckDB's own teardown, while threads c
 def default_engine() -> ResidualEngine:
     """The process's residual engine, shared by every ``Federation``."""
     return _DEFAULT
+
+
+_LIMITED: dict[str, ResidualEngine] = {}  # by memory_limit: one database per limit
+_LIMITED_LOCK = threading.Lock()
+
+
+def engine_for(memory_limit: str | None) -> ResidualEngine:
+    """The residual engine for ``[execution] memory_limit`` (None: :func:`default_engine`):
+    one per limit and process, shared by the federations that set the same limit.
+
+    >>> engine_for(None) is default_engine()
+    True
+    """
+    if memory_limit is None:
+        return _DEFAULT
+    with _LIMITED_LOCK:
+        if memory_limit not in _LIMITED:
+            _LIMITED[memory_limit] = ResidualEngine(memory_limit=memory_limit)
+            atexit.register(_LIMITED[memory_limit].close)
+        return _LIMITED[memory_limit]

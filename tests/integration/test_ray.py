@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -285,6 +286,36 @@ def test_row_wise_buckets_stream_as_they_finish(cluster, every_kind: dict[str, A
     # 4 bucket tasks on 2 one-CPU workers: at most 2 can be done when the first is sent
     sent_after = re.search(r"first answer sent when (\d+) of 4 were done", shown)
     assert sent_after and int(sent_after[1]) < 4, shown
+
+
+BOTH_SIDES = (
+    "SELECT s.g AS g, count(*) AS n, sum(b.v * s.w) AS total FROM a.big AS b "
+    "JOIN c.small AS s ON b.k = s.k GROUP BY s.g ORDER BY g"
+)
+
+
+def test_buckets_count_the_bytes_shuffled_and_through_the_driver(cluster, tmp_path: Path) -> None:
+    """3,000 x 1,000 rows of int64 columns without nulls: the driver puts 3,000 x 2 x 8 +
+    1,000 x 3 x 8 bytes, the big side is shuffled whole (48,000 bytes) and the small one,
+    under the broadcast threshold, is sent whole to each of 2 buckets."""
+    for name in ("a", "c"):
+        (tmp_path / name).mkdir()
+    big = pa.table({"k": [i % 1000 for i in range(3000)], "v": list(range(3000))})
+    small = pa.table({"k": list(range(1000)), "g": [i % 7 for i in range(1000)], "w": [2] * 1000})
+    pq.write_table(big, tmp_path / "a" / "big.parquet")
+    pq.write_table(small, tmp_path / "c" / "small.parquet")
+    sources = {n: {"kind": "files", "path": str(tmp_path / n)} for n in ("a", "c")}
+    catalog = {"sources": sources, "execution": {"distribute_rows": 0, "buckets": 2}}
+    with _ray_fed(catalog) as fed:
+        result = fed.sql(BOTH_SIDES)
+        got = result.to_arrow()
+        ex = result.last_execution
+    truth = duckdb.sql(BOTH_SIDES.replace("a.big", "big").replace("c.small", "small")).fetchall()
+    assert [tuple(r.values()) for r in got.to_pylist()] == truth
+    assert (ex.driver_bytes, ex.shuffled_bytes, ex.broadcast_bytes) == (72_000, 48_000, 48_000)
+    shown = "\n".join([ex.residual_stats.note, *ex.engine_lines()])
+    assert "shuffled 48,000 bytes into 2 buckets" in shown, shown
+    assert "72,000 bytes of fragments through the driver" in shown, shown
 
 
 # ---- FederatedDataset on Ray: streaming_split, one stream per trainer -----------------------

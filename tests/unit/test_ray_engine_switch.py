@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import federator
+from federator.execute.residual import checked_memory_limit
 
 CATALOG = {"sources": {"demo": {"kind": "sqlite", "path": ":memory:"}}}
 
@@ -41,8 +42,7 @@ def test_the_catalog_can_name_the_local_engine() -> None:
 
 
 def test_a_memory_limit_must_be_a_size() -> None:
-    from federator.execute.ray_engine import _memory_limit  # imports Ray (federator[ray])
-
-    assert _memory_limit("256MB") == "256MB" and _memory_limit(None) is None
+    assert checked_memory_limit("256MB") == "256MB" and checked_memory_limit(None) is None
+    bad = {**CATALOG, "execution": {"memory_limit": "1GB'; SET threads = 64"}}
     with pytest.raises(federator.CatalogError, match="must be a size such as '256MB'"):
-        _memory_limit("1GB'; SET threads = 64")
+        federator.connect(bad)  # the in-process engine checks it too: its residual uses it

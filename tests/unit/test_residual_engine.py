@@ -7,10 +7,14 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from federator.execute.residual import ResidualEngine, default_engine
+import federator
+from federator.execute.residual import ResidualEngine, default_engine, engine_for
 
 
 def _own_fragment(engine: ResidualEngine, n: int) -> list[tuple[int, int]]:
@@ -144,6 +148,58 @@ def test_the_default_engine_warms_and_answers() -> None:
     engine = default_engine()
     engine.warm()
     assert _own_fragment(engine, 7) == [(7, 3)]
+
+
+def _setting(engine: ResidualEngine, name: str) -> str:
+    con = engine.cursor()
+    try:
+        return con.sql(f"SELECT current_setting('{name}')").fetchall()[0][0]
+    finally:
+        engine.release(con)
+
+
+def test_a_memory_limit_gets_a_database_of_its_own() -> None:
+    """DuckDB sets memory_limit per database: a limited engine must not change the default's."""
+    unlimited = _setting(default_engine(), "memory_limit")
+    limited = engine_for("300MB")
+    assert engine_for("300MB") is limited and engine_for(None) is default_engine()
+    assert _setting(limited, "memory_limit") == "286.1 MiB"  # 300e6 bytes, as DuckDB shows it
+    assert _setting(default_engine(), "memory_limit") == unlimited != "286.1 MiB"
+
+
+JOIN = (
+    "SELECT s.g AS g, list(b.v) AS vs FROM a.big AS b JOIN c.small AS s ON b.k = s.k GROUP BY s.g"
+)
+
+
+@pytest.fixture(scope="module")
+def join_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    folder = tmp_path_factory.mktemp("limit")
+    for name in ("a", "c"):
+        (folder / name).mkdir()
+    rows = np.arange(300_000)
+    pq.write_table(pa.table({"k": rows % 1000, "v": rows}), folder / "a" / "big.parquet")
+    small = np.arange(1000)
+    pq.write_table(pa.table({"k": small, "g": small % 7}), folder / "c" / "small.parquet")
+    return {n: {"kind": "files", "path": str(folder / n)} for n in ("a", "c")}
+
+
+def test_the_in_process_residual_runs_under_the_catalogs_memory_limit(
+    join_sources: dict[str, dict[str, str]],
+) -> None:
+    """A residual needing more than ``[execution] memory_limit`` fails with DuckDB's
+    out-of-memory error; the same query without the limit answers as DuckDB does."""
+    limited = {"sources": join_sources, "execution": {"memory_limit": "4MB"}}
+    with federator.connect(limited) as fed, pytest.raises(federator.SourceError, match="Memory"):
+        fed.sql(JOIN).to_arrow()
+    with federator.connect({"sources": join_sources}) as fed:
+        got = {r["g"]: sorted(r["vs"]) for r in fed.sql(JOIN).to_arrow().to_pylist()}
+    big = pq.read_table(f"{join_sources['a']['path']}/big.parquet")  # noqa: F841 (DuckDB reads it)
+    small = pq.read_table(f"{join_sources['c']['path']}/small.parquet")  # noqa: F841
+    truth = duckdb.sql(
+        "SELECT s.g AS g, list(b.v) AS vs FROM big AS b JOIN small AS s ON b.k = s.k GROUP BY s.g"
+    ).fetchall()
+    assert got == {g: sorted(vs) for g, vs in truth}
 
 
 FORK_SCRIPT = """
