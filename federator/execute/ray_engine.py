@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import ray
+import sqlglot
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -49,7 +50,12 @@ from federator.catalog import Catalog
 from federator.config import CatalogConfig, SourceConfig, redact_text
 from federator.errors import ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
-from federator.execute.residual import checked_memory_limit
+from federator.execute.residual import (
+    JOIN_ORDER_RELATIONS,
+    checked_memory_limit,
+    joins_several,
+    register_tables,
+)
 from federator.plan.distribute import (
     BUCKETS_TABLE,
     DistributedResidual,
@@ -322,8 +328,10 @@ def _run_sql(
         con.execute(f"SET threads = {max(1, int(cpus))}")
         if memory is not None:  # checked by checked_memory_limit when the catalog was read
             con.execute(f"SET memory_limit = '{memory}'")
-        for name, table in zip(names, tables, strict=True):
-            con.register(name, table)
+        several = len(names) >= JOIN_ORDER_RELATIONS and joins_several(
+            sqlglot.parse_one(sql, read="duckdb")
+        )
+        register_tables(con, dict(zip(names, tables, strict=True)), with_statistics=several)
         relation = con.sql(sql, params=params or None)
         if hasattr(relation, "to_arrow_table"):
             answer = relation.to_arrow_table()

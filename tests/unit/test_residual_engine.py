@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlglot
 
 import federator
-from federator.execute.residual import ResidualEngine, default_engine, engine_for
+from federator.execute.residual import (
+    ResidualEngine,
+    default_engine,
+    engine_for,
+    joins_several,
+    register_tables,
+)
 
 
 def _own_fragment(engine: ResidualEngine, n: int) -> list[tuple[int, int]]:
@@ -241,3 +249,75 @@ def test_a_script_that_connects_and_exits_at_once_exits_cleanly() -> None:
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("sql", "several"),
+    [
+        ("SELECT * FROM f0", False),
+        ("SELECT * FROM f0 JOIN f1 ON f0.k = f1.k", False),
+        ("SELECT * FROM f0 UNION ALL SELECT * FROM f1 UNION ALL SELECT * FROM f2", False),
+        ("SELECT * FROM f0, f1, f2 WHERE f0.k = f1.k AND f1.j = f2.j", True),
+        (
+            "SELECT * FROM f0 JOIN (SELECT * FROM f1 JOIN f2 ON f1.j = f2.j"
+            " LEFT JOIN f3 USING (j)) AS s ON TRUE",
+            True,
+        ),
+    ],
+)
+def test_joins_several_finds_a_select_joining_three_relations(sql: str, several: bool) -> None:
+    assert joins_several(sqlglot.parse_one(sql, read="duckdb")) is several
+
+
+def _q05_shaped() -> dict[str, pa.Table]:
+    """Customers' orders and suppliers on a 5-valued nation key, and lines on both: joining
+    the first two on the nation key first makes 5,000 x 200 / 5 = 200,000 rows."""
+    rng = np.random.default_rng(5)
+    orders = pa.table({"nation": rng.integers(0, 5, 5_000), "order": np.arange(5_000)})
+    suppliers = pa.table({"s_nation": rng.integers(0, 5, 200), "supp": np.arange(200)})
+    lines = pa.table(
+        {"l_order": rng.integers(0, 5_000, 20_000), "l_supp": rng.integers(0, 200, 20_000)}
+    )
+    return {"f0": orders, "f1": lines, "f2": suppliers}
+
+
+Q05_SHAPED = (
+    "SELECT f2.s_nation, count(*) AS n FROM f0, f1, f2 WHERE f1.l_order = f0.order "
+    "AND f0.nation = f2.s_nation AND f1.l_supp = f2.supp GROUP BY 1 ORDER BY 1"
+)
+
+
+def _largest_operator(con: duckdb.DuckDBPyConnection) -> int:
+    """The most rows any operator of the q05-shaped join put out (EXPLAIN ANALYZE)."""
+    plan = con.sql("EXPLAIN ANALYZE " + Q05_SHAPED).fetchall()[0][1]
+    rows = [int(r.replace(",", "")) for r in re.findall(r"([\d,]+) rows", plan)]
+    return max(rows)
+
+
+def test_tables_with_statistics_answer_the_same_and_go_away_with_their_cursor() -> None:
+    engine = ResidualEngine(workers=1)
+    try:
+        answers = []
+        for with_statistics in (False, True):
+            con = engine.cursor()
+            try:
+                register_tables(con, _q05_shaped(), with_statistics=with_statistics)
+                kinds = con.sql(
+                    "SELECT table_name FROM duckdb_tables() WHERE temporary ORDER BY 1"
+                ).fetchall()
+                assert kinds == ([("f0",), ("f1",), ("f2",)] if with_statistics else [])
+                answers.append(con.sql(Q05_SHAPED).fetchall())
+                if with_statistics:  # joined on the order key first: never above the lines
+                    assert _largest_operator(con) <= 20_000
+            finally:
+                engine.release(con)
+        assert answers[0] == answers[1]
+        con = engine.cursor()
+        try:
+            assert con.sql("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchall() == [
+                (0,)
+            ]
+        finally:
+            engine.release(con)
+    finally:
+        engine.close()
