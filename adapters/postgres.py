@@ -61,7 +61,7 @@ from sqlglot import exp
 
 from federator.config import SourceConfig
 from federator.deadline import cleanup
-from federator.plan.model import bind_batches
+from federator.plan.model import bind_batches, grouped_bind_site
 from federator.telemetry import bind_batch
 
 if TYPE_CHECKING:
@@ -82,6 +82,25 @@ JOIN pg_catalog.pg_namespace n ON n.nspname = w.nsp
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel
 LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = c.oid
 """
+
+
+def _one_row_per_key(tree: exp.Expression, key: exp.Column) -> bool:
+    """Whether a fragment bound on ``key`` answers at most one row per key: its bind site
+    (``grouped_bind_site``) groups by the key alone.
+
+    >>> from sqlglot import parse_one
+    >>> t = parse_one("SELECT t.k, SUM(t.v) AS s FROM t AS t GROUP BY t.k")
+    >>> _one_row_per_key(t, exp.column("k", table="t"))
+    True
+    >>> _one_row_per_key(parse_one("SELECT t.k, t.v FROM t AS t"), exp.column("k", table="t"))
+    False
+    """
+    if not isinstance(tree, exp.Select):
+        return False
+    site, where = grouped_bind_site(tree.copy(), key)
+    group = site.args.get("group")
+    keys = group.expressions if group is not None else []
+    return len(keys) == 1 and keys[0] == where
 
 
 class PostgresAdapter(PostgresConnections):
@@ -172,13 +191,33 @@ class PostgresAdapter(PostgresConnections):
     def translate(self, fragment: Fragment) -> NativeRequest:
         request = super().translate(fragment)
         if fragment.bind is not None and self.uses_bulk(fragment.estimated_rows):
+            self._choose_bound_path(fragment, request)
+        return self._bulk_when_unbound(fragment, request)
+
+    def _choose_bound_path(self, fragment: Fragment, request: NativeRequest) -> None:
+        """Bound keys of a large fragment go through COPY (as an ``unnest`` semi-join), unless
+        the fragment answers one row per key: then the plain query's ``= ANY($1)`` is faster,
+        as PostgreSQL hashes a constant array over a parallel scan, where it plans the
+        semi-join for unnest's guessed 200 keys (TPC-H Q3's 147 k order keys: index probes,
+        1.2 s, against 0.45 s)."""
+        assert fragment.bind is not None
+        if _one_row_per_key(request.payload.tree, fragment.bind.key):
+            note = (
+                "bound keys as a plain query (= ANY($1)), not through COPY: grouped by the "
+                "key, it answers at most one row per key"
+            )
+        else:
             request.payload.bound_bulk = True
             note = (
                 f"bound keys (from {BIND_BULK_KEYS:,}) through binary COPY: estimated "
                 f"{fragment.estimated_rows or 0:,} rows >= bulk_rows {self.bulk_rows:,}"
             )
-            if note not in fragment.notes:
-                fragment.notes.append(note)
+        if note not in fragment.notes:
+            fragment.notes.append(note)
+
+    def _bulk_when_unbound(self, fragment: Fragment, request: NativeRequest) -> NativeRequest:
+        """Mark ``request`` for binary COPY where its size calls for it (run bound, only where
+        ``bound_bulk`` says so)."""
         if self.uses_bulk(fragment.estimated_rows):
             # A filtered fragment's estimate is a guess: the server's own estimate (EXPLAIN,
             # same connection, parameters bound) confirms it before paying for COPY.

@@ -176,3 +176,32 @@ def test_many_bound_keys_travel_through_binary_copy(tpch: Any) -> None:
     assert "through binary COPY" in lineitem, plan
     keys = int(re.search(r"bound keys ([\d,]+)", lineitem).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert keys >= 1_000, plan
+
+
+def test_many_bound_keys_of_a_grouped_fragment_take_the_plain_query(tpch: Any) -> None:
+    """Grouped by the bound key, the lineitem side answers one row per order: its 1,000+ keys
+    go as ``= ANY($1)`` of a plain query, not through COPY, even with bulk_rows 0."""
+    catalog = tpch.catalog(SPLIT)
+    catalog["sources"]["pg"]["bulk_rows"] = 0
+    body = (
+        "SELECT o.o_orderpriority, sum(l.l_extendedprice) AS total "
+        "FROM {orders} o JOIN {lineitem} l ON l.l_orderkey = o.o_orderkey "
+        "WHERE o.o_orderdate < DATE '1993-01-01' GROUP BY o.o_orderpriority"
+    )
+    with federator.connect(catalog) as fed:
+        sql = body.format(orders="my.orders", lineitem="pg.lineitem")
+        got = fed.sql(sql).to_arrow()
+        plan = _explain(fed, sql)
+    truth = _truth_rows(
+        tpch,
+        body.format(orders="orders", lineitem="lineitem").replace(
+            "SELECT o.o_orderpriority,", "SELECT rtrim(o.o_orderpriority),"
+        ),
+    )
+    assert sorted(zip(*(c.to_pylist() for c in got.columns), strict=True)) == truth
+    lineitem = next(b for b in _fragment_blocks(plan) if '"lineitem"' in b)
+    assert "GROUP BY" in lineitem and "= ANY($1)" in lineitem, plan
+    assert "as a plain query (= ANY($1)), not through COPY" in lineitem, plan
+    assert "through binary COPY:" not in lineitem, plan
+    keys = int(re.search(r"bound keys ([\d,]+)", lineitem).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert keys >= 1_000, plan
