@@ -509,3 +509,25 @@ def test_without_the_small_share_rule_such_keys_are_fetched_in_full() -> None:
     settings = {"bind_max_keys": 5_000, "bind_large_max_keys": 30_000, "bind_small_share": 0}
     line = by_tables(split(Q3_LIKE, infos(), **settings))[frozenset({"lineitem"})]
     assert line.bind is None or not line.bind.decide(14_000)[0]
+
+
+def test_a_small_share_is_not_bound_into_a_consumer_estimated_at_fewer_rows_than_keys() -> None:
+    # TPC-H Q8 split: 91,179 order keys (6 % of 1.5 M) against a lineitem x part side estimated
+    # at 39,145 rows: more keys than the rows they would filter, so it is fetched in full.
+    bind = BindJoin(
+        "f1",
+        "o_orderkey",
+        exp.column("l_orderkey"),
+        "l_orderkey",
+        "",
+        max_keys=50_000,
+        consumer_rows=39_145,
+        key_domain=1_500_000,
+        share_limit=0.1,
+        share_max_keys=200_000,
+    )
+    bound, why = bind.decide(91_179)
+    assert not bound and "more than the consumer's estimated 39,145 rows" in why
+    bind.consumer_rows = 984_375  # the same keys against a consumer estimated large: bound
+    bound, why = bind.decide(91_179)
+    assert bound and "they keep 6.1% of 1,500,000 keys" in why
