@@ -290,8 +290,13 @@ def squash(text: str | None) -> str | None:
 
 
 def bind_text(plan: Plan, fid: str) -> str | None:
+    """A fragment's bind as ``key <- producer.column``, each alternative after ``or``."""
     b = plan.fragment(fid).bind
-    return None if b is None else f"{b.key.sql()} <- {b.producer}.{b.producer_column}"
+    if b is None:
+        return None
+    return " or ".join(
+        f"{x.key.sql()} <- {x.producer}.{x.producer_column}" for x in (b, *b.alternatives)
+    )
 
 
 def actual(fed: federator.Federation, case: Case) -> tuple[Plan | None, BaseException | None]:

@@ -18,6 +18,7 @@ from federator.plan.tree import (
     _column_equalities,
     _conjuncts,
     _ident,
+    _is_inner,
     _Item,
     _join_pair,
     _params,
@@ -562,27 +563,32 @@ class JoinPlanner(FragmentBuilder):
         """Output columns of a residual subquery ``it`` that are a fragment's column passed on
         unchanged, by (alias, output name): restricting that fragment to some key values
         then removes exactly the subquery's rows with other key values. So only a SELECT
-        over one fragment, without joins, limit or window functions, grouped (if at all) by
-        that column."""
+        over fragments joined by inner joins (a row of the join keeps its fragments' values),
+        without limit or window functions, grouped (if at all) by that column: TPC-H Q2's
+        minimum supply cost per part over partsupp joined to the region's suppliers passes
+        partsupp's part key on."""
         query = it.node.this if isinstance(it.node, exp.Subquery) else None
         if not isinstance(query, exp.Select) or it.source is not None:
             return {}
-        if any(query.args.get(k) for k in ("joins", "limit", "offset")) or query.find(exp.Window):
+        if any(query.args.get(k) for k in ("limit", "offset")) or query.find(exp.Window):
             return {}
-        table = query.args["from_"].this if query.args.get("from_") else None
+        joins = query.args.get("joins") or []
+        if not query.args.get("from_") or not all(_is_inner(j) for j in joins):
+            return {}
         ids = {f.id for f in self.fragments}
-        if not isinstance(table, exp.Table) or table.db or table.name not in ids:
+        tables = [query.args["from_"].this, *(j.this for j in joins)]
+        if not all(isinstance(t, exp.Table) and not t.db and t.name in ids for t in tables):
             return {}
-        frag = self.fragment(table.name)
+        frags = {t.alias_or_name: self.fragment(t.name) for t in tables}
         group = query.args.get("group")
         found = {}
         for proj in query.selects:
             col = proj.unalias()
-            if not isinstance(col, exp.Column) or col.table != table.alias_or_name:
+            if not isinstance(col, exp.Column) or col.table not in frags:
                 continue
             if group is not None and not any(g == col for g in group.expressions):
                 continue
-            origin = _output_origin(frag, col.name)
+            origin = _output_origin(frags[col.table], col.name)
             if origin is not None:
                 found[(it.alias, proj.alias_or_name)] = origin
         return found

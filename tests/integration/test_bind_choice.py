@@ -46,3 +46,29 @@ def test_q05_binds_lineitem_on_the_order_keys(tpch, tpch_federation) -> None:
     assert '"l_orderkey" = ANY($1)' in ex.plan.requests[line.id].text
     assert ex.stats[line.id].rows == _truth_count(tpch, BOUND_ON_ORDERS)
     assert "bound keys" in res.explain(analyze=True)
+
+
+# partsupp rows of the parts Q2's outer query keeps (size 15, type %BRASS, supplied from
+# EUROPE): what its decorrelated minimum-cost subquery fetches once bound on the part keys
+BOUND_ON_PARTS = """
+SELECT count(*) FROM partsupp WHERE ps_partkey IN (
+  SELECT p_partkey FROM part JOIN partsupp ON p_partkey = ps_partkey
+  JOIN supplier ON s_suppkey = ps_suppkey JOIN nation ON s_nationkey = n_nationkey
+  JOIN region ON n_regionkey = r_regionkey
+  WHERE p_size = 15 AND p_type LIKE '%BRASS' AND r_name = 'EUROPE')
+"""
+
+
+def test_q02_binds_the_minimum_cost_subquery_on_the_outer_part_keys(tpch, tpch_federation) -> None:
+    """Q2 reversed (partsupp and part on MariaDB, suppliers on PostgreSQL): the subquery's
+    partsupp side could take EUROPE's supplier keys (a fifth of partsupp) or, through the
+    subquery's GROUP BY ps_partkey, the outer query's part keys; it takes the part keys."""
+    query = tpch.queries["q02"]
+    fed = tpch_federation("reverse")
+    res = fed.sql(query.sql(federated_names("reverse")))
+    assert compare(query, tpch.truth["q02"], arrow_answer(res.to_arrow())) is None
+    ex = res.last_execution
+    partsupp = next(f for f in ex.plan.fragments if f.bind is not None and f.bind.alternatives)
+    note = ex.stats[partsupp.id].note
+    assert ".p_partkey of " in note, note  # "chose f2.p_partkey of f1.s_suppkey: …"
+    assert ex.stats[partsupp.id].rows == _truth_count(tpch, BOUND_ON_PARTS)
