@@ -197,6 +197,7 @@ class MySQLAdapter(ServerSQLAdapter):
         self.scan_partitions = int(config.options.get("scan_partitions", 2))
         self.avoid_group_by_index = bool(config.options.get("avoid_group_by_index", True))
         self._views: set[tuple[str, str]] = set()  # (schema, name), lower case: take no index hint
+        self._primary: dict[tuple[str, str], tuple[str, ...]] = {}  # its columns, in order
         self._int_keys: dict[tuple[str, str], str] = {}  # single-column integer primary keys
         # (schema, table, column) -> collation of each text column, lower case (EXPLAIN notes)
         self._collations: dict[tuple[str, str, str], str] = {}
@@ -419,6 +420,11 @@ class MySQLAdapter(ServerSQLAdapter):
             (r[0].lower(), r[1].lower(), r[2].lower()): r[7].lower() for r in rows if r[7]
         }
         self._views = {(r[0].lower(), r[1].lower()) for r in rows if r[8] == "VIEW"}
+        self._primary = {
+            (schema.lower(), name.lower()): tuple(c.lower() for c in columns)
+            for (schema, name, index), columns in indexes.items()
+            if index == "PRIMARY"
+        }
         self._int_keys = {
             (schema, name): keys[0][2]
             for (schema, name), cols in grouped.items()
@@ -440,10 +446,15 @@ class MySQLAdapter(ServerSQLAdapter):
         tree = super().localize(tree)
         if not self.avoid_group_by_index:
             return tree
-        return without_group_by_index(tree, lambda t: self._is_view(t.db, t.name))
+        return without_group_by_index(
+            tree, lambda t: self._is_view(t.db, t.name), lambda t: self._primary_key(t.db, t.name)
+        )
 
     def _is_view(self, schema: str, name: str) -> bool:
         return ((schema or self.default_schema).lower(), name.lower()) in self._views
+
+    def _primary_key(self, schema: str, name: str) -> tuple[str, ...]:
+        return self._primary.get(((schema or self.default_schema).lower(), name.lower()), ())
 
     # ---- bulk path (ConnectorX) ---------------------------------------------------------
     def translate(self, fragment: Fragment) -> NativeRequest:
@@ -662,20 +673,28 @@ _LOST = {2006, 2013, 2014, 2055, 1927}
 
 
 def without_group_by_index(
-    tree: exp.Expression, is_view: Callable[[exp.Table], bool] = lambda t: False
+    tree: exp.Expression,
+    is_view: Callable[[exp.Table], bool] = lambda t: False,
+    primary_key: Callable[[exp.Table], tuple[str, ...]] = lambda t: (),
 ) -> exp.Expression:
     """``tree`` with ``USE INDEX FOR GROUP BY ()`` on each table (not a view: ``is_view``, which
-    takes no index hint) that a GROUP BY reads columns of beyond its group keys.
+    takes no index hint) that a GROUP BY reads columns of beyond its group keys, unless its
+    group keys lead its primary key (``primary_key``, lower case, in order).
 
     MariaDB 10.11 resolves such a GROUP BY by walking a secondary index on the group key and
     fetching every row through the clustered index: TPC-H q15's revenue per supplier took over
     600 s that way at SF 1 and 2 s as a scan and a grouping table. An index that covers the
-    query (only group keys read) is still allowed, as is any index for the WHERE.
+    query (only group keys read) is still allowed, as is any index for the WHERE. Grouped by
+    the leading columns of the primary key (InnoDB's clustered index), walking it is the scan,
+    with the groups in order: TPC-H q18's lineitem per order takes 0.8 s that way, 7.8 s with
+    a grouping table.
 
     >>> from sqlglot import parse_one
     >>> q = parse_one("SELECT t.k, SUM(t.v) AS s FROM t AS t GROUP BY t.k", read="mysql")
     >>> without_group_by_index(q).sql("mysql")
     'SELECT t.k, SUM(t.v) AS s FROM t AS t USE INDEX FOR GROUP BY () GROUP BY t.k'
+    >>> without_group_by_index(q, primary_key=lambda t: ("k", "n")).sql("mysql")
+    'SELECT t.k, SUM(t.v) AS s FROM t AS t GROUP BY t.k'
     """
     tree = tree.copy()
     for select in tree.find_all(exp.Select):
@@ -685,6 +704,9 @@ def without_group_by_index(
         keys = {(c.table, c.name) for c in group.find_all(exp.Column)}
         for table in _tables_read_by(select):
             if is_view(table) or _covered_by_group_keys(select, table.alias_or_name, keys):
+                continue
+            own = {name.lower() for alias, name in keys if alias == table.alias_or_name}
+            if own and own == set(primary_key(table)[: len(own)]):
                 continue
             hints = table.args.get("hints") or []
             if not any(isinstance(h, exp.IndexTableHint) for h in hints):

@@ -156,6 +156,9 @@ class JoinPlanner(FragmentBuilder):
             for producer, consumer in pairs:
                 if consumers is not None and consumer[0].id not in consumers:
                     continue
+                reason = self._plan_having_bind(producer, consumer)
+                if reason is None:
+                    break
                 reason = self._plan_grouped_bind(producer, consumer)
                 if reason is None:
                     break
@@ -169,6 +172,39 @@ class JoinPlanner(FragmentBuilder):
                     + "; ".join(refusals)
                     + ")"
                 )
+
+    def _plan_binds_from_null_rejected(
+        self,
+        select: exp.Select,
+        on: list[exp.Expression],
+        frags: dict[str, Fragment],
+        renames: dict[tuple[str, str], tuple[str, str]],
+        frag: Fragment,
+        alias: str,
+    ) -> None:
+        """The preserved side of a LEFT JOIN the WHERE requires to match (a decorrelated
+        ``IN``: ``NOT _u_0.k IS NULL``) keeps only rows with a match, so it may take the
+        null-extended side's keys too, directly or through the WHERE's equalities (TPC-H
+        Q18: orders and lineitem wait for the 57 large orders' keys). Only where the
+        null-extended side keeps groups by a HAVING condition (:meth:`_plan_having_bind`):
+        elsewhere it is the side that takes keys."""
+        where = select.args.get("where")
+        if where is None or frag.query.find(exp.Having) is None:
+            return
+        conjuncts = list(_conjuncts(where.this))
+        if not any(_requires(c, alias) for c in conjuncts):
+            return
+        reverse = {v: k for k, v in renames.items()}
+        everything = {**frags, alias: frag}
+        pairs = []
+        for c in _column_equalities([*conjuncts, *on]):
+            ends = [self._origin(col, everything, reverse) for col in (c.this, c.expression)]
+            if ends[0] is not None and ends[1] is not None and ends[0][0] is not ends[1][0]:
+                pairs.append((ends[0], ends[1]))
+        for a, b in [*pairs, *_transitive(pairs)]:
+            for producer, consumer in ((a, b), (b, a)):
+                if producer[0] is frag and consumer[0] is not frag:
+                    self._plan_having_bind(producer, consumer)
 
     def _origin(
         self,
@@ -407,6 +443,37 @@ class JoinPlanner(FragmentBuilder):
             return f"starts in full at once, races {producer}'s keys"
         return f"waits for {producer}'s keys"
 
+    def _plan_having_bind(
+        self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
+    ) -> str | None:
+        """A producer that keeps groups by a HAVING condition (TPC-H Q18's orders of over 300
+        units, a decorrelated IN): sources estimate HAVING with a fixed guess (PostgreSQL
+        keeps 125 k of 1.5 M orders; 57 pass), so a plain bind is refused on a number that
+        means nothing. The consumer waits for the producer's keys and binds them when the
+        observed count pays (:meth:`BindJoin.decide`). Returns None when planned."""
+        pfrag, _, _, pname = producer
+        cfrag = consumer[0]
+        if pfrag.query.find(exp.Having) is None:
+            return "no HAVING"
+        if cfrag.bind is not None or pfrag.top_k is not None or cfrag.as_written:
+            return f"{cfrag.id} already bound"
+        if not self.rules[cfrag.source].can("bind_join"):
+            return f"source {cfrag.source} takes no bind joins"
+        p, c = pfrag.estimated_rows, cfrag.estimated_rows
+        if p is None or c is None or c < p or self._depends_on(pfrag, cfrag):
+            return "no HAVING bind"
+        limit = self._bind_key_limit(c)
+        why = (
+            f"{pfrag.id} keeps groups by a HAVING condition, which sources estimate by a fixed "
+            f"guess (estimated {p:,} rows); {cfrag.id} {self._waits(pfrag.id)} and binds them "
+            f"if they number <= {min(limit, int(c / self.settings.bind_ratio)):,}, else fetches "
+            "in full"
+        )
+        self._bind_at_run_time(
+            pfrag.id, pname, consumer, limit, why, key_domain=self._key_domain(producer)
+        )
+        return None
+
     def _plan_grouped_bind(
         self, producer: tuple[Fragment, str, str, str], consumer: tuple[Fragment, str, str, str]
     ) -> str | None:
@@ -592,6 +659,57 @@ class JoinPlanner(FragmentBuilder):
             if origin is not None:
                 found[(it.alias, proj.alias_or_name)] = origin
         return found
+
+
+_NULL_REJECTING = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _requires(conjunct: exp.Expression, alias: str) -> bool:
+    """Whether ``conjunct`` is false or unknown when every column of ``alias`` is NULL (a
+    row a LEFT JOIN null-extended fails it).
+
+    >>> from sqlglot import parse_one
+    >>> _requires(parse_one("NOT u.k IS NULL"), "u"), _requires(parse_one("u.k IS NULL"), "u")
+    (True, False)
+    """
+    if isinstance(conjunct, exp.Paren):
+        return _requires(conjunct.this, alias)
+    if isinstance(conjunct, exp.Not) and isinstance(conjunct.this, exp.Is):
+        is_null = isinstance(conjunct.this.expression, exp.Null)
+        return is_null and _column_of(conjunct.this.this, alias)
+    if isinstance(conjunct, _NULL_REJECTING):
+        return _column_of(conjunct.this, alias) or _column_of(conjunct.expression, alias)
+    return False
+
+
+def _column_of(node: exp.Expression, alias: str) -> bool:
+    return isinstance(node, exp.Column) and node.table == alias
+
+
+def _transitive(
+    pairs: list[tuple[tuple[Fragment, str, str, str], tuple[Fragment, str, str, str]]],
+) -> list[tuple[tuple[Fragment, str, str, str], tuple[Fragment, str, str, str]]]:
+    """Equalities that two of ``pairs`` imply through a column they share, between two
+    other fragments (TPC-H Q18: lineitem's l_orderkey = orders' o_orderkey = the large
+    orders' l_orderkey joins lineitem to the large orders), not already among them."""
+
+    def key(o: tuple[Fragment, str, str, str]) -> tuple[str, str]:
+        return o[0].id, o[3]
+
+    known = {frozenset((key(a), key(b))) for a, b in pairs}
+    found = []
+    for i, (a, b) in enumerate(pairs):
+        ends = {key(a): b, key(b): a}  # a column of this pair -> the other end
+        for c, d in pairs[i + 1 :]:
+            for mid, far in ((c, d), (d, c)):
+                near = ends.get(key(mid))
+                if near is None or near[0] is far[0]:
+                    continue
+                pair = frozenset((key(near), key(far)))
+                if pair not in known:
+                    known.add(pair)
+                    found.append((near, far))
+    return found
 
 
 def _alternative_of(a: Fragment, b: Fragment) -> bool:

@@ -103,6 +103,10 @@ class Splitter(TopKPlanner, AsofWindows, PartialAggregation):
                 # left in the residual that passes a fragment's column on (see _passed_keys).
                 on = list(_conjuncts(join.args["on"]))
                 if frag is not None:
+                    if not _is_asof(join):  # first: it decides which way the keys go
+                        self._plan_binds_from_null_rejected(
+                            select, on, frags, renames, frag, it.alias
+                        )
                     self._plan_bind_joins(on, {**frags, it.alias: frag}, renames, {frag.id})
                     if _is_asof(join):
                         self._plan_time_window(select, join, it, frag, frags, renames)
