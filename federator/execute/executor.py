@@ -20,8 +20,8 @@ from federator.errors import FederatorError, QueryTimeoutError, SourceError
 from federator.execute.residual import (
     checked_memory_limit,
     engine_for,
-    joins_several,
     register_tables,
+    residual_joins_several,
 )
 from federator.execute.topk import fetch_top_k, grow_top_k
 from federator.plan.model import (
@@ -415,13 +415,6 @@ class Execution:
                 self.residual_stats.ms += (time.perf_counter() - started) * 1000
                 engine.release(con)
 
-    def _residual_joins_several(self) -> bool:
-        memo = self.plan.memo
-        if "residual.joins_several" not in memo:
-            assert self.plan.residual is not None
-            memo["residual.joins_several"] = joins_several(self.plan.residual)
-        return bool(memo["residual.joins_several"])
-
     def _start_residual(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -431,7 +424,7 @@ class Execution:
         """Register the fragments' tables, start the residual and read its first batches (on a
         worker thread): fewer than ``RESIDUAL_HEAD_BATCHES`` of them are the whole answer."""
         try:
-            register_tables(con, tables, with_statistics=self._residual_joins_several())
+            register_tables(con, tables, with_statistics=residual_joins_several(self.plan))
             relation = con.sql(self.plan.residual_sql, params=params or None)
             if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 2.0
                 reader = relation.to_arrow_reader(RESIDUAL_BATCH_ROWS)

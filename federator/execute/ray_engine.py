@@ -31,7 +31,6 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import ray
-import sqlglot
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -51,10 +50,9 @@ from federator.config import CatalogConfig, SourceConfig, redact_text
 from federator.errors import ClusterError, FederatorError, SourceError
 from federator.execute.executor import Execution
 from federator.execute.residual import (
-    JOIN_ORDER_RELATIONS,
     checked_memory_limit,
-    joins_several,
     register_tables,
+    residual_joins_several,
 )
 from federator.plan.distribute import (
     BUCKETS_TABLE,
@@ -284,11 +282,13 @@ def run_residual(
     names: list[str],
     *tables: pa.Table,
     trace: TraceCarrier | None = None,
+    statistics: bool = False,
 ) -> tuple[pa.Table, str]:
     """The residual SQL on DuckDB over the fragments' tables: the answer and the node it ran on.
-    ``memory``: DuckDB's ``memory_limit`` for it (it spills past that), None: DuckDB's default."""
+    ``memory``: DuckDB's ``memory_limit`` for it (it spills past that), None: DuckDB's default.
+    ``statistics``: the tables go in as DuckDB tables (:func:`register_tables`)."""
     with attached(trace):
-        return _run_sql(sql, params, memory, names, tables)
+        return _run_sql(sql, params, memory, names, tables, statistics)
 
 
 @ray.remote(max_retries=RESIDUAL_RETRIES)
@@ -320,6 +320,7 @@ def _run_sql(
     memory: str | None,
     names: list[str],
     tables: tuple[pa.Table, ...],
+    statistics: bool = False,
 ) -> tuple[pa.Table, str]:
     con = duckdb.connect()
     try:
@@ -328,10 +329,7 @@ def _run_sql(
         con.execute(f"SET threads = {max(1, int(cpus))}")
         if memory is not None:  # checked by checked_memory_limit when the catalog was read
             con.execute(f"SET memory_limit = '{memory}'")
-        several = len(names) >= JOIN_ORDER_RELATIONS and joins_several(
-            sqlglot.parse_one(sql, read="duckdb")
-        )
-        register_tables(con, dict(zip(names, tables, strict=True)), with_statistics=several)
+        register_tables(con, dict(zip(names, tables, strict=True)), with_statistics=statistics)
         relation = con.sql(sql, params=params or None)
         if hasattr(relation, "to_arrow_table"):
             answer = relation.to_arrow_table()
@@ -516,7 +514,13 @@ class RayExecution(Execution):
             assert sql is not None
             answer, node = await _cancelling(
                 run_residual.remote(
-                    sql, params, self.engine.memory_limit, list(refs), *refs.values(), trace=trace
+                    sql,
+                    params,
+                    self.engine.memory_limit,
+                    list(refs),
+                    *refs.values(),
+                    trace=trace,
+                    statistics=residual_joins_several(self.plan),
                 )
             )
             self.residual_stats.note = f"one DuckDB task on node {node}"
@@ -579,6 +583,7 @@ class RayExecution(Execution):
                 names,
                 *(parts[n][b] if n in parts else refs[n] for n in names),
                 trace=self.trace_carriers.get("residual"),
+                statistics=residual_joins_several(self.plan),
             )
             for b in range(buckets)
         ]

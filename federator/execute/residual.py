@@ -41,13 +41,16 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
 from federator.errors import CatalogError
+
+if TYPE_CHECKING:
+    from federator.plan.model import Plan
 
 T = TypeVar("T")
 RECYCLE_AFTER = 5_000  # residuals per DuckDB database, then a fresh one (see cursor())
@@ -70,6 +73,15 @@ def joins_several(query: exp.Expression) -> bool:
         if relations >= JOIN_ORDER_RELATIONS:
             return True
     return False
+
+
+def residual_joins_several(plan: Plan) -> bool:
+    """Whether ``plan``'s residual joins three or more relations somewhere (:func:`joins_several`),
+    worked out once per plan: every run of it, and each of its Ray bucket tasks, reads it."""
+    if "residual.joins_several" not in plan.memo:
+        several = plan.residual is not None and joins_several(plan.residual)
+        plan.memo["residual.joins_several"] = several
+    return bool(plan.memo["residual.joins_several"])
 
 
 def register_tables(

@@ -120,18 +120,9 @@ class JoinPlanner(FragmentBuilder):
         """Bind joins for the equi-joins among ``residual_conj`` (``consumers``: the only
         fragment ids that may take keys, None: any; ``passed``: origins of subquery columns,
         see :meth:`_passed_keys`)."""
-        reverse = {v: k for k, v in renames.items()}
-        passed = passed or {}
-        candidates = []
-        for c in _column_equalities(residual_conj):
-            left, right = (
-                passed.get((col.table, col.name)) or self._origin(col, frags, reverse)
-                for col in (c.this, c.expression)
-            )
-            if left is None or right is None or left[0] is right[0]:
-                continue
+        candidates = self._equi_joined(residual_conj, frags, renames, passed)
+        for left, right in candidates:
             self._check_key_types(left, right)
-            candidates.append((left, right))
         unbound = []
         for left, right in candidates:
             refusals = []
@@ -194,17 +185,32 @@ class JoinPlanner(FragmentBuilder):
         conjuncts = list(_conjuncts(where.this))
         if not any(_requires(c, alias) for c in conjuncts):
             return
-        reverse = {v: k for k, v in renames.items()}
-        everything = {**frags, alias: frag}
-        pairs = []
-        for c in _column_equalities([*conjuncts, *on]):
-            ends = [self._origin(col, everything, reverse) for col in (c.this, c.expression)]
-            if ends[0] is not None and ends[1] is not None and ends[0][0] is not ends[1][0]:
-                pairs.append((ends[0], ends[1]))
+        pairs = self._equi_joined([*conjuncts, *on], {**frags, alias: frag}, renames)
         for a, b in [*pairs, *_transitive(pairs)]:
             for producer, consumer in ((a, b), (b, a)):
                 if producer[0] is frag and consumer[0] is not frag:
                     self._plan_having_bind(producer, consumer)
+
+    def _equi_joined(
+        self,
+        conjuncts: list[exp.Expression],
+        frags: dict[str, Fragment],
+        renames: dict[tuple[str, str], tuple[str, str]],
+        passed: dict[tuple[str, str], tuple[Fragment, str, str, str]] | None = None,
+    ) -> list[tuple[tuple[Fragment, str, str, str], tuple[Fragment, str, str, str]]]:
+        """The origins of both columns of each equality among ``conjuncts`` that joins two
+        fragments (``passed``: origins of subquery columns, see :meth:`_passed_keys`)."""
+        reverse = {v: k for k, v in renames.items()}
+        passed = passed or {}
+        pairs = []
+        for c in _column_equalities(conjuncts):
+            left, right = (
+                passed.get((col.table, col.name)) or self._origin(col, frags, reverse)
+                for col in (c.this, c.expression)
+            )
+            if left is not None and right is not None and left[0] is not right[0]:
+                pairs.append((left, right))
+        return pairs
 
     def _origin(
         self,
