@@ -515,7 +515,7 @@ def test_milvus_search_carries_the_remaining_budget_as_its_deadline(
     try:
         with pytest.raises(federator.QueryTimeoutError):
             milvus_fed.sql(SLOW_SEARCH, timeout=0.3).to_arrow()
-        gone = time.monotonic() + 1.0
+        gone = time.monotonic() + 5.0  # the worker thread logs it late on a loaded machine
         while not records.texts and time.monotonic() < gone:
             time.sleep(0.05)
     finally:
